@@ -1,0 +1,1 @@
+"""The collector: FeedbackService (Report, StreamReport) -> Kafka, acks=all."""

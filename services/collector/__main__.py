@@ -1,0 +1,3 @@
+from loopwise.collector.app import main
+
+main()

@@ -1,0 +1,59 @@
+"""The collector process: FeedbackService over gRPC, events to Kafka."""
+
+from __future__ import annotations
+
+import logging
+
+from loopwise import kafka as lkafka
+from loopwise import logs
+from loopwise.grpcserver import GrpcService, run_until_signal
+from loopwise.v1 import feedback_pb2, feedback_pb2_grpc
+
+from .metrics import CollectorMetrics
+from .producer import AckedProducer
+from .servicer import FeedbackServicer
+from .settings import CollectorSettings
+
+log = logging.getLogger(__name__)
+
+
+class Collector:
+    """Build with settings, `await start()`, `await stop()`."""
+
+    def __init__(self, settings: CollectorSettings) -> None:
+        self.settings = settings
+        self.metrics = CollectorMetrics()
+        self.producer = AckedProducer(settings.kafka_bootstrap, compression=settings.compression,
+                                      linger_ms=settings.linger_ms,
+                                      on_recreate=self.metrics.producer_recreated.inc)
+        self.servicer = FeedbackServicer(settings, self.producer, self.metrics)
+        name = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
+        self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
+                                metrics_port=settings.metrics_port, registry=self.metrics.registry,
+                                service_names=[name])
+        feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(self.servicer, self.grpc.server)
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        topics = [self.settings.topics.events, self.settings.topics.impressions]
+        try:
+            lkafka.ensure_topics(self.settings.kafka_bootstrap, topics, self.settings.topic_partitions)
+        except Exception as exc:  # noqa: BLE001 - the broker may come later; produce will tell
+            log.warning("could not ensure topics", extra={"error": repr(exc)})
+        await self.grpc.set_serving(True)
+        log.info("collector serving", extra={"port": self.grpc.port, "metrics_port": self.grpc.metrics_port,
+                                             "kafka": self.settings.kafka_bootstrap})
+
+    async def stop(self) -> None:
+        await self.grpc.stop(self.settings.grace_s)
+        await self.producer.close()
+
+
+def main() -> None:
+    settings = CollectorSettings.from_env()
+    logs.setup(settings.log_level)
+    run_until_signal(lambda: Collector(settings))

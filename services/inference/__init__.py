@@ -1,0 +1,1 @@
+"""The inference service: Rank (onnxruntime) and Rewrite (rule table) over gRPC."""

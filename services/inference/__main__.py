@@ -1,0 +1,3 @@
+from loopwise.inference.app import main
+
+main()

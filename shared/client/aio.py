@@ -1,0 +1,98 @@
+"""The asyncio client: the same calls as `Client`, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from loopwise.client import build
+from loopwise.client.sync import CHANNEL_OPTIONS, RETRYABLE, Ranked, ReportError, backoff, rank_request
+from loopwise.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc, inference_pb2, inference_pb2_grpc
+
+
+class AsyncClient:
+    def __init__(self, collector: str | None = None, inference: str | None = None, *, tenant: str = "default",
+                 batch_size: int = 1000, retries: int = 6, timeout: float = 30.0) -> None:
+        self.tenant = tenant
+        self.events = build.EventFactory(tenant)
+        self.batch_size = batch_size
+        self.retries = retries
+        self.timeout = timeout
+        self._channels = []
+        self._feedback = self._inference = None
+        if collector:
+            ch = grpc.aio.insecure_channel(collector, options=CHANNEL_OPTIONS)
+            self._channels.append(ch)
+            self._feedback = feedback_pb2_grpc.FeedbackServiceStub(ch)
+        if inference:
+            ch = grpc.aio.insecure_channel(inference, options=CHANNEL_OPTIONS)
+            self._channels.append(ch)
+            self._inference = inference_pb2_grpc.InferenceServiceStub(ch)
+
+    async def rank(self, candidate_ids: Sequence[str], **kwargs: Any) -> Ranked:
+        timeout = kwargs.pop("timeout", self.timeout)
+        request = rank_request(self.tenant, candidate_ids, **kwargs)
+        return Ranked.of(candidate_ids, await self._stub(self._inference).Rank(request, timeout=timeout))
+
+    async def rank_raw(self, request: inference_pb2.RankRequest, timeout: float | None = None
+                       ) -> inference_pb2.RankResponse:
+        return await self._stub(self._inference).Rank(request, timeout=timeout or self.timeout)
+
+    async def rewrite(self, utterance: str, *, user_id: str = "", session_id: str = "",
+                      context: Mapping[str, str] | None = None) -> inference_pb2.RewriteResponse:
+        request = inference_pb2.RewriteRequest(tenant=self.tenant, utterance=utterance, user_id=user_id,
+                                               session_id=session_id, context=dict(context or {}))
+        return await self._stub(self._inference).Rewrite(request, timeout=self.timeout)
+
+    async def report(self, events: Sequence[events_pb2.Event]) -> feedback_pb2.ReportResponse:
+        total = feedback_pb2.ReportResponse()
+        for batch in build.chunks(list(events), self.batch_size):
+            response = await self._report_batch(batch)
+            total.results.extend(response.results)
+            total.accepted += response.accepted
+            total.rejected += response.rejected
+        return total
+
+    async def _report_batch(self, batch: Sequence[events_pb2.Event]) -> feedback_pb2.ReportResponse:
+        stub = self._stub(self._feedback)
+        request = feedback_pb2.ReportRequest(events=batch)
+        for attempt in range(self.retries + 1):
+            try:
+                return await stub.Report(request, timeout=self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == self.retries:
+                    if exc.code() in RETRYABLE:
+                        raise ReportError(f"batch of {len(batch)} not acknowledged: {exc.details()}",
+                                          batch, exc) from exc
+                    raise
+                await asyncio.sleep(backoff(attempt))
+        raise AssertionError("unreachable")
+
+    async def stream_report(self, batches: Sequence[Sequence[events_pb2.Event]]) -> feedback_pb2.ReportResponse:
+        """Several batches on one client stream (no automatic retry: resend all on UNAVAILABLE)."""
+        stub = self._stub(self._feedback)
+
+        async def requests():
+            for batch in batches:
+                yield feedback_pb2.ReportRequest(events=batch)
+
+        return await stub.StreamReport(requests(), timeout=self.timeout)
+
+    @staticmethod
+    def _stub(stub: Any) -> Any:
+        if stub is None:
+            raise RuntimeError("this client was built without that service's address")
+        return stub
+
+    async def close(self) -> None:
+        for ch in self._channels:
+            await ch.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,157 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from loopwise.client import build
+from loopwise.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc, inference_pb2, inference_pb2_grpc
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+
+
+class ReportError(Exception):
+    """A batch still unacknowledged after every retry; resend the same events later."""
+
+    def __init__(self, message: str, events: Sequence[events_pb2.Event], cause: grpc.RpcError) -> None:
+        super().__init__(message)
+        self.events = list(events)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class Ranked:
+    request_id: str
+    model: str
+    version: str
+    candidate_ids: list[str]
+    scores: list[float]
+    ranking: list[int]
+
+    @classmethod
+    def of(cls, ids: Sequence[str], response: inference_pb2.RankResponse) -> Ranked:
+        return cls(response.request_id, response.model, response.version, list(ids), list(response.scores),
+                   list(response.ranking))
+
+    def top(self, k: int) -> list[str]:
+        """The k best candidate ids, in served order."""
+        return [self.candidate_ids[i] for i in self.ranking[:k]]
+
+
+def backoff(attempt: int, base: float = 0.1, cap: float = 5.0) -> float:
+    return min(cap, base * 2 ** attempt) * (0.5 + random.random() / 2)
+
+
+def rank_request(tenant: str, candidate_ids: Sequence[str], *, model: str = "", user_id: str = "",
+                 session_id: str = "", request_id: str = "", user: build.FeatureValues | None = None,
+                 context: build.FeatureValues | None = None,
+                 features: Mapping[str, Sequence[Any]] | None = None) -> inference_pb2.RankRequest:
+    return inference_pb2.RankRequest(tenant=tenant, model=model, request_id=request_id, user_id=user_id,
+                                     session_id=session_id, user=build.features(user),
+                                     context=build.features(context),
+                                     candidates=build.candidates(candidate_ids, features))
+
+
+class Client:
+    """``Client(collector_target, inference_target, tenant="default")``; either target may be None."""
+
+    def __init__(self, collector: str | None = None, inference: str | None = None, *, tenant: str = "default",
+                 batch_size: int = 1000, retries: int = 6, timeout: float = 30.0) -> None:
+        self.tenant = tenant
+        self.events = build.EventFactory(tenant)
+        self.batch_size = batch_size
+        self.retries = retries
+        self.timeout = timeout
+        self._buffer: list[events_pb2.Event] = []
+        self._channels = []
+        self._feedback = self._inference = None
+        if collector:
+            ch = grpc.insecure_channel(collector, options=CHANNEL_OPTIONS)
+            self._channels.append(ch)
+            self._feedback = feedback_pb2_grpc.FeedbackServiceStub(ch)
+        if inference:
+            ch = grpc.insecure_channel(inference, options=CHANNEL_OPTIONS)
+            self._channels.append(ch)
+            self._inference = inference_pb2_grpc.InferenceServiceStub(ch)
+
+    # -- inference -----------------------------------------------------------------
+    def rank(self, candidate_ids: Sequence[str], **kwargs: Any) -> Ranked:
+        """Score candidates; kwargs: model, user_id, session_id, request_id, user, context, features."""
+        timeout = kwargs.pop("timeout", self.timeout)
+        request = rank_request(self.tenant, candidate_ids, **kwargs)
+        return Ranked.of(candidate_ids, self._stub(self._inference).Rank(request, timeout=timeout))
+
+    def rank_raw(self, request: inference_pb2.RankRequest, timeout: float | None = None) -> inference_pb2.RankResponse:
+        return self._stub(self._inference).Rank(request, timeout=timeout or self.timeout)
+
+    def rewrite(self, utterance: str, *, user_id: str = "", session_id: str = "",
+                context: Mapping[str, str] | None = None) -> inference_pb2.RewriteResponse:
+        request = inference_pb2.RewriteRequest(tenant=self.tenant, utterance=utterance, user_id=user_id,
+                                               session_id=session_id, context=dict(context or {}))
+        return self._stub(self._inference).Rewrite(request, timeout=self.timeout)
+
+    # -- feedback ------------------------------------------------------------------
+    def report(self, events: Sequence[events_pb2.Event]) -> feedback_pb2.ReportResponse:
+        """Send now, in batches; retry UNAVAILABLE with the same event ids."""
+        total = feedback_pb2.ReportResponse()
+        for batch in build.chunks(list(events), self.batch_size):
+            response = self._report_batch(batch)
+            total.results.extend(response.results)
+            total.accepted += response.accepted
+            total.rejected += response.rejected
+        return total
+
+    def _report_batch(self, batch: Sequence[events_pb2.Event]) -> feedback_pb2.ReportResponse:
+        stub = self._stub(self._feedback)
+        request = feedback_pb2.ReportRequest(events=batch)
+        for attempt in range(self.retries + 1):
+            try:
+                return stub.Report(request, timeout=self.timeout)
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == self.retries:
+                    if exc.code() in RETRYABLE:
+                        raise ReportError(f"batch of {len(batch)} not acknowledged: {exc.details()}",
+                                          batch, exc) from exc
+                    raise
+                time.sleep(backoff(attempt))
+        raise AssertionError("unreachable")
+
+    def send(self, *events: events_pb2.Event) -> None:
+        """Buffer events; a full batch is reported at once."""
+        self._buffer.extend(events)
+        if len(self._buffer) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> feedback_pb2.ReportResponse:
+        events, self._buffer = self._buffer, []
+        try:
+            return self.report(events)
+        except ReportError:
+            self._buffer[:0] = events  # nothing unacked is lost: keep it for the next flush
+            raise
+
+    # -- lifecycle -----------------------------------------------------------------
+    @staticmethod
+    def _stub(stub: Any) -> Any:
+        if stub is None:
+            raise RuntimeError("this client was built without that service's address")
+        return stub
+
+    def close(self) -> None:
+        for ch in self._channels:
+            ch.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._buffer and exc == (None, None, None):
+            self.flush()
+        self.close()

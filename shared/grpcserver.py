@@ -1,0 +1,141 @@
+"""The one way every Loopwise gRPC service boots, serves and drains.
+
+`GrpcService` wires a `grpc.aio` server with the standard health service
+(`NOT_SERVING` until the service says it is ready), server reflection, a
+Prometheus endpoint on the service's own registry, and a graceful stop.
+`rpc` wraps a servicer method: request count and latency by method and
+status code, and `LoopwiseError` -> gRPC status in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from loopwise.errors import LoopwiseError
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1, 2, 5)
+
+
+class RpcMetrics:
+    """`loopwise_<service>_rpc_requests_total` and `loopwise_<service>_rpc_seconds`."""
+
+    def __init__(self, service: str, registry: CollectorRegistry) -> None:
+        self.requests = Counter(f"loopwise_{service}_rpc_requests_total", "gRPC calls handled",
+                                ["method", "code"], registry=registry)
+        self.seconds = Histogram(f"loopwise_{service}_rpc_seconds", "gRPC call latency",
+                                 ["method"], registry=registry, buckets=LATENCY_BUCKETS)
+
+
+def rpc(method: str) -> Callable:
+    """Decorate an async servicer method (``self.rpc_metrics`` must exist)."""
+
+    def deco(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        @functools.wraps(fn)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await fn(self, request, context)
+            except LoopwiseError as exc:
+                code = exc.code.name
+                await context.abort_with_status(exc.to_status())
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "INTERNAL"
+                log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+            finally:
+                metrics: RpcMetrics = self.rpc_metrics
+                metrics.requests.labels(method, code).inc()
+                metrics.seconds.labels(method).observe(time.perf_counter() - start)
+
+        return wrapper
+
+    return deco
+
+
+class GrpcService:
+    """A gRPC server with health, reflection and metrics.
+
+    `service_names` are the full names of the services the caller registers
+    on `server` (e.g. ``loopwise.v1.InferenceService``).
+    """
+
+    def __init__(self, *, host: str, port: int, metrics_port: int, registry: CollectorRegistry,
+                 service_names: list[str]) -> None:
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ])
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = list(service_names)
+        reflection.enable_server_reflection(
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        self.registry = registry
+        self.metrics_port = 0
+        self._metrics_httpd: Any = None
+        self._metrics_port_wanted = metrics_port
+
+    async def start(self) -> None:
+        await self.set_serving(False)
+        await self.server.start()
+        if self._metrics_port_wanted >= 0:
+            httpd, _ = start_http_server(self._metrics_port_wanted, addr="0.0.0.0", registry=self.registry)
+            self._metrics_httpd = httpd
+            self.metrics_port = httpd.server_port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new work (health NOT_SERVING), let in-flight calls finish, stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self._metrics_httpd is not None:
+            self._metrics_httpd.shutdown()
+            self._metrics_httpd.server_close()
+            self._metrics_httpd = None
+
+
+def run_until_signal(factory: Callable[[], Any]) -> None:
+    """Build a service inside the event loop (``factory()`` returns an object
+    with async ``start``/``stop``), run it until SIGTERM or SIGINT, then stop
+    it gracefully."""
+
+    async def _main() -> None:
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        service = factory()
+        await service.start()
+        await done.wait()
+        log.info("signal received, draining")
+        await service.stop()
+        log.info("stopped")
+
+    asyncio.run(_main())

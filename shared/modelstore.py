@@ -1,0 +1,152 @@
+"""The model store: ``{root}/{tenant}/{model}/{version}/`` with ``model.onnx``
+and ``manifest.json`` (metrics, feature spec, parent version, sha256).
+
+``root`` is a local directory by default and any fsspec URL otherwise (e.g.
+``s3://bucket/models`` with s3fs installed). A version directory is complete
+once its manifest exists: the artifact is written first, the manifest last.
+Versions are ``v1``, ``v2``, ... in publication order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import fsspec
+
+from loopwise.features import FeatureSpec
+
+_VERSION = re.compile(r"^v(\d+)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class StoreError(Exception):
+    pass
+
+
+def check_name(kind: str, value: str) -> str:
+    if not _NAME.match(value):
+        raise StoreError(f"invalid {kind} {value!r}: letters, digits, '_', '.', '-' (max 64)")
+    return value
+
+
+@dataclass
+class Manifest:
+    tenant: str
+    model: str
+    version: str
+    sha256: str
+    feature_spec: dict[str, Any]
+    hidden_dim: int
+    parent_version: str = ""
+    created_at: float = field(default_factory=time.time)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # Names of the ONNX inputs and outputs the serving contract relies on.
+    inputs: list[str] = field(default_factory=lambda: ["sparse_ids", "dense"])
+    outputs: list[str] = field(default_factory=lambda: ["prob", "hidden"])
+    source: str = ""
+
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec.from_dict(self.feature_spec)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def version_number(version: str) -> int:
+    m = _VERSION.match(version)
+    if not m:
+        raise StoreError(f"invalid version {version!r}: expected v<N>")
+    return int(m.group(1))
+
+
+class ModelStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def models(self) -> list[tuple[str, str]]:
+        """(tenant, model) pairs that have at least one complete version."""
+        out = []
+        for tenant in self._dirs(self._path()):
+            for model in self._dirs(self._path(tenant)):
+                if self.versions(tenant, model):
+                    out.append((tenant, model))
+        return out
+
+    def versions(self, tenant: str, model: str) -> list[str]:
+        found = []
+        for name in self._dirs(self._path(tenant, model)):
+            if _VERSION.match(name) and self.fs.exists(self._path(tenant, model, name, "manifest.json")):
+                found.append(name)
+        return sorted(found, key=version_number)
+
+    def latest(self, tenant: str, model: str) -> str | None:
+        versions = self.versions(tenant, model)
+        return versions[-1] if versions else None
+
+    def manifest(self, tenant: str, model: str, version: str) -> Manifest:
+        path = self._path(tenant, model, version, "manifest.json")
+        try:
+            with self.fs.open(path, "rt") as f:
+                return Manifest.from_json(f.read())
+        except FileNotFoundError:
+            raise StoreError(f"no manifest at {path}") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StoreError(f"corrupt manifest at {path}: {exc}") from None
+
+    def load(self, tenant: str, model: str, version: str) -> tuple[bytes, Manifest]:
+        """The artifact and its manifest, the artifact checked against its sha256."""
+        manifest = self.manifest(tenant, model, version)
+        path = self._path(tenant, model, version, "model.onnx")
+        try:
+            with self.fs.open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise StoreError(f"no artifact at {path}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != manifest.sha256:
+            raise StoreError(f"artifact {path} is corrupt: sha256 {digest[:12]} != manifest {manifest.sha256[:12]}")
+        return data, manifest
+
+    def publish(self, tenant: str, model: str, artifact: bytes, *, feature_spec: FeatureSpec,
+                hidden_dim: int, parent_version: str = "", metrics: dict[str, Any] | None = None,
+                source: str = "") -> Manifest:
+        check_name("tenant", tenant)
+        check_name("model", model)
+        latest = self.latest(tenant, model)
+        number = version_number(latest) + 1 if latest else 1
+        while self.fs.exists(self._path(tenant, model, f"v{number}")):
+            number += 1  # an incomplete directory left by a crashed publisher
+        version = f"v{number}"
+        manifest = Manifest(tenant=tenant, model=model, version=version,
+                            sha256=hashlib.sha256(artifact).hexdigest(),
+                            feature_spec=feature_spec.to_dict(), hidden_dim=hidden_dim,
+                            parent_version=parent_version, metrics=dict(metrics or {}), source=source)
+        base = self._path(tenant, model, version)
+        self.fs.makedirs(base, exist_ok=True)
+        with self.fs.open(base + "/model.onnx", "wb") as f:
+            f.write(artifact)
+        with self.fs.open(base + "/manifest.json", "wt") as f:
+            f.write(manifest.to_json())
+        return manifest
+
+    def _dirs(self, path: str) -> list[str]:
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")

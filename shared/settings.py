@@ -1,0 +1,70 @@
+"""Settings from the environment (prefix ``LOOPWISE_``), one object per service.
+
+| variable | default | meaning |
+|---|---|---|
+| LOOPWISE_KAFKA_BOOTSTRAP | 127.0.0.1:9092 | Kafka bootstrap servers, comma separated |
+| LOOPWISE_REDIS_URL | redis://127.0.0.1:6379/0 | Redis URL |
+| LOOPWISE_TENANTS | default | tenants this deployment serves, comma separated |
+| LOOPWISE_MODEL_STORE | .loopwise/models | model store: a directory or an fsspec URL |
+| LOOPWISE_GRPC_HOST / LOOPWISE_GRPC_PORT | 0.0.0.0 / per service | gRPC listen address |
+| LOOPWISE_METRICS_PORT | per service | Prometheus metrics port (0 = off) |
+| LOOPWISE_TOPIC_<NAME> | loopwise.<name>.v1 | topic names (see loopwise.topics) |
+| LOOPWISE_TOPIC_PARTITIONS | 4 | partitions for topics Loopwise creates |
+| LOOPWISE_LOG_LEVEL | INFO | log level |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from loopwise.topics import Topics
+
+T = TypeVar("T", bound="BaseSettings")
+
+
+def _convert(raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, tuple):
+        return tuple(x.strip() for x in raw.split(",") if x.strip())
+    return raw
+
+
+@dataclass(frozen=True)
+class BaseSettings:
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    tenants: tuple[str, ...] = ("default",)
+    model_store: str = ".loopwise/models"
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 0
+    metrics_port: int = 0
+    topic_partitions: int = 4
+    log_level: str = "INFO"
+    # Seconds a SIGTERM'd server lets in-flight calls finish.
+    grace_s: float = 10.0
+    topics: Topics = field(default_factory=Topics)
+
+    @classmethod
+    def from_env(cls: type[T], env: dict[str, str] | None = None, **overrides: Any) -> T:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "topics":
+                continue
+            key = "LOOPWISE_" + f.name.upper()
+            if key in env:
+                default = f.default if f.default is not field else None
+                try:
+                    values[f.name] = _convert(env[key], default)
+                except ValueError as exc:
+                    raise ValueError(f"{key}={env[key]!r}: {exc}") from None
+        values["topics"] = Topics.from_env(env)
+        values.update(overrides)
+        return cls(**values)

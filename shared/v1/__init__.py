@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs for loopwise.v1 (make protos)."""

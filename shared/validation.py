@@ -1,0 +1,93 @@
+"""Event validation: the collector rejects with these reasons, the miner
+dead-letters with the same ones, so a reason means one thing everywhere.
+
+`check_event` returns None for a valid event, else ``(reason, detail)``.
+Reasons are stable, machine-readable strings (listed in `REASONS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from loopwise.v1 import events_pb2
+
+REASONS = (
+    "missing_event_id", "invalid_event_id", "missing_tenant", "unknown_tenant", "missing_body",
+    "missing_timestamp", "timestamp_in_future", "timestamp_too_old", "field_too_long",
+    "missing_request_id", "missing_candidate_id", "missing_user_id", "empty_utterance",
+    "utterance_too_long", "empty_impression", "too_many_candidates", "misaligned_scores",
+    "invalid_propensity", "event_too_large",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_event_bytes: int = 256 * 1024
+    max_id_chars: int = 128
+    max_field_chars: int = 256
+    max_utterance_chars: int = 1_000
+    max_candidates: int = 10_000
+    # Clock sanity: events from further ahead than this are refused ...
+    max_future_ms: int = 5 * 60 * 1000
+    # ... and so are events older than this (a replay tool sets it wide).
+    max_age_ms: int = 30 * 24 * 3600 * 1000
+
+
+def check_event(event: events_pb2.Event, *, tenants: Collection[str], now_ms: int,
+                limits: Limits = Limits(), size: int | None = None) -> tuple[str, str] | None:
+    if not event.event_id:
+        return "missing_event_id", "event_id is required (the idempotency key)"
+    if len(event.event_id) > limits.max_id_chars or not event.event_id.isprintable():
+        return "invalid_event_id", f"event_id must be printable and at most {limits.max_id_chars} characters"
+    if not event.tenant:
+        return "missing_tenant", "tenant is required"
+    if event.tenant not in tenants:
+        return "unknown_tenant", f"tenant {event.tenant[:64]!r} is not served here"
+    size = event.ByteSize() if size is None else size
+    if size > limits.max_event_bytes:
+        return "event_too_large", f"{size} bytes, at most {limits.max_event_bytes}"
+    for name in ("user_id", "session_id", "request_id"):
+        if len(getattr(event, name)) > limits.max_field_chars:
+            return "field_too_long", f"{name} longer than {limits.max_field_chars} characters"
+    kind = event.WhichOneof("body")
+    if kind is None:
+        return "missing_body", "one of impression, click, accept, reject, turn is required"
+    if event.client_time_ms <= 0:
+        return "missing_timestamp", "client_time_ms is required"
+    if event.client_time_ms > now_ms + limits.max_future_ms:
+        return "timestamp_in_future", f"client_time_ms is {(event.client_time_ms - now_ms) // 1000}s ahead of the server"
+    if event.client_time_ms < now_ms - limits.max_age_ms:
+        return "timestamp_too_old", f"client_time_ms is older than {limits.max_age_ms // 86_400_000} days"
+
+    if kind == "turn":
+        turn = event.turn
+        if not event.user_id:
+            return "missing_user_id", "a turn needs user_id (sessions are per user)"
+        if not turn.utterance.strip():
+            return "empty_utterance", "turn.utterance is empty"
+        if len(turn.utterance) > limits.max_utterance_chars or len(turn.rewritten_utterance) > limits.max_utterance_chars:
+            return "utterance_too_long", f"utterance longer than {limits.max_utterance_chars} characters"
+        return None
+    if not event.request_id:
+        return "missing_request_id", f"a {kind} needs the request_id it refers to"
+    if kind == "impression":
+        imp = event.impression
+        n = len(imp.candidate_ids)
+        if n == 0:
+            return "empty_impression", "impression.candidate_ids is empty"
+        if n > limits.max_candidates:
+            return "too_many_candidates", f"{n} candidates, at most {limits.max_candidates}"
+        if len(imp.scores) not in (0, n):
+            return "misaligned_scores", f"{len(imp.scores)} scores for {n} candidates"
+        if len(imp.propensities) not in (0, n):
+            return "misaligned_scores", f"{len(imp.propensities)} propensities for {n} candidates"
+        if any(not 0.0 < p <= 1.0 for p in imp.propensities):
+            return "invalid_propensity", "propensities must be in (0, 1]"
+        return None
+    body = getattr(event, kind)
+    if not body.candidate_id:
+        return "missing_candidate_id", f"{kind}.candidate_id is required"
+    if len(body.candidate_id) > limits.max_field_chars:
+        return "field_too_long", f"candidate_id longer than {limits.max_field_chars} characters"
+    return None
