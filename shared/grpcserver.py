@@ -18,16 +18,52 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from loopwise.errors import LoopwiseError
+from loopwise.errors import InvalidArgument, LoopwiseError
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1, 2, 5)
+
+
+class Malformed:
+    """Stands in for a request whose bytes did not parse (see `_DecodeGuard`)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def check_parsed(request: Any) -> Any:
+    """Raise INVALID_ARGUMENT for a request that did not parse."""
+    if isinstance(request, Malformed):
+        raise InvalidArgument(f"malformed request: {request.error}", reason="malformed_request")
+    return request
+
+
+class _DecodeGuard(grpc.aio.ServerInterceptor):
+    """Requests that fail to parse reach the handler as `Malformed`, so they
+    are answered INVALID_ARGUMENT instead of grpc's generic UNKNOWN."""
+
+    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def safe(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except DecodeError as exc:
+                return Malformed(str(exc))
+
+        return handler._replace(request_deserializer=safe)
 
 
 class RpcMetrics:
@@ -49,7 +85,7 @@ def rpc(method: str) -> Callable:
             start = time.perf_counter()
             code = "OK"
             try:
-                return await fn(self, request, context)
+                return await fn(self, check_parsed(request), context)
             except LoopwiseError as exc:
                 code = exc.code.name
                 await context.abort_with_status(exc.to_status())
@@ -79,7 +115,7 @@ class GrpcService:
 
     def __init__(self, *, host: str, port: int, metrics_port: int, registry: CollectorRegistry,
                  service_names: list[str]) -> None:
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=[_DecodeGuard()], options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),

@@ -53,7 +53,8 @@ def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 4, timeou
     while True:
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="loopwise-admin",
-                                     request_timeout_ms=10_000)
+                                     request_timeout_ms=10_000,
+                                     bootstrap_timeout_ms=int(max(timeout, 1.0) * 1000))
             break
         except KafkaError:
             if time.monotonic() > deadline:

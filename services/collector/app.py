@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from loopwise import kafka as lkafka
@@ -41,7 +42,9 @@ class Collector:
         await self.grpc.start()
         topics = [self.settings.topics.events, self.settings.topics.impressions]
         try:
-            lkafka.ensure_topics(self.settings.kafka_bootstrap, topics, self.settings.topic_partitions)
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: lkafka.ensure_topics(self.settings.kafka_bootstrap, topics,
+                                                   self.settings.topic_partitions, timeout=5.0))
         except Exception as exc:  # noqa: BLE001 - the broker may come later; produce will tell
             log.warning("could not ensure topics", extra={"error": repr(exc)})
         await self.grpc.set_serving(True)

@@ -69,7 +69,7 @@ class AckedProducer:
             enable_idempotence=True, compression_type=None if compression == "none" else compression,
             linger_ms=linger_ms, batch_size=256 * 1024, max_in_flight_requests_per_connection=5,
             request_timeout_ms=5_000, delivery_timeout_ms=10_000, max_block_ms=5_000,
-            retry_backoff_ms=100, reconnect_backoff_max_ms=1_000,
+            retry_backoff_ms=100, reconnect_backoff_max_ms=1_000, bootstrap_timeout_ms=5_000,
         )
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="collector-send")
         self._producer: KafkaProducer | None = None
@@ -121,9 +121,10 @@ class AckedProducer:
             return
         loop = asyncio.get_running_loop()
         waiter = _BatchWaiter(loop, len(records))
+        deadline = loop.time() + timeout
         try:
-            await loop.run_in_executor(self._executor, self._send_all, records, waiter)
-            error = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
+            await asyncio.wait_for(loop.run_in_executor(self._executor, self._send_all, records, waiter), timeout)
+            error = await asyncio.wait_for(asyncio.shield(waiter.future), max(deadline - loop.time(), 0.001))
         except TimeoutError:
             raise ProduceFailed(f"no ack within {timeout:.0f}s") from None
         if error is not None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from loopwise import kafka as lkafka
 from loopwise.errors import InvalidArgument, Unavailable
-from loopwise.grpcserver import rpc
+from loopwise.grpcserver import check_parsed, rpc
 from loopwise.topics import Topics
 from loopwise.v1 import feedback_pb2, feedback_pb2_grpc
 from loopwise.validation import Limits, check_event
@@ -41,7 +41,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
                            ) -> feedback_pb2.ReportResponse:
         response = feedback_pb2.ReportResponse()
         async for request in request_iterator:
-            await self._handle(request.events, response)
+            await self._handle(check_parsed(request).events, response)
         return response
 
     async def _handle(self, events, response: feedback_pb2.ReportResponse) -> None:

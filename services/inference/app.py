@@ -62,8 +62,10 @@ class Inference:
         await self.grpc.start()
         if self.emitter is not None:
             try:
-                lkafka.ensure_topics(self.settings.kafka_bootstrap, [self.settings.topics.impressions],
-                                     self.settings.topic_partitions, timeout=5.0)
+                await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: lkafka.ensure_topics(self.settings.kafka_bootstrap,
+                                                       [self.settings.topics.impressions],
+                                                       self.settings.topic_partitions, timeout=5.0))
             except Exception as exc:  # noqa: BLE001 - impressions wait for the broker; Rank does not
                 log.warning("could not ensure the impressions topic", extra={"error": repr(exc)})
             self.emitter.start()

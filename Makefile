@@ -1,0 +1,53 @@
+# Loopwise: `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup protos lint test test-fast demo up down status bench bench-serve bench-ingest clean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed ## virtual env with the project and its dev tools
+
+protos: setup ## regenerate shared/v1 from protos/ (committed; a test fails when stale)
+	$(BIN)/python scripts/gen_protos.py
+
+lint: setup ## ruff
+	$(BIN)/ruff check .
+
+test: setup ## the whole suite: unit, integration (real broker, Redis, gRPC) and e2e
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## unit tests only (no network)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+demo: setup ## start the local stack, send MovieLens-100K traffic, show it flowing, stop
+	$(BIN)/loopwise demo
+
+up: setup ## start the local stack and leave it running (.loopwise/stack.json)
+	$(BIN)/loopwise up
+
+status: setup ## what the local stack runs
+	$(BIN)/loopwise status
+
+down: setup ## stop the local stack
+	$(BIN)/loopwise down
+
+bench-serve: setup ## Rank (100 candidates) vs a bare gRPC echo
+	$(BIN)/python bench/serve.py
+
+bench-ingest: setup ## collector vs a bare kafka-python producer (and confluent-kafka)
+	$(BIN)/python bench/ingest.py
+
+bench: bench-serve bench-ingest ## every benchmark
+
+clean: ## remove the virtual env and local state
+	rm -rf $(VENV) .loopwise .pytest_cache

@@ -1,0 +1,18 @@
+import pytest
+
+from loopwise.collector.settings import CollectorSettings
+from loopwise.inference.settings import InferenceSettings
+
+
+def test_from_env_converts_types():
+    s = CollectorSettings.from_env({"LOOPWISE_TENANTS": "a, b", "LOOPWISE_GRPC_PORT": "1234",
+                                    "LOOPWISE_ACK_TIMEOUT_S": "2.5", "LOOPWISE_TOPIC_EVENTS": "ev"})
+    assert s.tenants == ("a", "b") and s.grpc_port == 1234 and s.ack_timeout_s == 2.5
+    assert s.topics.events == "ev"
+    i = InferenceSettings.from_env({"LOOPWISE_EMIT_IMPRESSIONS": "false"})
+    assert i.emit_impressions is False and i.grpc_port == 50052
+
+
+def test_bad_value_names_the_variable():
+    with pytest.raises(ValueError, match="LOOPWISE_GRPC_PORT"):
+        CollectorSettings.from_env({"LOOPWISE_GRPC_PORT": "eighty"})
