@@ -147,9 +147,13 @@ class GrpcService:
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
-    async def stop(self, grace: float) -> None:
-        """Refuse new work (health NOT_SERVING), let in-flight calls finish, stop."""
+    async def stop(self, grace: float, drain: float = 0.0) -> None:
+        """Health NOT_SERVING first; keep answering for ``drain`` seconds so load
+        balancers move away; then refuse new calls and give in-flight ones
+        ``grace`` seconds to finish."""
         await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            await asyncio.sleep(drain)
         await self.server.stop(grace)
         if self._metrics_httpd is not None:
             self._metrics_httpd.shutdown()

@@ -11,6 +11,7 @@
 | LOOPWISE_TOPIC_<NAME> | loopwise.<name>.v1 | topic names (see loopwise.topics) |
 | LOOPWISE_TOPIC_PARTITIONS | 4 | partitions for topics Loopwise creates |
 | LOOPWISE_LOG_LEVEL | INFO | log level |
+| LOOPWISE_DRAIN_S / LOOPWISE_GRACE_S | 1 / 10 | on SIGTERM: NOT_SERVING while answering, then time for in-flight calls |
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class BaseSettings:
     metrics_port: int = 0
     topic_partitions: int = 4
     log_level: str = "INFO"
-    # Seconds a SIGTERM'd server lets in-flight calls finish.
+    # On SIGTERM: seconds of NOT_SERVING while still answering (drain), then
+    # seconds in-flight calls get to finish (grace).
+    drain_s: float = 1.0
     grace_s: float = 10.0
     topics: Topics = field(default_factory=Topics)
 

@@ -52,7 +52,7 @@ class Collector:
                                              "kafka": self.settings.kafka_bootstrap})
 
     async def stop(self) -> None:
-        await self.grpc.stop(self.settings.grace_s)
+        await self.grpc.stop(self.settings.grace_s, self.settings.drain_s)
         await self.producer.close()
 
 

@@ -122,7 +122,7 @@ class Inference:
     async def stop(self) -> None:
         if self._loader is not None:
             self._loader.cancel()
-        await self.grpc.stop(self.settings.grace_s)
+        await self.grpc.stop(self.settings.grace_s, self.settings.drain_s)
         if self.emitter is not None:
             await self.emitter.stop()
         await self.redis.aclose()
