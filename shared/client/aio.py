@@ -9,8 +9,21 @@ from typing import Any
 import grpc
 
 from loopwise.client import build
-from loopwise.client.sync import CHANNEL_OPTIONS, RETRYABLE, Ranked, ReportError, backoff, rank_request
-from loopwise.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc, inference_pb2, inference_pb2_grpc
+from loopwise.client.sync import (
+    CHANNEL_OPTIONS,
+    RETRYABLE,
+    Ranked,
+    ReportError,
+    backoff,
+    rank_request,
+)
+from loopwise.v1 import (
+    events_pb2,
+    feedback_pb2,
+    feedback_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+)
 
 
 class AsyncClient:

@@ -11,7 +11,13 @@ from typing import Any
 import grpc
 
 from loopwise.client import build
-from loopwise.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc, inference_pb2, inference_pb2_grpc
+from loopwise.v1 import (
+    events_pb2,
+    feedback_pb2,
+    feedback_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+)
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]

@@ -1,8 +1,8 @@
 import pytest
 
 from loopwise.client.build import EventFactory, event
-from loopwise.validation import REASONS, Limits, check_event
 from loopwise.v1 import events_pb2
+from loopwise.validation import REASONS, Limits, check_event
 
 NOW = 1_800_000_000_000
 F = EventFactory("default")
