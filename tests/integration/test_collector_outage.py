@@ -57,3 +57,26 @@ def test_paused_broker_then_retry_with_same_ids_delivers_everything(start_collec
         assert time.monotonic() - start > 1.0
     got = {e.event_id for e in read_events(bootstrap, topics.events, want=40, timeout=20)}
     assert {e.event_id for e in before + during} <= got
+
+
+def test_broker_restart_replaces_the_producer(start_collector, workdir, topics):
+    """kafka-python's idempotent producer never recovers from a restarted broker
+    (its producer id is gone); the collector must replace it."""
+    port = procs.free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    broker = procs.start_broker(port, workdir / f"kafka-{port}.log")
+    try:
+        collector = start_collector(kafka_bootstrap=bootstrap, ack_timeout_s=3.0)
+        f = EventFactory("default")
+        with Client(f"127.0.0.1:{collector.port}", retries=0, timeout=10) as lw:
+            assert lw.report([f.click("r0", "m")]).accepted == 1
+        broker.stop()
+        broker = procs.start_broker(port, workdir / f"kafka-{port}-2.log")
+        after = [f.click(f"r{i}", "m") for i in range(1, 11)]
+        with Client(f"127.0.0.1:{collector.port}", retries=10, timeout=10) as lw:
+            assert lw.report(after).accepted == 10
+        assert collector.metrics.registry.get_sample_value("loopwise_collector_producer_recreated_total") >= 1
+        got = {e.event_id for e in read_events(bootstrap, topics.events, want=10, timeout=20)}
+        assert {e.event_id for e in after} <= got
+    finally:
+        broker.stop()
