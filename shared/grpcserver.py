@@ -125,6 +125,7 @@ class GrpcService:
         self.service_names = list(service_names)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        self._host = host
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")
@@ -137,7 +138,7 @@ class GrpcService:
         await self.set_serving(False)
         await self.server.start()
         if self._metrics_port_wanted >= 0:
-            httpd, _ = start_http_server(self._metrics_port_wanted, addr="0.0.0.0", registry=self.registry)
+            httpd, _ = start_http_server(self._metrics_port_wanted, addr=self._host, registry=self.registry)
             self._metrics_httpd = httpd
             self.metrics_port = httpd.server_port
 

@@ -9,6 +9,7 @@ processes on free ports, waits until each is healthy, and writes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -43,6 +44,7 @@ class StackInfo:
     logs: dict[str, str]
     model_store: str
     tenants: list[str]
+    topics: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
@@ -112,7 +114,7 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
                          inference=endpoints["inference"], metrics=metrics,
                          pids={p.name: p.pid for p in started},
                          logs={p.name: str(p.log) for p in started}, model_store=str(store_path),
-                         tenants=list(tenants))
+                         tenants=list(tenants), topics=dataclasses.asdict(topics))
         (root / "stack.json").write_text(info.to_json())
         return info
     except BaseException:

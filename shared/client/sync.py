@@ -129,11 +129,13 @@ class Client:
                 time.sleep(backoff(attempt))
         raise AssertionError("unreachable")
 
-    def send(self, *events: events_pb2.Event) -> None:
-        """Buffer events; a full batch is reported at once."""
+    def send(self, *events: events_pb2.Event) -> feedback_pb2.ReportResponse | None:
+        """Buffer events; a full buffer is reported at once and its response
+        returned (per-event results included), else None."""
         self._buffer.extend(events)
         if len(self._buffer) >= self.batch_size:
-            self.flush()
+            return self.flush()
+        return None
 
     def flush(self) -> feedback_pb2.ReportResponse:
         events, self._buffer = self._buffer, []

@@ -1,0 +1,387 @@
+"""``loopwise demo``: replay MovieLens-100K through a local stack and show that traffic flows.
+
+Uses the stack running in ``root`` if there is one, else starts one (and
+stops it afterwards unless ``keep``). Then, for the first ``requests``
+ratings in timestamp order, it ranks the rated movie among 19 movies the user
+never rated (drawn by popularity), and reports feedback: a Click on the rated
+movie at its served position when the rating is 4 or 5, else a Reject of it.
+Feedback goes in batches through the client's ``send``/``flush``.
+
+At the end it reads the impressions and events topics back from the broker
+(until idle: end offsets are not trusted), decodes one impression, scrapes
+the services' metrics, and returns non-zero if anything did not flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+
+from loopwise import datasets, procs, stack
+from loopwise import kafka as lkafka
+from loopwise.client import Client, ReportError
+from loopwise.topics import Topics
+from loopwise.v1 import events_pb2, feedback_pb2
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = 20
+LIKED = 4.0
+FLUSH_EVERY = 100  # Rank calls between two flushes of buffered feedback
+PROGRESS_LINES = 5
+SEED = 7
+READ_IDLE_S = 1.5  # stop reading this long after the last record, once everything expected is in
+READ_PATIENCE_S = 10.0  # ... or this long after the last record, if it is not
+READ_MAX_S = 60.0
+METRICS = {
+    "inference": (("loopwise_inference_rpc_requests_total", {"method": "Rank"}),
+                  ("loopwise_inference_impressions_emitted_total", {}),
+                  ("loopwise_inference_impressions_dropped_total", {})),
+    "collector": (("loopwise_collector_rpc_requests_total", {"method": "Report"}),
+                  ("loopwise_collector_events_accepted_total", {}),
+                  ("loopwise_collector_events_rejected_total", {})),
+}
+
+
+class DemoError(Exception):
+    """Something did not flow; the message says what."""
+
+
+# -- the stack -----------------------------------------------------------------------------
+
+
+def running_stack(root: Path) -> stack.StackInfo | None:
+    """The stack of ``root`` if every one of its processes is alive."""
+    info = stack.StackInfo.read(root.resolve())
+    if info is None or not info.pids:
+        return None
+    return info if all(procs.pid_alive(pid) for pid in info.pids.values()) else None
+
+
+def acquire_stack(root: Path) -> tuple[stack.StackInfo, bool]:
+    """(the stack to use, whether this call started it)."""
+    info = running_stack(root)
+    if info is not None:
+        print(f"using the stack running from {info.root}")
+        return info, False
+    print(f"starting a local stack in {root.resolve()} ...")
+    started = time.monotonic()
+    info = stack.up(root)
+    print(f"stack up in {time.monotonic() - started:.1f}s: inference {info.inference}, "
+          f"collector {info.collector}, kafka {info.kafka}")
+    return info, True
+
+
+# -- the replay ----------------------------------------------------------------------------
+
+
+class NegativeSampler:
+    """Items a user never rated, drawn without replacement in proportion to their rating counts."""
+
+    def __init__(self, data: datasets.MovieLens, seed: int = SEED) -> None:
+        self.item_ids = data.item_ids
+        self.weights = data.item_counts.astype(np.float64) + 1e-9  # unrated items stay possible
+        index = {item: i for i, item in enumerate(self.item_ids)}
+        self.rated = {user: np.fromiter((index[i] for i in items), dtype=np.int64)
+                      for user, items in data.rated_by().items()}
+        self.rng = np.random.default_rng(seed)
+
+    def draw(self, user: str, k: int) -> list[str]:
+        weights = self.weights.copy()
+        weights[self.rated.get(user, np.zeros(0, dtype=np.int64))] = 0.0
+        k = min(k, int(np.count_nonzero(weights)))
+        picked = self.rng.choice(len(weights), size=k, replace=False, p=weights / weights.sum())
+        return [self.item_ids[i] for i in picked]
+
+
+@dataclass
+class ReplayStats:
+    requests: int = 0
+    clicks: int = 0
+    rejects: int = 0
+    sent: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    liked_positions: list[int] = field(default_factory=list)
+    request_ids: set[str] = field(default_factory=set)
+    seconds: float = 0.0
+
+    def add(self, response: feedback_pb2.ReportResponse) -> None:
+        self.accepted += response.accepted
+        self.rejected += response.rejected
+        self.reasons.update(r.reason for r in response.results if not r.accepted)
+
+
+def feedback_event(client: Client, data: datasets.MovieLens, row: int, request_id: str, position: int
+                   ) -> events_pb2.Event:
+    """A Click on the rated item if it was liked, else a Reject; ``position`` is 1-based."""
+    user, item = str(data.user[row]), str(data.item[row])
+    if data.rating[row] >= LIKED:
+        return client.events.click(request_id, item, user_id=user, position=position)
+    return client.events.reject(request_id, item, user_id=user, position=position, reason="rated_low")
+
+
+def replay_one(client: Client, data: datasets.MovieLens, sampler: NegativeSampler, row: int,
+               stats: ReplayStats) -> None:
+    """Rank the rated item among never-rated ones and buffer the feedback on it."""
+    user, item = str(data.user[row]), str(data.item[row])
+    ids = [item, *sampler.draw(user, CANDIDATES - 1)]
+    ids = [ids[i] for i in sampler.rng.permutation(len(ids))]
+    inputs = datasets.rank_inputs(data.users[user], [data.items[i] for i in ids],
+                                  timestamp=float(data.timestamp[row]))
+    ranked = client.rank(ids, **inputs)
+    position = ranked.ranking.index(ids.index(item)) + 1
+    event = feedback_event(client, data, row, ranked.request_id, position)
+    client.send(event)
+    stats.requests += 1
+    stats.sent += 1
+    stats.request_ids.add(ranked.request_id)
+    if event.HasField("click"):
+        stats.clicks += 1
+        stats.liked_positions.append(position)
+    else:
+        stats.rejects += 1
+
+
+def flush(client: Client, stats: ReplayStats) -> None:
+    try:
+        stats.add(client.flush())
+    except ReportError as exc:
+        raise DemoError(f"the collector did not acknowledge {len(exc.events)} events: {exc}") from exc
+
+
+def replay(client: Client, data: datasets.MovieLens, requests: int) -> ReplayStats:
+    sampler = NegativeSampler(data)
+    stats = ReplayStats()
+    total = min(requests, len(data))
+    every = max(1, total // PROGRESS_LINES)
+    start = time.monotonic()
+    for row in range(total):
+        replay_one(client, data, sampler, row, stats)
+        progress = stats.requests % every == 0 or stats.requests == total
+        if progress or stats.requests % FLUSH_EVERY == 0:
+            flush(client, stats)
+        if progress:
+            elapsed = time.monotonic() - start
+            print(f"  {stats.requests:>6}/{total} Rank calls  {stats.requests / elapsed:7.0f} req/s  "
+                  f"events accepted {stats.accepted} (rejected {stats.rejected})")
+    stats.seconds = time.monotonic() - start
+    return stats
+
+
+# -- reading the broker back ---------------------------------------------------------------
+
+
+@dataclass
+class TopicCount:
+    records: int = 0
+    this_run: int = 0
+    undecodable: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class ReadBack:
+    topics: dict[str, TopicCount]
+    sample: events_pb2.Event | None = None
+    seconds: float = 0.0
+
+
+async def _assign_all(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
+    from aiokafka import TopicPartition
+
+    await consumer.topics()  # a full metadata refresh
+    parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+    if not parts:
+        raise DemoError(f"the broker knows none of the topics {', '.join(topics)}")
+    consumer.assign(parts)
+    await consumer.seek_to_beginning(*parts)
+
+
+def _count(out: ReadBack, topic: str, value: bytes, request_ids: set[str]) -> None:
+    counts = out.topics[topic]
+    counts.records += 1
+    try:
+        event = lkafka.decode(value)
+    except ValueError:
+        counts.undecodable += 1
+        return
+    if event.request_id in request_ids:
+        counts.this_run += 1
+        counts.kinds[event.WhichOneof("body") or "none"] += 1
+        if out.sample is None and event.HasField("impression"):
+            out.sample = event
+
+
+async def _read_back(bootstrap: str, want: dict[str, int], request_ids: set[str]) -> ReadBack:
+    from aiokafka import AIOKafkaConsumer
+
+    out = ReadBack({t: TopicCount() for t in want})
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest", client_id="loopwise-demo")
+    await consumer.start()
+    start = last = time.monotonic()
+    try:
+        await _assign_all(consumer, list(want))
+        while time.monotonic() - start < READ_MAX_S:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            now = time.monotonic()
+            for tp, records in batch.items():
+                for record in records:
+                    _count(out, tp.topic, record.value, request_ids)
+                last = now if records else last
+            complete = all(out.topics[t].this_run >= n for t, n in want.items())
+            if now - last > (READ_IDLE_S if complete else READ_PATIENCE_S):
+                break
+    finally:
+        await consumer.stop()
+    out.seconds = time.monotonic() - start
+    log.debug("read back", extra={"counts": {t: c.records for t, c in out.topics.items()},
+                                  "seconds": out.seconds})
+    return out
+
+
+def read_back(bootstrap: str, topics: Topics, stats: ReplayStats) -> ReadBack:
+    want = {topics.impressions: stats.requests, topics.events: stats.accepted}
+    return asyncio.run(_read_back(bootstrap, want, stats.request_ids))
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+def scrape(url: str, wanted: tuple[tuple[str, dict[str, str]], ...], timeout: float = 5.0
+           ) -> dict[str, float]:
+    """Sum of the samples of each wanted metric whose labels include the given ones."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own local URL
+        text = response.read().decode()
+    sums = {name: 0.0 for name, _ in wanted}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for name, labels in wanted:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    sums[name] += sample.value
+    return sums
+
+
+def show_metrics(info: stack.StackInfo) -> None:
+    print("metrics (cumulative since each service started):")
+    for service, wanted in METRICS.items():
+        url = info.metrics.get(service)
+        if not url:
+            continue
+        try:
+            values = scrape(url, wanted)
+        except OSError as exc:
+            print(f"  {service}: {url} unreadable ({exc})")
+            continue
+        for (name, labels), value in zip(wanted, values.values(), strict=True):
+            shown = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+            print(f"  {shown:58} {value:10.0f}")
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def describe(event: events_pb2.Event, k: int = 3) -> str:
+    imp = event.impression
+    top = ", ".join(f"{c} ({s:.3f})" for c, s in zip(imp.candidate_ids[:k], imp.scores[:k], strict=False))
+    user = dict(sorted(imp.user.categorical.items()))
+    return (f"request {event.request_id[:12]} user {event.user_id} {user} hour "
+            f"{imp.context.categorical.get('hour', '?')}: {imp.model}@{imp.version} ranked "
+            f"{len(imp.candidate_ids)} candidates, top {k}: {top}")
+
+
+def show_replay(stats: ReplayStats) -> None:
+    mean = float(np.mean(stats.liked_positions)) if stats.liked_positions else 0.0
+    print(f"replayed {stats.requests} ratings in {stats.seconds:.1f}s "
+          f"({stats.requests / max(stats.seconds, 1e-9):.0f} Rank/s)")
+    print(f"feedback: {stats.clicks} clicks, {stats.rejects} rejects; collector accepted "
+          f"{stats.accepted}/{stats.sent}" + (f", rejected {dict(stats.reasons)}" if stats.rejected else ""))
+    print(f"liked movies were served at mean position {mean:.1f} of {CANDIDATES}")
+
+
+def show_read_back(back: ReadBack) -> None:
+    print(f"read back from the broker in {back.seconds:.1f}s:")
+    for topic, c in back.topics.items():
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(c.kinds.items()))
+        print(f"  {topic:26} {c.records:7} records, {c.this_run} from this run ({kinds or 'none'})"
+              + (f", {c.undecodable} undecodable" if c.undecodable else ""))
+    if back.sample is not None:
+        print("  e.g. " + describe(back.sample))
+
+
+def problems(stats: ReplayStats, back: ReadBack, topics: Topics) -> list[str]:
+    found = []
+    if stats.accepted < stats.sent:
+        found.append(f"the collector accepted {stats.accepted} of {stats.sent} events "
+                     f"(reasons: {dict(stats.reasons)})")
+    impressions = back.topics[topics.impressions].this_run
+    if impressions < stats.requests:
+        found.append(f"{impressions} of {stats.requests} impressions read back from {topics.impressions}")
+    events = back.topics[topics.events].this_run
+    if events < stats.accepted:
+        found.append(f"{events} of {stats.accepted} accepted events read back from {topics.events}")
+    return found
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+
+def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int) -> int:
+    tenant = info.tenants[0] if info.tenants else "default"
+    topics = Topics(**info.topics) if info.topics else Topics.from_env()
+    print(f"replaying {min(requests, len(data))} of {len(data)} MovieLens-100K ratings "
+          f"(tenant {tenant!r}, {CANDIDATES} candidates per Rank)")
+    with Client(info.collector, info.inference, tenant=tenant) as client:
+        stats = replay(client, data, requests)
+    show_replay(stats)
+    back = read_back(info.kafka, topics, stats)
+    show_read_back(back)
+    show_metrics(info)
+    found = problems(stats, back, topics)
+    for problem in found:
+        print(f"DID NOT FLOW: {problem}", file=sys.stderr)
+    if not found:
+        print("ok: ranked, impressions logged, feedback collected")
+    return 1 if found else 0
+
+
+def run(root: Path, requests: int = 2000, keep: bool = False) -> int:
+    """Replay ``requests`` MovieLens ratings through the stack in ``root``; 0 if everything flowed."""
+    if requests < 1:
+        print("loopwise demo: --requests must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        data = datasets.movielens_100k()
+        info, started = acquire_stack(root)
+    except (datasets.DatasetError, stack.StackError) as exc:
+        print(f"loopwise demo: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return demo(info, data, requests)
+    except (DemoError, grpc.RpcError) as exc:
+        log.debug("demo failed", exc_info=True)
+        detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+        print(f"loopwise demo: {detail}", file=sys.stderr)
+        return 1
+    finally:
+        if started and not keep:
+            print("stopped: " + ", ".join(stack.down(root)))
+        elif started:
+            print(f"the stack keeps running; stop it with: loopwise --root {root} down")
