@@ -1,16 +1,17 @@
 """Shared pieces of the benchmarks in bench/: processes, phases, CPU accounting, output.
 
 - `Workspace`: a temporary directory with logs/, and every process started
-  through it stopped at the end (reverse order), also on error; on error the
-  tail of every log is printed.
+  through it stopped at the end (reverse order), also on error, Ctrl-C or
+  SIGTERM; on error the tail of every log is printed and the directory kept.
 - `closed_loop`: N concurrent asyncio callers for a warm-up plus a measured
   window; only calls that complete inside the window count, each with its
   latency.
-- `CpuMeter`: CPU seconds (user + system, all threads) per process over the
-  measured window, read from /proc, so a report can say where the cycles went.
-- `echo_main`: a bare grpc.aio server with generic bytes handlers (no protobuf
-  work) that answers every call on one method with canned bytes; run as
-  ``python bench/_common.py echo PORT METHOD RESPONSE_FILE``.
+- `CpuMeter`: CPU seconds (user + system) per process, and per thread where
+  asked, over the measured window, read from /proc: where the cycles went.
+- `time_call`/`time_call_cold`: in-process timing of one step, with warm
+  caches and with the caches flushed before each call.
+- `scrape`/`delta`: a service's Prometheus counters around a window;
+  `py_spy`/`summarize_folded`: an optional profile of a service.
 
 The last line a benchmark prints is one JSON object (`emit_result`).
 """
@@ -22,11 +23,12 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import traceback
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,7 +52,8 @@ def add_common_args(parser: argparse.ArgumentParser, *, seconds: float, concurre
     parser.add_argument("--concurrency", type=int, default=concurrency,
                         help=f"calls in flight from the client (default {concurrency})")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="also record a py-spy flame graph of the service under test into DIR")
+                        help="add a phase profiling the service under test with py-spy (folded stacks "
+                             "into DIR, summarised in the output; needs `pip install py-spy`)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) at the end")
     parser.set_defaults(default_seconds=seconds)
 
@@ -132,19 +135,16 @@ class Workspace:
                     raise
                 continue
 
-    def stop(self, proc: procs.Proc) -> None:
-        proc.stop()
-        if proc in self._procs:
-            self._procs.remove(proc)
-
     def __enter__(self) -> Workspace:
+        signal.signal(signal.SIGTERM, _terminate)  # SIGTERM stops what we started, like Ctrl-C
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc is not None and not isinstance(exc, KeyboardInterrupt):
-            say(f"FAILED: {exc!r}")
-            traceback.print_exception(exc, file=sys.stdout)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            say(f"interrupted ({exc!r}); stopping everything")
+        elif exc is not None:
+            say(f"FAILED: {exc!r} (traceback below); the logs of what was started:")
             for log in sorted(self.logs.glob("*.log")):
                 tail = log.read_text(errors="replace").splitlines()[-15:]
                 say(f"--- {log.name} (last {len(tail)} lines)")
@@ -162,6 +162,10 @@ class Workspace:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def py_spy(pid: int, seconds: float, out: Path, name: str) -> subprocess.Popen | None:
     """Start ``py-spy record`` on ``pid`` for ``seconds`` (None when py-spy is not installed)."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -170,7 +174,7 @@ def py_spy(pid: int, seconds: float, out: Path, name: str) -> subprocess.Popen |
         return None
     out.mkdir(parents=True, exist_ok=True)
     argv = [exe, "record", "--pid", str(pid), "--duration", str(max(int(seconds), 1)), "--rate", "200",
-            "--format", "raw", "-o", str(out / f"{name}.folded")]
+            "--gil", "--format", "raw", "-o", str(out / f"{name}.folded")]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
@@ -206,36 +210,86 @@ def summarize_folded(path: Path, top: int = 15) -> list[str]:
 # -- measuring ---------------------------------------------------------------------------------
 
 
+def _stat_cpu(path: str) -> tuple[str, float]:
+    """(command name, user + system CPU seconds) from a /proc stat file."""
+    with open(path) as f:
+        text = f.read()
+    name = text[text.index("(") + 1:text.rindex(")")]
+    fields = text.rpartition(")")[2].split()
+    return name, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return _stat_cpu(f"/proc/{pid}/stat")[1]
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far per thread of a process.
+
+    Labels: "main" for the main thread (an asyncio service's event loop), the
+    Python thread name for this process's own threads, else the OS thread name
+    (grpc's C threads name themselves) with "/tid" when Python started it.
+    """
+    own = {t.native_id: t.name for t in threading.enumerate()} if pid == os.getpid() else {}
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name, secs = _stat_cpu(str(task / "stat"))
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        tid = int(task.name)
+        if tid == pid:
+            label = "main"
+        elif tid in own:
+            label = own[tid]
+        elif name.startswith("python"):
+            label = f"{name}/{tid}"
+        else:
+            label = name
+        out[label] = out.get(label, 0.0) + secs
+    return out
 
 
 class CpuMeter:
-    """CPU seconds per named process between `start` and `stop`; "client" is this process."""
+    """CPU seconds per named process between `start` and `stop`; "client" is this process.
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    For the processes named in ``threads``, also CPU seconds per thread name
+    (``threads_used``): which thread of a service is busy.
+    """
+
+    def __init__(self, pids: dict[str, int], threads: tuple[str, ...] = ()) -> None:
         self.pids = {"client": os.getpid(), **pids}
+        self.threads = threads
         self._t0: dict[str, float] = {}
+        self._th0: dict[str, dict[str, float]] = {}
         self.used: dict[str, float] = {}
+        self.threads_used: dict[str, dict[str, float]] = {}
 
-    def _read(self) -> dict[str, float]:
+    def _read(self) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         out = {}
         for name, pid in self.pids.items():
             try:
                 out[name] = cpu_seconds(pid)
             except OSError:
                 out[name] = float("nan")
-        return out
+        per_thread = {}
+        for name in self.threads:
+            try:
+                per_thread[name] = thread_cpu(self.pids[name])
+            except OSError:
+                per_thread[name] = {}
+        return out, per_thread
 
     def start(self) -> None:
-        self._t0 = self._read()
+        self._t0, self._th0 = self._read()
 
     def stop(self) -> dict[str, float]:
-        now = self._read()
+        now, threads = self._read()
         self.used = {name: now[name] - self._t0[name] for name in now}
+        self.threads_used = {
+            proc: {t: v - self._th0.get(proc, {}).get(t, 0.0) for t, v in per.items()}
+            for proc, per in threads.items()}
         return self.used
 
 
@@ -248,6 +302,7 @@ class PhaseResult:
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
+    threads: dict[str, dict[str, float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -261,17 +316,24 @@ class PhaseResult:
     def pct_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies, q) * 1000) if self.latencies else float("nan")
 
-    def cpu_line(self, per: str = "call", scale: float = 1e6, unit: str = "us") -> str:
-        """CPU per item and share of the machine's cores, per process."""
-        n = self.items if per != "call" else self.calls
-        cores = os.cpu_count() or 1
-        parts = []
-        for name, secs in self.cpu.items():
-            parts.append(f"{name} {secs / n * scale:,.0f} {unit}/{per} ({secs / self.seconds:.2f} core)"
-                         if n and self.seconds else f"{name} {secs:.2f}s")
-        total = sum(self.cpu.values())
-        parts.append(f"total {total / self.seconds:.2f} of {cores} cores" if self.seconds else "")
-        return "; ".join(p for p in parts if p)
+    def _n(self, per: str) -> int:
+        return self.calls if per == "call" else self.items
+
+    def cpu_line(self, per: str = "call") -> str:
+        """CPU us per call (or per item: ``per="event"``) and share of a core, per process."""
+        n = self._n(per)
+        parts = [f"{name} {secs / n * 1e6:,.1f} us/{per} ({secs / self.seconds:.2f} core)"
+                 for name, secs in self.cpu.items() if n and self.seconds]
+        if self.seconds:
+            parts.append(f"total {sum(self.cpu.values()) / self.seconds:.2f} of {os.cpu_count()} cores")
+        return "; ".join(parts)
+
+    def threads_line(self, proc: str, per: str = "call", top: int = 6) -> str:
+        """The busiest threads of one process: CPU us per call (or item) and share of a core."""
+        n = self._n(per)
+        busy = sorted(self.threads.get(proc, {}).items(), key=lambda kv: -kv[1])[:top]
+        return ", ".join(f"{t} {v / n * 1e6:,.1f} us/{per} ({v / self.seconds:.2f} core)"
+                         for t, v in busy if v > 0 and n and self.seconds)
 
 
 def merge(name: str, phases: list[PhaseResult]) -> PhaseResult:
@@ -285,14 +347,20 @@ def merge(name: str, phases: list[PhaseResult]) -> PhaseResult:
         out.latencies.extend(p.latencies)
         for k, v in p.cpu.items():
             out.cpu[k] = out.cpu.get(k, 0.0) + v
+        for proc, per in p.threads.items():
+            mine = out.threads.setdefault(proc, {})
+            for t, v in per.items():
+                mine[t] = mine.get(t, 0.0) + v
     return out
 
 
-async def closed_loop(name: str, call: Callable[[], Awaitable[int]], *, concurrency: int, warmup: float,
-                      seconds: float, meter: CpuMeter | None = None,
+async def closed_loop(name: str, call: Callable[[Any], Awaitable[int]], *, concurrency: int, warmup: float,
+                      seconds: float, prepare: Callable[[], Any] = lambda: None,
+                      meter: CpuMeter | None = None,
                       on_window: Callable[[str], Awaitable[None]] | None = None) -> PhaseResult:
-    """``concurrency`` callers, each awaiting ``call()`` (which returns the items it got
-    acknowledged) back to back; counted: calls completing inside the measured window.
+    """``concurrency`` callers, each awaiting ``call(prepare())`` back to back (``call``
+    returns the items it got acknowledged); counted: the calls completing inside the
+    measured window, each with its latency (``prepare`` is not timed).
 
     ``on_window("start"/"stop")`` runs at the window's edges (e.g. to scrape metrics).
     """
@@ -304,12 +372,14 @@ async def closed_loop(name: str, call: Callable[[], Awaitable[int]], *, concurre
     async def worker() -> None:
         nonlocal stop
         while not stop:
+            arg = prepare()
             start = time.perf_counter()
             try:
-                n = await call()
+                n = await call(arg)
             except Exception as exc:  # noqa: BLE001 - counted and reported, the phase goes on
                 end = time.perf_counter()
-                key = type(exc).__name__ + (f"({exc.code().name})" if hasattr(exc, "code") else "")
+                code = getattr(exc, "code", None)
+                key = type(exc).__name__ + (f"({code().name})" if callable(code) else "")
                 errors[key] = errors.get(key, 0) + 1
                 if t0 <= end <= t1:
                     result.errors += 1
@@ -334,6 +404,7 @@ async def closed_loop(name: str, call: Callable[[], Awaitable[int]], *, concurre
         t1 = time.perf_counter()
         if meter:
             result.cpu = meter.stop()
+            result.threads = meter.threads_used
         if on_window:
             await on_window("stop")
         result.seconds = t1 - t0
@@ -379,37 +450,16 @@ def time_call(fn: Callable[[], Any], min_seconds: float = 0.3, min_runs: int = 5
     return float(np.median(samples))
 
 
-# -- the echo server ---------------------------------------------------------------------------
+_THRASH = np.ones(1 << 20)  # 8 MiB: more than the caches a call's data would stay in
 
 
-async def _echo_serve(port: int, method: str, response: bytes) -> None:
-    import grpc
-
-    service, _, name = method.strip("/").partition("/")
-    received = 0
-
-    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        nonlocal received
-        received += len(request)
-        return response
-
-    handler = grpc.method_handlers_generic_handler(
-        service, {name: grpc.unary_unary_rpc_method_handler(handle)})  # bytes in, bytes out
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    await server.wait_for_termination()
-
-
-def echo_main(argv: list[str]) -> None:
-    """``echo PORT METHOD RESPONSE_FILE``: answer METHOD with the file's bytes, until SIGTERM."""
-    port, method, response_file = int(argv[0]), argv[1], Path(argv[2])
-    asyncio.run(_echo_serve(port, method, response_file.read_bytes()))
-
-
-if __name__ == "__main__":
-    if len(sys.argv) >= 2 and sys.argv[1] == "echo":
-        echo_main(sys.argv[2:])
-    else:
-        sys.exit("usage: python bench/_common.py echo PORT METHOD RESPONSE_FILE")
+def time_call_cold(fn: Callable[[], Any], runs: int = 200) -> float:
+    """Median seconds per call of ``fn`` with the CPU caches flushed before each call, as in a
+    server where other work (gRPC, asyncio, other requests) runs between two calls."""
+    samples = []
+    for _ in range(runs):
+        _THRASH.sum()
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return float(np.median(samples))

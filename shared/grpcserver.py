@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -32,7 +33,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.12
 
 
 class Malformed:
-    """Stands in for a request whose bytes did not parse (see `_DecodeGuard`)."""
+    """Stands in for a request whose bytes did not parse (see `add_service`)."""
 
     __slots__ = ("error",)
 
@@ -47,23 +48,41 @@ def check_parsed(request: Any) -> Any:
     return request
 
 
-class _DecodeGuard(grpc.aio.ServerInterceptor):
-    """Requests that fail to parse reach the handler as `Malformed`, so they
-    are answered INVALID_ARGUMENT instead of grpc's generic UNKNOWN."""
+def _safe_parser(message_class: Any) -> Callable[[bytes], Any]:
+    parse = message_class.FromString
 
-    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        parse = handler.request_deserializer
+    def safe(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Malformed(str(exc))
 
-        def safe(data: bytes) -> Any:
-            try:
-                return parse(data)
-            except DecodeError as exc:
-                return Malformed(str(exc))
+    return safe
 
-        return handler._replace(request_deserializer=safe)
+
+def add_service(server: grpc.aio.Server, servicer: Any, service: Any) -> str:
+    """Register ``servicer`` for the service descriptor ``service`` (e.g.
+    ``inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]``).
+
+    Like the generated ``add_*Servicer_to_server``, but a request that does
+    not parse reaches the handler as `Malformed` (answered INVALID_ARGUMENT by
+    `rpc`) instead of grpc's generic UNKNOWN — with no per-call interceptor.
+    """
+    handlers = {}
+    for method in service.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        kind = {(False, False): grpc.unary_unary_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler}[(method.client_streaming,
+                                                                      method.server_streaming)]
+        handlers[method.name] = kind(getattr(servicer, method.name),
+                                     request_deserializer=_safe_parser(request_class),
+                                     response_serializer=response_class.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+    return service.full_name
 
 
 class RpcMetrics:
@@ -115,7 +134,7 @@ class GrpcService:
 
     def __init__(self, *, host: str, port: int, metrics_port: int, registry: CollectorRegistry,
                  service_names: list[str]) -> None:
-        self.server = grpc.aio.server(interceptors=[_DecodeGuard()], options=[
+        self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),

@@ -42,11 +42,13 @@ _POW = _powers(256)
 
 
 def _fmix64(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> _S33)
-    h = h * _M1
-    h = h ^ (h >> _S33)
-    h = h * _M2
-    return h ^ (h >> _S33)
+    """murmur3's 64-bit finaliser, in place (uint64 arithmetic wraps silently)."""
+    h ^= h >> _S33
+    h *= _M1
+    h ^= h >> _S33
+    h *= _M2
+    h ^= h >> _S33
+    return h
 
 
 def _string_seed(s: str) -> np.uint64:
@@ -69,10 +71,9 @@ def hash_strings(values: Sequence[str] | np.ndarray, seeds: np.ndarray | np.uint
         codes = arr.view(np.uint32).reshape(arr.size, width).astype(np.uint64)
     if width > _POW.size:
         _POW = _powers(max(width, 2 * _POW.size))
-    with np.errstate(over="ignore"):
-        h = codes @ _POW[:width]
-        h = h + np.asarray(seeds, dtype=np.uint64)
-        return _fmix64(h)
+    h = codes @ _POW[:width]
+    h += np.asarray(seeds, dtype=np.uint64)
+    return _fmix64(h)
 
 
 _FIELD_SEEDS: dict[str, np.uint64] = {}
@@ -81,7 +82,7 @@ _FIELD_SEEDS: dict[str, np.uint64] = {}
 def field_seed(field: str) -> np.uint64:
     seed = _FIELD_SEEDS.get(field)
     if seed is None:
-        seed = _FIELD_SEEDS[field] = _fmix64(np.asarray([_string_seed("field:" + field)]))[0]
+        seed = _FIELD_SEEDS[field] = _fmix64(np.asarray([_string_seed("field:" + field)], dtype=np.uint64))[0]
     return seed
 
 

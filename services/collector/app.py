@@ -7,8 +7,8 @@ import logging
 
 from loopwise import kafka as lkafka
 from loopwise import logs
-from loopwise.grpcserver import GrpcService, run_until_signal
-from loopwise.v1 import feedback_pb2, feedback_pb2_grpc
+from loopwise.grpcserver import GrpcService, add_service, run_until_signal
+from loopwise.v1 import feedback_pb2
 
 from .metrics import CollectorMetrics
 from .producer import AckedProducer
@@ -28,11 +28,11 @@ class Collector:
                                       linger_ms=settings.linger_ms,
                                       on_recreate=self.metrics.producer_recreated.inc)
         self.servicer = FeedbackServicer(settings, self.producer, self.metrics)
-        name = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"].full_name
+        service = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
                                 metrics_port=settings.metrics_port, registry=self.metrics.registry,
-                                service_names=[name])
-        feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(self.servicer, self.grpc.server)
+                                service_names=[service.full_name])
+        add_service(self.grpc.server, self.servicer, service)
 
     @property
     def port(self) -> int:

@@ -61,16 +61,23 @@ class _BatchWaiter:
             self.future.set_result(self.error)
 
 
+def producer_config(bootstrap: str, *, compression: str = "zstd", linger_ms: int = 2,
+                    client_id: str = "loopwise-collector") -> dict[str, Any]:
+    """The kafka-python settings of the collector's producer (benchmarks reuse them)."""
+    return dict(
+        bootstrap_servers=bootstrap.split(","), client_id=client_id, acks="all",
+        enable_idempotence=True, compression_type=None if compression == "none" else compression,
+        linger_ms=linger_ms, batch_size=256 * 1024, max_in_flight_requests_per_connection=5,
+        request_timeout_ms=5_000, delivery_timeout_ms=10_000, max_block_ms=5_000,
+        retry_backoff_ms=100, reconnect_backoff_max_ms=1_000, bootstrap_timeout_ms=5_000,
+    )
+
+
 class AckedProducer:
     def __init__(self, bootstrap: str, *, compression: str = "zstd", linger_ms: int = 2,
                  client_id: str = "loopwise-collector", on_recreate: Any = None) -> None:
-        self._config = dict(
-            bootstrap_servers=bootstrap.split(","), client_id=client_id, acks="all",
-            enable_idempotence=True, compression_type=None if compression == "none" else compression,
-            linger_ms=linger_ms, batch_size=256 * 1024, max_in_flight_requests_per_connection=5,
-            request_timeout_ms=5_000, delivery_timeout_ms=10_000, max_block_ms=5_000,
-            retry_backoff_ms=100, reconnect_backoff_max_ms=1_000, bootstrap_timeout_ms=5_000,
-        )
+        self._config = producer_config(bootstrap, compression=compression, linger_ms=linger_ms,
+                                       client_id=client_id)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="collector-send")
         self._producer: KafkaProducer | None = None
         self._on_recreate = on_recreate

@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 from loopwise import kafka as lkafka
 from loopwise import logs, redis_keys
 from loopwise.errors import ModelError
-from loopwise.grpcserver import GrpcService, run_until_signal
+from loopwise.grpcserver import GrpcService, add_service, run_until_signal
 from loopwise.modelstore import ModelStore
-from loopwise.v1 import inference_pb2, inference_pb2_grpc
+from loopwise.v1 import inference_pb2
 
 from . import models
 from .impressions import ImpressionEmitter
@@ -47,11 +47,11 @@ class Inference:
                         if settings.emit_impressions else None)
         self.servicer = InferenceServicer(settings, self.registry, self.emitter, RewriteTable(self.redis),
                                           self.metrics)
-        name = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
+        service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
                                 metrics_port=settings.metrics_port, registry=self.metrics.registry,
-                                service_names=[name])
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.servicer, self.grpc.server)
+                                service_names=[service.full_name])
+        add_service(self.grpc.server, self.servicer, service)
         self._loader: asyncio.Task | None = None
 
     @property

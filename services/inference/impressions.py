@@ -17,7 +17,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 
 from loopwise import kafka as lkafka
-from loopwise.v1 import events_pb2, features_pb2
+from loopwise.v1 import events_pb2
 
 from .metrics import InferenceMetrics
 
@@ -26,22 +26,22 @@ log = logging.getLogger(__name__)
 
 def build_impression(tenant: str, request: Any, request_id: str, model: str, version: str,
                      scores: np.ndarray, ranking: np.ndarray, at_ms: int) -> events_pb2.Event:
-    """The Impression of one Rank call: candidates in served (ranked) order."""
-    cands = request.candidates
-    order = ranking.tolist()
-    ids = np.asarray(cands.ids, dtype=object)[ranking].tolist()
-    ranked = features_pb2.Candidates(ids=ids)
-    for col in cands.categorical:
-        ranked.categorical.add(name=col.name, values=np.asarray(col.values, dtype=object)[order].tolist())
-    for col in cands.numeric:
-        ranked.numeric.add(name=col.name, values=np.asarray(col.values, dtype=np.float32)[order].tolist())
-    return events_pb2.Event(
-        event_id=lkafka.new_event_id(), tenant=tenant, user_id=request.user_id,
-        session_id=request.session_id, request_id=request_id, client_time_ms=at_ms,
-        received_time_ms=at_ms,
-        impression=events_pb2.Impression(model=model, version=version, candidate_ids=ids,
-                                         scores=scores[ranking].tolist(), user=request.user,
-                                         context=request.context, candidates=ranked, source="inference"))
+    """The Impression of one Rank call: ids and scores in served order; the
+    request's features copied as they came (C-level copies), with `ranking`."""
+    event = events_pb2.Event(event_id=lkafka.new_event_id(), tenant=tenant, user_id=request.user_id,
+                             session_id=request.session_id, request_id=request_id, client_time_ms=at_ms,
+                             received_time_ms=at_ms)
+    imp = event.impression
+    imp.model = model
+    imp.version = version
+    imp.source = "inference"
+    imp.candidate_ids.extend(np.asarray(request.candidates.ids, dtype=object)[ranking].tolist())
+    imp.scores.extend(scores[ranking].tolist())
+    imp.ranking.extend(ranking.tolist())
+    imp.user.CopyFrom(request.user)
+    imp.context.CopyFrom(request.context)
+    imp.candidates.CopyFrom(request.candidates)
+    return event
 
 
 class ImpressionEmitter:

@@ -70,8 +70,11 @@ def test_impression_appears_on_the_topic_in_served_order(start_inference, broker
     assert imp.version == ranked.version and imp.model == "ranker"
     assert list(imp.candidate_ids) == ranked.top(20)
     assert list(imp.scores) == pytest.approx(sorted(ranked.scores, reverse=True))
+    assert list(imp.ranking) == ranked.ranking
+    assert list(imp.candidates.ids) == ids
+    assert [imp.candidates.ids[i] for i in imp.ranking] == list(imp.candidate_ids)
     popularity = {c.name: list(c.values) for c in imp.candidates.numeric}["popularity"]
-    assert popularity == pytest.approx([features(20)["popularity"][ids.index(c)] for c in imp.candidate_ids])
+    assert popularity == pytest.approx(features(20)["popularity"])
 
 
 def test_errors_have_the_documented_codes(start_inference):
