@@ -11,7 +11,7 @@ What runs (all on this machine, each its own process, stopped at the end):
   work at all) that answers Rank with the bytes of a real RankResponse
   captured from the service: the baseline;
 - ``servicer``: the same canned answer through our serving stack
-  (`loopwise.grpcserver.GrpcService`, its interceptor, the ``@rpc`` metrics
+  (`loopwise.grpcserver.GrpcService` and `add_service`, the ``@rpc`` metrics
   wrapper, protobuf parse and serialise) but no work: what the stack costs.
 
 One client process (grpc.aio, ``--concurrency`` calls in flight, default 8)
@@ -117,7 +117,7 @@ async def _serve_echo(port: int, response: bytes, mode: str) -> None:
 
     from prometheus_client import CollectorRegistry
 
-    from loopwise.grpcserver import GrpcService, RpcMetrics, rpc
+    from loopwise.grpcserver import GrpcService, RpcMetrics, add_service, rpc
 
     canned = inference_pb2.RankResponse.FromString(response)
 
@@ -134,7 +134,7 @@ async def _serve_echo(port: int, response: bytes, mode: str) -> None:
 
     service = GrpcService(host="127.0.0.1", port=port, metrics_port=-1, registry=CollectorRegistry(),
                           service_names=[SERVICE])
-    inference_pb2_grpc.add_InferenceServiceServicer_to_server(CannedServicer(), service.server)
+    add_service(service.server, CannedServicer(), inference_pb2.DESCRIPTOR.services_by_name["InferenceService"])
     await service.start()
     await service.set_serving(True)
     await service.server.wait_for_termination()
@@ -355,7 +355,7 @@ def report(merged: dict[str, c.PhaseResult], steps: dict[str, float], server: di
     c.say("server CPU per call (us), each step adding to the one before:")
     prev = None
     labels = {"echo": "bare grpc.aio, bytes in/out",
-              "servicer": "+ GrpcService, interceptor, @rpc metrics, protobuf parse/serialise",
+              "servicer": "+ GrpcService, add_service, @rpc metrics, protobuf parse/serialise",
               "rank_noimp": "+ Rank's work: features, onnxruntime, argsort, response",
               "rank": "+ impressions (built and produced on the same event loop)"}
     for name in PHASES:
