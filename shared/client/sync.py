@@ -65,27 +65,52 @@ def rank_request(tenant: str, candidate_ids: Sequence[str], *, model: str = "", 
                                      candidates=build.candidates(candidate_ids, features))
 
 
-class Client:
-    """``Client(collector_target, inference_target, tenant="default")``; either target may be None."""
+def merge_into(total: feedback_pb2.ReportResponse, response: feedback_pb2.ReportResponse) -> None:
+    total.results.extend(response.results)
+    total.accepted += response.accepted
+    total.rejected += response.rejected
 
-    def __init__(self, collector: str | None = None, inference: str | None = None, *, tenant: str = "default",
-                 batch_size: int = 1000, retries: int = 6, timeout: float = 30.0) -> None:
+
+class ClientBase:
+    """What the sync and asyncio clients share: settings, channels, stubs, builders."""
+
+    def __init__(self, collector: str | None, inference: str | None, *, tenant: str, batch_size: int,
+                 retries: int, timeout: float, channel: Any) -> None:
         self.tenant = tenant
         self.events = build.EventFactory(tenant)
         self.batch_size = batch_size
         self.retries = retries
         self.timeout = timeout
-        self._buffer: list[events_pb2.Event] = []
-        self._channels = []
-        self._feedback = self._inference = None
+        self._channels: list[Any] = []
+        self._feedback: Any = None
+        self._inference: Any = None
         if collector:
-            ch = grpc.insecure_channel(collector, options=CHANNEL_OPTIONS)
-            self._channels.append(ch)
-            self._feedback = feedback_pb2_grpc.FeedbackServiceStub(ch)
+            self._channels.append(channel(collector, options=CHANNEL_OPTIONS))
+            self._feedback = feedback_pb2_grpc.FeedbackServiceStub(self._channels[-1])
         if inference:
-            ch = grpc.insecure_channel(inference, options=CHANNEL_OPTIONS)
-            self._channels.append(ch)
-            self._inference = inference_pb2_grpc.InferenceServiceStub(ch)
+            self._channels.append(channel(inference, options=CHANNEL_OPTIONS))
+            self._inference = inference_pb2_grpc.InferenceServiceStub(self._channels[-1])
+
+    def _rewrite_request(self, utterance: str, user_id: str, session_id: str,
+                         context: Mapping[str, str] | None) -> inference_pb2.RewriteRequest:
+        return inference_pb2.RewriteRequest(tenant=self.tenant, utterance=utterance, user_id=user_id,
+                                            session_id=session_id, context=dict(context or {}))
+
+    @staticmethod
+    def _stub(stub: Any) -> Any:
+        if stub is None:
+            raise RuntimeError("this client was built without that service's address")
+        return stub
+
+
+class Client(ClientBase):
+    """``Client(collector_target, inference_target, tenant="default")``; either target may be None."""
+
+    def __init__(self, collector: str | None = None, inference: str | None = None, *, tenant: str = "default",
+                 batch_size: int = 1000, retries: int = 6, timeout: float = 30.0) -> None:
+        super().__init__(collector, inference, tenant=tenant, batch_size=batch_size, retries=retries,
+                         timeout=timeout, channel=grpc.insecure_channel)
+        self._buffer: list[events_pb2.Event] = []
 
     # -- inference -----------------------------------------------------------------
     def rank(self, candidate_ids: Sequence[str], **kwargs: Any) -> Ranked:
@@ -99,8 +124,7 @@ class Client:
 
     def rewrite(self, utterance: str, *, user_id: str = "", session_id: str = "",
                 context: Mapping[str, str] | None = None) -> inference_pb2.RewriteResponse:
-        request = inference_pb2.RewriteRequest(tenant=self.tenant, utterance=utterance, user_id=user_id,
-                                               session_id=session_id, context=dict(context or {}))
+        request = self._rewrite_request(utterance, user_id, session_id, context)
         return self._stub(self._inference).Rewrite(request, timeout=self.timeout)
 
     # -- feedback ------------------------------------------------------------------
@@ -108,10 +132,7 @@ class Client:
         """Send now, in batches; retry UNAVAILABLE with the same event ids."""
         total = feedback_pb2.ReportResponse()
         for batch in build.chunks(list(events), self.batch_size):
-            response = self._report_batch(batch)
-            total.results.extend(response.results)
-            total.accepted += response.accepted
-            total.rejected += response.rejected
+            merge_into(total, self._report_batch(batch))
         return total
 
     def _report_batch(self, batch: Sequence[events_pb2.Event]) -> feedback_pb2.ReportResponse:
@@ -146,12 +167,6 @@ class Client:
             raise
 
     # -- lifecycle -----------------------------------------------------------------
-    @staticmethod
-    def _stub(stub: Any) -> Any:
-        if stub is None:
-            raise RuntimeError("this client was built without that service's address")
-        return stub
-
     def close(self) -> None:
         for ch in self._channels:
             ch.close()

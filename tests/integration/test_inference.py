@@ -181,3 +181,25 @@ def test_reflection_lists_the_services(start_inference):
             list_services="")]), timeout=5))
     names = {s.name for s in response.list_services_response.service}
     assert {"loopwise.v1.InferenceService", "grpc.health.v1.Health"} <= names
+
+
+def test_async_client_ranks_rewrites_and_reports(start_inference, start_collector, broker, topics):
+    import asyncio
+
+    from loopwise.client import AsyncClient
+
+    inference = start_inference()
+    collector = start_collector()
+    wait_serving(target(inference))
+
+    async def main():
+        async with AsyncClient(target(collector), target(inference)) as lw:
+            ranked = await lw.rank(["a", "b"], user_id="u1", features={"popularity": [0.1, 0.9]})
+            rewrite = await lw.rewrite("hello there")
+            response = await lw.report([lw.events.click(ranked.request_id, ranked.top(1)[0], user_id="u1")])
+            return ranked, rewrite, response
+
+    ranked, rewrite, response = asyncio.run(main())
+    assert ranked.top(1) == ["b"] and not rewrite.rewritten and response.accepted == 1
+    [click] = read_events(broker, topics.events, want=1)
+    assert click.request_id == ranked.request_id and click.click.candidate_id == "b"
