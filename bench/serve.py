@@ -160,7 +160,7 @@ def breakdown(store_path: Path, version: str, request: inference_pb2.RankRequest
     wire = request.SerializeToString()
     req = inference_pb2.RankRequest.FromString(wire)
     sparse, dense = loaded.builder.build(req.user_id, req.user, req.context, req.candidates)
-    prob, _ = loaded.score(sparse, dense)
+    prob, hidden = loaded.score(sparse, dense)
     ranking = np.argsort(-prob, kind="stable")
 
     def respond() -> bytes:
@@ -171,7 +171,7 @@ def breakdown(store_path: Path, version: str, request: inference_pb2.RankRequest
 
     def impression() -> tuple[bytes, bytes]:
         event = build_impression(TENANT, req, response.request_id, loaded.model, loaded.version, prob,
-                                 ranking, lkafka.now_ms())
+                                 ranking, hidden, lkafka.now_ms())
         return lkafka.record_key(event), event.SerializeToString()
 
     steps = {

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 def build_impression(tenant: str, request: Any, request_id: str, model: str, version: str,
-                     scores: np.ndarray, ranking: np.ndarray, at_ms: int) -> events_pb2.Event:
+                     scores: np.ndarray, ranking: np.ndarray, hidden: np.ndarray | None,
+                     at_ms: int) -> events_pb2.Event:
     """The Impression of one Rank call: ids and scores in served order; the
     request's features copied as they came (C-level copies), with `ranking`."""
     event = events_pb2.Event(event_id=lkafka.new_event_id(), tenant=tenant, user_id=request.user_id,
@@ -41,6 +42,9 @@ def build_impression(tenant: str, request: Any, request_id: str, model: str, ver
     imp.user.CopyFrom(request.user)
     imp.context.CopyFrom(request.context)
     imp.candidates.CopyFrom(request.candidates)
+    if hidden is not None and hidden.ndim == 2:
+        imp.representation = hidden.astype("<f2").tobytes()
+        imp.representation_dim = hidden.shape[1]
     return event
 
 
@@ -59,7 +63,7 @@ class ImpressionEmitter:
         self._busy = False
 
     def offer(self, item: tuple) -> None:
-        """Never blocks: (tenant, request, request_id, model, version, scores, ranking, at_ms)."""
+        """Never blocks: (tenant, request, request_id, model, version, scores, ranking, hidden, at_ms)."""
         if self._closing:
             self.metrics.impressions_dropped.labels("shutdown").inc()
             return
@@ -103,8 +107,8 @@ class ImpressionEmitter:
                 items.append(self.queue.get_nowait())
             self.metrics.impression_buffer.set(self.queue.qsize())
             records = []
-            for tenant, request, request_id, model, version, scores, ranking, at_ms in items:
-                event = build_impression(tenant, request, request_id, model, version, scores, ranking, at_ms)
+            for item in items:
+                event = build_impression(*item)
                 records.append((lkafka.record_key(event), event.SerializeToString()))
             await self._produce(records)
             self._busy = False

@@ -58,28 +58,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                   violations=[("candidates.ids", f"at most {MAX_CANDIDATES}")])
         start = time.perf_counter()
         if n > self.settings.offload_candidates:
-            prob = await asyncio.get_running_loop().run_in_executor(None, self._score, loaded, request)
+            prob, hidden = await asyncio.get_running_loop().run_in_executor(None, self._score, loaded, request)
         else:
-            prob = self._score(loaded, request)
+            prob, hidden = self._score(loaded, request)
         ranking = np.argsort(-prob, kind="stable")
         self.metrics.score_seconds.observe(time.perf_counter() - start)
         self.metrics.candidates.observe(n)
         request_id = request.request_id or uuid.uuid4().hex
         if self.emitter is not None:
             self.emitter.offer((tenant, request, request_id, loaded.model, loaded.version, prob, ranking,
-                                lkafka.now_ms()))
+                                hidden, lkafka.now_ms()))
         return inference_pb2.RankResponse(request_id=request_id, model=loaded.model, version=loaded.version,
                                           scores=prob.tolist(), ranking=ranking.tolist())
 
     @staticmethod
-    def _score(loaded: LoadedModel, request: inference_pb2.RankRequest) -> np.ndarray:
+    def _score(loaded: LoadedModel, request: inference_pb2.RankRequest) -> tuple[np.ndarray, np.ndarray]:
         try:
             sparse, dense = loaded.builder.build(request.user_id, request.user, request.context,
                                                  request.candidates)
         except FeatureError as exc:
             raise InvalidArgument(str(exc), violations=[(exc.field, str(exc))]) from None
-        prob, _hidden = loaded.score(sparse, dense)
-        return prob
+        return loaded.score(sparse, dense)
 
     @rpc("Rewrite")
     async def Rewrite(self, request: inference_pb2.RewriteRequest, context) -> inference_pb2.RewriteResponse:  # noqa: N802

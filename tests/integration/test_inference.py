@@ -7,6 +7,7 @@ import time
 import urllib.request
 
 import grpc
+import numpy as np
 import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -71,6 +72,8 @@ def test_impression_appears_on_the_topic_in_served_order(start_inference, broker
     assert list(imp.candidate_ids) == ranked.top(20)
     assert list(imp.scores) == pytest.approx(sorted(ranked.scores, reverse=True))
     assert list(imp.ranking) == ranked.ranking
+    hidden = np.frombuffer(imp.representation, dtype="<f2").reshape(20, imp.representation_dim)
+    assert imp.representation_dim == coldstart.HIDDEN_DIM and np.isfinite(hidden).all()
     assert list(imp.candidates.ids) == ids
     assert [imp.candidates.ids[i] for i in imp.ranking] == list(imp.candidate_ids)
     popularity = {c.name: list(c.values) for c in imp.candidates.numeric}["popularity"]

@@ -1,0 +1,156 @@
+from loopwise.v1 import features_pb2 as _features_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LabelSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LABEL_SOURCE_UNSPECIFIED: _ClassVar[LabelSource]
+    LABEL_SOURCE_NO_FEEDBACK: _ClassVar[LabelSource]
+    LABEL_SOURCE_CLICK: _ClassVar[LabelSource]
+    LABEL_SOURCE_ACCEPT: _ClassVar[LabelSource]
+    LABEL_SOURCE_REJECT: _ClassVar[LabelSource]
+LABEL_SOURCE_UNSPECIFIED: LabelSource
+LABEL_SOURCE_NO_FEEDBACK: LabelSource
+LABEL_SOURCE_CLICK: LabelSource
+LABEL_SOURCE_ACCEPT: LabelSource
+LABEL_SOURCE_REJECT: LabelSource
+
+class Example(_message.Message):
+    __slots__ = ("example_id", "tenant", "user_id", "session_id", "request_id", "candidate_id", "label", "source", "weight", "propensity", "position_propensity", "exposure_propensity", "logged_propensity", "position", "served_score", "model", "version", "impression_time_ms", "label_time_ms", "user", "context", "candidate", "correction")
+    EXAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    POSITION_PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    EXPOSURE_PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    LOGGED_PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    SERVED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSION_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FIELD_NUMBER: _ClassVar[int]
+    CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    example_id: str
+    tenant: str
+    user_id: str
+    session_id: str
+    request_id: str
+    candidate_id: str
+    label: float
+    source: LabelSource
+    weight: float
+    propensity: float
+    position_propensity: float
+    exposure_propensity: float
+    logged_propensity: float
+    position: int
+    served_score: float
+    model: str
+    version: str
+    impression_time_ms: int
+    label_time_ms: int
+    user: _features_pb2.Features
+    context: _features_pb2.Features
+    candidate: _features_pb2.Features
+    correction: bool
+    def __init__(self, example_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., label: _Optional[float] = ..., source: _Optional[_Union[LabelSource, str]] = ..., weight: _Optional[float] = ..., propensity: _Optional[float] = ..., position_propensity: _Optional[float] = ..., exposure_propensity: _Optional[float] = ..., logged_propensity: _Optional[float] = ..., position: _Optional[int] = ..., served_score: _Optional[float] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., impression_time_ms: _Optional[int] = ..., label_time_ms: _Optional[int] = ..., user: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., context: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., candidate: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., correction: _Optional[bool] = ...) -> None: ...
+
+class PreferencePair(_message.Message):
+    __slots__ = ("pair_id", "tenant", "user_id", "request_id", "preferred_id", "other_id", "preferred_position", "other_position", "strength", "kind", "model", "version", "time_ms", "user", "context", "preferred", "other")
+    PAIR_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_ID_FIELD_NUMBER: _ClassVar[int]
+    OTHER_ID_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_POSITION_FIELD_NUMBER: _ClassVar[int]
+    OTHER_POSITION_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_FIELD_NUMBER: _ClassVar[int]
+    OTHER_FIELD_NUMBER: _ClassVar[int]
+    pair_id: str
+    tenant: str
+    user_id: str
+    request_id: str
+    preferred_id: str
+    other_id: str
+    preferred_position: int
+    other_position: int
+    strength: float
+    kind: str
+    model: str
+    version: str
+    time_ms: int
+    user: _features_pb2.Features
+    context: _features_pb2.Features
+    preferred: _features_pb2.Features
+    other: _features_pb2.Features
+    def __init__(self, pair_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user_id: _Optional[str] = ..., request_id: _Optional[str] = ..., preferred_id: _Optional[str] = ..., other_id: _Optional[str] = ..., preferred_position: _Optional[int] = ..., other_position: _Optional[int] = ..., strength: _Optional[float] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., time_ms: _Optional[int] = ..., user: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., context: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., preferred: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., other: _Optional[_Union[_features_pb2.Features, _Mapping]] = ...) -> None: ...
+
+class PredictionError(_message.Message):
+    __slots__ = ("error_id", "tenant", "user_id", "request_id", "candidate_id", "label", "served_score", "key", "model", "version", "time_ms")
+    ERROR_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SERVED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    error_id: str
+    tenant: str
+    user_id: str
+    request_id: str
+    candidate_id: str
+    label: float
+    served_score: float
+    key: _containers.RepeatedScalarFieldContainer[float]
+    model: str
+    version: str
+    time_ms: int
+    def __init__(self, error_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user_id: _Optional[str] = ..., request_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., label: _Optional[float] = ..., served_score: _Optional[float] = ..., key: _Optional[_Iterable[float]] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., time_ms: _Optional[int] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("topic", "partition", "offset", "reason", "detail", "payload", "time_ms", "service")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    detail: str
+    payload: bytes
+    time_ms: int
+    service: str
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., time_ms: _Optional[int] = ..., service: _Optional[str] = ...) -> None: ...
