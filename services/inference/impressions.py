@@ -17,6 +17,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 
 from loopwise import kafka as lkafka
+from loopwise import representation
 from loopwise.v1 import events_pb2
 
 from .metrics import InferenceMetrics
@@ -43,8 +44,9 @@ def build_impression(tenant: str, request: Any, request_id: str, model: str, ver
     imp.context.CopyFrom(request.context)
     imp.candidates.CopyFrom(request.candidates)
     if hidden is not None and hidden.ndim == 2:
-        imp.representation = hidden.astype("<f2").tobytes()
+        imp.representation, scale = representation.encode(hidden)
         imp.representation_dim = hidden.shape[1]
+        imp.representation_scale.extend(scale.tolist())
     return event
 
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loopwise import coldstart, redis_keys
+from loopwise import coldstart, redis_keys, representation
 from loopwise.client import Client
 from loopwise.errors import details_of
 from loopwise.modelstore import ModelStore
@@ -72,7 +72,8 @@ def test_impression_appears_on_the_topic_in_served_order(start_inference, broker
     assert list(imp.candidate_ids) == ranked.top(20)
     assert list(imp.scores) == pytest.approx(sorted(ranked.scores, reverse=True))
     assert list(imp.ranking) == ranked.ranking
-    hidden = np.frombuffer(imp.representation, dtype="<f2").reshape(20, imp.representation_dim)
+    hidden = representation.decode(imp.representation, imp.representation_scale, imp.representation_dim)
+    assert hidden.shape == (20, coldstart.HIDDEN_DIM)
     assert imp.representation_dim == coldstart.HIDDEN_DIM and np.isfinite(hidden).all()
     assert list(imp.candidates.ids) == ids
     assert [imp.candidates.ids[i] for i in imp.ranking] == list(imp.candidate_ids)

@@ -5,12 +5,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loopwise import hashing, text
+from loopwise import hashing, representation, text
 from loopwise.hashing import field_seed, hash_ids, hash_strings
 
 
 def test_doctests():
-    for module in (hashing, text):
+    for module in (hashing, representation, text):
         assert doctest.testmod(module).failed == 0
 
 
