@@ -1,3 +1,4 @@
+from loopwise.v1 import events_pb2 as _events_pb2
 from loopwise.v1 import features_pb2 as _features_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -154,3 +155,21 @@ class DeadLetter(_message.Message):
     time_ms: int
     service: str
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., time_ms: _Optional[int] = ..., service: _Optional[str] = ...) -> None: ...
+
+class AttributionState(_message.Message):
+    __slots__ = ("impression", "feedback", "deadline_ms", "closed", "expires_ms", "emitted", "handled")
+    IMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
+    EMITTED_FIELD_NUMBER: _ClassVar[int]
+    HANDLED_FIELD_NUMBER: _ClassVar[int]
+    impression: _events_pb2.Event
+    feedback: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
+    deadline_ms: int
+    closed: bool
+    expires_ms: int
+    emitted: _containers.RepeatedScalarFieldContainer[str]
+    handled: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, impression: _Optional[_Union[_events_pb2.Event, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., closed: _Optional[bool] = ..., expires_ms: _Optional[int] = ..., emitted: _Optional[_Iterable[str]] = ..., handled: _Optional[_Iterable[str]] = ...) -> None: ...

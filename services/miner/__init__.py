@@ -1,0 +1,1 @@
+"""The miner: Faust agents that turn impressions and feedback into learning signal."""

@@ -1,0 +1,193 @@
+"""Attribution rules, with the join's properties tested over arrival orders and duplicates."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from loopwise.client.build import EventFactory, candidates, features
+from loopwise.miner.attribution import Attribution, AttributionConfig
+from loopwise.miner.debias import ExposureCounter, FixedPositions
+from loopwise.miner.window import Windows
+from loopwise.v1 import learning_pb2
+
+WINDOW = 60_000
+T0 = 1_800_000_000_000
+F = EventFactory("t")
+
+
+def engine(**kw) -> Windows:
+    return Windows(Attribution(AttributionConfig(window_ms=WINDOW, **kw), FixedPositions(),
+                               ExposureCounter()), {})
+
+
+def impression(n: int, request_id: str = "r1", at: int = T0, logged=()):
+    ids = [f"c{i}" for i in range(n)]
+    ev = F.impression(request_id, ids, scores=[1.0 - i / 10 for i in range(n)], propensities=logged,
+                      user_id="u1", at_ms=at, model="ranker", version="v3", source="inference")
+    ev.impression.candidates.CopyFrom(candidates(ids, {"genre": [f"g{i}" for i in range(n)]}))
+    ev.impression.user.CopyFrom(features({"gender": "F"}))
+    return ev
+
+
+def run(w: Windows, events, close_at: int | None = None):
+    out = [w.process(b"k|" + e.request_id.encode(), e) for e in events]
+    out.append(w.advance(close_at if close_at is not None else T0 + 10 * WINDOW))
+    merged = out[0]
+    for o in out[1:]:
+        merged.extend(o)
+    return merged
+
+
+def test_click_is_positive_at_once_and_the_rest_negative_at_close():
+    w = engine()
+    imp = impression(3)
+    click = F.click("r1", "c2", position=3, at_ms=T0 + 1000, user_id="u1")
+    first = w.process(b"k", imp)
+    assert not first.examples
+    second = w.process(b"k", click)
+    [pos] = second.examples
+    assert pos.label == 1.0 and pos.candidate_id == "c2" and pos.position == 3
+    assert pos.source == learning_pb2.LABEL_SOURCE_CLICK and pos.weight > 1.0
+    assert pos.candidate.categorical["genre"] == "g2" and pos.user.categorical["gender"] == "F"
+    assert pos.model == "ranker" and pos.version == "v3" and pos.served_score == np.float32(0.8)
+    assert not w.advance(T0 + WINDOW - 1).examples
+    closing = w.advance(T0 + WINDOW)
+    assert sorted((e.candidate_id, e.label) for e in closing.examples) == [("c0", 0.0), ("c1", 0.0)]
+    assert all(e.weight == 1.0 for e in closing.examples)
+    kinds = {(p.preferred_id, p.other_id, p.kind) for p in closing.pairs}
+    assert kinds == {("c2", "c0", "click_over_skip_above"), ("c2", "c1", "click_over_skip_above")}
+    gap2 = next(p for p in closing.pairs if p.other_id == "c0")
+    gap1 = next(p for p in closing.pairs if p.other_id == "c1")
+    assert gap2.strength > gap1.strength > 0
+    assert len(second.errors) == 1 and len(closing.errors) == 2
+
+
+def test_feedback_before_impression_waits_then_dead_letters():
+    w = engine()
+    out = w.process(b"k", F.click("r9", "c0", at_ms=T0))
+    assert not out.examples and w.pending() == 1
+    closing = w.advance(T0 + WINDOW)
+    assert [reason for reason, _, _ in closing.dead] == ["unknown_request"]
+    assert w.pending() == 0
+
+
+def test_late_positive_is_a_correction():
+    w = engine()
+    w.process(b"k", impression(2))
+    early = w.process(b"k", F.click("r1", "c1", at_ms=T0 + WINDOW + 5))
+    assert not early.examples  # late by its own clock: settled when the window closes
+    late = w.advance(T0 + WINDOW + 5)
+    assert late.late == 1
+    normal = [e for e in late.examples if not e.correction]
+    [fix] = [e for e in late.examples if e.correction]
+    assert sorted((e.candidate_id, e.label) for e in normal) == [("c0", 0.0), ("c1", 0.0)]
+    assert fix.candidate_id == "c1" and fix.label == 1.0 and fix.example_id not in {e.example_id for e in normal}
+    # after closing, late feedback corrects at once, once per candidate
+    again = w.process(b"k", F.click("r1", "c0", at_ms=T0 + WINDOW + 9))
+    assert [(e.candidate_id, e.correction) for e in again.examples] == [("c0", True)]
+    assert not w.process(b"k", F.click("r1", "c0", at_ms=T0 + WINDOW + 10)).examples
+
+
+def test_accept_over_reject_pairs_and_explicit_negative():
+    w = engine()
+    out = run(w, [impression(3), F.accept("r1", "c1", at_ms=T0 + 1), F.reject("r1", "c0", at_ms=T0 + 2)])
+    labels = {e.candidate_id: (e.label, e.source) for e in out.examples}
+    assert labels["c1"] == (1.0, learning_pb2.LABEL_SOURCE_ACCEPT)
+    assert labels["c0"] == (0.0, learning_pb2.LABEL_SOURCE_REJECT)
+    assert labels["c2"] == (0.0, learning_pb2.LABEL_SOURCE_NO_FEEDBACK)
+    assert [(p.preferred_id, p.other_id, p.strength) for p in out.pairs] == [("c1", "c0", 1.0)]
+
+
+def test_unknown_candidate_and_second_impression_are_dead_lettered():
+    w = engine()
+    out = run(w, [impression(2), F.click("r1", "zzz", at_ms=T0 + 1), impression(2)])
+    reasons = sorted(r for r, _, _ in out.dead)
+    assert reasons == ["duplicate_request_id", "unknown_candidate"]
+
+
+def test_logged_propensity_is_used_and_weights_are_clipped():
+    w = engine(clip=0.1)
+    out = run(w, [impression(2, logged=[0.5, 0.01]), F.click("r1", "c1", at_ms=T0 + 1),
+                  F.click("r1", "c0", at_ms=T0 + 2)])
+    ex = {e.candidate_id: e for e in out.examples}
+    assert ex["c0"].logged_propensity == np.float32(0.5)
+    assert ex["c0"].weight == np.float32(1 / (0.5 * ex["c0"].position_propensity))
+    assert ex["c1"].propensity < 0.1 and ex["c1"].weight == np.float32(10.0)  # clipped at M = 0.1
+
+
+# -- properties of the join -------------------------------------------------------------------
+
+@st.composite
+def scenarios(draw):
+    n = draw(st.integers(1, 6))
+    feedback = []
+    for i in range(n):
+        kind = draw(st.sampled_from([None, "click", "accept", "reject"]))
+        if kind is None:
+            continue
+        late = draw(st.booleans()) and draw(st.booleans())
+        offset = WINDOW + draw(st.integers(1, WINDOW // 2)) if late else draw(st.integers(-WINDOW // 2, WINDOW))
+        ev = getattr(F, kind)("r1", f"c{i}", at_ms=T0 + offset)
+        feedback.append((ev, late))
+    events = [impression(n)] + [ev for ev, _ in feedback]
+    dupes = draw(st.lists(st.sampled_from(range(len(events))), max_size=4))
+    events += [events[i] for i in dupes]
+    order = draw(st.permutations(range(len(events))))
+    return n, feedback, [events[i] for i in order]
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenarios())
+def test_every_shown_candidate_gets_exactly_one_example_whatever_the_order(scenario):
+    n, feedback, events = scenario
+    out = run(engine(), events)
+    normal = [e for e in out.examples if not e.correction]
+    assert sorted(e.candidate_id for e in normal) == [f"c{i}" for i in range(n)]
+    ids = [e.example_id for e in out.examples]
+    assert len(ids) == len(set(ids)), "an example was emitted twice"
+    want = {ev.WhichOneof("body") and getattr(ev, ev.WhichOneof("body")).candidate_id:
+            (ev.WhichOneof("body"), late) for ev, late in feedback}
+    for e in normal:
+        kind, late = want.get(e.candidate_id, (None, False))
+        assert e.label == (1.0 if kind in ("click", "accept") and not late else 0.0)
+    corrections = {e.candidate_id for e in out.examples if e.correction}
+    assert corrections == {cid for cid, (kind, late) in want.items() if late and kind in ("click", "accept")}
+    assert not out.dead
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios(), st.lists(st.integers(0, 3 * WINDOW), max_size=5))
+def test_interleaved_closing_never_duplicates_or_loses(scenario, advances):
+    n, _, events = scenario
+    w = engine()
+    seen = []
+    marks = sorted(advances)
+    for i, ev in enumerate(events):
+        out = w.process(b"k", ev)
+        seen += out.examples
+        if marks and i % 2:
+            seen += w.advance(T0 + marks.pop(0)).examples
+    seen += w.advance(T0 + 10 * WINDOW).examples
+    normal = [e.candidate_id for e in seen if not e.correction]
+    assert sorted(normal) == [f"c{i}" for i in range(n)]
+    ids = [e.example_id for e in seen]
+    assert len(ids) == len(set(ids))
+
+
+def test_state_is_forgotten_one_window_after_closing():
+    w = engine()
+    run(w, [impression(2)], close_at=T0 + WINDOW)
+    assert w.pending() == 1
+    w.advance(T0 + 2 * WINDOW)
+    assert w.pending() == 0
+
+
+def test_rebuild_recovers_due_windows_from_the_table():
+    table: dict = {}
+    w = Windows(Attribution(AttributionConfig(window_ms=WINDOW), FixedPositions(), ExposureCounter()), table)
+    w.process(b"k", impression(2))
+    fresh = Windows(Attribution(AttributionConfig(window_ms=WINDOW), FixedPositions(), ExposureCounter()), table)
+    fresh.rebuild()
+    assert len(fresh.advance(T0 + WINDOW).examples) == 2
