@@ -23,7 +23,8 @@ DEFAULT_ROOT = Path(os.environ.get("LOOPWISE_HOME", ".loopwise"))
 
 def _up(args: argparse.Namespace) -> int:
     try:
-        info = stack.up(args.root, tenants=tuple(args.tenants.split(",")), partitions=args.partitions)
+        info = stack.up(args.root, tenants=tuple(args.tenants.split(",")), partitions=args.partitions,
+                        attribution_window_ms=int(args.attribution_window_s * 1000))
     except stack.StackError as exc:
         print(f"loopwise up: {exc}", file=sys.stderr)
         return 1
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("up", help="start the local stack")
     p.add_argument("--tenants", default="default")
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--attribution-window-s", type=float, default=60.0,
+                   help="the miner's attribution window (short locally; production default 30 min)")
     p.set_defaults(func=_up)
     p = sub.add_parser("status", help="show the local stack")
     p.add_argument("--json", action="store_true")

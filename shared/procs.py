@@ -165,3 +165,29 @@ def wait_healthy(target: str, timeout: float = 60.0, proc: Proc | None = None) -
                 last = exc.code().name
             time.sleep(0.1)
     raise TimeoutError(f"{target} not SERVING after {timeout:.0f}s (last: {last})")
+
+
+def metric_value(url: str, name: str, timeout: float = 2.0) -> float | None:
+    """The value of an unlabelled sample on a Prometheus endpoint, or None."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(url, timeout=timeout).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def wait_ready_metric(url: str, name: str, timeout: float = 60.0, proc: Proc | None = None) -> None:
+    """Until the metric ``name`` at ``url`` is 1 (workers without gRPC health, e.g. the miner)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{proc.name} exited while starting; see {proc.log}")
+        if metric_value(url, name) == 1.0:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url}: {name} not 1 after {timeout:.0f}s")

@@ -24,7 +24,9 @@ from loopwise.topics import Topics
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("collector", "inference")
+SERVICES = ("collector", "inference", "miner")
+GRPC_SERVICES = ("collector", "inference")
+READY_METRIC = {"miner": "loopwise_miner_ready"}
 DEFAULT_MODEL = "ranker"
 
 
@@ -66,7 +68,8 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int = 4,
-       extra_env: dict[str, str] | None = None, timeout: float = 90.0) -> StackInfo:
+       attribution_window_ms: int = 60_000, extra_env: dict[str, str] | None = None,
+       timeout: float = 90.0) -> StackInfo:
     root = root.resolve()
     current = StackInfo.read(root)
     if current is not None and any(procs.pid_alive(p) for p in current.pids.values()):
@@ -92,6 +95,7 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
             "LOOPWISE_KAFKA_BOOTSTRAP": bootstrap, "LOOPWISE_REDIS_URL": redis_url,
             "LOOPWISE_TENANTS": ",".join(tenants), "LOOPWISE_MODEL_STORE": str(store_path),
             "LOOPWISE_GRPC_HOST": "127.0.0.1", "LOOPWISE_TOPIC_PARTITIONS": str(partitions),
+            "LOOPWISE_ATTRIBUTION_WINDOW_MS": str(attribution_window_ms),
             **topics.env(), **(extra_env or {}),
         }
         endpoints: dict[str, str] = {}
@@ -106,7 +110,7 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
             metrics[name] = f"http://127.0.0.1:{mport}/metrics"
         for proc in started[2:]:
             try:
-                procs.wait_healthy(endpoints[proc.name], timeout, proc)
+                _wait_ready(proc.name, endpoints[proc.name], metrics[proc.name], timeout, proc)
             except (TimeoutError, RuntimeError) as exc:
                 raise StackError(f"{proc.name} did not become healthy: {exc}\n--- {proc.log}\n{_tail(proc.log)}"
                                  ) from None
@@ -121,6 +125,14 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
         for proc in reversed(started):
             proc.stop()
         raise
+
+
+def _wait_ready(name: str, endpoint: str, metrics_url: str, timeout: float, proc: procs.Proc | None = None
+                ) -> None:
+    if name in READY_METRIC:
+        procs.wait_ready_metric(metrics_url, READY_METRIC[name], timeout, proc)
+    else:
+        procs.wait_healthy(endpoint, timeout, proc)
 
 
 def down(root: Path) -> list[str]:
@@ -146,12 +158,12 @@ def status(root: Path) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     endpoints = {"kafka": info.kafka, "redis": info.redis, "collector": info.collector,
-                 "inference": info.inference}
+                 "inference": info.inference, "miner": info.metrics.get("miner", "")}
     for name, pid in info.pids.items():
         entry: dict[str, Any] = {"pid": pid, "alive": procs.pid_alive(pid), "endpoint": endpoints.get(name, "")}
         if name in SERVICES and entry["alive"]:
             try:
-                procs.wait_healthy(endpoints[name], timeout=2.0)
+                _wait_ready(name, endpoints.get(name, ""), info.metrics.get(name, ""), timeout=2.0)
                 entry["healthy"] = True
             except (TimeoutError, RuntimeError):
                 entry["healthy"] = False

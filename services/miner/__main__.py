@@ -1,0 +1,3 @@
+from loopwise.miner.app import main
+
+main()

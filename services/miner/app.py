@@ -1,0 +1,181 @@
+"""The miner's Faust app: one `faust.App`, built from settings, no side effects at import.
+
+Agents:
+- ``attribute`` reads ``loopwise.events.v1`` and ``loopwise.impressions.v1``
+  (co-partitioned by request: both are keyed ``tenant|r|request_id``), keeps
+  one `AttributionState` per request in the changelog-backed table
+  ``attribution`` and produces examples, preference pairs and prediction
+  errors; records it cannot use go to ``loopwise.deadletter.v1`` with a reason.
+- a timer closes the windows the watermark has passed.
+
+Delivery is at least once: after a crash, records between the last committed
+offset and the crash are processed again; the table (recovered from its
+changelog) makes them duplicates, and every output carries a deterministic
+id for consumers that see one twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+from prometheus_client import start_http_server
+
+from loopwise import kafka as lkafka
+from loopwise.v1 import learning_pb2
+from loopwise.validation import Limits, check_event
+
+from .attribution import Attribution, AttributionConfig, Outputs
+from .debias import ExposureCounter, FixedPositions
+from .metrics import MinerMetrics
+from .settings import MinerSettings
+from .window import Windows
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTED = ("impression", "click", "accept", "reject")
+
+
+def position_model(settings: MinerSettings) -> Any:
+    if settings.position_model == "em":
+        from .propensity import PositionBiasEM
+
+        return PositionBiasEM()
+    if settings.position_model == "fixed":
+        return FixedPositions()
+    raise ValueError(f"LOOPWISE_POSITION_MODEL={settings.position_model!r}: expected em or fixed")
+
+
+class Miner:
+    """The app, its topics, its table and the attribution state machine."""
+
+    def __init__(self, settings: MinerSettings) -> None:
+        self.settings = settings
+        self.metrics = MinerMetrics()
+        topics = settings.topics
+        self.app = faust.App(
+            settings.app_id, broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
+            topic_partitions=settings.topic_partitions, web_enabled=False,
+            broker_session_timeout=settings.session_timeout_s, broker_heartbeat_interval=settings.session_timeout_s / 3,
+            consumer_auto_offset_reset="earliest", producer_acks=-1, stream_wait_empty=False,
+            broker_commit_every=1000, broker_commit_interval=1.0, table_standby_replicas=0,
+        )
+        raw = {"key_serializer": "raw", "value_serializer": "raw"}
+        self.source = self.app.topic(topics.events, topics.impressions, **raw)
+        self.outputs = {name: self.app.topic(getattr(topics, name), **raw)
+                        for name in ("examples", "preferences", "errors", "deadletter")}
+        self.table = self.app.Table("attribution", default=None, partitions=settings.topic_partitions,
+                                    use_partitioner=True, key_type=bytes, value_type=bytes)
+        self.attribution = Attribution(
+            AttributionConfig(window_ms=settings.attribution_window_ms, clip=settings.ips_clip),
+            position_model(settings), ExposureCounter(eta=settings.exposure_eta))
+        self.windows = Windows(self.attribution, self.table)
+        self.limits = Limits(max_future_ms=settings.max_future_s * 1000, max_age_ms=settings.max_age_s * 1000)
+        self.tenants = frozenset(settings.tenants)
+        self._rebuilt = False
+        self.app.agent(self.source, name="attribute")(self._attribute)
+        self.app.timer(settings.close_interval_s, name="close_windows")(self._close_windows)
+        self.app.on_rebalance_complete.connect(self._on_rebalance)
+        self.metrics_port = 0
+
+    def start_metrics(self) -> None:
+        if self.settings.metrics_port >= 0:
+            httpd, _ = start_http_server(self.settings.metrics_port, addr=self.settings.grpc_host,
+                                         registry=self.metrics.registry)
+            self.metrics_port = httpd.server_port
+
+    async def _on_rebalance(self, sender: Any = None, **kwargs: Any) -> None:
+        self._rebuilt = False
+        self.metrics.ready.set(1)
+
+    async def _attribute(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            outputs = self._handle(event.key or b"", event.value, message.topic, message.partition, message.offset)
+            if outputs is not None:
+                self._emit(event.key or b"", outputs)
+
+    def _handle(self, key: bytes, value: bytes, topic: str, partition: int, offset: int) -> Outputs | None:
+        try:
+            ev = lkafka.decode(value)
+        except ValueError as exc:
+            self._dead(key, value, topic, partition, offset, "undecodable", str(exc))
+            return None
+        problem = check_event(ev, tenants=self.tenants, now_ms=lkafka.now_ms(), limits=self.limits)
+        kind = ev.WhichOneof("body") or "none"
+        self.metrics.records.labels(kind).inc()
+        if problem is not None:
+            self._dead(key, value, topic, partition, offset, *problem)
+            return None
+        if kind not in ATTRIBUTED:
+            return None  # turns are the reformulation miner's
+        if kind != "impression":
+            self.metrics.feedback_received.inc()
+        out = self.windows.process(key, ev)
+        for reason, detail, bad in out.dead:
+            self._dead(key, bad.SerializeToString(), topic, partition, offset, reason, detail)
+        out.dead = []
+        return out
+
+    async def _close_windows(self) -> None:
+        if not self._rebuilt:
+            self.windows.rebuild()
+            self._rebuilt = True
+        out = self.windows.advance()
+        for reason, detail, bad in out.dead:
+            self._dead(lkafka.record_key(bad), bad.SerializeToString(), "", -1, -1, reason, detail)
+        out.dead = []
+        self._emit(None, out)
+        self.metrics.backlog.set(self.windows.pending())
+        mark = self.windows.watermark()
+        if mark:
+            self.metrics.watermark_lag.set(max(time.time() - mark / 1000, 0.0))
+        curve = self.attribution.positions.propensities()
+        for i in range(min(len(curve), 10)):
+            self.metrics.position_propensity.labels(str(i + 1)).set(float(curve[i]))
+
+    def _emit(self, key: bytes | None, out: Outputs) -> None:
+        m = self.metrics
+        m.feedback_attributed.inc(out.attributed)
+        m.late.inc(out.late)
+        m.duplicates.inc(out.duplicates)
+        m.conflicts.inc(out.conflicts)
+        for name, records in (("examples", out.examples), ("preferences", out.pairs), ("errors", out.errors)):
+            if not records:
+                continue
+            topic = self.outputs[name]
+            for record in records:
+                record_key = key if key is not None else f"{record.tenant}|r|{record.request_id}".encode()
+                topic.send_soon(key=record_key, value=record.SerializeToString())
+            m.emitted.labels(name).inc(len(records))
+        for example in out.examples:
+            if example.label > 0:
+                m.propensity.observe(example.propensity)
+
+    def _dead(self, key: bytes, payload: bytes, topic: str, partition: int, offset: int, reason: str,
+              detail: str) -> None:
+        self.metrics.dead.labels(reason).inc()
+        record = learning_pb2.DeadLetter(topic=topic, partition=partition, offset=offset, reason=reason,
+                                         detail=detail, payload=payload, time_ms=lkafka.now_ms(),
+                                         service="miner")
+        self.outputs["deadletter"].send_soon(key=key, value=record.SerializeToString())
+        log.warning("dead-lettered", extra={"reason": reason, "detail": detail, "topic": topic,
+                                            "partition": partition, "offset": offset})
+
+
+def create_app(settings: MinerSettings | None = None) -> Miner:
+    return Miner(settings or MinerSettings.from_env())
+
+
+def main() -> None:
+    from loopwise import logs
+
+    settings = MinerSettings.from_env()
+    logs.setup(settings.log_level)
+    miner = create_app(settings)
+    miner.start_metrics()
+    worker = faust.Worker(miner.app, loglevel=settings.log_level.lower().replace("warning", "warn"),
+                          override_logging=False)
+    worker.execute_from_commandline()

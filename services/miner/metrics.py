@@ -1,0 +1,37 @@
+"""Every Prometheus object of the miner."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class MinerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.ready = Gauge("loopwise_miner_ready", "1 once the worker has its partitions", registry=r)
+        self.records = Counter("loopwise_miner_records_total", "Records read", ["kind"], registry=r)
+        self.feedback_received = Counter("loopwise_miner_feedback_received_total",
+                                         "Feedback events received (click, accept, reject)", registry=r)
+        self.feedback_attributed = Counter("loopwise_miner_feedback_attributed_total",
+                                           "Feedback joined to its impression in the window", registry=r)
+        self.late = Counter("loopwise_miner_late_feedback_total", "Feedback after its window", registry=r)
+        self.duplicates = Counter("loopwise_miner_duplicates_total", "Events seen before (same event id)",
+                                  registry=r)
+        self.conflicts = Counter("loopwise_miner_label_conflicts_total",
+                                 "A second label for one candidate (the first wins)", registry=r)
+        self.emitted = Counter("loopwise_miner_emitted_total", "Records produced", ["topic"], registry=r)
+        self.dead = Counter("loopwise_miner_deadlettered_total", "Records dead-lettered", ["reason"], registry=r)
+        self.backlog = Gauge("loopwise_miner_window_backlog", "Requests with an open or closed window kept",
+                             registry=r)
+        self.watermark_lag = Gauge("loopwise_miner_watermark_lag_seconds",
+                                   "Wall clock minus the event-time watermark", registry=r)
+        self.propensity = Histogram("loopwise_miner_example_propensity", "Propensity of emitted positives",
+                                    registry=r, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0))
+        self.position_propensity = Gauge("loopwise_miner_position_propensity",
+                                         "Estimated examination propensity by position", ["position"],
+                                         registry=r)
+
+    def join_ratio(self) -> float:
+        received = self.registry.get_sample_value("loopwise_miner_feedback_received_total") or 0.0
+        attributed = self.registry.get_sample_value("loopwise_miner_feedback_attributed_total") or 0.0
+        return attributed / received if received else 1.0

@@ -1,0 +1,27 @@
+"""Miner settings (LOOPWISE_* environment variables, see loopwise.settings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loopwise.settings import BaseSettings
+
+
+@dataclass(frozen=True)
+class MinerSettings(BaseSettings):
+    metrics_port: int = 9103
+    # Faust application id: the consumer group and the prefix of its changelog topics.
+    app_id: str = "loopwise-miner"
+    # Attribution window, on the events' own clock.
+    attribution_window_ms: int = 30 * 60 * 1000
+    # How often windows due by the watermark are closed (seconds).
+    close_interval_s: float = 1.0
+    # Clip M of the inverse-propensity weights; eta of the exposure propensity.
+    ips_clip: float = 0.05
+    exposure_eta: float = 0.5
+    # Position examination model: "em" (click model fit on the stream) or "fixed".
+    position_model: str = "em"
+    # Kafka consumer group session timeout (short: fast joins and failover).
+    session_timeout_s: float = 6.0
+    max_future_s: int = 300
+    max_age_s: int = 30 * 24 * 3600
