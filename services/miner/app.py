@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import start_http_server
 
 from loopwise import kafka as lkafka
@@ -87,15 +88,19 @@ class Miner:
             self.metrics_port = httpd.server_port
 
     async def _on_rebalance(self, sender: Any = None, **kwargs: Any) -> None:
-        self._rebuilt = False
-        self.metrics.ready.set(1)
+        self._rebuilt = False  # partitions (and table contents) changed: re-index after recovery
 
     async def _attribute(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            message = event.message
-            outputs = self._handle(event.key or b"", event.value, message.topic, message.partition, message.offset)
-            if outputs is not None:
-                self._emit(event.key or b"", outputs)
+        async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_within_s):
+            for event in events:
+                message = event.message
+                key = event.key or b""
+                outputs = self._handle(key, event.value, message.topic, message.partition, message.offset)
+                if outputs is not None:
+                    self._emit(key, outputs)
+            # The table's changelog and the outputs are on the broker before
+            # these offsets can be committed: a crash re-reads, never skips.
+            await self.app.producer.flush()
 
     def _handle(self, key: bytes, value: bytes, topic: str, partition: int, offset: int) -> Outputs | None:
         try:
@@ -119,15 +124,60 @@ class Miner:
         out.dead = []
         return out
 
+    async def _catch_up_changelog(self) -> None:
+        """Re-read this worker's changelog partitions to their real end.
+
+        Faust recovers a table up to the end offsets the broker reports; a
+        broker that under-reports them (Tansu does, by whole batches) leaves
+        the newest states out. Reading until idle and applying every record
+        in order (last write wins, None deletes) restores exactly what a full
+        recovery would. Off (LOOPWISE_CHANGELOG_CATCH_UP=false) on Apache Kafka
+        with large changelogs.
+        """
+        topic = self.table.changelog_topic.get_topic_name()
+        partitions = sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic in
+                            (self.settings.topics.events, self.settings.topics.impressions))
+        if not partitions:
+            return
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+                                    group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        applied = 0
+        try:
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            idle_since = time.monotonic()
+            while time.monotonic() - idle_since < self.settings.catch_up_idle_s:
+                batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
+                for records in batch.values():
+                    for record in records:
+                        if record.value is None:
+                            self.table.data.pop(record.key, None)
+                        else:
+                            self.table.data[record.key] = record.value
+                        applied += 1
+                    idle_since = time.monotonic()
+        finally:
+            await consumer.stop()
+        log.info("changelog caught up", extra={"records": applied, "partitions": partitions})
+
     async def _close_windows(self) -> None:
+        recovery = self.app.tables.recovery
+        if self.app.rebalancing or self.app.in_recovery or not recovery.completed.is_set():
+            return
         if not self._rebuilt:
+            if self.settings.changelog_catch_up:
+                await self._catch_up_changelog()
             self.windows.rebuild()
             self._rebuilt = True
+            self.metrics.ready.set(1)
         out = self.windows.advance()
         for reason, detail, bad in out.dead:
             self._dead(lkafka.record_key(bad), bad.SerializeToString(), "", -1, -1, reason, detail)
         out.dead = []
         self._emit(None, out)
+        await self.app.producer.flush()
         self.metrics.backlog.set(self.windows.pending())
         mark = self.windows.watermark()
         if mark:

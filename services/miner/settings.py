@@ -14,13 +14,20 @@ class MinerSettings(BaseSettings):
     app_id: str = "loopwise-miner"
     # Attribution window, on the events' own clock.
     attribution_window_ms: int = 30 * 60 * 1000
+    # Records handled between two flushes of the changelog and outputs.
+    batch_size: int = 1000
+    batch_within_s: float = 0.05
+    # After Faust's table recovery, re-read the changelog to its real end (for
+    # brokers that under-report end offsets, like the local Tansu) until idle.
+    changelog_catch_up: bool = True
+    catch_up_idle_s: float = 0.5
     # How often windows due by the watermark are closed (seconds).
     close_interval_s: float = 1.0
     # Clip M of the inverse-propensity weights; eta of the exposure propensity.
     ips_clip: float = 0.05
     exposure_eta: float = 0.5
     # Position examination model: "em" (click model fit on the stream) or "fixed".
-    position_model: str = "em"
+    position_model: str = "fixed"
     # Kafka consumer group session timeout (short: fast joins and failover).
     session_timeout_s: float = 6.0
     max_future_s: int = 300

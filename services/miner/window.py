@@ -26,11 +26,18 @@ class Windows:
         self._wall_at_max = time.monotonic()
 
     def rebuild(self) -> None:
-        """Re-index the table's states (after recovery from the changelog)."""
+        """Re-index the table's states (after recovery from the changelog); the
+        watermark resumes from the newest event time they hold."""
         self._due = []
+        newest = self.max_event_ms
         for key, raw in list(self.table.items()):
             state = learning_pb2.AttributionState.FromString(raw)
             self._push(key, state)
+            newest = max(newest, state.impression.client_time_ms,
+                         max((fb.client_time_ms for fb in state.feedback), default=0))
+        if newest > self.max_event_ms:
+            self.max_event_ms = newest
+            self._wall_at_max = time.monotonic()
 
     def watermark(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now

@@ -1,0 +1,131 @@
+"""The miner (a real Faust worker process) on the real broker: impressions and
+feedback in, examples, preference pairs, errors and dead letters out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from kafka import KafkaProducer
+
+from loopwise import kafka as lkafka
+from loopwise import procs
+from loopwise.client import Client
+from loopwise.client.build import EventFactory, candidates
+from loopwise.v1 import learning_pb2
+
+from .kafka_read import read_records
+
+pytestmark = pytest.mark.slow
+WINDOW_MS = 2000
+
+
+@pytest.fixture
+def start_miner(broker, topics, workdir):
+    """``start_miner(app_id=None)`` -> a miner process on fresh topics (restartable by app id)."""
+    started = []
+    lkafka.ensure_topics(broker, topics.all(), 2)
+
+    def _start(app_id: str | None = None):
+        app_id = app_id or f"miner-{uuid.uuid4().hex[:8]}"
+        mport = procs.free_port()
+        env = {"LOOPWISE_KAFKA_BOOTSTRAP": broker, "LOOPWISE_APP_ID": app_id, "LOOPWISE_TOPIC_PARTITIONS": "2",
+               "LOOPWISE_METRICS_PORT": str(mport), "LOOPWISE_GRPC_HOST": "127.0.0.1",
+               "LOOPWISE_ATTRIBUTION_WINDOW_MS": str(WINDOW_MS), "LOOPWISE_CLOSE_INTERVAL_S": "0.2",
+               **topics.env()}
+        proc = procs.start_service("loopwise.miner", env, workdir / f"{app_id}-{len(started)}.log")
+        started.append(proc)
+        url = f"http://127.0.0.1:{mport}/metrics"
+        procs.wait_ready_metric(url, "loopwise_miner_ready", 60, proc)
+        return proc, app_id, url
+
+    yield _start
+    for proc in started:
+        proc.stop()
+
+
+def decode(records, cls):
+    return [cls.FromString(r.value) for r in records]
+
+
+def test_rank_and_feedback_become_examples_pairs_and_errors(start_miner, start_collector, start_inference,
+                                                           broker, topics):
+    start_miner()
+    collector, inference = start_collector(), start_inference()
+    ids = [f"m{i}" for i in range(5)]
+    with Client(f"127.0.0.1:{collector.port}", f"127.0.0.1:{inference.port}") as lw:
+        from tests.integration.test_inference import wait_serving
+
+        wait_serving(f"127.0.0.1:{inference.port}")
+        ranked = lw.rank(ids, user_id="u1", features={"popularity": [0.1, 0.9, 0.5, 0.3, 0.7],
+                                                      "genre": ["a", "b", "c", "d", "e"]})
+        served = ranked.top(5)
+        third = served[2]
+        response = lw.report([lw.events.click(ranked.request_id, third, user_id="u1", position=3, dwell_ms=40_000),
+                              lw.events.click("no-such-request", "m1", user_id="u1")])
+        assert response.accepted == 2
+    examples = decode(read_records(broker, topics.examples, want=5, timeout=30), learning_pb2.Example)
+    by_id = {e.candidate_id: e for e in examples}
+    assert sorted(by_id) == sorted(ids) and len(examples) == 5
+    pos = by_id[third]
+    assert pos.label == 1.0 and pos.position == 3 and pos.weight >= 1.0 and pos.version == "v1"
+    assert pos.candidate.categorical["genre"] and "popularity" in pos.candidate.numeric
+    assert all(by_id[c].label == 0.0 and by_id[c].position == served.index(c) + 1 for c in ids if c != third)
+    pairs = decode(read_records(broker, topics.preferences, want=2, timeout=10), learning_pb2.PreferencePair)
+    assert {(p.preferred_id, p.other_id) for p in pairs} == {(third, served[0]), (third, served[1])}
+    errors = decode(read_records(broker, topics.errors, want=5, timeout=10), learning_pb2.PredictionError)
+    assert len(errors) == 5 and all(len(e.key) == 64 for e in errors)
+    dead = decode(read_records(broker, topics.deadletter, want=1, timeout=10), learning_pb2.DeadLetter)
+    assert [d.reason for d in dead] == ["unknown_request"]
+
+
+def test_malformed_and_invalid_records_are_dead_lettered_not_fatal(start_miner, broker, topics):
+    _, _, url = start_miner()
+    f = EventFactory("default")
+    producer = KafkaProducer(bootstrap_servers=broker)
+    bad_tenant = f.click("r", "c")
+    bad_tenant.tenant = "mallory"
+    producer.send(topics.events, key=b"k1", value=b"\x00\xff not protobuf")
+    producer.send(topics.events, key=b"k2", value=lkafka.encode(bad_tenant))
+    good = f.impression("r-ok", ["a"])
+    producer.send(topics.impressions, key=lkafka.record_key(good), value=lkafka.encode(good))
+    producer.flush()
+    dead = decode(read_records(broker, topics.deadletter, want=2, timeout=20), learning_pb2.DeadLetter)
+    assert sorted(d.reason for d in dead) == ["undecodable", "unknown_tenant"]
+    assert all(d.payload and d.topic == topics.events for d in dead)
+    # still alive and still attributing
+    assert [e.candidate_id for e in decode(read_records(broker, topics.examples, want=1, timeout=20),
+                                           learning_pb2.Example)] == ["a"]
+    assert procs.metric_value(url, "loopwise_miner_ready") == 1.0
+
+
+def test_a_killed_worker_recovers_its_windows_without_losing_examples(start_miner, broker, topics):
+    proc, app_id, _ = start_miner()
+    f = EventFactory("default")
+    producer = KafkaProducer(bootstrap_servers=broker)
+    n = 40
+    now = lkafka.now_ms()
+    for i in range(n):
+        imp = f.impression(f"r{i}", ["a", "b", "c"], at_ms=now)
+        imp.impression.candidates.CopyFrom(candidates(["a", "b", "c"]))
+        click = f.click(f"r{i}", "b", position=2, at_ms=now + 10)
+        producer.send(topics.impressions, key=lkafka.record_key(imp), value=lkafka.encode(imp))
+        producer.send(topics.events, key=lkafka.record_key(click), value=lkafka.encode(click))
+    producer.flush()
+    positives = read_records(broker, topics.examples, want=n, timeout=30, idle=0.2)
+    assert len(positives) >= n
+    os.kill(proc.pid, signal.SIGKILL)  # before any window closed: the negatives are still owed
+    proc.popen.wait(5)
+    time.sleep(WINDOW_MS / 1000)
+    start_miner(app_id)  # same group, same changelog: recovers the open windows
+    examples = decode(read_records(broker, topics.examples, want=3 * n, timeout=60, idle=2.0), learning_pb2.Example)
+    ids = Counter(e.example_id for e in examples)
+    assert len(ids) == 3 * n, "an example was lost"
+    by_label = Counter((e.candidate_id, e.label) for e in {e.example_id: e for e in examples}.values())
+    assert by_label == {("a", 0.0): n, ("b", 1.0): n, ("c", 0.0): n}
+    duplicates = sum(c - 1 for c in ids.values())
+    assert duplicates <= n  # at-least-once: only re-sent records, all with the ids consumers dedupe on
