@@ -179,6 +179,7 @@ class Miner:
         self._emit(None, out)
         await self.app.producer.flush()
         self.metrics.backlog.set(self.windows.pending())
+        self.metrics.join_ratio_gauge.set(self.metrics.join_ratio())
         mark = self.windows.watermark()
         if mark:
             self.metrics.watermark_lag.set(max(time.time() - mark / 1000, 0.0))

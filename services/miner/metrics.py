@@ -25,6 +25,8 @@ class MinerMetrics:
                              registry=r)
         self.watermark_lag = Gauge("loopwise_miner_watermark_lag_seconds",
                                    "Wall clock minus the event-time watermark", registry=r)
+        self.join_ratio_gauge = Gauge("loopwise_miner_join_ratio",
+                                      "Feedback attributed / feedback received, since start", registry=r)
         self.propensity = Histogram("loopwise_miner_example_propensity", "Propensity of emitted positives",
                                     registry=r, buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0))
         self.position_propensity = Gauge("loopwise_miner_position_propensity",
