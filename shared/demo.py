@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from loopwise import datasets, procs, stack
 from loopwise import kafka as lkafka
 from loopwise.client import Client, ReportError
 from loopwise.topics import Topics
-from loopwise.v1 import events_pb2, feedback_pb2
+from loopwise.v1 import events_pb2, feedback_pb2, learning_pb2
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
@@ -53,6 +54,9 @@ METRICS = {
     "collector": (("loopwise_collector_rpc_requests_total", {"method": "Report"}),
                   ("loopwise_collector_events_accepted_total", {}),
                   ("loopwise_collector_events_rejected_total", {})),
+    "miner": (("loopwise_miner_feedback_attributed_total", {}),
+              ("loopwise_miner_emitted_total", {"topic": "examples"}),
+              ("loopwise_miner_window_backlog", {})),
 }
 
 
@@ -212,9 +216,19 @@ async def _assign_all(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
     await consumer.seek_to_beginning(*parts)
 
 
-def _count(out: ReadBack, topic: str, value: bytes, request_ids: set[str]) -> None:
+def _count(out: ReadBack, topic: str, value: bytes, request_ids: set[str], examples: str) -> None:
     counts = out.topics[topic]
     counts.records += 1
+    if topic == examples:  # learning records, not events
+        try:
+            example = learning_pb2.Example.FromString(value)
+        except DecodeError:
+            counts.undecodable += 1
+            return
+        if example.request_id in request_ids:
+            counts.this_run += 1
+            counts.kinds["positive" if example.label > 0 else "negative"] += 1
+        return
     try:
         event = lkafka.decode(value)
     except ValueError:
@@ -227,7 +241,7 @@ def _count(out: ReadBack, topic: str, value: bytes, request_ids: set[str]) -> No
             out.sample = event
 
 
-async def _read_back(bootstrap: str, want: dict[str, int], request_ids: set[str]) -> ReadBack:
+async def _read_back(bootstrap: str, want: dict[str, int], request_ids: set[str], examples: str) -> ReadBack:
     from aiokafka import AIOKafkaConsumer
 
     out = ReadBack({t: TopicCount() for t in want})
@@ -242,7 +256,7 @@ async def _read_back(bootstrap: str, want: dict[str, int], request_ids: set[str]
             now = time.monotonic()
             for tp, records in batch.items():
                 for record in records:
-                    _count(out, tp.topic, record.value, request_ids)
+                    _count(out, tp.topic, record.value, request_ids, examples)
                 last = now if records else last
             complete = all(out.topics[t].this_run >= n for t, n in want.items())
             if now - last > (READ_IDLE_S if complete else READ_PATIENCE_S):
@@ -256,8 +270,10 @@ async def _read_back(bootstrap: str, want: dict[str, int], request_ids: set[str]
 
 
 def read_back(bootstrap: str, topics: Topics, stats: ReplayStats) -> ReadBack:
-    want = {topics.impressions: stats.requests, topics.events: stats.accepted}
-    return asyncio.run(_read_back(bootstrap, want, stats.request_ids))
+    # Every accepted click or reject is an example at once (the miner emits
+    # the negatives of unclicked candidates when the attribution window closes).
+    want = {topics.impressions: stats.requests, topics.events: stats.accepted, topics.examples: stats.accepted}
+    return asyncio.run(_read_back(bootstrap, want, stats.request_ids, topics.examples))
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -337,6 +353,9 @@ def problems(stats: ReplayStats, back: ReadBack, topics: Topics) -> list[str]:
     events = back.topics[topics.events].this_run
     if events < stats.accepted:
         found.append(f"{events} of {stats.accepted} accepted events read back from {topics.events}")
+    examples = back.topics[topics.examples].this_run
+    if examples < stats.accepted:
+        found.append(f"{examples} of {stats.accepted} feedback events became examples on {topics.examples}")
     return found
 
 
@@ -358,7 +377,7 @@ def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int) -> int:
     for problem in found:
         print(f"DID NOT FLOW: {problem}", file=sys.stderr)
     if not found:
-        print("ok: ranked, impressions logged, feedback collected")
+        print("ok: ranked, impressions logged, feedback collected and attributed")
     return 1 if found else 0
 
 

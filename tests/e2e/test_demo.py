@@ -14,6 +14,6 @@ def test_demo_runs_and_stops_its_stack(tmp_path):
     run = subprocess.run([sys.executable, "-m", "loopwise.cli", "--root", str(tmp_path), "demo",
                           "--requests", "200"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "ok: ranked, impressions logged, feedback collected" in run.stdout
+    assert "ok: ranked, impressions logged, feedback collected and attributed" in run.stdout
     assert "200 from this run" in run.stdout
     assert not (tmp_path / "stack.json").exists()
