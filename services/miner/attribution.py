@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -99,15 +100,26 @@ class _Shown:
         # request-order index of each served position
         self.index = ranking if len(ranking) == len(self.ids) else list(range(len(self.ids)))
         self.has_features = len(cands.ids) == len(self.ids)
-        self.columns = [(c.name, list(c.values)) for c in cands.categorical] if self.has_features else []
-        self.numeric = [(c.name, list(c.values)) for c in cands.numeric] if self.has_features else []
-        self.hidden: np.ndarray | None = None
-        if body.representation and body.representation_dim:
-            try:
-                self.hidden = representation.decode(body.representation, body.representation_scale,
-                                                    body.representation_dim)
-            except ValueError:
-                self.hidden = None
+
+    @cached_property
+    def columns(self) -> list[tuple[str, list[str]]]:
+        cands = self.event.impression.candidates
+        return [(c.name, list(c.values)) for c in cands.categorical] if self.has_features else []
+
+    @cached_property
+    def numeric(self) -> list[tuple[str, list[float]]]:
+        cands = self.event.impression.candidates
+        return [(c.name, list(c.values)) for c in cands.numeric] if self.has_features else []
+
+    @cached_property
+    def hidden(self) -> np.ndarray | None:
+        body = self.event.impression
+        if not (body.representation and body.representation_dim):
+            return None
+        try:
+            return representation.decode(body.representation, body.representation_scale, body.representation_dim)
+        except ValueError:
+            return None
 
     def features(self, position: int) -> features_pb2.Features:
         out = features_pb2.Features()
