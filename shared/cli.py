@@ -5,6 +5,8 @@
     loopwise down                        stop everything started by `up`
     loopwise demo [--requests N] [--keep]
                                          sample traffic from MovieLens-100K
+    loopwise replay obd [--policy bts|random] [--campaign all|men|women] [--rounds N] [--speedup X]
+                                         the Open Bandit sample through a running stack
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.run(args.root, requests=args.requests, keep=args.keep)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from loopwise import replay
+
+    return replay.run_obd(args.root, policy=args.policy, campaign=args.campaign, rounds=args.rounds,
+                          speedup=args.speedup)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="loopwise", description=__doc__,
@@ -87,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("replay", help="replay a logged dataset through a running stack")
+    replay_sub = p.add_subparsers(dest="dataset", required=True)
+    p = replay_sub.add_parser("obd", help="the Open Bandit Dataset sample (obp 0.4.1 wheel)")
+    p.add_argument("--policy", choices=("bts", "random"), default="bts")
+    p.add_argument("--campaign", choices=("all", "men", "women"), default="all")
+    p.add_argument("--rounds", type=int, default=None, help="replay only the first N rounds")
+    p.add_argument("--speedup", type=float, default=3000.0,
+                   help="pace on the sample's clock, X times real time (0: as fast as possible)")
+    p.set_defaults(func=_replay)
     args = parser.parse_args(argv)
     return args.func(args)
 
