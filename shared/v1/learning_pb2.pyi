@@ -173,3 +173,66 @@ class AttributionState(_message.Message):
     emitted: _containers.RepeatedScalarFieldContainer[str]
     handled: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, impression: _Optional[_Union[_events_pb2.Event, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., closed: _Optional[bool] = ..., expires_ms: _Optional[int] = ..., emitted: _Optional[_Iterable[str]] = ..., handled: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ModelAnnouncement(_message.Message):
+    __slots__ = ("event_id", "tenant", "model", "version", "previous_version", "action", "reason", "metrics", "time_ms")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    tenant: str
+    model: str
+    version: str
+    previous_version: str
+    action: str
+    reason: str
+    metrics: _containers.ScalarMap[str, float]
+    time_ms: int
+    def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., time_ms: _Optional[int] = ...) -> None: ...
+
+class RewriteRuleRecord(_message.Message):
+    __slots__ = ("event_id", "tenant", "rule_id", "source", "target", "rewrite", "support", "confidence", "source_success", "target_success", "action", "reason", "time_ms", "success_after", "turns_after")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REWRITE_FIELD_NUMBER: _ClassVar[int]
+    SUPPORT_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    TURNS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    tenant: str
+    rule_id: str
+    source: str
+    target: str
+    rewrite: str
+    support: int
+    confidence: float
+    source_success: float
+    target_success: float
+    action: str
+    reason: str
+    time_ms: int
+    success_after: float
+    turns_after: int
+    def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., rule_id: _Optional[str] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., rewrite: _Optional[str] = ..., support: _Optional[int] = ..., confidence: _Optional[float] = ..., source_success: _Optional[float] = ..., target_success: _Optional[float] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., time_ms: _Optional[int] = ..., success_after: _Optional[float] = ..., turns_after: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""Reformulation mining: sessions, defects, absorbing Markov chain, rewrite rules, rollback."""

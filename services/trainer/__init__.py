@@ -1,0 +1,1 @@
+"""Trainer: examples and preference pairs in, validated ONNX models out."""

@@ -1,0 +1,1 @@
+"""Simulators that drive a running stack like a population of users."""
