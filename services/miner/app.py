@@ -16,8 +16,11 @@ id for consumers that see one twice.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -43,7 +46,8 @@ def position_model(settings: MinerSettings) -> Any:
     if settings.position_model == "em":
         from .propensity import PositionBiasEM
 
-        return PositionBiasEM()
+        # Statistics only per closed request; the EM steps run on the close timer.
+        return PositionBiasEM(n_positions=settings.em_positions, max_items=settings.em_items, iterations=0)
     if settings.position_model == "fixed":
         return FixedPositions()
     raise ValueError(f"LOOPWISE_POSITION_MODEL={settings.position_model!r}: expected em or fixed")
@@ -56,12 +60,15 @@ class Miner:
         self.settings = settings
         self.metrics = MinerMetrics()
         topics = settings.topics
+        data_dir = Path(settings.data_dir or Path(tempfile.gettempdir()) / "loopwise-miner")
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
             settings.app_id, broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
             topic_partitions=settings.topic_partitions, web_enabled=False,
             broker_session_timeout=settings.session_timeout_s, broker_heartbeat_interval=settings.session_timeout_s / 3,
             consumer_auto_offset_reset="earliest", producer_acks=-1, stream_wait_empty=False,
             broker_commit_every=1000, broker_commit_interval=1.0, table_standby_replicas=0,
+            datadir=str(data_dir / f"{settings.app_id}-data"),
         )
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.source = self.app.topic(topics.events, topics.impressions, **raw)
@@ -72,10 +79,12 @@ class Miner:
         self.attribution = Attribution(
             AttributionConfig(window_ms=settings.attribution_window_ms, clip=settings.ips_clip),
             position_model(settings), ExposureCounter(eta=settings.exposure_eta))
-        self.windows = Windows(self.attribution, self.table)
+        self.windows = Windows(self.attribution, self.table, topics=(topics.events, topics.impressions),
+                               idle_s=settings.idle_s)
         self.limits = Limits(max_future_ms=settings.max_future_s * 1000, max_age_ms=settings.max_age_s * 1000)
         self.tenants = frozenset(settings.tenants)
         self._rebuilt = False
+        self._rebuild_lock = asyncio.Lock()
         self.app.agent(self.source, name="attribute")(self._attribute)
         self.app.timer(settings.close_interval_s, name="close_windows")(self._close_windows)
         self.app.on_rebalance_complete.connect(self._on_rebalance)
@@ -92,6 +101,9 @@ class Miner:
 
     async def _attribute(self, stream: faust.StreamT) -> None:
         async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_within_s):
+            # Nothing is applied to the table while it is being rebuilt from its changelog.
+            while not await self._ensure_rebuilt():
+                await asyncio.sleep(0.05)
             for event in events:
                 message = event.message
                 key = event.key or b""
@@ -118,7 +130,7 @@ class Miner:
             return None  # turns are the reformulation miner's
         if kind != "impression":
             self.metrics.feedback_received.inc()
-        out = self.windows.process(key, ev)
+        out = self.windows.process(key, ev, topic, partition)
         for reason, detail, bad in out.dead:
             self._dead(key, bad.SerializeToString(), topic, partition, offset, reason, detail)
         out.dead = []
@@ -162,22 +174,42 @@ class Miner:
             await consumer.stop()
         log.info("changelog caught up", extra={"records": applied, "partitions": partitions})
 
-    async def _close_windows(self) -> None:
-        recovery = self.app.tables.recovery
-        if self.app.rebalancing or self.app.in_recovery or not recovery.completed.is_set():
-            return
-        if not self._rebuilt:
+    async def _ensure_rebuilt(self) -> bool:
+        """After a recovery: catch the table up with its changelog and re-index its windows,
+        once, while neither the agent nor the timer touches the table."""
+        if self._rebuilt:
+            return True
+        async with self._rebuild_lock:
+            if self._rebuilt:
+                return True
+            recovery = self.app.tables.recovery
+            if self.app.rebalancing or self.app.in_recovery or not recovery.completed.is_set():
+                return False
             if self.settings.changelog_catch_up:
                 await self._catch_up_changelog()
             self.windows.rebuild()
             self._rebuilt = True
             self.metrics.ready.set(1)
-        out = self.windows.advance()
-        for reason, detail, bad in out.dead:
-            self._dead(lkafka.record_key(bad), bad.SerializeToString(), "", -1, -1, reason, detail)
-        out.dead = []
-        self._emit(None, out)
-        await self.app.producer.flush()
+            return True
+
+    async def _close_windows(self) -> None:
+        if self.app.rebalancing or self.app.in_recovery or not await self._ensure_rebuilt():
+            return
+        while True:  # in chunks: the agent and the consumer's heartbeats get the loop in between
+            async with self._rebuild_lock:
+                out = self.windows.advance(limit=self.settings.close_chunk)
+                for reason, detail, bad in out.dead:
+                    self._dead(lkafka.record_key(bad), bad.SerializeToString(), "", -1, -1, reason, detail)
+                out.dead = []
+                self._emit(None, out)
+            await self.app.producer.flush()
+            if not self.windows.more() or not self._rebuilt:
+                break
+            await asyncio.sleep(0)
+        fit = getattr(self.attribution.positions, "fit", None)
+        if fit is not None and self.settings.em_steps:
+            fit(self.settings.em_steps)
+        self.metrics.partition_skew.set(self.windows.lag_ms() / 1000)
         self.metrics.backlog.set(self.windows.pending())
         self.metrics.join_ratio_gauge.set(self.metrics.join_ratio())
         mark = self.windows.watermark()

@@ -25,6 +25,8 @@ class MinerMetrics:
                              registry=r)
         self.watermark_lag = Gauge("loopwise_miner_watermark_lag_seconds",
                                    "Wall clock minus the event-time watermark", registry=r)
+        self.partition_skew = Gauge("loopwise_miner_watermark_skew_seconds",
+                                    "Most advanced minus slowest partition watermark", registry=r)
         self.join_ratio_gauge = Gauge("loopwise_miner_join_ratio",
                                       "Feedback attributed / feedback received, since start", registry=r)
         self.propensity = Histogram("loopwise_miner_example_propensity", "Propensity of emitted positives",

@@ -1,9 +1,23 @@
 """Event-time windows over a key -> state table (a Faust table in the miner,
 a dict in tests and benchmarks).
 
-The watermark is the largest event time seen, advanced by wall-clock time
-while the stream is idle (so windows close in quiet periods too, while a
-fast replay of old events still closes them by the events' own clock).
+Watermarks are kept per input partition, not one for the whole app: the
+impressions and events topics are co-partitioned by request, so a request's
+window may close once *both* streams of its partition are past the deadline
+(the minimum of their watermarks). A partition that lags (a consumer
+backlog, a slow producer) then holds back only its own windows; one that
+runs ahead (a fast replay) cannot close another's windows before their
+feedback has been read.
+
+A stream's watermark is the largest event time it has delivered, advanced
+by wall-clock time once it has delivered nothing for ``idle_s`` (so windows
+close in quiet periods too, while a backlog or a fast replay of old events
+closes them by the events' own clock only). A stream of the partition that
+has not delivered anything yet counts as one that delivered the partition's
+first event time when the partition was first seen: it holds the
+partition's windows back until it speaks or has been idle for ``idle_s``.
+After recovery, before a partition has delivered anything, its watermark
+resumes from the newest event time its recovered states hold.
 """
 
 from __future__ import annotations
@@ -18,59 +32,102 @@ from .attribution import Attribution, Outputs
 
 
 class Windows:
-    def __init__(self, attribution: Attribution, table: MutableMapping[bytes, bytes]) -> None:
+    def __init__(self, attribution: Attribution, table: MutableMapping[bytes, bytes],
+                 topics: tuple[str, ...] = (), idle_s: float = 0.0) -> None:
         self.attribution = attribution
         self.table = table
-        self._due: list[tuple[int, bytes]] = []
-        self.max_event_ms = 0
-        self._wall_at_max = time.monotonic()
+        self.topics = topics
+        self.idle_s = idle_s
+        self._due: dict[int, list[tuple[int, bytes]]] = {}
+        # (topic, partition) -> [newest event time, monotonic time of its last record]
+        self._streams: dict[tuple[str, int], list[float]] = {}
+        # partition -> [newest event time in recovered states, monotonic time of the rebuild]
+        self._recovered: dict[int, list[float]] = {}
 
     def rebuild(self) -> None:
-        """Re-index the table's states (after recovery from the changelog); the
-        watermark resumes from the newest event time they hold."""
-        self._due = []
-        newest = self.max_event_ms
+        """Re-index the table's states (after recovery from the changelog)."""
+        self._due = {}
+        now = time.monotonic()
         for key, raw in list(self.table.items()):
             state = learning_pb2.AttributionState.FromString(raw)
             self._push(key, state)
-            newest = max(newest, state.impression.client_time_ms,
-                         max((fb.client_time_ms for fb in state.feedback), default=0))
-        if newest > self.max_event_ms:
-            self.max_event_ms = newest
-            self._wall_at_max = time.monotonic()
+            newest = max(state.impression.client_time_ms, max((fb.client_time_ms for fb in state.feedback),
+                                                              default=0))
+            seed = self._recovered.setdefault(state.partition, [0, now])
+            if newest > seed[0]:
+                seed[0], seed[1] = newest, now
 
-    def watermark(self, now: float | None = None) -> int:
+    # -- watermarks -----------------------------------------------------------------------
+    def observe(self, topic: str, partition: int, event_ms: int, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        if self.max_event_ms == 0:
-            return 0
-        return self.max_event_ms + int((now - self._wall_at_max) * 1000)
+        stream = self._streams.get((topic, partition))
+        if stream is None:
+            for other in self.topics:  # the partition's other inputs: silent so far
+                self._streams.setdefault((other, partition), [event_ms, now])
+            self._streams[(topic, partition)] = [event_ms, now]
+            return
+        stream[1] = now
+        if event_ms > stream[0]:
+            stream[0] = event_ms
 
-    def process(self, key: bytes, event: events_pb2.Event) -> Outputs:
+    def watermark(self, partition: int | None = None, now: float | None = None) -> int:
+        """The watermark of one partition (``None``: the most advanced partition, for metrics)."""
+        now = time.monotonic() if now is None else now
+        if partition is None:
+            parts = {p for _, p in self._streams} | set(self._recovered)
+            return max((self.watermark(p, now) for p in parts), default=0)
+        idle = self.idle_s
+        marks = [t + max(now - wall - idle, 0.0) * 1000 for (_, p), (t, wall) in self._streams.items()
+                 if p == partition and t]
+        if not marks:
+            seed = self._recovered.get(partition)
+            marks = [seed[0] + (now - seed[1]) * 1000] if seed and seed[0] else [0]
+        return int(min(marks))
+
+    def lag_ms(self, now: float | None = None) -> int:
+        """How far the slowest partition's watermark trails the most advanced one."""
+        now = time.monotonic() if now is None else now
+        parts = {p for _, p in self._streams} | set(self._recovered)
+        marks = [self.watermark(p, now) for p in parts]
+        return int(max(marks) - min(marks)) if marks else 0
+
+    # -- the stream -----------------------------------------------------------------------
+    def process(self, key: bytes, event: events_pb2.Event, topic: str = "", partition: int = 0) -> Outputs:
         raw = self.table.get(key)
         state = learning_pb2.AttributionState.FromString(raw) if raw is not None else None
         new, out = self.attribution.on_event(state, event)
+        if new is not None:
+            new.partition = partition
         self._store(key, new)
-        if event.client_time_ms > self.max_event_ms:
-            self.max_event_ms = event.client_time_ms
-            self._wall_at_max = time.monotonic()
+        self.observe(topic, partition, event.client_time_ms)
         return out
 
-    def advance(self, watermark: int | None = None) -> Outputs:
-        """Close every window (and forget every closed state) due by ``watermark``."""
-        watermark = self.watermark() if watermark is None else watermark
+    def advance(self, watermark: int | None = None, limit: int | None = None) -> Outputs:
+        """Close every window (and forget every closed state) due by its partition's watermark
+        (or by ``watermark`` for all partitions); at most ``limit`` states per call, so a
+        caller can yield between chunks (`more` says whether any are left due)."""
         out = Outputs()
-        while self._due and self._due[0][0] <= watermark:
-            _, key = heapq.heappop(self._due)
-            raw = self.table.get(key)
-            if raw is None:
-                continue
-            state = learning_pb2.AttributionState.FromString(raw)
-            if self._due_ms(state) > watermark:  # superseded entry; a newer one is queued
-                continue
-            new, closing = self.attribution.close(state)
-            out.extend(closing)
-            self._store(key, new)
+        budget = limit if limit is not None else -1
+        for partition, due in self._due.items():
+            mark = self.watermark(partition) if watermark is None else watermark
+            while due and due[0][0] <= mark and budget != 0:
+                _, key = heapq.heappop(due)
+                raw = self.table.get(key)
+                if raw is None:
+                    continue
+                state = learning_pb2.AttributionState.FromString(raw)
+                if self._due_ms(state) > mark:  # superseded entry; a newer one is queued
+                    continue
+                budget -= 1
+                new, closing = self.attribution.close(state)
+                out.extend(closing)
+                self._store(key, new)
         return out
+
+    def more(self, watermark: int | None = None) -> bool:
+        """Whether some window is due (possibly a superseded heap entry)."""
+        return any(due and due[0][0] <= (self.watermark(p) if watermark is None else watermark)
+                   for p, due in self._due.items())
 
     def pending(self) -> int:
         return len(self.table)
@@ -80,7 +137,7 @@ class Windows:
         return state.expires_ms if state.closed else state.deadline_ms
 
     def _push(self, key: bytes, state: learning_pb2.AttributionState) -> None:
-        heapq.heappush(self._due, (self._due_ms(state), key))
+        heapq.heappush(self._due.setdefault(state.partition, []), (self._due_ms(state), key))
 
     def _store(self, key: bytes, state: learning_pb2.AttributionState | None) -> None:
         if state is None:

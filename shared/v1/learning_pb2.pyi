@@ -157,7 +157,7 @@ class DeadLetter(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., time_ms: _Optional[int] = ..., service: _Optional[str] = ...) -> None: ...
 
 class AttributionState(_message.Message):
-    __slots__ = ("impression", "feedback", "deadline_ms", "closed", "expires_ms", "emitted", "handled")
+    __slots__ = ("impression", "feedback", "deadline_ms", "closed", "expires_ms", "emitted", "handled", "partition")
     IMPRESSION_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,7 @@ class AttributionState(_message.Message):
     EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
     EMITTED_FIELD_NUMBER: _ClassVar[int]
     HANDLED_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
     impression: _events_pb2.Event
     feedback: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
     deadline_ms: int
@@ -172,7 +173,8 @@ class AttributionState(_message.Message):
     expires_ms: int
     emitted: _containers.RepeatedScalarFieldContainer[str]
     handled: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, impression: _Optional[_Union[_events_pb2.Event, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., closed: _Optional[bool] = ..., expires_ms: _Optional[int] = ..., emitted: _Optional[_Iterable[str]] = ..., handled: _Optional[_Iterable[str]] = ...) -> None: ...
+    partition: int
+    def __init__(self, impression: _Optional[_Union[_events_pb2.Event, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., closed: _Optional[bool] = ..., expires_ms: _Optional[int] = ..., emitted: _Optional[_Iterable[str]] = ..., handled: _Optional[_Iterable[str]] = ..., partition: _Optional[int] = ...) -> None: ...
 
 class ModelAnnouncement(_message.Message):
     __slots__ = ("event_id", "tenant", "model", "version", "previous_version", "action", "reason", "metrics", "time_ms")

@@ -191,3 +191,47 @@ def test_rebuild_recovers_due_windows_from_the_table():
     fresh = Windows(Attribution(AttributionConfig(window_ms=WINDOW), FixedPositions(), ExposureCounter()), table)
     fresh.rebuild()
     assert len(fresh.advance(T0 + WINDOW).examples) == 2
+
+
+def test_a_partition_running_ahead_does_not_close_another_partitions_windows():
+    w = engine()
+    w.process(b"k0", impression(2, "r0"), "impressions", 0)
+    w.process(b"k0e", F.click("rx", "c0", at_ms=T0), "events", 0)
+    # partition 1 replays a day ahead on both topics
+    w.process(b"k1", impression(2, "r1", at=T0 + 24 * 3600_000), "impressions", 1)
+    w.process(b"k1e", F.click("ry", "c0", at_ms=T0 + 24 * 3600_000), "events", 1)
+    assert w.watermark(0) < T0 + WINDOW <= w.watermark(1)
+    assert not w.advance().examples  # partition 0's window is still open
+    assert w.lag_ms() >= 24 * 3600_000 - 1000
+
+
+def test_a_partitions_window_waits_for_its_slowest_stream():
+    w = engine()
+    w.process(b"k", impression(2, "r0"), "impressions", 0)
+    w.process(b"k2", impression(1, "r2", at=T0 + 2 * WINDOW), "impressions", 0)  # impressions run ahead
+    w.process(b"e", F.click("r9", "c0", at_ms=T0 + 10), "events", 0)  # the events stream lags behind
+    assert w.watermark(0) < T0 + WINDOW
+    w.process(b"k", F.click("r0", "c1", position=2, at_ms=T0 + 20), "events", 0)
+    w.process(b"e", F.click("r9", "c0", at_ms=T0 + 2 * WINDOW), "events", 0)  # events catch up
+    labels = sorted((e.candidate_id, e.label) for e in w.advance().examples if e.request_id == "r0")
+    assert labels == [("c0", 0.0)]  # c1's positive came out at once, in-window, not as late
+
+
+def test_closing_in_chunks_closes_everything_once():
+    w = engine()
+    for i in range(25):
+        w.process(f"k{i}".encode(), impression(2, f"r{i}"), "impressions", i % 3)
+    seen = []
+    while w.more(T0 + WINDOW):
+        seen += w.advance(T0 + WINDOW, limit=4).examples
+    assert len(seen) == 50 and len({e.example_id for e in seen}) == 50
+
+
+def test_a_silent_input_holds_its_partition_back_until_idle():
+    w = Windows(Attribution(AttributionConfig(window_ms=WINDOW), FixedPositions(), ExposureCounter()), {},
+                topics=("events", "impressions"), idle_s=2.0)
+    w.observe("impressions", 0, T0, now=100.0)
+    w.process(b"k", impression(2, "r0"), "impressions", 0)
+    w.observe("impressions", 0, T0 + 2 * WINDOW, now=100.5)  # impressions far ahead, events not read yet
+    assert w.watermark(0, now=101.0) == T0  # the silent events stream holds it
+    assert w.watermark(0, now=100.0 + 2.0 + WINDOW / 1000) >= T0 + WINDOW  # idle: wall clock takes over
