@@ -30,12 +30,10 @@ gaps, shifted so the last event replayed is now (the collector refuses
 events older than 30 days or from the future; the sample spans 7 days).
 
 ``speedup`` > 0 paces the replay on the sample's clock, that many times
-faster than real time; 0 sends as fast as the collector takes batches. The
-miner's watermark is the newest event time it has seen on any input, so an
-unpaced replay (7 days in about a second) lets clicks, read ahead of their
-impressions, outrun their windows: they are dead-lettered
-``unknown_request``. Pace it (e.g. 3000x: the week in ~3.5 minutes) when
-the miner's labels matter.
+faster than real time (the CLI's default: 3000x, the week in ~3.5 minutes);
+0 sends as fast as the collector takes batches. The miner closes windows by
+per-partition watermarks on the events' own clock, so an unpaced replay is
+attributed like a paced one; pacing only makes it look like live traffic.
 """
 
 from __future__ import annotations
