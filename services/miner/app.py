@@ -217,7 +217,7 @@ class Miner:
             self.metrics.watermark_lag.set(max(time.time() - mark / 1000, 0.0))
         curve = self.attribution.positions.propensities()
         for i in range(min(len(curve), 10)):
-            self.metrics.position_propensity.labels(str(i + 1)).set(float(curve[i]))
+            self.metrics.position_propensity.labels(str(i + 1)).set(min(float(curve[i]), 1.0))
 
     def _emit(self, key: bytes | None, out: Outputs) -> None:
         m = self.metrics

@@ -72,7 +72,8 @@ class FixedPositions:
 
 
 def position_propensity(curve: np.ndarray, position: int) -> float:
-    """Propensity of a 1-based position; beyond the curve, its last value."""
+    """Propensity of a 1-based position relative to the top, at most 1 (an estimate above
+    the top's is noise: positions without data yet); beyond the curve, its last value."""
     if position < 1:
         return 1.0
-    return float(curve[min(position, len(curve)) - 1])
+    return min(float(curve[min(position, len(curve)) - 1]), 1.0)
