@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup protos lint test test-fast demo up down status bench bench-serve bench-ingest clean
+.PHONY: help setup protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -47,7 +47,13 @@ bench-serve: setup ## Rank (100 candidates) vs a bare gRPC echo
 bench-ingest: setup ## collector vs a bare kafka-python producer (and confluent-kafka)
 	$(BIN)/python bench/ingest.py
 
-bench: bench-serve bench-ingest ## every benchmark
+bench-attribution: setup ## miner attribution: correctness on a known replay, vs a bare aiokafka consumer
+	$(BIN)/python bench/attribution.py
+
+bench-propensity: setup ## position propensities on the Open Bandit sample: EM vs the random policy's
+	$(BIN)/python bench/propensity_obd.py
+
+bench: bench-serve bench-ingest bench-attribution bench-propensity ## every benchmark
 
 clean: ## remove the virtual env and local state
 	rm -rf $(VENV) .loopwise .pytest_cache
