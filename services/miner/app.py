@@ -25,6 +25,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 from prometheus_client import start_http_server
 
 from loopwise import kafka as lkafka
@@ -80,7 +81,8 @@ class Miner:
             AttributionConfig(window_ms=settings.attribution_window_ms, clip=settings.ips_clip),
             position_model(settings), ExposureCounter(eta=settings.exposure_eta))
         self.windows = Windows(self.attribution, self.table, topics=(topics.events, topics.impressions),
-                               idle_s=settings.idle_s)
+                               idle_s=settings.idle_s, caught_up=self._caught_up)
+        self._read: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read
         self.limits = Limits(max_future_ms=settings.max_future_s * 1000, max_age_ms=settings.max_age_s * 1000)
         self.tenants = frozenset(settings.tenants)
         self._rebuilt = False
@@ -114,7 +116,18 @@ class Miner:
             # these offsets can be committed: a crash re-reads, never skips.
             await self.app.producer.flush()
 
+    def _caught_up(self, topic: str, partition: int) -> bool:
+        """Whether the consumer has read a partition up to its high-water mark (unknown: yes)."""
+        try:
+            high = self.app.consumer.highwater(TP(topic, partition))
+        except Exception:  # noqa: BLE001 - no consumer or no fetch yet: fall back to the idle timeout
+            return True
+        if high is None:
+            return True
+        return self._read.get((topic, partition), 0) >= high
+
     def _handle(self, key: bytes, value: bytes, topic: str, partition: int, offset: int) -> Outputs | None:
+        self._read[(topic, partition)] = offset + 1
         try:
             ev = lkafka.decode(value)
         except ValueError as exc:

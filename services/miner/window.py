@@ -10,7 +10,9 @@ runs ahead (a fast replay) cannot close another's windows before their
 feedback has been read.
 
 A stream's watermark is the largest event time it has delivered, advanced
-by wall-clock time once it has delivered nothing for ``idle_s`` (so windows
+by wall-clock time once it has delivered nothing for ``idle_s`` and has no
+backlog (``caught_up``: the consumer read up to the partition's high-water
+mark; a starved process is not an idle stream) (so windows
 close in quiet periods too, while a backlog or a fast replay of old events
 closes them by the events' own clock only). A stream of the partition that
 has not delivered anything yet counts as one that delivered the partition's
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 
 from loopwise.v1 import events_pb2, learning_pb2
 
@@ -33,8 +35,10 @@ from .attribution import Attribution, Outputs
 
 class Windows:
     def __init__(self, attribution: Attribution, table: MutableMapping[bytes, bytes],
-                 topics: tuple[str, ...] = (), idle_s: float = 0.0) -> None:
+                 topics: tuple[str, ...] = (), idle_s: float = 0.0,
+                 caught_up: Callable[[str, int], bool] | None = None) -> None:
         self.attribution = attribution
+        self.caught_up = caught_up
         self.table = table
         self.topics = topics
         self.idle_s = idle_s
@@ -76,9 +80,9 @@ class Windows:
         if partition is None:
             parts = {p for _, p in self._streams} | set(self._recovered)
             return max((self.watermark(p, now) for p in parts), default=0)
-        idle = self.idle_s
-        marks = [t + max(now - wall - idle, 0.0) * 1000 for (_, p), (t, wall) in self._streams.items()
-                 if p == partition and t]
+        idle, caught_up = self.idle_s, self.caught_up
+        marks = [t + max(now - wall - idle, 0.0) * 1000 if caught_up is None or caught_up(topic, p) else t
+                 for (topic, p), (t, wall) in self._streams.items() if p == partition and t]
         if not marks:
             seed = self._recovered.get(partition)
             marks = [seed[0] + (now - seed[1]) * 1000] if seed and seed[0] else [0]

@@ -235,3 +235,15 @@ def test_a_silent_input_holds_its_partition_back_until_idle():
     w.observe("impressions", 0, T0 + 2 * WINDOW, now=100.5)  # impressions far ahead, events not read yet
     assert w.watermark(0, now=101.0) == T0  # the silent events stream holds it
     assert w.watermark(0, now=100.0 + 2.0 + WINDOW / 1000) >= T0 + WINDOW  # idle: wall clock takes over
+
+
+def test_a_stream_with_a_backlog_is_not_idle():
+    backlog = {"events": True}
+    w = Windows(Attribution(AttributionConfig(window_ms=WINDOW), FixedPositions(), ExposureCounter()), {},
+                topics=("events", "impressions"), idle_s=2.0,
+                caught_up=lambda topic, p: not backlog.get(topic, False))
+    w.observe("events", 0, T0, now=100.0)
+    w.observe("impressions", 0, T0 + 2 * WINDOW, now=100.0)
+    assert w.watermark(0, now=100.0 + 2 * WINDOW / 1000) == T0  # events silent but behind: holds
+    backlog["events"] = False
+    assert w.watermark(0, now=100.0 + 2 + WINDOW / 1000) >= T0 + WINDOW
