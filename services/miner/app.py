@@ -35,6 +35,7 @@ from loopwise.validation import Limits, check_event
 from .attribution import Attribution, AttributionConfig, Outputs
 from .debias import ExposureCounter, FixedPositions
 from .metrics import MinerMetrics
+from .outbox import Outbox
 from .settings import MinerSettings
 from .window import Windows
 
@@ -75,6 +76,7 @@ class Miner:
         self.source = self.app.topic(topics.events, topics.impressions, **raw)
         self.outputs = {name: self.app.topic(getattr(topics, name), **raw)
                         for name in ("examples", "preferences", "errors", "deadletter")}
+        self.output_names = {name: getattr(topics, name) for name in ("examples", "preferences", "errors")}
         self.table = self.app.Table("attribution", default=None, partitions=settings.topic_partitions,
                                     use_partitioner=True, key_type=bytes, value_type=bytes)
         self.attribution = Attribution(
@@ -83,6 +85,8 @@ class Miner:
         self.windows = Windows(self.attribution, self.table, topics=(topics.events, topics.impressions),
                                idle_s=settings.idle_s, caught_up=self._caught_up)
         self._read: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read
+        self.outbox = Outbox(settings.kafka_bootstrap)
+        self.app.on_before_shutdown.connect(self._on_shutdown)
         self.limits = Limits(max_future_ms=settings.max_future_s * 1000, max_age_ms=settings.max_age_s * 1000)
         self.tenants = frozenset(settings.tenants)
         self._rebuilt = False
@@ -97,6 +101,9 @@ class Miner:
             httpd, _ = start_http_server(self.settings.metrics_port, addr=self.settings.grpc_host,
                                          registry=self.metrics.registry)
             self.metrics_port = httpd.server_port
+
+    async def _on_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
+        await self.outbox.stop()
 
     async def _on_rebalance(self, sender: Any = None, **kwargs: Any) -> None:
         self._rebuilt = False  # partitions (and table contents) changed: re-index after recovery
@@ -114,6 +121,7 @@ class Miner:
                     self._emit(key, outputs)
             # The table's changelog and the outputs are on the broker before
             # these offsets can be committed: a crash re-reads, never skips.
+            await self.outbox.flush()
             await self.app.producer.flush()
 
     def _caught_up(self, topic: str, partition: int) -> bool:
@@ -215,6 +223,7 @@ class Miner:
                     self._dead(lkafka.record_key(bad), bad.SerializeToString(), "", -1, -1, reason, detail)
                 out.dead = []
                 self._emit(None, out)
+            await self.outbox.flush()
             await self.app.producer.flush()
             if not self.windows.more() or not self._rebuilt:
                 break
@@ -241,10 +250,11 @@ class Miner:
         for name, records in (("examples", out.examples), ("preferences", out.pairs), ("errors", out.errors)):
             if not records:
                 continue
-            topic = self.outputs[name]
+            topic = self.output_names[name]
+            add = self.outbox.add
             for record in records:
                 record_key = key if key is not None else f"{record.tenant}|r|{record.request_id}".encode()
-                topic.send_soon(key=record_key, value=record.SerializeToString())
+                add(topic, record_key, record.SerializeToString())
             m.emitted.labels(name).inc(len(records))
         for example in out.examples:
             if example.label > 0:
