@@ -1,0 +1,3 @@
+from loopwise.trainer.app import main
+
+main()

@@ -1,0 +1,372 @@
+"""The trainer process: Kafka in, model store + Redis + Kafka out.
+
+- A consumer (group ``LOOPWISE_GROUP_ID``, auto-commit off) reads
+  ``loopwise.examples.v1`` and ``loopwise.preferences.v1`` into the replay
+  window (`window.ReplayWindow`), one stream per (tenant, model, kind). Every
+  ``commit_interval_s`` (and when partitions are revoked, and on stop) the
+  window is flushed to disk and only then are the offsets committed: a crash
+  re-reads records, never skips them, and the window drops the redelivered
+  ids. An undecodable record is dead-lettered with its reason.
+- A trigger checks every ``trainer_check_s`` each (tenant, model): a run is
+  due after ``trainer_every_n`` new examples or ``trainer_interval_s`` seconds
+  with new ones, whichever first, once the window holds
+  ``trainer_min_examples``.
+- A run (in a worker thread, one at a time) builds the inputs with the
+  production model's feature spec, trains, evaluates against production,
+  exports and checks the ONNX model (`train.run`), publishes it when it
+  passes (`publish.publish`: store, weights, Redis pointer) and announces
+  ``published`` or ``refused`` on ``loopwise.models.v1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from google.protobuf.message import DecodeError
+from prometheus_client import start_http_server
+
+from loopwise import coldstart, logs
+from loopwise import kafka as lkafka
+from loopwise.features import InputBuilder
+from loopwise.modelstore import ModelStore, StoreError, version_number
+from loopwise.v1 import learning_pb2
+
+from . import publish as pub
+from .data import PartCache, example_time
+from .metrics import TrainerMetrics
+from .settings import TrainerSettings
+from .train import Production, run
+from .window import ReplayWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    tenant: str
+    model: str
+    action: str  # published, refused, failed
+    version: str
+    previous_version: str
+    reason: str
+    figures: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class _Revoked(ConsumerRebalanceListener):
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if not revoked:
+            return
+        try:
+            await self.trainer.commit()
+        except Exception as exc:  # noqa: BLE001 - the window is flushed; the next owner re-reads at worst
+            log.warning("commit on revocation failed", extra={"error": repr(exc)})
+        for tp in revoked:
+            self.trainer._consumed.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
+
+
+class Trainer:
+    """Build with settings, ``await start()``, ``await stop()``."""
+
+    def __init__(self, settings: TrainerSettings) -> None:
+        self.settings = settings
+        self.metrics = TrainerMetrics()
+        self.store = ModelStore(settings.model_store)
+        self.window = ReplayWindow(Path(settings.data_dir) / "window", settings.trainer_window_rows,
+                                   settings.trainer_segment_rows)
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.tenants = frozenset(settings.tenants)
+        self.kinds = {settings.topics.examples: "examples", settings.topics.preferences: "preferences"}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.results: list[RunResult] = []
+        self.parts = PartCache()  # built inputs per window segment, reused across runs
+        self.metrics_port = 0
+        self._new: dict[tuple[str, str], int] = {}
+        self._last_run: dict[tuple[str, str], float] = {}
+        self._uncommitted = 0
+        # Next offset per partition of the records handed to the window (what a commit may cover).
+        self._consumed: dict[TopicPartition, int] = {}
+        self._last_commit = time.monotonic()
+        self._commit_lock = asyncio.Lock()
+        self._stopping = threading.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._httpd: Any = None
+        self._started = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.window.open)
+        for tenant, model in self.window.keys():
+            self._update_window_gauges(tenant, model)
+        if s.metrics_port >= 0:
+            self._httpd, _ = start_http_server(s.metrics_port, addr=s.grpc_host, registry=self.metrics.registry)
+            self.metrics_port = self._httpd.server_port
+        try:
+            await loop.run_in_executor(None, lambda: lkafka.ensure_topics(
+                s.kafka_bootstrap, [s.topics.examples, s.topics.preferences, s.topics.models, s.topics.deadletter],
+                s.topic_partitions))
+        except Exception as exc:  # noqa: BLE001 - topics may be auto-created or made by an operator
+            log.warning("could not ensure the trainer's topics", extra={"error": repr(exc)})
+        session_ms = int(s.session_timeout_s * 1000)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap, group_id=s.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=session_ms, heartbeat_interval_ms=max(session_ms // 3, 100),
+            max_poll_records=s.poll_records, client_id="loopwise-trainer")
+        self.consumer.subscribe([s.topics.examples, s.topics.preferences], listener=_Revoked(self))
+        await self.consumer.start()
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all",
+                                         client_id="loopwise-trainer")
+        await self.producer.start()
+        self._started = time.monotonic()
+        self._tasks = [asyncio.create_task(self._consume(), name="trainer-consume"),
+                       asyncio.create_task(self._trigger(), name="trainer-trigger")]
+        log.info("trainer started", extra={"group": s.group_id, "metrics_port": self.metrics_port,
+                                           "window_rows": {f"{t}/{m}": self.window.rows(t, m, "examples")
+                                                           for t, m in self.window.keys()}})
+
+    async def stop(self) -> None:
+        self._stopping.set()  # a run in progress stops at its next batch
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        if self.consumer is not None:
+            try:
+                await self.commit()
+            except Exception as exc:  # noqa: BLE001 - the window is flushed; offsets are re-read at worst
+                log.warning("final commit failed", extra={"error": repr(exc)})
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+        self.redis.close()
+        log.info("trainer stopped")
+
+    # -- consuming ------------------------------------------------------------------------
+    async def commit(self) -> None:
+        """Flush the window to disk, then commit the offsets of what was flushed.
+
+        The offsets are taken before the flush: records the consumer hands over
+        while the flush runs are not covered by this commit (they may or may not
+        be in this flush; the next commit covers them)."""
+        async with self._commit_lock:
+            offsets = dict(self._consumed)
+            uncommitted, self._uncommitted = self._uncommitted, 0
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.window.flush)
+                if uncommitted and self.consumer is not None:
+                    assigned = self.consumer.assignment()
+                    offsets = {tp: off for tp, off in offsets.items() if tp in assigned}
+                    if offsets:
+                        await self.consumer.commit(offsets)
+                        self.metrics.commits.inc()
+            except BaseException:
+                self._uncommitted += uncommitted  # the next commit tries again
+                raise
+            self._last_commit = time.monotonic()
+            self.metrics.window_dropped.set(self.window.dropped_rows)
+            for tenant, model in self.window.keys():
+                self._update_window_gauges(tenant, model)
+
+    async def _consume(self) -> None:
+        assert self.consumer is not None
+        while not self._stopping.is_set():
+            try:
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.poll_records)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the broker comes back; keep polling
+                log.warning("poll failed", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
+                continue
+            if self.consumer.assignment():
+                self.metrics.ready.set(1)
+            for tp, records in batch.items():
+                for record in records:
+                    self._ingest(record)
+                if records:
+                    self._consumed[tp] = records[-1].offset + 1
+                    self._uncommitted += len(records)
+            if self._uncommitted and (time.monotonic() - self._last_commit >= self.settings.commit_interval_s
+                                      or self.window.pending() >= self.settings.trainer_segment_rows):
+                try:
+                    await self.commit()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - e.g. a rebalance in flight: retried next time
+                    log.warning("flush or commit failed", extra={"error": repr(exc)})
+                    self._last_commit = time.monotonic()
+
+    def _ingest(self, record: Any) -> None:
+        kind = self.kinds.get(record.topic)
+        if kind is None:
+            return
+        try:
+            if kind == "examples":
+                msg: Any = learning_pb2.Example.FromString(record.value or b"")
+                record_id, at_ms = msg.example_id, example_time(msg)
+            else:
+                msg = learning_pb2.PreferencePair.FromString(record.value or b"")
+                record_id, at_ms = msg.pair_id, msg.time_ms
+        except DecodeError as exc:
+            self._dead(record, "undecodable", str(exc))
+            self.metrics.records.labels(kind, "dead").inc()
+            return
+        if not msg.tenant or msg.tenant not in self.tenants:
+            self.metrics.records.labels(kind, "other_tenant").inc()
+            return
+        model = msg.model or self.settings.default_model
+        record_id = record_id or f"{record.topic}:{record.partition}:{record.offset}"
+        added = self.window.add(msg.tenant, model, kind, record_id, at_ms, record.value)
+        self.metrics.records.labels(kind, "added" if added else "duplicate").inc()
+        if added and kind == "examples":
+            key = (msg.tenant, model)
+            self._new[key] = self._new.get(key, 0) + 1
+
+    def _dead(self, record: Any, reason: str, detail: str) -> None:
+        log.warning("dead-lettered", extra={"reason": reason, "detail": detail, "topic": record.topic,
+                                            "partition": record.partition, "offset": record.offset})
+        if self.producer is None:
+            return
+        letter = learning_pb2.DeadLetter(topic=record.topic, partition=record.partition, offset=record.offset,
+                                         reason=reason, detail=detail, payload=record.value or b"",
+                                         time_ms=lkafka.now_ms(), service="trainer")
+        asyncio.ensure_future(self.producer.send(self.settings.topics.deadletter, letter.SerializeToString(),
+                                                 key=record.key))
+
+    def _update_window_gauges(self, tenant: str, model: str) -> None:
+        for kind in ("examples", "preferences"):
+            self.metrics.window_rows.labels(tenant, model, kind).set(self.window.rows(tenant, model, kind))
+
+    # -- triggering -----------------------------------------------------------------------
+    def due(self, tenant: str, model: str, now: float | None = None) -> bool:
+        s = self.settings
+        now = time.monotonic() if now is None else now
+        key = (tenant, model)
+        new = self._new.get(key, 0)
+        if self.window.rows(tenant, model, "examples") < s.trainer_min_examples or new == 0:
+            return False
+        since = now - self._last_run.get(key, self._started)
+        return new >= s.trainer_every_n or since >= s.trainer_interval_s
+
+    async def _trigger(self) -> None:
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.settings.trainer_check_s)
+            for tenant, model in self.window.keys():
+                if tenant in self.tenants and self.due(tenant, model):
+                    try:
+                        await self.run_now(tenant, model)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # noqa: BLE001 - logged; the next trigger tries again
+                        log.exception("training run could not start", extra={"tenant": tenant, "model": model})
+
+    async def run_now(self, tenant: str, model: str) -> RunResult:
+        """One run for (tenant, model): flush, train in a thread, announce."""
+        key = (tenant, model)
+        self._new[key] = 0  # what arrives during the run counts toward the next one
+        self._last_run[key] = time.monotonic()
+        try:
+            await self.commit()  # not required (a run reads buffered records too), but cheap and durable
+        except Exception as exc:  # noqa: BLE001
+            log.warning("flush or commit before the run failed", extra={"error": repr(exc)})
+        result = await asyncio.to_thread(self.train_and_publish, tenant, model)
+        self._last_run[key] = time.monotonic()
+        self.results.append(result)
+        if result.action in ("published", "refused") and self.producer is not None:
+            ann = pub.announcement(tenant, model, result.action, result.version, result.previous_version,
+                                   result.reason, result.figures)
+            try:
+                await self.producer.send_and_wait(self.settings.topics.models, ann.SerializeToString(),
+                                                  key=f"{tenant}|{model}".encode())
+            except Exception as exc:  # noqa: BLE001 - the store and the pointer are the truth
+                log.error("announcement failed", extra={"tenant": tenant, "model": model, "error": repr(exc)})
+        return result
+
+    # -- one run (blocking, in a worker thread) ---------------------------------------------
+    def production(self, tenant: str, model: str) -> Production | None:
+        version = pub.current_version(self.store, self.redis, tenant, model)
+        try:
+            return pub.load_production(self.store, tenant, model, version)
+        except StoreError as exc:
+            log.error("production model unreadable; the candidate is compared with nothing",
+                      extra={"tenant": tenant, "model": model, "version": version, "error": str(exc)})
+            return None
+
+    def train_and_publish(self, tenant: str, model: str) -> RunResult:
+        m = self.metrics
+        started = time.perf_counter()
+        production = None
+        try:
+            production = self.production(tenant, model)
+            spec = production.manifest.spec() if production and production.manifest else coldstart.DEFAULT_SPEC
+            t0 = time.perf_counter()
+            data = self.parts.window_data(self.window, tenant, model, InputBuilder(spec))
+            m.run_seconds.labels("build").observe(time.perf_counter() - t0)
+            outcome = run(data, production, spec, self.settings, should_stop=self._stopping.is_set)
+            for stage, seconds in outcome.timings.items():
+                m.run_seconds.labels(stage).observe(seconds)
+            figures = outcome.figures()
+            figures["skipped_rows"] = float(data.skipped)
+            self._record_figures(tenant, model, outcome)
+            previous = production.version if production else ""
+            if outcome.candidate.stopped:
+                result = RunResult(tenant, model, "failed", "", previous, outcome.reason, figures)
+            elif outcome.publish:
+                t1 = time.perf_counter()
+                manifest = pub.publish(self.store, self.redis, tenant, model, outcome, production)
+                m.run_seconds.labels("publish").observe(time.perf_counter() - t1)
+                m.published.labels(tenant, model).set(version_number(manifest.version))
+                result = RunResult(tenant, model, "published", manifest.version, previous, outcome.reason, figures)
+            else:
+                result = RunResult(tenant, model, "refused", "", previous, outcome.reason, figures)
+        except Exception as exc:  # noqa: BLE001 - a failed run is logged and counted, the service goes on
+            log.exception("training run failed", extra={"tenant": tenant, "model": model})
+            result = RunResult(tenant, model, "failed", "", production.version if production else "", repr(exc))
+        result.seconds = time.perf_counter() - started
+        m.runs.labels(tenant, model, result.action).inc()
+        m.run_seconds.labels("total").observe(result.seconds)
+        m.last_run.labels(tenant, model).set(time.time())
+        log.info("training run", extra={"tenant": tenant, "model": model, "action": result.action,
+                                        "version": result.version, "previous_version": result.previous_version,
+                                        "reason": result.reason, "seconds": round(result.seconds, 3),
+                                        "figures": result.figures})
+        return result
+
+    def _record_figures(self, tenant: str, model: str, outcome: Any) -> None:
+        m = self.metrics
+        m.examples_per_s.labels(tenant, model).set(outcome.candidate.examples_per_s)
+        m.parity.labels(tenant, model).set(outcome.parity_max_abs_diff)
+        for role, figures in (("candidate", outcome.evaluation.candidate),
+                              ("production", outcome.evaluation.production or {})):
+            for name, value in figures.items():
+                m.gate.labels(tenant, model, role, name).set(value)
+
+
+def main() -> None:
+    from loopwise.grpcserver import run_until_signal
+
+    settings = TrainerSettings.from_env()
+    logs.setup(settings.log_level)
+    run_until_signal(lambda: Trainer(settings))

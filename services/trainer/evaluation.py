@@ -1,0 +1,109 @@
+"""Holdout figures and the validation gate, as pure functions.
+
+- ``auc``: ROC AUC with ties counted half (rank formula);
+- ``gauc``: per-user AUC averaged with each user's example count as weight
+  (users with only one class are skipped; NaN when none has both);
+- ``logloss``: mean binary cross-entropy, probabilities clipped to [1e-7, 1 - 1e-7];
+- ``ece``: expected calibration error over equal-width probability bins.
+
+>>> y = np.array([0, 0, 1, 1.]); p = np.array([0.1, 0.4, 0.35, 0.8])
+>>> auc(y, p)
+0.75
+>>> evaluate(y, p, np.array([1, 2, 1, 2]))["gauc"]
+1.0
+>>> decide({"auc": 0.70, "gauc": 0.6, "logloss": 0.5, "ece": 0.01},
+...        {"auc": 0.72, "gauc": 0.6, "logloss": 0.5, "ece": 0.01}, Tolerances(auc=0.01)).publish
+False
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import rankdata
+
+METRICS = ("auc", "gauc", "logloss", "ece")
+
+
+def auc(label: np.ndarray, prob: np.ndarray) -> float:
+    y = np.asarray(label) > 0.5
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(prob)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def gauc(label: np.ndarray, prob: np.ndarray, user: np.ndarray) -> float:
+    order = np.argsort(user, kind="stable")
+    u, y, p = user[order], np.asarray(label)[order], np.asarray(prob)[order]
+    bounds = np.flatnonzero(np.diff(u)) + 1
+    total = weight = 0.0
+    for ys, ps in zip(np.split(y, bounds), np.split(p, bounds), strict=True):
+        a = auc(ys, ps)
+        if not math.isnan(a):
+            total += a * len(ys)
+            weight += len(ys)
+    return total / weight if weight else float("nan")
+
+
+def logloss(label: np.ndarray, prob: np.ndarray) -> float:
+    p = np.clip(np.asarray(prob, dtype=np.float64), 1e-7, 1 - 1e-7)
+    y = np.asarray(label, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else float("nan")
+
+
+def ece(label: np.ndarray, prob: np.ndarray, bins: int = 15) -> float:
+    p = np.asarray(prob, dtype=np.float64)
+    y = np.asarray(label, dtype=np.float64)
+    if not len(y):
+        return float("nan")
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, p, bins) - np.bincount(which, y, bins))
+    return float(gap.sum() / len(y)) if count.sum() else float("nan")
+
+
+def evaluate(label: np.ndarray, prob: np.ndarray, user: np.ndarray, bins: int = 15) -> dict[str, float]:
+    return {"auc": auc(label, prob), "gauc": gauc(label, prob, user), "logloss": logloss(label, prob),
+            "ece": ece(label, prob, bins)}
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How much worse than production a candidate may be and still publish."""
+
+    auc: float = 0.002
+    gauc: float = 0.005
+    logloss: float = 0.005
+    ece: float = 0.02
+
+
+@dataclass(frozen=True)
+class Decision:
+    publish: bool
+    reason: str
+
+
+def decide(candidate: dict[str, float], production: dict[str, float] | None, tol: Tolerances) -> Decision:
+    """Publish unless a figure is worse than production's beyond its tolerance
+    (higher is better for auc/gauc, lower for logloss/ece; a NaN figure on
+    either side is not compared)."""
+    if production is None:
+        return Decision(True, "no production model to compare with")
+    failed = []
+    for name in METRICS:
+        c, p = candidate.get(name, float("nan")), production.get(name, float("nan"))
+        if math.isnan(c) or math.isnan(p):
+            continue
+        t = getattr(tol, name)
+        if name in ("auc", "gauc") and c < p - t:
+            failed.append(f"{name} {c:.4f} < production {p:.4f} - {t}")
+        elif name in ("logloss", "ece") and c > p + t:
+            failed.append(f"{name} {c:.4f} > production {p:.4f} + {t}")
+    if failed:
+        return Decision(False, "worse than production: " + "; ".join(failed))
+    return Decision(True, "not worse than production within tolerance")

@@ -1,0 +1,36 @@
+"""Every Prometheus object of the trainer (one registry per trainer)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class TrainerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.ready = Gauge("loopwise_trainer_ready", "1 once the consumer has its partitions", registry=r)
+        self.records = Counter("loopwise_trainer_records_total", "Records read",
+                               ["kind", "outcome"], registry=r)  # outcome: added, duplicate, other_tenant, dead
+        self.commits = Counter("loopwise_trainer_commits_total", "Window flushes followed by an offset commit",
+                               registry=r)
+        self.window_rows = Gauge("loopwise_trainer_window_rows", "Rows in the replay window",
+                                 ["tenant", "model", "kind"], registry=r)
+        self.window_dropped = Gauge("loopwise_trainer_window_dropped_rows",
+                                    "Rows dropped from the window by its bound, since start", registry=r)
+        self.runs = Counter("loopwise_trainer_runs_total", "Training runs by outcome",
+                            ["tenant", "model", "outcome"], registry=r)  # published, refused, failed
+        self.run_seconds = Histogram("loopwise_trainer_run_seconds", "Duration of a training run's stages",
+                                     ["stage"], registry=r,
+                                     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
+        self.examples_per_s = Gauge("loopwise_trainer_examples_per_second",
+                                    "Training throughput of the last run (examples x epochs / s)",
+                                    ["tenant", "model"], registry=r)
+        self.gate = Gauge("loopwise_trainer_gate_metric", "Holdout figures of the last run",
+                          ["tenant", "model", "role", "metric"], registry=r)  # role: candidate, production
+        self.parity = Gauge("loopwise_trainer_onnx_parity_max_abs_diff",
+                            "Max |ONNX - torch| of the last export", ["tenant", "model"], registry=r)
+        self.last_run = Gauge("loopwise_trainer_last_run_timestamp_seconds", "End of the last run",
+                              ["tenant", "model"], registry=r)
+        self.published = Gauge("loopwise_trainer_published_version",
+                               "Number of the last version the trainer published", ["tenant", "model"],
+                               registry=r)

@@ -1,0 +1,98 @@
+"""Publishing: artifact, torch weights and manifest to the model store, the Redis
+pointer, and the `ModelAnnouncement` on ``loopwise.models.v1``.
+
+The torch state dict lives next to the ONNX artifact as ``weights.pt``; the
+manifest records its sha256 (``metrics.weights_sha256``), so a warm start
+only uses weights that match. A refused candidate is never written to the
+store (inference falls back to the newest version when the pointer is
+missing, so the store holds only versions fit to serve).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from typing import Any
+
+from loopwise import kafka as lkafka
+from loopwise import redis_keys
+from loopwise.modelstore import Manifest, ModelStore, StoreError
+from loopwise.v1 import learning_pb2
+
+from .model import state_bytes
+from .train import Outcome, Production
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.pt"
+
+
+def _version_path(store: ModelStore, tenant: str, model: str, version: str, name: str) -> str:
+    return "/".join([store.root.rstrip("/"), tenant, model, version, name])
+
+
+def current_version(store: ModelStore, redis_client: Any, tenant: str, model: str) -> str | None:
+    """The serving version as inference sees it: the Redis pointer, else the newest."""
+    if redis_client is not None:
+        try:
+            raw = redis_client.get(redis_keys.model_pointer(tenant, model))
+            if raw:
+                return raw.decode() if isinstance(raw, bytes) else str(raw)
+        except Exception as exc:  # noqa: BLE001 - the store still answers
+            log.warning("model pointer unreadable; using the newest version", extra={"error": repr(exc)})
+    return store.latest(tenant, model)
+
+
+def load_production(store: ModelStore, tenant: str, model: str, version: str | None) -> Production | None:
+    if not version:
+        return None
+    onnx_bytes, manifest = store.load(tenant, model, version)
+    weights = None
+    sha = manifest.metrics.get("weights_sha256") if manifest.source == "trainer" else None
+    if sha:
+        try:
+            with store.fs.open(_version_path(store, tenant, model, version, WEIGHTS_FILE), "rb") as f:
+                data = f.read()
+            if hashlib.sha256(data).hexdigest() == sha:
+                weights = data
+            else:
+                log.warning("weights do not match their manifest; no warm start",
+                            extra={"tenant": tenant, "model": model, "version": version})
+        except FileNotFoundError:
+            log.warning("weights missing; no warm start", extra={"tenant": tenant, "model": model,
+                                                                "version": version})
+    return Production(version=version, onnx=onnx_bytes, manifest=manifest, weights=weights)
+
+
+def _clean(figures: dict[str, float]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in figures.items()}
+
+
+def publish(store: ModelStore, redis_client: Any, tenant: str, model: str, outcome: Outcome,
+            production: Production | None) -> Manifest:
+    """Store artifact + weights + manifest, then move the Redis pointer."""
+    if not outcome.publish or not outcome.onnx:
+        raise StoreError("only a candidate that passed the gate and the export checks is published")
+    weights = state_bytes(outcome.candidate.model)
+    c = outcome.candidate
+    metrics: dict[str, Any] = _clean(outcome.figures())
+    metrics.update(decision="published", reason=outcome.reason, init=c.init, device=c.device,
+                   weights_file=WEIGHTS_FILE, weights_sha256=hashlib.sha256(weights).hexdigest(),
+                   model_config=c.model.config)
+    manifest = store.publish(tenant, model, outcome.onnx, feature_spec=c.spec, hidden_dim=c.model.config["hidden_dim"],
+                             parent_version=production.version if production else "", metrics=metrics,
+                             source="trainer")
+    with store.fs.open(_version_path(store, tenant, model, manifest.version, WEIGHTS_FILE), "wb") as f:
+        f.write(weights)
+    if redis_client is not None:
+        redis_client.set(redis_keys.model_pointer(tenant, model), manifest.version)
+    return manifest
+
+
+def announcement(tenant: str, model: str, action: str, version: str, previous_version: str, reason: str,
+                 figures: dict[str, float]) -> learning_pb2.ModelAnnouncement:
+    return learning_pb2.ModelAnnouncement(
+        event_id=lkafka.new_event_id(), tenant=tenant, model=model, version=version,
+        previous_version=previous_version, action=action, reason=reason,
+        metrics={k: float(v) for k, v in figures.items()}, time_ms=lkafka.now_ms())
