@@ -5,6 +5,8 @@
     loopwise down                        stop everything started by `up`
     loopwise demo [--requests N] [--keep]
                                          sample traffic from MovieLens-100K
+    loopwise model list|show|promote|rollback --tenant T --model M [--version V]
+                                         model versions: list, manifest, move the serving pointer
     loopwise replay obd [--policy bts|random] [--campaign all|men|women] [--rounds N] [--speedup X]
                                          the Open Bandit sample through a running stack
 """
@@ -76,6 +78,12 @@ def _replay(args: argparse.Namespace) -> int:
                           speedup=args.speedup)
 
 
+def _model(args: argparse.Namespace) -> int:
+    from loopwise import models_cli
+
+    return models_cli.run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="loopwise", description=__doc__,
@@ -96,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     p.set_defaults(func=_demo)
+    p = sub.add_parser("model", help="list, show, promote or roll back model versions")
+    from loopwise import models_cli
+
+    models_cli.add_arguments(p)
+    p.set_defaults(func=_model)
     p = sub.add_parser("replay", help="replay a logged dataset through a running stack")
     replay_sub = p.add_subparsers(dest="dataset", required=True)
     p = replay_sub.add_parser("obd", help="the Open Bandit Dataset sample (obp 0.4.1 wheel)")

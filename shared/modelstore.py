@@ -150,3 +150,25 @@ class ModelStore:
         except FileNotFoundError:
             return []
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+
+    # Additive helpers (inference's watcher, the `loopwise model` CLI).
+
+    def latest_versions(self, tenants: list[str] | tuple[str, ...]) -> dict[tuple[str, str], str]:
+        """{(tenant, model): newest complete version} for the given tenants, one listing each."""
+        out: dict[tuple[str, str], str] = {}
+        for tenant in tenants:
+            for model in self._dirs(self._path(tenant)):
+                latest = self.latest(tenant, model)
+                if latest is not None:
+                    out[(tenant, model)] = latest
+        return out
+
+    def manifests(self, tenant: str, model: str) -> list[Manifest]:
+        """Every complete version's manifest, oldest first (unreadable ones skipped)."""
+        out = []
+        for version in self.versions(tenant, model):
+            try:
+                out.append(self.manifest(tenant, model, version))
+            except StoreError:
+                continue
+        return out

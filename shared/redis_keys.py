@@ -18,3 +18,31 @@ def model_pointer(tenant: str, model: str) -> str:
 def dedupe(scope: str, event_id: str) -> str:
     """String with TTL: an event id already processed by ``scope``."""
     return f"{PREFIX}:dedupe:{scope}:{event_id}"
+
+
+def rewrite_version(tenant: str) -> str:
+    """Integer counter: bumped (``INCR``) by whoever changes ``rewrite_table(tenant)``.
+
+    Contract for writers (the miner, operators): change the hash first, then
+    ``INCR`` this key (a ``MULTI``/``EXEC`` pipeline with both is best).
+    Inference keeps an in-memory copy of the table and re-reads it
+    (``HGETALL``) only when this counter moves, polling the counters of all its
+    tenants with one ``MGET`` every ~0.5 s. While the counter does not exist
+    (a writer that never bumps it), inference re-reads the whole table on every
+    poll instead, which is correct but costs more on large tables.
+    """
+    return f"{PREFIX}:{tenant}:rewrites:version"
+
+
+def model_history(tenant: str, model: str) -> str:
+    """List, newest first: the moves of ``model_pointer(tenant, model)``.
+
+    Each entry is JSON ``{"from": old_version, "to": new_version, "action":
+    "promoted" | "published" | ..., "time_ms": int}``, pushed with ``LPUSH``
+    in the same transaction that sets the pointer and trimmed to the newest
+    50 (see ``loopwise.models_cli.move_pointer``). A rollback pops the head
+    entry when its ``to`` is the current pointer and moves the pointer back to
+    its ``from``; when the head does not match (the pointer was moved without
+    recording), rollback falls back to the manifest's ``parent_version``.
+    """
+    return f"{PREFIX}:{tenant}:model:{model}:history"

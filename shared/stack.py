@@ -24,9 +24,12 @@ from loopwise.topics import Topics
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("collector", "inference", "miner")
+SERVICES = ("collector", "inference", "miner", "trainer")
 GRPC_SERVICES = ("collector", "inference")
-READY_METRIC = {"miner": "loopwise_miner_ready"}
+READY_METRIC = {"miner": "loopwise_miner_ready", "trainer": "loopwise_trainer_ready"}
+# The local stack retrains often, on little data: production defaults are 10 min / 50,000 examples.
+LOCAL_TRAINER_ENV = {"LOOPWISE_TRAINER_INTERVAL_S": "60", "LOOPWISE_TRAINER_EVERY_N": "5000",
+                     "LOOPWISE_TRAINER_MIN_EXAMPLES": "1000"}
 DEFAULT_MODEL = "ranker"
 
 
@@ -100,11 +103,13 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
         }
         endpoints: dict[str, str] = {}
         metrics: dict[str, str] = {}
+        own_env = {"miner": {"LOOPWISE_DATA_DIR": str(root / "miner")},
+                   "trainer": {"LOOPWISE_DATA_DIR": str(root / "trainer"), **LOCAL_TRAINER_ENV}}
         for name in SERVICES:
             port, mport = procs.free_port(), procs.free_port()
-            proc = procs.start_service(f"loopwise.{name}", {**env, "LOOPWISE_GRPC_PORT": str(port),
-                                                             "LOOPWISE_METRICS_PORT": str(mport)},
-                                       logs_dir / f"{name}.log")
+            service_env = {**own_env.get(name, {}), **env, "LOOPWISE_GRPC_PORT": str(port),
+                           "LOOPWISE_METRICS_PORT": str(mport)}
+            proc = procs.start_service(f"loopwise.{name}", service_env, logs_dir / f"{name}.log")
             started.append(proc)
             endpoints[name] = f"127.0.0.1:{port}"
             metrics[name] = f"http://127.0.0.1:{mport}/metrics"
@@ -158,7 +163,8 @@ def status(root: Path) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     endpoints = {"kafka": info.kafka, "redis": info.redis, "collector": info.collector,
-                 "inference": info.inference, "miner": info.metrics.get("miner", "")}
+                 "inference": info.inference, "miner": info.metrics.get("miner", ""),
+                 "trainer": info.metrics.get("trainer", "")}
     for name, pid in info.pids.items():
         entry: dict[str, Any] = {"pid": pid, "alive": procs.pid_alive(pid), "endpoint": endpoints.get(name, "")}
         if name in SERVICES and entry["alive"]:

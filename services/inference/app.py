@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis
 import redis.asyncio as aioredis
 
 from loopwise import kafka as lkafka
-from loopwise import logs, redis_keys
-from loopwise.errors import ModelError
+from loopwise import logs
 from loopwise.grpcserver import GrpcService, add_service, run_until_signal
 from loopwise.modelstore import ModelStore
 from loopwise.v1 import inference_pb2
@@ -21,6 +19,7 @@ from .metrics import InferenceMetrics
 from .rewrites import RewriteTable
 from .servicer import InferenceServicer
 from .settings import InferenceSettings
+from .watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,9 @@ class Inference:
 
     Health stays NOT_SERVING until at least one model of a served tenant has
     loaded and passed its warm-up; a missing or corrupt artifact is logged
-    with its reason and the service keeps running (and retrying), never
-    crash-looping.
+    with its reason and the service keeps running, never crash-looping.
+    `ModelWatcher` loads the first versions and hot-swaps later ones;
+    `RewriteTable` keeps the rewrite tables in memory.
     """
 
     def __init__(self, settings: InferenceSettings) -> None:
@@ -45,14 +45,17 @@ class Inference:
                                           buffer=settings.impression_buffer, batch=settings.impression_batch,
                                           compression=settings.compression)
                         if settings.emit_impressions else None)
-        self.servicer = InferenceServicer(settings, self.registry, self.emitter, RewriteTable(self.redis),
-                                          self.metrics)
+        self.rewrites = RewriteTable(self.redis, settings.tenants, self.metrics, poll_s=settings.rewrite_poll_s,
+                                     full_refresh_s=settings.rewrite_full_refresh_s)
+        self.watcher = ModelWatcher(settings, self.store, self.registry, self.redis, self.metrics,
+                                    on_loaded=self._model_loaded)
+        self.servicer = InferenceServicer(settings, self.registry, self.emitter, self.rewrites, self.metrics)
         service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
                                 metrics_port=settings.metrics_port, registry=self.metrics.registry,
                                 service_names=[service.full_name])
         add_service(self.grpc.server, self.servicer, service)
-        self._loader: asyncio.Task | None = None
+        self._serving = False
 
     @property
     def port(self) -> int:
@@ -60,68 +63,31 @@ class Inference:
 
     async def start(self) -> None:
         await self.grpc.start()
-        if self.emitter is not None:
+        topics = ([self.settings.topics.impressions] if self.emitter is not None else []) + (
+            [self.settings.topics.models] if self.settings.watch_announcements else [])
+        if topics:
             try:
                 await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: lkafka.ensure_topics(self.settings.kafka_bootstrap,
-                                                       [self.settings.topics.impressions],
+                    None, lambda: lkafka.ensure_topics(self.settings.kafka_bootstrap, topics,
                                                        self.settings.topic_partitions, timeout=5.0))
-            except Exception as exc:  # noqa: BLE001 - impressions wait for the broker; Rank does not
-                log.warning("could not ensure the impressions topic", extra={"error": repr(exc)})
+            except Exception as exc:  # noqa: BLE001 - impressions and announcements wait for the broker; Rank does not
+                log.warning("could not ensure the topics", extra={"topics": topics, "error": repr(exc)})
+        if self.emitter is not None:
             self.emitter.start()
-        self._loader = asyncio.create_task(self._load_until_ready(), name="model-loader")
+        self.rewrites.start()
+        self.watcher.start()
         log.info("inference started", extra={"port": self.grpc.port, "metrics_port": self.grpc.metrics_port})
 
-    async def _load_until_ready(self) -> None:
-        delay = 1.0
-        while True:
-            await asyncio.get_running_loop().run_in_executor(None, self.load_all)
-            if len(self.registry):
-                await self.grpc.set_serving(True)
-                log.info("inference serving", extra={"models": [f"{m.tenant}/{m.model}@{m.version}"
-                                                                for m in self.registry.items()]})
-                return
-            log.error("no loadable model yet; health stays NOT_SERVING",
-                      extra={"store": self.settings.model_store, "retry_s": delay})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-    def _pointer(self, tenant: str, model: str) -> str | None:
-        try:
-            client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
-            with client:
-                raw = client.get(redis_keys.model_pointer(tenant, model))
-            return raw.decode() if raw else None
-        except redis.RedisError as exc:
-            log.warning("model pointer unreadable; using the newest version",
-                        extra={"tenant": tenant, "model": model, "error": repr(exc)})
-            return None
-
-    def load_all(self) -> None:
-        """Load the current version of every (tenant, model) in the store (blocking)."""
-        for tenant, model in self.store.models():
-            if tenant not in self.settings.tenants:
-                continue
-            version = self._pointer(tenant, model) or self.store.latest(tenant, model)
-            current = self.registry.get(tenant, model)
-            if version is None or (current is not None and current.version == version):
-                continue
-            try:
-                loaded = models.load(self.store, tenant, model, version, threads=self.settings.ort_threads)
-            except ModelError as exc:
-                self.metrics.model_loads.labels(tenant, model, "refused").inc()
-                log.error("model refused", extra={"tenant": tenant, "model": model, "version": version,
-                                                  "reason": exc.message})
-                continue
-            self.registry.put(loaded)
-            self.metrics.model_loads.labels(tenant, model, "ok").inc()
-            self.metrics.model_info.labels(tenant, model).info({"version": version})
-            self.metrics.models_serving.set(len(self.registry))
-            log.info("model loaded", extra={"tenant": tenant, "model": model, "version": version})
+    async def _model_loaded(self) -> None:
+        if not self._serving and len(self.registry):
+            self._serving = True
+            await self.grpc.set_serving(True)
+            log.info("inference serving", extra={"models": [f"{m.tenant}/{m.model}@{m.version}"
+                                                            for m in self.registry.items()]})
 
     async def stop(self) -> None:
-        if self._loader is not None:
-            self._loader.cancel()
+        await self.watcher.stop()
+        await self.rewrites.stop()
         await self.grpc.stop(self.settings.grace_s, self.settings.drain_s)
         if self.emitter is not None:
             await self.emitter.stop()

@@ -31,5 +31,26 @@ class InferenceMetrics:
                                    ["tenant", "model", "result"], registry=r)
         self.models_serving = Gauge("loopwise_inference_models_serving", "Models loaded and serving",
                                     registry=r)
+        self.model_swaps = Counter("loopwise_inference_model_swaps_total",
+                                   "Versions switched to while serving (hot swaps)", ["tenant", "model"],
+                                   registry=r)
+        self.model_refusals = Counter("loopwise_inference_model_refusals_total",
+                                      "Versions refused (the old one keeps serving), by reason",
+                                      ["tenant", "model", "reason"], registry=r)
+        self.swap_seconds = Histogram("loopwise_inference_model_swap_seconds",
+                                      "From a new version seen (pointer, store or announcement) to serving it",
+                                      ["tenant", "model"], registry=r,
+                                      buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.announcements = Counter("loopwise_inference_model_announcements_total",
+                                     "ModelAnnouncements read from the models topic, by result",
+                                     ["result"], registry=r)
+        self.rewrite_rules = Gauge("loopwise_inference_rewrite_rules", "Rules in the local rewrite table copy",
+                                   ["tenant"], registry=r)
+        self.rewrite_age = Gauge("loopwise_inference_rewrite_table_age_seconds",
+                                 "Seconds since the local rewrite table copy was last confirmed current",
+                                 ["tenant"], registry=r)
+        self.rewrite_refreshes = Counter("loopwise_inference_rewrite_refreshes_total",
+                                         "Rewrite table reads from Redis (HGETALL) and failed polls",
+                                         ["result"], registry=r)
         self.rewrites = Counter("loopwise_inference_rewrites_total", "Rewrite calls by outcome",
                                 ["outcome"], registry=r)

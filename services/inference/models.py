@@ -32,13 +32,27 @@ class LoadedModel:
         return prob, hidden
 
 
+# Why a version was refused (the `reason` label of the refusal metric).
+REASONS = ("missing", "sha256_mismatch", "bad_manifest", "not_onnx", "wrong_io", "warmup_failed",
+           "warmup_shapes", "warmup_range")
+
+
+def store_reason(exc: Exception) -> str:
+    text = str(exc)
+    if text.startswith(("no manifest", "no artifact")):
+        return "missing"
+    if "sha256" in text:
+        return "sha256_mismatch"
+    return "bad_manifest"
+
+
 def load(store: ModelStore, tenant: str, model: str, version: str, *, threads: int = 1) -> LoadedModel:
     """Load, check and warm up a version; `ModelError` says why it cannot serve."""
     try:
         artifact, manifest = store.load(tenant, model, version)
         spec = manifest.spec()
     except (StoreError, ValueError, KeyError) as exc:
-        raise ModelError(f"{tenant}/{model}/{version}: {exc}") from None
+        raise ModelError(f"{tenant}/{model}/{version}: {exc}", reason=store_reason(exc)) from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -46,12 +60,13 @@ def load(store: ModelStore, tenant: str, model: str, version: str, *, threads: i
     try:
         session = ort.InferenceSession(artifact, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for a bad artifact
-        raise ModelError(f"{tenant}/{model}/{version}: not a loadable ONNX model: {exc}") from None
+        raise ModelError(f"{tenant}/{model}/{version}: not a loadable ONNX model: {exc}",
+                         reason="not_onnx") from None
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     if not set(INPUTS) <= inputs or not set(OUTPUTS) <= outputs:
         raise ModelError(f"{tenant}/{model}/{version}: inputs {sorted(inputs)} / outputs {sorted(outputs)}, "
-                         f"expected {list(INPUTS)} / {list(OUTPUTS)}")
+                         f"expected {list(INPUTS)} / {list(OUTPUTS)}", reason="wrong_io")
     loaded = LoadedModel(tenant, model, version, manifest, session, InputBuilder(spec))
     # Warm-up: run a small batch and check the shapes the serving contract relies on.
     n = 4
@@ -61,12 +76,13 @@ def load(store: ModelStore, tenant: str, model: str, version: str, *, threads: i
     try:
         prob, hidden = loaded.score(sparse, dense)
     except Exception as exc:  # noqa: BLE001
-        raise ModelError(f"{tenant}/{model}/{version}: warm-up run failed: {exc}") from None
+        raise ModelError(f"{tenant}/{model}/{version}: warm-up run failed: {exc}", reason="warmup_failed") from None
     if prob.shape != (n,) or hidden.shape != (n, manifest.hidden_dim):
         raise ModelError(f"{tenant}/{model}/{version}: warm-up shapes prob {prob.shape} hidden {hidden.shape}, "
-                         f"expected ({n},) and ({n}, {manifest.hidden_dim})")
+                         f"expected ({n},) and ({n}, {manifest.hidden_dim})", reason="warmup_shapes")
     if not np.all((prob >= 0) & (prob <= 1)):
-        raise ModelError(f"{tenant}/{model}/{version}: warm-up probabilities outside [0, 1]")
+        raise ModelError(f"{tenant}/{model}/{version}: warm-up probabilities outside [0, 1]",
+                         reason="warmup_range")
     return loaded
 
 
@@ -84,6 +100,9 @@ class ModelRegistry:
         previous = self._models.get(key)
         self._models[key] = loaded
         return previous
+
+    def versions(self) -> dict[tuple[str, str], str]:
+        return {key: loaded.version for key, loaded in self._models.items()}
 
     def __len__(self) -> int:
         return len(self._models)

@@ -1,15 +1,30 @@
-"""Rewrite lookup in the tenant's Redis rewrite table (filled by the miner)."""
+"""Rewrite rules served from a local copy of each tenant's Redis rewrite table.
+
+`Rewrite` never waits on Redis: `lookup` is a dict lookup in the copy. A
+background task keeps the copy current: every ``poll_s`` (0.5 s) one ``MGET``
+of the tenants' version counters (`redis_keys.rewrite_version`); a table whose
+counter moved is re-read with ``HGETALL`` and swapped in whole (one attribute
+assignment, so a lookup sees either the old or the new table). A tenant
+without a counter is re-read on every poll (writers that do not bump it still
+show up within a poll), and every table is re-read every ``full_refresh_s``
+regardless. While Redis is unreachable the last copy keeps serving; its age is
+exported (`loopwise_inference_rewrite_table_age_seconds`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from loopwise import redis_keys
 from loopwise.text import normalize
+
+from .metrics import InferenceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -21,18 +36,105 @@ class Rule:
     rule_id: str
 
 
-class RewriteTable:
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
+def parse_rule(raw: bytes | str) -> Rule | None:
+    """A table value -> `Rule`, or None for a malformed one."""
+    try:
+        data = json.loads(raw)
+        return Rule(rewrite=str(data["rewrite"]), confidence=float(data["confidence"]),
+                    rule_id=str(data["rule_id"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
-    async def lookup(self, tenant: str, utterance: str) -> Rule | None:
-        raw = await self.redis.hget(redis_keys.rewrite_table(tenant), normalize(utterance))
-        if raw is None:
+
+def parse_table(raw: dict) -> tuple[dict[str, Rule], int]:
+    """HGETALL result -> ({utterance: Rule}, malformed count)."""
+    rules: dict[str, Rule] = {}
+    bad = 0
+    for key, value in raw.items():
+        rule = parse_rule(value)
+        if rule is None:
+            bad += 1
+            continue
+        rules[key.decode() if isinstance(key, bytes) else str(key)] = rule
+    return rules, bad
+
+
+class RewriteTable:
+    """Local copies of the rewrite tables of ``tenants``; `start` begins the refresh."""
+
+    def __init__(self, redis: aioredis.Redis, tenants: tuple[str, ...] | list[str], metrics: InferenceMetrics,
+                 *, poll_s: float = 0.5, full_refresh_s: float = 30.0) -> None:
+        self.redis = redis
+        self.tenants = list(tenants)
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.full_refresh_s = full_refresh_s
+        self._tables: dict[str, dict[str, Rule]] = {t: {} for t in self.tenants}
+        self._versions: dict[str, bytes | None] = {}
+        self._read_at: dict[str, float] = {}
+        self._confirmed_at: dict[str, float] = {t: time.monotonic() for t in self.tenants}
+        self._task: asyncio.Task | None = None
+        self.loaded = asyncio.Event()
+        for tenant in self.tenants:
+            self.metrics.rewrite_age.labels(tenant).set_function(
+                lambda t=tenant: time.monotonic() - self._confirmed_at[t])
+
+    def lookup(self, tenant: str, utterance: str) -> Rule | None:
+        """The rule for ``utterance`` (normalised), from memory: no I/O."""
+        table = self._tables.get(tenant)
+        if not table:
             return None
-        try:
-            data = json.loads(raw)
-            return Rule(rewrite=str(data["rewrite"]), confidence=float(data["confidence"]),
-                        rule_id=str(data["rule_id"]))
-        except (ValueError, KeyError, TypeError):
-            log.warning("malformed rewrite rule ignored", extra={"tenant": tenant, "raw": raw[:200]})
-            return None
+        return table.get(normalize(utterance))
+
+    def size(self, tenant: str) -> int:
+        return len(self._tables.get(tenant, {}))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="rewrite-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+
+    async def _run(self) -> None:
+        failing = False
+        while True:
+            try:
+                await self.refresh()
+                if failing:
+                    log.info("rewrite table refresh recovered")
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep serving the last copy
+                self.metrics.rewrite_refreshes.labels("error").inc()
+                if not failing:
+                    log.warning("rewrite tables not refreshed; serving the last copy", extra={"error": repr(exc)})
+                failing = True
+            await asyncio.sleep(self.poll_s)
+
+    async def refresh(self) -> None:
+        """One poll: MGET the counters, HGETALL the tables that need it."""
+        if not self.tenants:
+            return
+        counters = await self.redis.mget([redis_keys.rewrite_version(t) for t in self.tenants])
+        now = time.monotonic()
+        for tenant, counter in zip(self.tenants, counters, strict=True):
+            stale = (counter is None or tenant not in self._versions or counter != self._versions[tenant]
+                     or now - self._read_at.get(tenant, 0.0) > self.full_refresh_s)
+            if stale:
+                raw = await self.redis.hgetall(redis_keys.rewrite_table(tenant))
+                rules, bad = parse_table(raw)
+                if bad:
+                    log.warning("malformed rewrite rules ignored", extra={"tenant": tenant, "count": bad})
+                self._tables[tenant] = rules
+                self._versions[tenant] = counter
+                self._read_at[tenant] = now
+                self.metrics.rewrite_rules.labels(tenant).set(len(rules))
+                self.metrics.rewrite_refreshes.labels("read").inc()
+            self._confirmed_at[tenant] = now
+        self.loaded.set()

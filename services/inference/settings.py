@@ -22,3 +22,15 @@ class InferenceSettings(BaseSettings):
     impression_batch: int = 500
     emit_impressions: bool = True
     compression: str = "zstd"
+    # Hot swap: the Redis pointers of every served (tenant, model) are read
+    # (one MGET) this often; the store is listed for new models/versions this often.
+    pointer_poll_s: float = 0.5
+    store_scan_s: float = 2.0
+    # Follow ModelAnnouncements on the models topic (a wake-up; the pointer decides).
+    watch_announcements: bool = True
+    # A refused version is not tried again before this many seconds (a missing one: 5 s).
+    refused_retry_s: float = 300.0
+    # Rewrite table copy: version counters polled this often (HGETALL on change).
+    rewrite_poll_s: float = 0.5
+    # Full re-read of a rewrite table even when its counter did not move.
+    rewrite_full_refresh_s: float = 30.0

@@ -154,7 +154,9 @@ def test_rewrite_none_then_rule(start_inference, redis_url):
         assert not none.rewritten and none.utterance == "play maj and dragons" and not none.rule_id
         r.hset(table, "play maj and dragons",
                json.dumps({"rewrite": "play imagine dragons", "confidence": 0.93, "rule_id": "rule-1"}))
-        hit = lw.rewrite("Play  Maj and Dragons!")
+        deadline = time.monotonic() + 2.0  # the local copy refreshes every 0.5 s
+        while not (hit := lw.rewrite("Play  Maj and Dragons!")).rewritten and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert hit.rewritten and hit.utterance == "play imagine dragons"
         assert hit.rule_id == "rule-1" and hit.confidence == pytest.approx(0.93)
         with pytest.raises(grpc.RpcError) as err:
