@@ -43,13 +43,13 @@ def test_stack_json_names_every_endpoint(stack):
     root, info = stack
     for key in ("collector", "inference", "kafka", "redis"):
         assert info[key]
-    assert set(info["metrics"]) == {"collector", "inference", "miner"}
+    assert set(info["metrics"]) == {"collector", "inference", "miner", "trainer"}
     for url in info["metrics"].values():
         assert b"loopwise_" in urllib.request.urlopen(url, timeout=5).read()
     assert (root / "logs" / "collector.log").exists()
     status = cli(root, "status")
     assert status.returncode == 0, status.stdout
-    assert status.stdout.count(" up ") == 5
+    assert status.stdout.count(" up ") == 6
 
 
 def test_traffic_flows_through_the_stack(stack):
