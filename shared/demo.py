@@ -44,6 +44,7 @@ LIKED = 4.0
 FLUSH_EVERY = 100  # Rank calls between two flushes of buffered feedback
 PROGRESS_LINES = 5
 SEED = 7
+DEMO_WINDOW_MS = 10_000
 READ_IDLE_S = 1.5  # stop reading this long after the last record, once everything expected is in
 READ_PATIENCE_S = 10.0  # ... or this long after the last record, if it is not
 READ_MAX_S = 60.0
@@ -83,7 +84,8 @@ def acquire_stack(root: Path) -> tuple[stack.StackInfo, bool]:
         return info, False
     print(f"starting a local stack in {root.resolve()} ...")
     started = time.monotonic()
-    info = stack.up(root)
+    # A short attribution window, so negatives (and retrained models) arrive while the demo runs.
+    info = stack.up(root, attribution_window_ms=DEMO_WINDOW_MS)
     print(f"stack up in {time.monotonic() - started:.1f}s: inference {info.inference}, "
           f"collector {info.collector}, kafka {info.kafka}")
     return info, True
@@ -123,6 +125,11 @@ class ReplayStats:
     liked_positions: list[int] = field(default_factory=list)
     request_ids: set[str] = field(default_factory=set)
     seconds: float = 0.0
+    # Progressive (score-then-learn) evaluation: per Rank call, the version that
+    # scored it, its scores and the labels the feedback then gave.
+    versions: list[str] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
 
     def add(self, response: feedback_pb2.ReportResponse) -> None:
         self.accepted += response.accepted
@@ -151,6 +158,11 @@ def replay_one(client: Client, data: datasets.MovieLens, sampler: NegativeSample
     position = ranked.ranking.index(ids.index(item)) + 1
     event = feedback_event(client, data, row, ranked.request_id, position)
     client.send(event)
+    label = np.zeros(len(ids), dtype=np.int8)
+    label[ids.index(item)] = 1 if data.rating[row] >= LIKED else 0
+    stats.versions.append(ranked.version)
+    stats.scores.append(np.asarray(ranked.scores, dtype=np.float32))
+    stats.labels.append(label)
     stats.requests += 1
     stats.sent += 1
     stats.request_ids.add(ranked.request_id)
@@ -185,6 +197,85 @@ def replay(client: Client, data: datasets.MovieLens, requests: int) -> ReplaySta
                   f"events accepted {stats.accepted} (rejected {stats.rejected})")
     stats.seconds = time.monotonic() - start
     return stats
+
+
+# -- learning while serving ---------------------------------------------------------------
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC with tied scores counted half (NaN without both classes)."""
+    pos = int(labels.sum())
+    neg = len(labels) - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = (ends - (counts - 1) / 2.0)[inverse]  # average 1-based rank of each tie group
+    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+@dataclass
+class Bucket:
+    first: int
+    last: int
+    auc: float
+    versions: Counter[str]
+
+
+def online_auc(stats: ReplayStats, buckets: int = 10) -> list[Bucket]:
+    """AUC of the served scores over consecutive slices of the Rank calls, with the versions that served."""
+    n = len(stats.scores)
+    if n == 0:
+        return []
+    edges = np.linspace(0, n, min(buckets, n) + 1).astype(int)
+    out = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        if b <= a:
+            continue
+        out.append(Bucket(int(a) + 1, int(b), auc(np.concatenate(stats.labels[a:b]),
+                                                  np.concatenate(stats.scores[a:b])),
+                          Counter(stats.versions[a:b])))
+    return out
+
+
+def show_learning(stats: ReplayStats, png: Path | None) -> None:
+    table = online_auc(stats)
+    if not table:
+        return
+    print("online AUC of the served scores (scored before the feedback was known), by slice of Rank calls:")
+    for bucket in table:
+        versions = ", ".join(f"{v} x{n}" for v, n in bucket.versions.most_common())
+        print(f"  calls {bucket.first:>6}-{bucket.last:<6} AUC {bucket.auc:6.3f}   served by {versions}")
+    served = list(dict.fromkeys(stats.versions))
+    print(f"model versions that served: {', '.join(served)}")
+    if png is not None:
+        plot_learning(stats, table, png)
+
+
+def plot_learning(stats: ReplayStats, table: list[Bucket], png: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("  (no plot: matplotlib is not installed; pip install 'loopwise[bench]')")
+        return
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot([b.last for b in table], [b.auc for b in table], marker="o", label="online AUC")
+    changes = [i for i in range(1, len(stats.versions)) if stats.versions[i] != stats.versions[i - 1]]
+    for i in changes:
+        ax.axvline(i + 1, color="grey", linestyle=":", linewidth=1)
+        ax.text(i + 1, ax.get_ylim()[0], stats.versions[i], rotation=90, fontsize=7, va="bottom")
+    ax.set_xlabel("Rank calls")
+    ax.set_ylabel("AUC (progressive)")
+    ax.set_title("Loopwise demo: served model quality while it retrains")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    print(f"  plot: {png}")
 
 
 # -- reading the broker back ---------------------------------------------------------------
@@ -370,6 +461,7 @@ def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int) -> int:
     with Client(info.collector, info.inference, tenant=tenant) as client:
         stats = replay(client, data, requests)
     show_replay(stats)
+    show_learning(stats, Path(info.root) / "demo.png")
     back = read_back(info.kafka, topics, stats)
     show_read_back(back)
     show_metrics(info)
