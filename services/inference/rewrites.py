@@ -46,16 +46,27 @@ def parse_rule(raw: bytes | str) -> Rule | None:
         return None
 
 
-def parse_table(raw: dict) -> tuple[dict[str, Rule], int]:
-    """HGETALL result -> ({utterance: Rule}, malformed count)."""
+def parse_table(raw: dict, previous: dict | None = None, parsed: dict[str, Rule] | None = None
+                ) -> tuple[dict[str, Rule], int]:
+    """HGETALL result -> ({utterance: Rule}, malformed count).
+
+    ``previous``/``parsed``: the last raw table and its rules; an entry whose
+    raw value did not change is reused instead of parsed again (a re-read of
+    an unchanged 10,000-rule table then costs the HGETALL, not the JSON).
+    """
+    previous = previous or {}
+    parsed = parsed or {}
     rules: dict[str, Rule] = {}
     bad = 0
     for key, value in raw.items():
-        rule = parse_rule(value)
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        rule = parsed.get(name) if previous.get(key) == value else None
+        if rule is None:
+            rule = parse_rule(value)
         if rule is None:
             bad += 1
             continue
-        rules[key.decode() if isinstance(key, bytes) else str(key)] = rule
+        rules[name] = rule
     return rules, bad
 
 
@@ -71,9 +82,11 @@ class RewriteTable:
         self.full_refresh_s = full_refresh_s
         self._tables: dict[str, dict[str, Rule]] = {t: {} for t in self.tenants}
         self._versions: dict[str, bytes | None] = {}
+        self._raw: dict[str, dict] = {}
         self._read_at: dict[str, float] = {}
         self._confirmed_at: dict[str, float] = {t: time.monotonic() for t in self.tenants}
         self._task: asyncio.Task | None = None
+        self._stopping = False
         self.loaded = asyncio.Event()
         for tenant in self.tenants:
             self.metrics.rewrite_age.labels(tenant).set_function(
@@ -93,16 +106,17 @@ class RewriteTable:
         self._task = asyncio.create_task(self._run(), name="rewrite-refresh")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+            done, _ = await asyncio.wait([self._task], timeout=5.0)
+            if not done:
+                log.warning("rewrite refresh task did not stop")
 
     async def _run(self) -> None:
         failing = False
-        while True:
+        task = asyncio.current_task()
+        while not self._stopping:
             try:
                 await self.refresh()
                 if failing:
@@ -115,6 +129,9 @@ class RewriteTable:
                 if not failing:
                     log.warning("rewrite tables not refreshed; serving the last copy", extra={"error": repr(exc)})
                 failing = True
+            if task is not None and task.cancelling():
+                # redis.asyncio can swallow a cancellation inside a command: honour it here.
+                raise asyncio.CancelledError
             await asyncio.sleep(self.poll_s)
 
     async def refresh(self) -> None:
@@ -128,7 +145,8 @@ class RewriteTable:
                      or now - self._read_at.get(tenant, 0.0) > self.full_refresh_s)
             if stale:
                 raw = await self.redis.hgetall(redis_keys.rewrite_table(tenant))
-                rules, bad = parse_table(raw)
+                rules, bad = parse_table(raw, self._raw.get(tenant), self._tables.get(tenant))
+                self._raw[tenant] = raw
                 if bad:
                     log.warning("malformed rewrite rules ignored", extra={"tenant": tenant, "count": bad})
                 self._tables[tenant] = rules

@@ -1,0 +1,266 @@
+"""Hot swap: follow the Redis model pointers and the models topic, load new
+versions off the event loop, switch with one dict assignment.
+
+The version that should serve a (tenant, model) is its Redis pointer
+(`redis_keys.model_pointer`), else the newest complete version in the store.
+`ModelWatcher.run` reads every pointer with one ``MGET`` each ``poll_s``
+(0.5 s) and lists the store each ``store_scan_s`` (2 s) for new models and
+versions. A `ModelAnnouncement` on ``loopwise.models.v1`` is only a wake-up
+(read with aiokafka, no consumer group, from the latest offset): the watcher
+polls at once, and a "promoted"/"rolled_back" version is given a fresh chance
+if it was refused before. The pointer always decides.
+
+A changed version is loaded, checked and warmed up in a single loader thread
+(`models.load`), then put in the registry; requests already running keep
+the `LoadedModel` they picked up, so they finish on the old session. The
+replaced model is kept, so moving the pointer back to it swaps at once. A
+version that fails to load is refused: logged with its reason, counted in
+``loopwise_inference_model_refusals_total{reason}``, the old version keeps
+serving, and it is not tried again for ``refused_retry_s`` (5 s when it was
+merely missing from the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from google.protobuf.message import DecodeError
+
+from loopwise import redis_keys
+from loopwise.errors import ModelError
+from loopwise.modelstore import ModelStore
+from loopwise.v1 import learning_pb2
+
+from . import models
+from .metrics import InferenceMetrics
+from .settings import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+MISSING_RETRY_S = 5.0
+
+
+class ModelWatcher:
+    def __init__(self, settings: InferenceSettings, store: ModelStore, registry: models.ModelRegistry,
+                 redis: aioredis.Redis, metrics: InferenceMetrics,
+                 on_loaded: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.redis = redis
+        self.metrics = metrics
+        self.on_loaded = on_loaded
+        self.tenants = tuple(settings.tenants)
+        self._latest: dict[Key, str] = {}
+        self._pointers: dict[Key, str | None] = {}
+        self._pointers_read = False
+        self._previous: dict[Key, models.LoadedModel] = {}
+        self._seen: dict[tuple[Key, str], float] = {}
+        self._refused: dict[tuple[Key, str], tuple[float, str]] = {}
+        self._next_scan = 0.0
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        # Set while the models topic is followed (tests wait on it).
+        self.announcements_ready = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self.run(), name="model-watcher"))
+        if self.settings.watch_announcements:
+            self._tasks.append(asyncio.create_task(self._announcements(), name="model-announcements"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=5.0)
+            for task in pending:  # never hold a shutdown hostage (e.g. a consumer stuck connecting)
+                log.warning("watcher task did not stop", extra={"task": task.get_name(),
+                                                                "stack": [repr(f) for f in task.get_stack()]})
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self) -> None:
+        task = asyncio.current_task()
+        while not self._stopping:
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad poll
+                log.exception("model watcher poll failed")
+            if task is not None and task.cancelling():
+                # A library on the way swallowed our cancellation (seen with redis.asyncio): honour it.
+                raise asyncio.CancelledError
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.pointer_poll_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    def wake(self, *, rescan: bool = True) -> None:
+        if rescan:
+            self._next_scan = 0.0
+        self._wake.set()
+
+    # -- one poll -------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Rescan the store if due, read the pointers, swap what changed."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        if now >= self._next_scan:
+            self._next_scan = now + self.settings.store_scan_s
+            try:
+                self._latest = await loop.run_in_executor(self._executor, self.store.latest_versions,
+                                                          self.tenants)
+            except Exception as exc:  # noqa: BLE001 - a store outage keeps what serves
+                log.warning("model store not listable", extra={"store": self.store.url, "error": repr(exc)})
+        keys = sorted(set(self._latest) | set(self.registry.versions()))
+        await self._read_pointers(keys)
+        now = time.monotonic()
+        for key in keys:
+            want = self._pointers.get(key) or self._latest.get(key)
+            current = self.registry.get(*key)
+            if want is None or (current is not None and current.version == want):
+                continue
+            self._seen.setdefault((key, want), now)
+            refused = self._refused.get((key, want))
+            if refused is not None and now < refused[0]:
+                continue
+            await self._swap(key, want)
+
+    async def _read_pointers(self, keys: list[Key]) -> None:
+        if not keys:
+            return
+        try:
+            raw = await self.redis.mget([redis_keys.model_pointer(t, m) for t, m in keys])
+        except Exception as exc:  # noqa: BLE001 - keep the last pointers seen
+            if self._pointers_read:
+                return
+            log.warning("model pointers unreadable; using the newest versions", extra={"error": repr(exc)})
+            return
+        self._pointers_read = True
+        self._pointers = {key: (v.decode() if isinstance(v, bytes) else v) or None
+                          for key, v in zip(keys, raw, strict=True)}
+
+    async def _swap(self, key: Key, version: str) -> None:
+        tenant, model = key
+        previous = self._previous.get(key)
+        if previous is not None and previous.version == version:
+            loaded = previous  # rollback to the version just replaced: no reload
+        else:
+            try:
+                loaded = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, lambda: models.load(self.store, tenant, model, version,
+                                                        threads=self.settings.ort_threads))
+            except ModelError as exc:
+                self._refuse(key, version, exc.reason, exc.message)
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. an fsspec/network error
+                self._refuse(key, version, "error", repr(exc))
+                return
+        old = self.registry.put(loaded)
+        if old is not None:
+            self._previous[key] = old
+        self._refused.pop((key, version), None)
+        seen = self._seen.pop((key, version), None)
+        for stale in [k for k in self._seen if k[0] == key]:
+            del self._seen[stale]
+        self.metrics.model_loads.labels(tenant, model, "ok").inc()
+        self.metrics.model_info.labels(tenant, model).info({"version": version})
+        self.metrics.models_serving.set(len(self.registry))
+        took = time.monotonic() - seen if seen is not None else 0.0
+        if old is not None:
+            self.metrics.model_swaps.labels(tenant, model).inc()
+            self.metrics.swap_seconds.labels(tenant, model).observe(took)
+        log.info("model serving", extra={"tenant": tenant, "model": model, "version": version,
+                                         "previous": old.version if old else None, "swap_s": round(took, 4)})
+        if self.on_loaded is not None:
+            await self.on_loaded()
+
+    def _refuse(self, key: Key, version: str, reason: str, message: str) -> None:
+        tenant, model = key
+        retry = MISSING_RETRY_S if reason == "missing" else self.settings.refused_retry_s
+        self._refused[(key, version)] = (time.monotonic() + retry, reason)
+        self.metrics.model_loads.labels(tenant, model, "refused").inc()
+        self.metrics.model_refusals.labels(tenant, model, reason).inc()
+        current = self.registry.get(tenant, model)
+        log.error("model version refused", extra={
+            "tenant": tenant, "model": model, "version": version, "reason": reason, "detail": message,
+            "serving": current.version if current else None, "retry_in_s": retry})
+
+    def refused(self) -> dict[tuple[Key, str], str]:
+        """{((tenant, model), version): reason} of the versions refused and not yet retried."""
+        return {k: reason for k, (_, reason) in self._refused.items()}
+
+    # -- announcements ---------------------------------------------------------
+
+    def handle_announcement(self, data: bytes) -> None:
+        ann = learning_pb2.ModelAnnouncement()
+        try:
+            ann.ParseFromString(data)
+        except DecodeError:
+            self.metrics.announcements.labels("malformed").inc()
+            return
+        if ann.tenant not in self.tenants or not ann.model:
+            self.metrics.announcements.labels("ignored").inc()
+            return
+        key = (ann.tenant, ann.model)
+        if ann.action in ("promoted", "rolled_back") and ann.version:
+            self._refused.pop((key, ann.version), None)  # an operator asked for it: try again
+        if ann.version:
+            self._seen.setdefault((key, ann.version), time.monotonic())
+        self.metrics.announcements.labels("accepted").inc()
+        log.info("model announcement", extra={"tenant": ann.tenant, "model": ann.model, "version": ann.version,
+                                              "action": ann.action})
+        self.wake(rescan=True)
+
+    async def _announcements(self) -> None:
+        delay = 0.5
+        topic = self.settings.topics.models
+        while not self._stopping:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap, group_id=None, auto_offset_reset="latest",
+                enable_auto_commit=False, request_timeout_ms=10_000, metadata_max_age_ms=10_000,
+                retry_backoff_ms=200, client_id="loopwise-inference-models")
+            try:
+                await consumer.start()
+                # Assign every partition and resolve the end offsets now, so
+                # that an announcement produced after `announcements_ready` is seen.
+                await consumer.topics()
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    raise RuntimeError(f"topic {topic} has no partitions yet")
+                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                consumer.assign(tps)
+                await consumer.seek_to_end(*tps)
+                for tp in tps:
+                    await consumer.position(tp)
+                self.announcements_ready.set()
+                delay = 0.5
+                async for record in consumer:
+                    self.handle_announcement(record.value)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the pointer poll still works without Kafka
+                log.warning("models topic unreadable; following the pointers only",
+                            extra={"error": repr(exc), "retry_s": delay})
+            finally:
+                self.announcements_ready.clear()
+                try:
+                    await consumer.stop()
+                except Exception:  # noqa: BLE001
+                    pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
