@@ -1,0 +1,181 @@
+"""bench/learning.py's pure parts: the replay stream and the progressive AUC / gAUC."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from _learning_eval import auc, bucket_auc, bucket_ids, gauc, grouped_auc  # noqa: E402
+from _learning_stream import (  # noqa: E402
+    build_stream,
+    draw_without_replacement,
+    featurize,
+    progressive_scale,
+    river_dicts,
+    vw_lines,
+)
+
+from loopwise import datasets  # noqa: E402
+
+# -- AUC / gAUC ----------------------------------------------------------------------------
+
+
+def test_auc_closed_form_cases() -> None:
+    assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert auc(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.3, 0.4])) == 0.0
+    assert auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5  # a tie counts one half
+    # 2 positives x 2 negatives, 3 of 4 pairs ordered right
+    assert auc(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == pytest.approx(0.75)
+    assert np.isnan(auc(np.array([1, 1]), np.array([0.1, 0.2])))
+
+
+def test_auc_matches_sklearn_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    s = np.round(rng.random(2000) + 0.3 * y, 1)  # many ties
+    assert auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_grouped_auc_is_each_groups_auc() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    g = rng.integers(0, 30, 3000)
+    y = rng.integers(0, 2, 3000)
+    s = np.round(rng.random(3000) + 0.2 * y, 2)
+    per, rows, both = grouped_auc(y, s, g)
+    for j, group in enumerate(np.unique(g)):
+        m = g == group
+        assert rows[j] == m.sum()
+        if both[j]:
+            assert per[j] == pytest.approx(roc_auc_score(y[m], s[m]), abs=1e-12)
+
+
+def test_gauc_weights_users_by_rows_and_skips_one_class_users() -> None:
+    y = np.array([1, 0, 0, 0, 1, 0, 1, 1])
+    s = np.array([0.9, 0.1, 0.2, 0.3, 0.1, 0.5, 0.4, 0.6])
+    u = np.array(["a", "a", "b", "b", "b", "b", "c", "c"])  # a: AUC 1 (2 rows), b: AUC 0 (4 rows), c: one class
+    assert gauc(y, s, u) == pytest.approx((1.0 * 2 + 0.0 * 4) / 6)
+
+
+def test_bucket_auc_and_ids() -> None:
+    b = bucket_ids(10, 2, 5)
+    assert b.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4]
+    y = np.array([0, 1] * 10)
+    s = np.where(np.arange(20) < 8, y, 1 - y).astype(float)  # right in buckets 0-1, wrong after
+    curve = bucket_auc(y, s, b, 5)
+    assert curve.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+# -- the stream ----------------------------------------------------------------------------
+
+
+def test_draw_without_replacement_distinct_positive_weight_only() -> None:
+    rng = np.random.default_rng(3)
+    w = np.array([0.0, 1.0, 5.0, 0.0, 2.0, 1.0])
+    for _ in range(50):
+        got = draw_without_replacement(rng, w, 4)
+        assert len(set(got.tolist())) == 4 and all(w[got] > 0)
+    with pytest.raises(ValueError):
+        draw_without_replacement(rng, w, 5)
+
+
+def test_draw_follows_the_weights() -> None:
+    rng = np.random.default_rng(4)
+    w = np.array([1.0, 9.0, 0.0, 0.0])
+    firsts = np.array([draw_without_replacement(rng, w, 1)[0] for _ in range(4000)])
+    assert (firsts == 1).mean() == pytest.approx(0.9, abs=0.03)
+
+
+def test_progressive_scale() -> None:
+    assert progressive_scale(np.array([0, 3]), 0.0).tolist() == [0.0, 0.0]
+    assert progressive_scale(np.array([0, 3, 7]), 7.0)[2] == pytest.approx(1.0)
+
+
+def _tiny_movielens() -> datasets.MovieLens:
+    users = {u: datasets.User(u, "25-34", g, "engineer") for u, g in (("u1", "M"), ("u2", "F"))}
+    items = {f"m{j}": datasets.Item(f"m{j}", f"movie {j}", "Drama" if j % 2 else "Comedy", "1990s")
+             for j in range(30)}
+    user = np.array(["u1", "u2", "u1", "u2", "u1", "u1"])
+    item = np.array(["m0", "m0", "m1", "m2", "m3", "m4"])
+    rating = np.array([5, 3, 4, 1, 5, 2], dtype=np.float32)
+    ts = np.arange(6, dtype=np.int64) * 3600 + 880_000_000
+    ids = list(items)
+    counts = np.array([int((item == i).sum()) for i in ids])
+    return datasets.MovieLens(user=user, item=item, rating=rating, timestamp=ts, users=users, items=items,
+                              item_ids=ids, item_counts=counts)
+
+
+def test_stream_labels_candidates_and_no_future_leakage() -> None:
+    data = _tiny_movielens()
+    stream = build_stream(data, None, k=5, seed=1)
+    rated = data.rated_by()
+    for i in range(stream.n):
+        ids = stream.item_ids(i)
+        rated_item = str(data.item[i])
+        assert len(set(ids)) == 5 and rated_item in ids
+        others = [x for x in ids if x != rated_item]
+        assert not set(others) & rated[str(data.user[i])]  # negatives: never rated by the user
+        labels = dict(zip(ids, stream.label[i].tolist(), strict=True))
+        assert labels[rated_item] == (1.0 if data.rating[i] >= 4 else 0.0)
+        assert sum(labels.values()) == labels[rated_item]
+    # popularity and activity only count earlier ratings
+    assert stream.popularity[0].max() == 0.0 and stream.activity[0] == 0.0
+    for i in range(stream.n):
+        before = data.item[:i].tolist()
+        top = max((before.count(x) for x in set(before)), default=0)
+        want = [progressive_scale(np.array([before.count(x)]), float(top))[0] for x in stream.item_ids(i)]
+        assert stream.popularity[i].tolist() == pytest.approx(want)
+    assert stream.activity[2] == pytest.approx(1.0)  # u1 and u2 rated once each before request 2
+
+
+def test_stream_is_deterministic_in_its_seed() -> None:
+    data = _tiny_movielens()
+    a, b = build_stream(data, None, k=5, seed=9), build_stream(data, None, k=5, seed=9)
+    c = build_stream(data, None, k=5, seed=10)
+    assert (a.cand == b.cand).all() and (a.label == b.label).all()
+    assert not (a.cand == c.cand).all()
+
+
+def test_featurize_matches_the_serving_builder_and_peer_formats() -> None:
+    from loopwise.features import InputBuilder
+
+    data = _tiny_movielens()
+    stream = featurize(build_stream(data, 3, k=5, seed=2))
+    req = stream.request(1)
+    sparse, dense = InputBuilder(stream.spec).build(req.user_id, req.user, req.context, req.candidates)
+    assert (stream.sparse[5:10] == sparse).all() and np.allclose(stream.dense[5:10], dense)
+    assert req.user.categorical["gender"] == "F" and len(req.candidates.ids) == 5
+    lines = vw_lines(stream, slice(0, 5))
+    label_row = int(np.argmax(stream.label[0])) if stream.label[0].any() else None
+    assert all(line.split(" ", 1)[0] in ("1", "-1") for line in lines)
+    if label_row is not None:
+        assert lines[label_row].startswith("1 ")
+    ids = {str(int(x)) for x in sparse[0] if x}
+    assert ids <= set(vw_lines(stream, slice(5, 6))[0].replace("|", " ").split())
+    x = river_dicts(stream, slice(5, 6))[0]
+    assert {f"h{i}" for i in ids} <= set(x) and "candidate_popularity" in x
+
+
+def test_complete_requests_hold_examples_until_every_candidate_has_one() -> None:
+    from _learning_stack import CompleteRequests
+
+    from loopwise.v1 import learning_pb2
+
+    def ex(rid: str, cid: str, label: float, correction: bool = False) -> learning_pb2.Example:
+        return learning_pb2.Example(request_id=rid, candidate_id=cid, label=label, correction=correction)
+
+    held = CompleteRequests(k=3)
+    assert held.add([ex("r1", "a", 1.0), ex("r2", "a", 0.0)]) == []  # positives come first
+    out = held.add([ex("r1", "b", 0.0), ex("r1", "c", 0.0), ex("r1", "b", 0.0)])
+    assert sorted((e.candidate_id, e.label) for e in out) == [("a", 1.0), ("b", 0.0), ("c", 0.0)]
+    out = held.add([ex("r2", "b", 0.0), ex("r2", "a", 1.0, correction=True), ex("r2", "c", 0.0)])
+    assert dict((e.candidate_id, e.label) for e in out) == {"a": 1.0, "b": 0.0, "c": 0.0}
+    assert held.open == {}
