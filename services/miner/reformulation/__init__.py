@@ -1,1 +1,16 @@
-"""Reformulation mining: sessions, defects, absorbing Markov chain, rewrite rules, rollback."""
+"""Reformulation mining: sessions, defects, absorbing Markov chain, rewrite rules, rollback.
+
+Pure Python/numpy/scipy, no Kafka (Ponnusamy et al., arXiv 1911.02557; see
+METHODS.md section 2):
+
+* `sessions` - `TurnRecord` (from a Turn event), `SessionState` per (tenant, user);
+* `defects` - `label_session`: defect kinds per turn and rephrase links;
+* `chain` - `Chain`: decayed transition weights, distinct-user sketches,
+  absorption probabilities solved per touched component;
+* `rules` - `select_rules`, `Rule` (table value, audit record), `Blocklist`;
+* `rollback` - `RuleMonitor`: withdraw rules whose rewritten turns do worse;
+* `pipeline` - `TenantMiner`: all of the above for one tenant, sessions in,
+  rewrite-table changes out;
+* `offline` - the simulator end-to-end check (``python -m
+  loopwise.miner.reformulation.offline``).
+"""
