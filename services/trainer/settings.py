@@ -12,6 +12,7 @@
 | LOOPWISE_TRAINER_WINDOW_ROWS | 500000 | replay window bound per (tenant, model) and kind (oldest segments dropped) |
 | LOOPWISE_TRAINER_SEGMENT_ROWS | 20000 | rows per window segment |
 | LOOPWISE_TRAINER_EMBEDDING_DIM / _LAYERS / _HIDDEN_DIM | 16 / (none) / 64 | model of a fresh start |
+| LOOPWISE_TRAINER_FM_DIM | 16 | factorisation-machine interaction term over the fields (0: off) |
 | LOOPWISE_TRAINER_EPOCHS / _BATCH_SIZE / _LR | 3 / 1024 / 0.01 | optimisation (Adam) |
 | LOOPWISE_TRAINER_BT_WEIGHT | 1.0 | weight of the Bradley-Terry term on preference pairs |
 | LOOPWISE_TRAINER_MAX_WEIGHT | 100.0 | extra clip on the examples' IPS weights |
@@ -53,6 +54,8 @@ class TrainerSettings(BaseSettings):
     # (none: the cold-start shape, so the first run starts from its prior).
     trainer_layers: tuple[str, ...] = ()
     trainer_hidden_dim: int = 64
+    # Factorisation-machine interaction term over the fields (0: off).
+    trainer_fm_dim: int = 16
     trainer_epochs: int = 3
     trainer_batch_size: int = 1024
     trainer_lr: float = 0.01

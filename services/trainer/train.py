@@ -162,16 +162,18 @@ def initial_model(spec: FeatureSpec, production: Production | None, settings: Tr
         try:
             model = from_state_bytes(production.weights)
             cfg = model.config
-            if (cfg["buckets"], cfg["n_fields"], cfg["n_dense"]) == (spec.buckets, fields, n_dense):
+            if (cfg["buckets"], cfg["n_fields"], cfg["n_dense"], cfg.get("fm_dim", 0)) == (
+                    spec.buckets, fields, n_dense, settings.trainer_fm_dim):
                 return model, "warm"
-            log.warning("production weights do not fit the spec; starting fresh",
+            log.warning("production weights do not fit the spec or the architecture; starting fresh",
                         extra={"version": production.version})
         except Exception as exc:  # noqa: BLE001 - unreadable weights: start fresh, never crash
             log.warning("production weights unreadable; starting fresh",
                         extra={"version": production.version, "error": repr(exc)})
     hidden_dim = production.manifest.hidden_dim if production and production.manifest else \
         settings.trainer_hidden_dim
-    model = Ranker(spec.buckets, fields, n_dense, settings.trainer_embedding_dim, hidden_dim, layers_of(settings))
+    model = Ranker(spec.buckets, fields, n_dense, settings.trainer_embedding_dim, hidden_dim, layers_of(settings),
+                   fm_dim=settings.trainer_fm_dim)
     if production is not None and init_from_coldstart(model, production.onnx):
         return model, "prior"
     return model, "fresh"
@@ -191,11 +193,12 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
     model.to(device).train()
     # Lazy (sparse) Adam on the embedding table: only the rows of a batch move,
     # ~4x faster on CPU than dense Adam over 2^18 rows; Adam on the rest.
-    model.embedding.sparse = settings.trainer_sparse_embedding
-    rest = [p for name, p in model.named_parameters() if name != "embedding.weight"]
+    model.set_sparse(settings.trainer_sparse_embedding)
+    tables = {id(p) for p in model.sparse_parameters()}
+    rest = [p for p in model.parameters() if id(p) not in tables]
     if settings.trainer_sparse_embedding:
         optimizers: list[torch.optim.Optimizer] = [
-            torch.optim.SparseAdam([model.embedding.weight], lr=settings.trainer_lr),
+            torch.optim.SparseAdam(model.sparse_parameters(), lr=settings.trainer_lr),
             torch.optim.Adam(rest, lr=settings.trainer_lr, weight_decay=settings.trainer_weight_decay)]
     else:
         optimizers = [torch.optim.Adam(model.parameters(), lr=settings.trainer_lr,
@@ -250,7 +253,7 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    model.embedding.sparse = False
+    model.set_sparse(False)
     model.cpu().eval()
     return Candidate(model=model, spec=spec, init=init, parent_version=production.version if production else "",
                      holdout=holdout, train_rows=n, train_pairs=n_pairs, epochs=epochs_done, seconds=seconds,
