@@ -167,17 +167,21 @@ def wait_healthy(target: str, timeout: float = 60.0, proc: Proc | None = None) -
     raise TimeoutError(f"{target} not SERVING after {timeout:.0f}s (last: {last})")
 
 
-def metric_value(url: str, name: str, timeout: float = 2.0) -> float | None:
-    """The value of an unlabelled sample on a Prometheus endpoint, or None."""
+def metric_value(url: str, name: str, labels: dict[str, str] | None = None, timeout: float = 2.0
+                 ) -> float | None:
+    """The value of a sample on a Prometheus endpoint (with exactly ``labels``, if given), or None."""
     import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         text = urllib.request.urlopen(url, timeout=timeout).read().decode()
     except OSError:
         return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == (labels or {}):
+                return float(sample.value)
     return None
 
 

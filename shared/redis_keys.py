@@ -46,3 +46,11 @@ def model_history(tenant: str, model: str) -> str:
     recording), rollback falls back to the manifest's ``parent_version``.
     """
     return f"{PREFIX}:{tenant}:model:{model}:history"
+
+
+def rewrite_blocklist(tenant: str, kind: str) -> str:
+    """Set: normalised utterances (``kind`` "sources") or chain states / surface forms
+    (``kind`` "targets") an operator never wants rewritten from / to (``loopwise rules block``)."""
+    if kind not in ("sources", "targets"):
+        raise ValueError(f"blocklist kind {kind!r}: expected sources or targets")
+    return f"{PREFIX}:{tenant}:rewrites:blocklist:{kind}"

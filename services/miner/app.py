@@ -37,6 +37,7 @@ from .debias import ExposureCounter, FixedPositions
 from .metrics import MinerMetrics
 from .outbox import Outbox
 from .settings import MinerSettings
+from .turns import Reformulation
 from .window import Windows
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Miner:
                                idle_s=settings.idle_s, caught_up=self._caught_up)
         self._read: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read
         self.outbox = Outbox(settings.kafka_bootstrap)
+        self.reformulation = Reformulation(self.app, settings, self.metrics, self._caught_up)
         self.app.on_before_shutdown.connect(self._on_shutdown)
         self.limits = Limits(max_future_ms=settings.max_future_s * 1000, max_age_ms=settings.max_age_s * 1000)
         self.tenants = frozenset(settings.tenants)
@@ -104,6 +106,7 @@ class Miner:
 
     async def _on_shutdown(self, sender: Any = None, **kwargs: Any) -> None:
         await self.outbox.stop()
+        await self.reformulation.close()
 
     async def _on_rebalance(self, sender: Any = None, **kwargs: Any) -> None:
         self._rebuilt = False  # partitions (and table contents) changed: re-index after recovery
@@ -125,6 +128,11 @@ class Miner:
             await self.app.producer.flush()
 
     def _caught_up(self, topic: str, partition: int) -> bool:
+        if topic != self.settings.topics.events and topic != self.settings.topics.impressions:
+            return self._caught_up_offset(topic, partition, self.reformulation._read.get(partition, 0))
+        return self._caught_up_offset(topic, partition, self._read.get((topic, partition), 0))
+
+    def _caught_up_offset(self, topic: str, partition: int, read: int) -> bool:
         """Whether the consumer has read a partition up to its high-water mark (unknown: yes)."""
         try:
             high = self.app.consumer.highwater(TP(topic, partition))
@@ -132,7 +140,7 @@ class Miner:
             return True
         if high is None:
             return True
-        return self._read.get((topic, partition), 0) >= high
+        return read >= high
 
     def _handle(self, key: bytes, value: bytes, topic: str, partition: int, offset: int) -> Outputs | None:
         self._read[(topic, partition)] = offset + 1
@@ -147,8 +155,11 @@ class Miner:
         if problem is not None:
             self._dead(key, value, topic, partition, offset, *problem)
             return None
+        if kind == "turn":
+            self.reformulation.forward(self.outbox.add, ev, value)
+            return None
         if kind not in ATTRIBUTED:
-            return None  # turns are the reformulation miner's
+            return None
         if kind != "impression":
             self.metrics.feedback_received.inc()
         out = self.windows.process(key, ev, topic, partition)

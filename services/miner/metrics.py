@@ -35,6 +35,25 @@ class MinerMetrics:
                                          "Estimated examination propensity by position", ["position"],
                                          registry=r)
 
+        # reformulation mining
+        self.turns = Counter("loopwise_miner_turns_total", "Turn events taken for reformulation mining", registry=r)
+        self.sessions = Counter("loopwise_miner_sessions_total", "Sessions closed", registry=r)
+        self.defects = Counter("loopwise_miner_defects_total", "Defective turns by kind", ["kind"], registry=r)
+        self.defect_rate = Gauge("loopwise_miner_defect_rate", "Defective share of the most recent turns",
+                                 registry=r)
+        self.rewrite_hits = Counter("loopwise_miner_rewrite_hits_total", "Turns served with a rewrite rule",
+                                    registry=r)
+        self.rules_live = Gauge("loopwise_miner_rules_live", "Rewrite rules deployed", ["tenant"], registry=r)
+        self.rules_created = Counter("loopwise_miner_rules_created_total", "Rewrite rules deployed", registry=r)
+        self.rules_withdrawn = Counter("loopwise_miner_rules_withdrawn_total", "Rewrite rules withdrawn",
+                                       ["reason"], registry=r)
+        self.chain_states = Gauge("loopwise_miner_chain_states", "States of the reformulation chain", ["tenant"],
+                                  registry=r)
+        self.checkpoint_bytes = Gauge("loopwise_miner_reformulation_checkpoint_bytes",
+                                      "Size of the last reformulation checkpoint", registry=r)
+        self.redis_errors = Counter("loopwise_miner_redis_errors_total", "Failed writes of the rewrite table",
+                                    registry=r)
+
     def join_ratio(self) -> float:
         received = self.registry.get_sample_value("loopwise_miner_feedback_received_total") or 0.0
         attributed = self.registry.get_sample_value("loopwise_miner_feedback_attributed_total") or 0.0

@@ -41,6 +41,27 @@ class MinerSettings(BaseSettings):
     close_chunk: int = 2000
     # Faust's data directory (the tables are in memory; Faust still wants one).
     data_dir: str = ""
+    # Reformulation mining: a session closes after this gap between turns (event time).
+    session_gap_ms: int = 45_000
+    session_max_turns: int = 32
+    # A turn within this long after a defect that resembles it is a rephrase.
+    rephrase_window_ms: int = 30_000
+    # Chain: counts halve every half-life (event time); at most this many states.
+    chain_half_life_s: float = 14 * 24 * 3600
+    chain_max_states: int = 100_000
+    # Rules: distinct users on every edge, success margin over the source, target success, source turns.
+    rule_min_support: float = 3.0
+    rule_min_margin: float = 0.1
+    rule_min_target_success: float = 0.6
+    rule_min_source_turns: int = 5
+    # Rollback: one-sided test level and the rewritten turns it needs.
+    rollback_alpha: float = 0.05
+    rollback_min_turns: int = 30
+    # How often rules are re-derived and Redis updated; how long the mine agent batches sessions.
+    rules_interval_s: float = 1.0
+    mine_within_s: float = 0.5
+    # The defect-rate gauge covers this many most recent turns.
+    defect_rate_turns: int = 5000
     # Kafka consumer group session timeout (short: fast joins and failover).
     session_timeout_s: float = 6.0
     max_future_s: int = 300

@@ -61,6 +61,11 @@ class TenantMiner:
         self.monitor = RuleMonitor(alpha=self.config.alpha, min_turns=self.config.min_turns_after,
                                    min_gain=self.config.min_gain)
         self.rules: dict[str, Rule] = {}  # deployed, by source
+        # Outcomes of turns served without a rewrite, by what was heard (normalised):
+        # a source's success rate before deployment, whatever state its handled turns
+        # went to (a handled turn's chain state is its interpretation, not its text).
+        self.heard: dict[str, list[int]] = {}  # text -> [turns, successes]
+        self.max_heard = 200_000
 
     def observe_session(self, turns: Sequence[TurnRecord]) -> None:
         """A closed session (time order): into the chain, and rewritten turns' outcomes to rollback."""
@@ -68,9 +73,19 @@ class TenantMiner:
             return
         kinds, rephrased = label_session(turns, self.config.defects)
         self.chain.observe_session(turns, kinds, rephrased)
+        heard = self.heard
         for turn, kind in zip(turns, kinds, strict=True):
             if turn.rule_id:
                 self.monitor.observe(turn.rule_id, not kind)
+            elif not turn.rewritten:
+                counts = heard.get(turn.text)
+                if counts is None:
+                    counts = heard[turn.text] = [0, 0]
+                counts[0] += 1
+                counts[1] += 0 if kind else 1
+        if len(heard) > self.max_heard:  # forget the least-heard half
+            keep = sorted(heard.items(), key=lambda kv: kv[1][0], reverse=True)[: self.max_heard // 2]
+            self.heard = dict(keep)
 
     def refresh(self, now_ms: int) -> Changes:
         """Solve what changed, withdraw failing rules, deploy new ones."""
@@ -89,8 +104,13 @@ class TenantMiner:
             if rule.source in self.rules or len(self.rules) >= self.config.rules.max_rules:
                 continue
             self.rules[rule.source] = rule
+            turns_before, successes_before = self.heard.get(rule.source, (0, 0))
+            if turns_before:
+                before, n_before = successes_before / turns_before, turns_before
+            else:
+                before, n_before = rule.source_success, rule.source_turns
             self.monitor.deploy(rule.rule_id, source=rule.source, target=rule.target,
-                                success_before=rule.source_success, turns_before=rule.source_turns)
+                                success_before=before, turns_before=n_before)
             out.put[rule.source] = rule.table_value()
             out.records.append(rule.record("created", time_ms=now_ms))
         return out
@@ -101,7 +121,7 @@ class TenantMiner:
 
     def to_bytes(self) -> bytes:
         data = {"tenant": self.tenant, "chain": self.chain.to_dict(), "monitor": self.monitor.to_dict(),
-                "rules": [r.to_dict() for r in self.rules.values()]}
+                "rules": [r.to_dict() for r in self.rules.values()], "heard": self.heard}
         return zlib.compress(json.dumps(data, separators=(",", ":")).encode(), 3)
 
     @classmethod
@@ -111,4 +131,5 @@ class TenantMiner:
         m.chain = Chain.from_dict(data["chain"])
         m.monitor = RuleMonitor.from_dict(data["monitor"])
         m.rules = {r["source"]: Rule(**r) for r in data["rules"]}
+        m.heard = {k: list(v) for k, v in data.get("heard", {}).items()}
         return m

@@ -1,0 +1,128 @@
+"""Reformulation mining on the real stack: Turn events in through FeedbackService,
+rules out of Rewrite (via Redis), harmful rules withdrawn, state kept across a kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+import redis
+
+from loopwise import kafka as lkafka
+from loopwise import procs, redis_keys
+from loopwise.client import Client
+from loopwise.v1 import events_pb2, learning_pb2
+
+from .kafka_read import read_records
+
+pytestmark = pytest.mark.slow
+OK, UNHANDLED = events_pb2.RESPONSE_STATUS_OK, events_pb2.RESPONSE_STATUS_UNHANDLED
+
+
+@pytest.fixture
+def start_miner(broker, redis_url, topics, workdir):
+    started = []
+    lkafka.ensure_topics(broker, topics.all(), 2)
+
+    def _start(app_id: str | None = None):
+        app_id = app_id or f"miner-{uuid.uuid4().hex[:8]}"
+        mport = procs.free_port()
+        env = {"LOOPWISE_KAFKA_BOOTSTRAP": broker, "LOOPWISE_REDIS_URL": redis_url, "LOOPWISE_APP_ID": app_id,
+               "LOOPWISE_TOPIC_PARTITIONS": "2", "LOOPWISE_METRICS_PORT": str(mport),
+               "LOOPWISE_GRPC_HOST": "127.0.0.1", "LOOPWISE_SESSION_GAP_MS": "5000", "LOOPWISE_IDLE_S": "0.5",
+               "LOOPWISE_CLOSE_INTERVAL_S": "0.2", "LOOPWISE_RULES_INTERVAL_S": "0.2",
+               "LOOPWISE_ROLLBACK_MIN_TURNS": "20", **topics.env()}
+        proc = procs.start_service("loopwise.miner", env, workdir / f"{app_id}-{len(started)}.log")
+        started.append(proc)
+        url = f"http://127.0.0.1:{mport}/metrics"
+        procs.wait_ready_metric(url, "loopwise_miner_ready", 60, proc)
+        return proc, app_id, url
+
+    yield _start
+    for proc in started:
+        proc.stop()
+
+
+def play(item: str) -> events_pb2.Interpretation:
+    return events_pb2.Interpretation(domain="video", intent="play_movie", slots={"item": item})
+
+
+def evidence(lw: Client, tenant_users: range, t0: int) -> list[events_pb2.Event]:
+    """Users who said "play heet", were not understood, and said "play heat" (understood);
+    a few who said "play heet" and were understood as something else."""
+    f = lw.events
+    events = []
+    for u in tenant_users:
+        user = f"u{u}"
+        events.append(f.turn("play heet", user_id=user, status=UNHANDLED, at_ms=t0 + u * 10))
+        events.append(f.turn("play heat", user_id=user, status=OK, interpretation=play("7"),
+                             at_ms=t0 + u * 10 + 1500))
+    for u in range(100, 104):
+        events.append(f.turn("play heet", user_id=f"u{u}", status=OK, interpretation=play("99"),
+                             at_ms=t0 + u))
+    return events
+
+
+def wait_rewrite(lw: Client, utterance: str, want: bool, timeout: float = 40.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = lw.rewrite(utterance)
+        if answer.rewritten == want:
+            return answer
+        time.sleep(0.1)
+    raise AssertionError(f"Rewrite({utterance!r}) did not become rewritten={want} in {timeout}s")
+
+
+def test_sessions_become_a_served_rule_which_is_withdrawn_when_it_does_harm(
+        start_miner, start_collector, start_inference, broker, redis_url, topics):
+    _, _, url = start_miner()
+    collector, inference = start_collector(), start_inference()
+    with Client(f"127.0.0.1:{collector.port}", f"127.0.0.1:{inference.port}") as lw:
+        assert not lw.rewrite("play heet").rewritten
+        # a burst from one user cannot make a rule
+        one = [lw.events.turn("play heet", user_id="solo", status=UNHANDLED, at_ms=lkafka.now_ms() + i)
+               for i in range(20)]
+        assert lw.report(one).accepted == 20
+        time.sleep(3)
+        assert not lw.rewrite("play heet").rewritten
+        assert lw.report(evidence(lw, range(10), lkafka.now_ms())).accepted == 24
+        rule = wait_rewrite(lw, "play heet", True)
+        assert rule.utterance == "play heat" and rule.rule_id and 0 < rule.confidence <= 1
+        assert procs.metric_value(url, "loopwise_miner_rules_live", {"tenant": "default"}) == 1.0
+        # the rule is wrong for everyone who now gets it: withdrawn, and the withdrawal logged
+        t0 = lkafka.now_ms()
+        harmed = [lw.events.turn("play heet", user_id=f"h{u}", status=UNHANDLED, rewritten_utterance="play heat",
+                                 rewrite_rule_id=rule.rule_id, at_ms=t0 + u) for u in range(30)]
+        assert lw.report(harmed).accepted == 30
+        wait_rewrite(lw, "play heet", False)
+    records = [learning_pb2.RewriteRuleRecord.FromString(r.value)
+               for r in read_records(broker, topics.rewrites, want=2, timeout=20)]
+    assert [r.action for r in records] == ["created", "withdrawn"]
+    assert records[0].support >= 3 and records[0].rewrite == "play heat"
+    assert records[1].rule_id == records[0].rule_id and records[1].turns_after >= 20
+    assert procs.metric_value(url, "loopwise_miner_rules_withdrawn_total", {"reason": "rollback"}) == 1.0
+    assert "p=" in records[1].reason  # the test's figures
+    assert not redis.Redis.from_url(redis_url).hexists(redis_keys.rewrite_table("default"), "play heet")
+
+
+def test_a_killed_miner_keeps_its_counts_and_rules(start_miner, start_collector, start_inference, redis_url):
+    proc, app_id, url = start_miner()
+    collector, inference = start_collector(), start_inference()
+    r = redis.Redis.from_url(redis_url)
+    r.delete(redis_keys.rewrite_table("default"))
+    with Client(f"127.0.0.1:{collector.port}", f"127.0.0.1:{inference.port}") as lw:
+        lw.report(evidence(lw, range(10), lkafka.now_ms()))
+        wait_rewrite(lw, "play heet", True)
+        states = procs.metric_value(url, "loopwise_miner_chain_states", {"tenant": "default"})
+        assert states >= 2
+        time.sleep(1.5)  # a checkpoint after the last batch
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.popen.wait(5)
+        r.delete(redis_keys.rewrite_table("default"))  # the table is lost too: the miner restores it
+        _, _, url = start_miner(app_id)
+        wait_rewrite(lw, "play heet", True)
+        assert procs.metric_value(url, "loopwise_miner_chain_states", {"tenant": "default"}) == states
+        assert procs.metric_value(url, "loopwise_miner_rules_live", {"tenant": "default"}) == 1.0
