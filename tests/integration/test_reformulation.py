@@ -126,3 +126,15 @@ def test_a_killed_miner_keeps_its_counts_and_rules(start_miner, start_collector,
         wait_rewrite(lw, "play heet", True)
         assert procs.metric_value(url, "loopwise_miner_chain_states", {"tenant": "default"}) == states
         assert procs.metric_value(url, "loopwise_miner_rules_live", {"tenant": "default"}) == 1.0
+        # an operator blocks the source: withdrawn at the next refresh, and never re-created
+        from argparse import Namespace
+
+        from loopwise import rules_cli
+
+        assert rules_cli.run(Namespace(action="block", tenant="default", source=["Play Heet"], target=[],
+                                       redis=redis_url, json=True, root=None)) == 0
+        wait_rewrite(lw, "play heet", False, timeout=10)
+        lw.report(evidence(lw, range(20, 30), lkafka.now_ms()))
+        time.sleep(8)
+        assert not lw.rewrite("play heet").rewritten
+        assert procs.metric_value(url, "loopwise_miner_rules_withdrawn_total", {"reason": "blocklisted"}) == 1.0
