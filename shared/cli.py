@@ -9,6 +9,8 @@
                                          model versions: list, manifest, move the serving pointer
     loopwise replay obd [--policy bts|random] [--campaign all|men|women] [--rounds N] [--speedup X]
                                          the Open Bandit sample through a running stack
+    loopwise simulate assistant --users N --minutes M --seed S [--time-scale X] [--no-pace] [--tenant T]
+                                         voice-assistant users through a running stack (Rewrite, Turn events)
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ def _down(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from loopwise import demo
 
-    return demo.run(args.root, requests=args.requests, keep=args.keep)
+    return demo.run(args.root, requests=args.requests, keep=args.keep, assistant_rounds=args.assistant_rounds,
+                    assistant_users=args.assistant_users)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -78,10 +81,22 @@ def _replay(args: argparse.Namespace) -> int:
                           speedup=args.speedup)
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from loopwise.simulate import assistant
+
+    return assistant.main_simulate(args)
+
+
 def _model(args: argparse.Namespace) -> int:
     from loopwise import models_cli
 
     return models_cli.run(args)
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from loopwise import rules_cli
+
+    return rules_cli.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,12 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="sample MovieLens traffic through the stack")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    p.add_argument("--assistant-rounds", type=int, default=4,
+                   help="rounds of simulated voice-assistant users (0: skip the assistant loop)")
+    p.add_argument("--assistant-users", type=int, default=4000)
     p.set_defaults(func=_demo)
     p = sub.add_parser("model", help="list, show, promote or roll back model versions")
     from loopwise import models_cli
 
     models_cli.add_arguments(p)
     p.set_defaults(func=_model)
+    p = sub.add_parser("rules", help="live rewrite rules; block or unblock sources and targets")
+    from loopwise import rules_cli
+
+    rules_cli.add_arguments(p)
+    p.set_defaults(func=_rules)
     p = sub.add_parser("replay", help="replay a logged dataset through a running stack")
     replay_sub = p.add_subparsers(dest="dataset", required=True)
     p = replay_sub.add_parser("obd", help="the Open Bandit Dataset sample (obp 0.4.1 wheel)")
@@ -118,6 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speedup", type=float, default=3000.0,
                    help="pace on the sample's clock, X times real time (0: as fast as possible)")
     p.set_defaults(func=_replay)
+    p = sub.add_parser("simulate", help="drive a running stack with simulated users")
+    simulate_sub = p.add_subparsers(dest="simulation", required=True)
+    p = simulate_sub.add_parser("assistant", help="users of a movie-playing voice assistant (MovieLens titles)")
+    p.add_argument("--users", type=int, default=100)
+    p.add_argument("--minutes", type=float, default=10.0, help="simulated minutes (before --time-scale)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="multiplies every simulated gap (0.1: ten times denser; scale the miner's session gap too)")
+    p.add_argument("--no-pace", dest="pace", action="store_false",
+                   help="send as fast as possible (time stamps ending now) instead of in real time")
+    p.add_argument("--tenant", default=None, help="tenant (default: the stack's first)")
+    p.set_defaults(func=_simulate)
     args = parser.parse_args(argv)
     return args.func(args)
 

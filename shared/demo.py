@@ -45,6 +45,10 @@ FLUSH_EVERY = 100  # Rank calls between two flushes of buffered feedback
 PROGRESS_LINES = 5
 SEED = 7
 DEMO_WINDOW_MS = 10_000
+# The assistant loop: simulated time runs TIME_SCALE x real gaps (sessions of a
+# few seconds), so the miner's session gap is scaled alike on the stacks it starts.
+TIME_SCALE = 0.02
+DEMO_SESSION_GAP_MS = int(45_000 * TIME_SCALE)
 READ_IDLE_S = 1.5  # stop reading this long after the last record, once everything expected is in
 READ_PATIENCE_S = 10.0  # ... or this long after the last record, if it is not
 READ_MAX_S = 60.0
@@ -85,7 +89,8 @@ def acquire_stack(root: Path) -> tuple[stack.StackInfo, bool]:
     print(f"starting a local stack in {root.resolve()} ...")
     started = time.monotonic()
     # A short attribution window, so negatives (and retrained models) arrive while the demo runs.
-    info = stack.up(root, attribution_window_ms=DEMO_WINDOW_MS)
+    info = stack.up(root, attribution_window_ms=DEMO_WINDOW_MS,
+                    extra_env={"LOOPWISE_SESSION_GAP_MS": str(DEMO_SESSION_GAP_MS), "LOOPWISE_IDLE_S": "0.5"})
     print(f"stack up in {time.monotonic() - started:.1f}s: inference {info.inference}, "
           f"collector {info.collector}, kafka {info.kafka}")
     return info, True
@@ -238,7 +243,7 @@ def online_auc(stats: ReplayStats, buckets: int = 10) -> list[Bucket]:
     return out
 
 
-def show_learning(stats: ReplayStats, png: Path | None) -> None:
+def show_learning(stats: ReplayStats, png: Path | None, rounds: list[AssistantRound] | None = None) -> None:
     table = online_auc(stats)
     if not table:
         return
@@ -249,10 +254,10 @@ def show_learning(stats: ReplayStats, png: Path | None) -> None:
     served = list(dict.fromkeys(stats.versions))
     print(f"model versions that served: {', '.join(served)}")
     if png is not None:
-        plot_learning(stats, table, png)
+        plot_learning(stats, table, png, rounds or [])
 
 
-def plot_learning(stats: ReplayStats, table: list[Bucket], png: Path) -> None:
+def plot_learning(stats: ReplayStats, table: list[Bucket], png: Path, rounds: list[AssistantRound]) -> None:
     try:
         import matplotlib
 
@@ -261,7 +266,8 @@ def plot_learning(stats: ReplayStats, table: list[Bucket], png: Path) -> None:
     except ImportError:
         print("  (no plot: matplotlib is not installed; pip install 'loopwise[bench]')")
         return
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, axes = plt.subplots(1, 2 if rounds else 1, figsize=(13 if rounds else 8, 4), squeeze=False)
+    ax = axes[0][0]
     ax.plot([b.last for b in table], [b.auc for b in table], marker="o", label="online AUC")
     changes = [i for i in range(1, len(stats.versions)) if stats.versions[i] != stats.versions[i - 1]]
     for i in changes:
@@ -269,13 +275,77 @@ def plot_learning(stats: ReplayStats, table: list[Bucket], png: Path) -> None:
         ax.text(i + 1, ax.get_ylim()[0], stats.versions[i], rotation=90, fontsize=7, va="bottom")
     ax.set_xlabel("Rank calls")
     ax.set_ylabel("AUC (progressive)")
-    ax.set_title("Loopwise demo: served model quality while it retrains")
+    ax.set_title("Recommender: served model quality while it retrains")
     ax.legend(loc="lower right")
+    if rounds:
+        ax = axes[0][1]
+        x = [r.round for r in rounds]
+        ax.plot(x, [r.defect_rate for r in rounds], marker="o", color="tab:red", label="defect rate")
+        ax.set_xlabel("assistant round (new simulated users)")
+        ax.set_ylabel("defect rate per turn")
+        ax.set_ylim(bottom=0)
+        twin = ax.twinx()
+        twin.bar(x, [max(r.rules_live, 0) for r in rounds], alpha=0.25, color="tab:blue", label="rules live")
+        twin.set_ylabel("rewrite rules live at the round's start")
+        ax.set_title("Assistant: defects while rewrite rules go live")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
     print(f"  plot: {png}")
+
+
+# -- the assistant loop ------------------------------------------------------------------
+
+
+@dataclass
+class AssistantRound:
+    round: int
+    turns: int
+    defect_rate: float
+    rewritten: int
+    wins: int
+    losses: int
+    rules_live: int
+
+
+def rules_live(info: stack.StackInfo, tenant: str) -> int:
+    import redis
+
+    from loopwise import redis_keys
+
+    try:
+        with redis.Redis.from_url(info.redis, socket_timeout=2.0) as r:
+            return int(r.hlen(redis_keys.rewrite_table(tenant)))
+    except redis.RedisError:
+        return -1
+
+
+def assistant_loop(info: stack.StackInfo, tenant: str, rounds: int, users: int, minutes: float
+                   ) -> list[AssistantRound]:
+    """Rounds of simulated voice-assistant users (new users each round) through Rewrite and
+    FeedbackService, live-paced; between rounds the miner closes their sessions and
+    (re)derives rules, which the next round's Rewrite calls get."""
+    from loopwise.simulate import assistant
+
+    world = assistant.World(assistant.movielens_catalog(), time_scale=TIME_SCALE)
+    out = []
+    print(f"assistant loop: {rounds} rounds of {users} simulated users x {minutes:.0f} min "
+          f"(time x{TIME_SCALE}: {minutes * 60 * TIME_SCALE:.0f} s each), Rewrite before the NLU")
+    with Client(info.collector, info.inference, tenant=tenant) as client:
+        for r in range(rounds):
+            live = rules_live(info, tenant)
+            s = assistant.run(client, users=users, minutes=minutes, seed=SEED * 1000 + r, time_scale=TIME_SCALE,
+                              pace=True, world=world)
+            out.append(AssistantRound(r + 1, s.turns, s.defect_rate, s.rewritten, s.wins, s.losses, live))
+            print(f"  round {r + 1}: {s.turns:6} turns, defect rate {s.defect_rate:.3f}, rules live at start "
+                  f"{live:4}, rewritten {s.rewritten} (won {s.wins}, lost {s.losses})")
+            time.sleep(2.0)  # the last sessions close (gap + idle) and the rules refresh
+    if len(out) > 1 and out[0].defect_rate > 0:
+        change = 1 - out[-1].defect_rate / out[0].defect_rate
+        print(f"defect rate {out[0].defect_rate:.3f} -> {out[-1].defect_rate:.3f} ({change:+.1%} relative "
+              f"reduction) with {rules_live(info, tenant)} rules live now")
+    return out
 
 
 # -- reading the broker back ---------------------------------------------------------------
@@ -453,7 +523,8 @@ def problems(stats: ReplayStats, back: ReadBack, topics: Topics) -> list[str]:
 # -- entry point ---------------------------------------------------------------------------
 
 
-def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int) -> int:
+def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int, assistant_rounds: int = 4,
+         assistant_users: int = 4000, assistant_minutes: float = 30.0) -> int:
     tenant = info.tenants[0] if info.tenants else "default"
     topics = Topics(**info.topics) if info.topics else Topics.from_env()
     print(f"replaying {min(requests, len(data))} of {len(data)} MovieLens-100K ratings "
@@ -461,7 +532,9 @@ def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int) -> int:
     with Client(info.collector, info.inference, tenant=tenant) as client:
         stats = replay(client, data, requests)
     show_replay(stats)
-    show_learning(stats, Path(info.root) / "demo.png")
+    rounds = assistant_loop(info, tenant, assistant_rounds, assistant_users, assistant_minutes) \
+        if assistant_rounds > 0 else []
+    show_learning(stats, Path(info.root) / "demo.png", rounds)
     back = read_back(info.kafka, topics, stats)
     show_read_back(back)
     show_metrics(info)
@@ -473,7 +546,8 @@ def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int) -> int:
     return 1 if found else 0
 
 
-def run(root: Path, requests: int = 2000, keep: bool = False) -> int:
+def run(root: Path, requests: int = 2000, keep: bool = False, assistant_rounds: int = 4,
+        assistant_users: int = 4000) -> int:
     """Replay ``requests`` MovieLens ratings through the stack in ``root``; 0 if everything flowed."""
     if requests < 1:
         print("loopwise demo: --requests must be at least 1", file=sys.stderr)
@@ -485,7 +559,7 @@ def run(root: Path, requests: int = 2000, keep: bool = False) -> int:
         print(f"loopwise demo: {exc}", file=sys.stderr)
         return 1
     try:
-        return demo(info, data, requests)
+        return demo(info, data, requests, assistant_rounds, assistant_users)
     except (DemoError, grpc.RpcError) as exc:
         log.debug("demo failed", exc_info=True)
         detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
