@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity clean
+.PHONY: help setup protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -53,7 +53,13 @@ bench-attribution: setup ## miner attribution: correctness on a known replay, vs
 bench-propensity: setup ## position propensities on the Open Bandit sample: EM vs the random policy's
 	$(BIN)/python bench/propensity_obd.py
 
-bench: bench-serve bench-ingest bench-attribution bench-propensity ## every benchmark
+bench-reformulation: setup ## rewrites mined on the simulator: defect reduction, win/loss, evidence-to-served, miner vs bare
+	$(BIN)/python bench/reformulation.py
+
+bench-learning: setup ## MovieLens progressive AUC: Loopwise retraining vs cold start, Vowpal Wabbit, River
+	$(BIN)/python bench/learning.py
+
+bench: bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning ## every benchmark
 
 clean: ## remove the virtual env and local state
 	rm -rf $(VENV) .loopwise .pytest_cache
