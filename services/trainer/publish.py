@@ -86,7 +86,11 @@ def publish(store: ModelStore, redis_client: Any, tenant: str, model: str, outco
     with store.fs.open(_version_path(store, tenant, model, manifest.version, WEIGHTS_FILE), "wb") as f:
         f.write(weights)
     if redis_client is not None:
-        redis_client.set(redis_keys.model_pointer(tenant, model), manifest.version)
+        # Pointer and history move together, so `loopwise model rollback` can undo this publish.
+        from loopwise.models_cli import move_pointer
+
+        move_pointer(redis_client, tenant, model, manifest.version, "published",
+                     serving=production.version if production else None)
     return manifest
 
 
