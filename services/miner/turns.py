@@ -348,8 +348,8 @@ class Reformulation:
                 if record.action == "created":
                     self.metrics.rules_created.inc()
                 else:
-                    self.metrics.rules_withdrawn.labels("blocklisted" if record.reason == "blocklisted"
-                                                        else "rollback").inc()
+                    reason = record.reason if record.reason in ("blocklisted", "superseded") else "rollback"
+                    self.metrics.rules_withdrawn.labels(reason).inc()
             if changes.records:
                 self._checkpoint(tenant)
                 await self.app.producer.flush()

@@ -353,3 +353,28 @@ def test_tenant_miner_deploys_then_rolls_back() -> None:
     assert changes.delete == ["play heet"] and changes.records[0].action == "withdrawn"
     assert changes.records[0].turns_after == 12 and not changes.put  # blocklisted: not recreated
     assert m.table() == {}
+
+
+def test_a_rule_chosen_on_thin_evidence_is_superseded_when_the_evidence_points_elsewhere():
+    from loopwise.miner.reformulation.pipeline import TenantMiner
+    from loopwise.miner.reformulation.sessions import TurnRecord
+
+    m = TenantMiner("t")
+    t0 = 10**12
+
+    def sessions(users, target, item, rejected=()):
+        for u in users:
+            m.observe_session([TurnRecord(t0 + u, "play heet", status=2, user_id=f"u{u}"),
+                               TurnRecord(t0 + u + 2000, target, f"video.play_movie:{item}",
+                                          explicit_reject=u in rejected, user_id=f"u{u}")])
+
+    # thin evidence for "play heat" (movie 7), which one of five users then rejected
+    sessions(range(5), "play heat", "7", rejected=(4,))
+    first = m.refresh(t0 + 10_000)
+    assert list(first.put) == ["play heet"] and "play heat" in first.put["play heet"]
+    # many more users: what they meant by it was movie 8, and it worked every time
+    sessions(range(100, 140), "play heat", "8")
+    second = m.refresh(t0 + 20_000)
+    assert "play heat" in second.put["play heet"] and second.records[1].target == "video.play_movie:8"
+    assert [(r.action, r.reason) for r in second.records] == [("withdrawn", "superseded"), ("created", "")]
+    assert "play heet" not in m.monitor.blocklist.sources

@@ -41,6 +41,8 @@ class MiningConfig:
     alpha: float = 0.05
     min_turns_after: int = 30
     min_gain: float = 0.0  # see RuleMonitor
+    # A live rule is replaced by one to another target only with this much more confidence.
+    supersede_margin: float = 0.1
 
 
 @dataclass
@@ -101,7 +103,18 @@ class TenantMiner:
                                            success_after=dep.success_after, turns_after=dep.turns_after))
         self.chain.solve()
         for rule in select_rules(self.chain, self.tenant, self.config.rules, self.monitor.blocklist):
-            if rule.source in self.rules or len(self.rules) >= self.config.rules.max_rules:
+            live = self.rules.get(rule.source)
+            if live is not None:
+                if live.target == rule.target or rule.confidence < live.confidence + self.config.supersede_margin:
+                    continue
+                # The evidence now points elsewhere (a rule chosen early on thin evidence):
+                # replaced, without blocklisting its source (it did no proven harm).
+                dep = self.monitor.deployed.pop(live.rule_id, None)
+                del self.rules[rule.source]
+                out.records.append(live.record("withdrawn", time_ms=now_ms, reason="superseded",
+                                               success_after=dep.success_after if dep else 0.0,
+                                               turns_after=dep.turns_after if dep else 0))
+            elif len(self.rules) >= self.config.rules.max_rules:
                 continue
             self.rules[rule.source] = rule
             turns_before, successes_before = self.heard.get(rule.source, (0, 0))
