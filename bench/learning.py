@@ -184,8 +184,14 @@ def run_loopwise(args: argparse.Namespace, stream: Stream, parent: bytes, every:
     if args.loopwise == "off":
         return None, "--loopwise off"
     try:
+        overrides = dict(kv.split("=", 1) for kv in args.trainer_set)
+        # The trainer's settle filter waits out the miner's attribution window: the stack's
+        # (--attribution-window-ms) in stack mode; in-process labels are complete at once.
+        if args.trainer != "standin":
+            overrides.setdefault("attribution_window_ms",
+                                 str(args.attribution_window_ms if args.loopwise == "stack" else 0))
         trainer = make_trainer(args.trainer, parent, stream.spec, threads=args.threads, seed=args.seed, say=c.say,
-                               overrides=dict(kv.split("=", 1) for kv in args.trainer_set))
+                               overrides=overrides)
     except Exception as exc:  # noqa: BLE001 - reported with its reason, the other learners still count
         c.say(f"loopwise trainer FAILED to start: {exc!r}")
         return None, f"trainer failed: {exc!r}"

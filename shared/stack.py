@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 SERVICES = ("collector", "inference", "miner", "trainer")
 GRPC_SERVICES = ("collector", "inference")
 READY_METRIC = {"miner": "loopwise_miner_ready", "trainer": "loopwise_trainer_ready"}
-# The local stack retrains often, on little data: production defaults are 10 min / 50,000 examples.
-LOCAL_TRAINER_ENV = {"LOOPWISE_TRAINER_INTERVAL_S": "60", "LOOPWISE_TRAINER_EVERY_N": "5000",
+# The local stack retrains often, on little data (about every 100 MovieLens requests of 20
+# candidates): production defaults are 10 min / 50,000 examples.
+LOCAL_TRAINER_ENV = {"LOOPWISE_TRAINER_INTERVAL_S": "60", "LOOPWISE_TRAINER_EVERY_N": "2000",
                      "LOOPWISE_TRAINER_MIN_EXAMPLES": "1000"}
 DEFAULT_MODEL = "ranker"
 

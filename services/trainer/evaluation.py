@@ -67,6 +67,38 @@ def ece(label: np.ndarray, prob: np.ndarray, bins: int = 15) -> float:
     return float(gap.sum() / len(y)) if count.sum() else float("nan")
 
 
+def auc_se(label: np.ndarray, value: float) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC ``value`` on these labels."""
+    y = np.asarray(label) > 0.5
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg or math.isnan(value):
+        return float("nan")
+    a = value
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    return float(math.sqrt(max(var, 0.0)))
+
+
+def difference_se(label: np.ndarray, cand: dict[str, float], cand_prob: np.ndarray,
+                  prod: dict[str, float], prod_prob: np.ndarray) -> dict[str, float]:
+    """Standard errors of candidate - production on the same holdout: logloss from the
+    paired per-row differences; auc (and gauc, by the same figure) from Hanley-McNeil on
+    each side combined as if independent (the two models' errors correlate, so this errs
+    towards publishing)."""
+    y = np.asarray(label, dtype=np.float64)
+    out: dict[str, float] = {}
+    if len(y) > 1:
+        def rows(prob: np.ndarray) -> np.ndarray:
+            p = np.clip(np.asarray(prob, dtype=np.float64), 1e-7, 1 - 1e-7)
+            return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+        out["logloss"] = float(np.std(rows(cand_prob) - rows(prod_prob), ddof=1) / math.sqrt(len(y)))
+    se = math.hypot(auc_se(y, cand.get("auc", float("nan"))), auc_se(y, prod.get("auc", float("nan"))))
+    if not math.isnan(se):
+        out["auc"] = out["gauc"] = se
+    return out
+
+
 def evaluate(label: np.ndarray, prob: np.ndarray, user: np.ndarray, bins: int = 15) -> dict[str, float]:
     return {"auc": auc(label, prob), "gauc": gauc(label, prob, user), "logloss": logloss(label, prob),
             "ece": ece(label, prob, bins)}
@@ -88,10 +120,14 @@ class Decision:
     reason: str
 
 
-def decide(candidate: dict[str, float], production: dict[str, float] | None, tol: Tolerances) -> Decision:
+def decide(candidate: dict[str, float], production: dict[str, float] | None, tol: Tolerances,
+           se: dict[str, float] | None = None, z: float = 0.0) -> Decision:
     """Publish unless a figure is worse than production's beyond its tolerance
     (higher is better for auc/gauc, lower for logloss/ece; a NaN figure on
-    either side is not compared)."""
+    either side is not compared). With ``se`` (standard errors of the
+    differences, `difference_se`) a figure's tolerance is
+    ``max(tolerance, z * se)``: a small holdout does not refuse a candidate
+    for a difference it cannot tell from chance."""
     if production is None:
         return Decision(True, "no production model to compare with")
     failed = []
@@ -100,6 +136,8 @@ def decide(candidate: dict[str, float], production: dict[str, float] | None, tol
         if math.isnan(c) or math.isnan(p):
             continue
         t = getattr(tol, name)
+        if se and z > 0 and not math.isnan(se.get(name, float("nan"))):
+            t = max(t, round(z * se[name], 4))
         if name in ("auc", "gauc") and c < p - t:
             failed.append(f"{name} {c:.4f} < production {p:.4f} - {t}")
         elif name in ("logloss", "ece") and c > p + t:

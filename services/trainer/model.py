@@ -11,7 +11,12 @@ second-order term over the fields' own embeddings (Rendle 2010:
 user x item, in O(fields x k)) -> ``prob``. Summing the fields' embeddings
 into one vector loses which user met which item; the FM term keeps those
 interactions (on MovieLens it is what separates a personalised ranker from
-a popularity prior). A fixed ``[batch, fields]`` id matrix and
+a popularity prior), plus (``linear``) first-order per-id weights (an
+``Embedding(buckets, 1)`` summed over the fields, VW's per-feature weights)
+and (``crosses``) hashed pair weights of two fields (VW's ``-q``: the pair id
+is hashed in the graph from the two ids, so the ONNX inputs are unchanged).
+The tables train with row-wise Adagrad (`adagrad_step`) whose accumulators
+are buffers saved with the weights. A fixed ``[batch, fields]`` id matrix and
 a plain ``Embedding`` export to a cheap ONNX Gather (an ``EmbeddingBag`` with
 offsets exports to a slow loop, see TOOLBOX.md).
 
@@ -40,13 +45,26 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
+CROSS_PRIME = 1_000_003  # the cross hash: (a * CROSS_PRIME + b) mod (cross_buckets - 1) + 1
+
+
 class Ranker(nn.Module):
     def __init__(self, buckets: int, n_fields: int, n_dense: int, embedding_dim: int = 16,
-                 hidden_dim: int = 64, layers: Sequence[int] = (), fm_dim: int = 0) -> None:
+                 hidden_dim: int = 64, layers: Sequence[int] = (), fm_dim: int = 0, linear: bool = False,
+                 crosses: Sequence[Sequence[int]] = (), cross_buckets: int = 0) -> None:
         super().__init__()
+        crosses = [[int(a), int(b)] for a, b in crosses]
+        if crosses and cross_buckets < 2:
+            raise ValueError("crosses need cross_buckets >= 2")
+        if any(not (0 <= a < n_fields and 0 <= b < n_fields) for a, b in crosses):
+            raise ValueError(f"cross field positions {crosses} outside 0..{n_fields - 1}")
         self.config = {"buckets": buckets, "n_fields": n_fields, "n_dense": n_dense,
                        "embedding_dim": embedding_dim, "hidden_dim": hidden_dim, "layers": list(layers),
-                       "fm_dim": fm_dim}
+                       "fm_dim": fm_dim, "linear": bool(linear), "crosses": crosses,
+                       "cross_buckets": int(cross_buckets) if crosses else 0}
+        # Time (ms) of the newest example this model was trained on (saved with the weights;
+        # the next incremental warm start trains on what came after it).
+        self.train_until_ms: int | None = None
         self.embedding = nn.Embedding(buckets, embedding_dim, padding_idx=0)
         nn.init.normal_(self.embedding.weight, 0.0, 0.01)
         with torch.no_grad():
@@ -56,21 +74,71 @@ class Ranker(nn.Module):
                                    for m in (nn.Linear(a, b), nn.ReLU())])
         self.to_hidden = nn.Linear(widths[-1], hidden_dim)
         self.out = nn.Linear(hidden_dim, 1)
+        # Row-wise Adagrad accumulators of the tables (`adagrad_step`), saved with the
+        # weights so that a warm start continues each row's rate; not part of the ONNX graph.
+        self.register_buffer("embedding_acc", torch.zeros(buckets))
         self.fm: nn.Embedding | None = None
         if fm_dim > 0:
+            self.register_buffer("fm_acc", torch.zeros(buckets))
             self.fm = nn.Embedding(buckets, fm_dim, padding_idx=0)
             nn.init.normal_(self.fm.weight, 0.0, 0.01)
             with torch.no_grad():
                 self.fm.weight[0].zero_()
+        # First-order per-id weights (VW's per-feature weights), zero at start.
+        self.bias: nn.Embedding | None = None
+        if linear:
+            self.bias = nn.Embedding(buckets, 1, padding_idx=0)
+            nn.init.zeros_(self.bias.weight)
+            # Adagrad's sum of squared gradients per weight, kept with the weights so
+            # that a warm start continues the per-feature rates (`adagrad_step`).
+            self.register_buffer("bias_acc", torch.zeros(buckets))
+        # Hashed crosses of two fields' ids (VW's -q), one weight per hashed pair, zero at start.
+        self.cross: nn.Embedding | None = None
+        if crosses:
+            self.register_buffer("cross_a", torch.tensor([a for a, _ in crosses], dtype=torch.int64),
+                                 persistent=False)
+            self.register_buffer("cross_b", torch.tensor([b for _, b in crosses], dtype=torch.int64),
+                                 persistent=False)
+            self.cross = nn.Embedding(cross_buckets, 1, padding_idx=0)
+            nn.init.zeros_(self.cross.weight)
+            self.register_buffer("cross_acc", torch.zeros(cross_buckets))
+
+    def _tables(self) -> list[nn.Embedding]:
+        return [t for t in (self.embedding, self.fm, self.bias, self.cross) if t is not None]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """The embedding tables (trained with sparse gradients)."""
-        return [self.embedding.weight] + ([self.fm.weight] if self.fm is not None else [])
+        return [t.weight for t in self._tables()]
+
+    def linear_parameters(self) -> list[nn.Parameter]:
+        """The first-order and cross weight tables (their own learning rate)."""
+        return [t.weight for t in (self.bias, self.cross) if t is not None]
+
+    def linear_tables(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(weight, Adagrad accumulator) of the first-order and cross tables."""
+        out = []
+        if self.bias is not None:
+            out.append((self.bias.weight, self.bias_acc))
+        if self.cross is not None:
+            out.append((self.cross.weight, self.cross_acc))
+        return out
+
+    def factor_tables(self) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """(weight, row-wise Adagrad accumulator) of the embedding and FM tables."""
+        out = [(self.embedding.weight, self.embedding_acc)]
+        if self.fm is not None:
+            out.append((self.fm.weight, self.fm_acc))
+        return out
 
     def set_sparse(self, sparse: bool) -> None:
-        self.embedding.sparse = sparse
-        if self.fm is not None:
-            self.fm.sparse = sparse
+        for t in self._tables():
+            t.sparse = sparse
+
+    def cross_ids(self, sparse: torch.Tensor) -> torch.Tensor:
+        """[batch, crosses] hashed pair ids (0 where either id is the padding 0)."""
+        a, b = sparse[:, self.cross_a], sparse[:, self.cross_b]
+        h = torch.remainder(a * CROSS_PRIME + b, self.config["cross_buckets"] - 1) + 1
+        return h * ((a > 0) & (b > 0)).to(h.dtype)
 
     def logits(self, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([self.embedding(sparse).sum(dim=1), dense], dim=1)
@@ -80,12 +148,36 @@ class Ranker(nn.Module):
             v = self.fm(sparse)  # [batch, fields, k]
             total = v.sum(dim=1)
             logit = logit + 0.5 * (total * total - (v * v).sum(dim=1)).sum(dim=1)
+        if self.bias is not None:
+            logit = logit + self.bias(sparse).sum(dim=(1, 2))
+        if self.cross is not None:
+            logit = logit + self.cross(self.cross_ids(sparse)).sum(dim=(1, 2))
         return logit, hidden
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The serving contract: ``prob`` [n] and ``hidden`` [n, hidden_dim]."""
         logit, hidden = self.logits(sparse, dense)
         return torch.sigmoid(logit), hidden
+
+
+@torch.no_grad()
+def adagrad_step(weight: nn.Parameter, acc: torch.Tensor, lr: float, eps: float = 1e-10) -> None:
+    """One row-wise Adagrad step on a [rows, dim] table (sparse or dense gradient) with a
+    persistent accumulator ``acc`` [rows]: ``acc += mean_dim(g^2); w -= lr * g / sqrt(acc)``
+    (VW's adaptive per-feature rate; for dim 1 plain Adagrad; rows without a gradient do
+    not move)."""
+    g = weight.grad
+    if g is None:
+        return
+    if g.is_sparse:
+        g = g.coalesce()
+        idx, val = g.indices()[0], g.values().reshape(len(g.indices()[0]), -1)
+        acc.index_add_(0, idx, (val * val).mean(dim=1))
+        weight.index_add_(0, idx, -lr * val / (acc[idx].sqrt().unsqueeze(1) + eps))
+    else:
+        acc.add_((g * g).mean(dim=1))
+        weight.sub_(lr * g / (acc.sqrt().unsqueeze(1) + eps))
+    weight.grad = None
 
 
 def ips_loss(logit: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -104,15 +196,34 @@ def bradley_terry_loss(logit_pref: torch.Tensor, logit_other: torch.Tensor, stre
 def state_bytes(model: Ranker) -> bytes:
     buf = io.BytesIO()
     torch.save({"config": model.config, "state_dict": {k: v.detach().cpu() for k, v in
-                                                       model.state_dict().items()}}, buf)
+                                                       model.state_dict().items()},
+                "train_until_ms": model.train_until_ms}, buf)
     return buf.getvalue()
 
 
 def from_state_bytes(data: bytes) -> Ranker:
+    """The model saved by `state_bytes` (configs saved before an option existed get it off)."""
     saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     model = Ranker(**saved["config"])
-    model.load_state_dict(saved["state_dict"])
+    missing, unexpected = model.load_state_dict(saved["state_dict"], strict=False)
+    if unexpected or any(not k.endswith("_acc") for k in missing):  # weights saved before the accumulators: zero
+        raise RuntimeError(f"weights do not fit the config: missing {missing}, unexpected {unexpected}")
+    until = saved.get("train_until_ms")
+    model.train_until_ms = int(until) if until is not None else None
     return model
+
+
+def copy_matching(dst: Ranker, src: Ranker) -> list[str]:
+    """Copy every parameter of ``src`` whose name and shape ``dst`` shares (a warm start
+    across an architecture change, e.g. a new FM or cross term); the names copied."""
+    theirs = src.state_dict()
+    copied = []
+    with torch.no_grad():
+        for name, value in dst.state_dict().items():
+            if name in theirs and tuple(theirs[name].shape) == tuple(value.shape):
+                value.copy_(theirs[name])
+                copied.append(name)
+    return copied
 
 
 def init_from_coldstart(model: Ranker, onnx_bytes: bytes) -> bool:

@@ -13,11 +13,19 @@
 | LOOPWISE_TRAINER_SEGMENT_ROWS | 20000 | rows per window segment |
 | LOOPWISE_TRAINER_EMBEDDING_DIM / _LAYERS / _HIDDEN_DIM | 16 / (none) / 64 | model of a fresh start |
 | LOOPWISE_TRAINER_FM_DIM | 16 | factorisation-machine interaction term over the fields (0: off) |
-| LOOPWISE_TRAINER_EPOCHS / _BATCH_SIZE / _LR | 3 / 1024 / 0.01 | optimisation (Adam) |
+| LOOPWISE_TRAINER_LINEAR | true | first-order per-id weights |
+| LOOPWISE_TRAINER_CROSSES / _CROSS_BUCKETS | request.user_id*candidate.id / 2^20 | hashed pair weights of two fields (comma separated "a*b"; empty: none) |
+| LOOPWISE_TRAINER_INCREMENTAL | true | a warm start trains only on examples after production's newest training example |
+| LOOPWISE_TRAINER_EPOCHS / _BATCH_SIZE / _LR | 1 / 128 / 0.001 | optimisation (Adam for the dense layers) |
+| LOOPWISE_TRAINER_WARM_LR | 1e-4 | Adam rate of the dense layers on an incremental warm start (0: _LR) |
+| LOOPWISE_TRAINER_EMBEDDING_OPTIMIZER / _EMBEDDING_LR | adagrad / 0.03 | embedding and FM tables (row-wise Adagrad, state kept with the weights; or adam) |
+| LOOPWISE_TRAINER_LINEAR_LR / _CROSS_LR | 0.3 / 3.0 | Adagrad rate of the first-order / cross tables (0: _LR / _LINEAR_LR) |
+| LOOPWISE_ATTRIBUTION_WINDOW_MS | 1800000 | examples this close to the window's newest impression wait for the next run |
 | LOOPWISE_TRAINER_BT_WEIGHT | 1.0 | weight of the Bradley-Terry term on preference pairs |
 | LOOPWISE_TRAINER_MAX_WEIGHT | 100.0 | extra clip on the examples' IPS weights |
 | LOOPWISE_TRAINER_HOLDOUT_FRACTION | 0.1 | most recent slice (by time) held out for the gate |
 | LOOPWISE_TRAINER_TOLERANCE_* | see below | how much worse than production a candidate may be |
+| LOOPWISE_TRAINER_TOLERANCE_SE | 1.0 | ... or that many standard errors of the paired difference, if larger |
 | LOOPWISE_TRAINER_PARITY_TOL | 1e-4 | max abs difference ONNX vs torch, else the export is refused |
 | LOOPWISE_TRAINER_DEVICE | auto | auto (CUDA when available), cpu or cuda |
 """
@@ -56,9 +64,30 @@ class TrainerSettings(BaseSettings):
     trainer_hidden_dim: int = 64
     # Factorisation-machine interaction term over the fields (0: off).
     trainer_fm_dim: int = 16
-    trainer_epochs: int = 3
-    trainer_batch_size: int = 1024
-    trainer_lr: float = 0.01
+    # First-order per-id weights (an Embedding(buckets, 1) summed over the fields).
+    trainer_linear: bool = True
+    # Hashed crosses of two sparse fields, "a*b" by spec name (VW's -q), one weight per pair.
+    trainer_crosses: tuple[str, ...] = ("request.user_id*candidate.id",)
+    trainer_cross_buckets: int = 1 << 20
+    # Warm starts train only on the examples after the production model's newest
+    # training example (each example is learned once, like an online learner);
+    # false: every run trains on the whole window.
+    trainer_incremental: bool = True
+    trainer_epochs: int = 1
+    trainer_batch_size: int = 128
+    trainer_lr: float = 0.001
+    # Adam rate of the dense layers on an incremental warm start (Adam's moments are not
+    # kept between runs, and a restarted Adam moves every weight by ~lr at once; 0: trainer_lr).
+    trainer_warm_lr: float = 1e-4
+    # Learning rate of the first-order and cross weight tables (0: trainer_lr).
+    trainer_linear_lr: float = 0.3
+    # Adagrad rate of the cross table (0: trainer_linear_lr): a pair's first sighting moves
+    # its weight by about this much (a pair seen as a negative is a negative again).
+    trainer_cross_lr: float = 3.0
+    # Optimiser of the embedding and FM tables: "adagrad" (row-wise, its state kept with
+    # the weights) at trainer_embedding_lr, or "adam" (SparseAdam at trainer_lr, restarted each run).
+    trainer_embedding_optimizer: str = "adagrad"
+    trainer_embedding_lr: float = 0.03
     trainer_weight_decay: float = 0.0
     # Sparse gradients + SparseAdam for the embedding table (lazy Adam), Adam for the rest.
     trainer_sparse_embedding: bool = True
@@ -67,6 +96,9 @@ class TrainerSettings(BaseSettings):
     trainer_seed: int = 0
     trainer_device: str = "auto"
     trainer_threads: int = 0
+    # Examples whose impression time is within this of the window's newest impression
+    # are not used yet (their no-feedback negatives have not arrived); the miner's setting.
+    attribution_window_ms: int = 30 * 60 * 1000
     # Validation gate: candidate metric vs production metric on the holdout.
     trainer_holdout_fraction: float = 0.1
     trainer_min_holdout: int = 200
@@ -74,6 +106,9 @@ class TrainerSettings(BaseSettings):
     trainer_tolerance_gauc: float = 0.005
     trainer_tolerance_logloss: float = 0.005
     trainer_tolerance_ece: float = 0.02
+    # ... or this many standard errors of the difference, when larger (a small holdout's
+    # AUC moves by a few points by chance; 0: the fixed tolerances only).
+    trainer_tolerance_se: float = 1.0
     trainer_ece_bins: int = 15
     # ONNX export.
     trainer_parity_tol: float = 1e-4

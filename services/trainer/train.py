@@ -35,7 +35,15 @@ from loopwise.modelstore import Manifest
 from . import evaluation as ev
 from .data import WindowData
 from .export import ExportError, check_contract, export_onnx, parity, predict_onnx, session
-from .model import Ranker, bradley_terry_loss, from_state_bytes, init_from_coldstart, ips_loss
+from .model import (
+    Ranker,
+    adagrad_step,
+    bradley_terry_loss,
+    copy_matching,
+    from_state_bytes,
+    init_from_coldstart,
+    ips_loss,
+)
 from .settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -150,6 +158,37 @@ def split_holdout(data: WindowData, fraction: float, min_holdout: int = 0, unsee
     return data.take(train_rows, pair_rows), data.take(hold_rows)
 
 
+def settle(data: WindowData, window_ms: int) -> WindowData:
+    """The examples (and pairs) whose impression time is at least ``window_ms`` before the
+    newest impression in the window: positives arrive at once but no-feedback negatives
+    only when the attribution window closes, so the newest requests are incomplete (they
+    would look all-positive). They stay in the window for a later run."""
+    if window_ms <= 0 or not len(data):
+        return data
+    cutoff = int(data.time_ms.max()) - int(window_ms)
+    return data.take(np.flatnonzero(data.time_ms <= cutoff), np.flatnonzero(data.pair_time_ms <= cutoff))
+
+
+def after(data: WindowData, time_ms: int) -> WindowData:
+    """The examples and pairs newer than ``time_ms``."""
+    return data.take(np.flatnonzero(data.time_ms > time_ms), np.flatnonzero(data.pair_time_ms > time_ms))
+
+
+def crosses_of(spec: FeatureSpec, settings: TrainerSettings) -> list[list[int]]:
+    """``trainer_crosses`` ("a*b" spec field names) as field positions; unknown names are an error."""
+    names = list(spec.sparse)
+    out = []
+    for item in getattr(settings, "trainer_crosses", ()):
+        parts = [x.strip() for x in str(item).split("*")]
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"trainer_crosses entry {item!r} is not 'field*field'")
+        missing = [x for x in parts if x not in names]
+        if missing:
+            raise ValueError(f"trainer_crosses {item!r}: no sparse field {missing} in the spec {names}")
+        out.append([names.index(parts[0]), names.index(parts[1])])
+    return out
+
+
 def layers_of(settings: TrainerSettings) -> tuple[int, ...]:
     raw: Any = getattr(settings, "trainer_layers", ())
     return tuple(int(x) for x in raw)
@@ -157,15 +196,25 @@ def layers_of(settings: TrainerSettings) -> tuple[int, ...]:
 
 def initial_model(spec: FeatureSpec, production: Production | None, settings: TrainerSettings
                   ) -> tuple[Ranker, str]:
+    """The model a run starts from, and how: "warm" (production's weights, same
+    architecture), "partial" (production's weights where names and shapes match, e.g.
+    after turning on a term; the rest new), "prior" (the cold-start graph) or "fresh"."""
     fields, n_dense = len(spec.sparse), len(spec.dense)
+    crosses = crosses_of(spec, settings)
+    options = {"fm_dim": settings.trainer_fm_dim, "linear": bool(settings.trainer_linear), "crosses": crosses,
+               "cross_buckets": settings.trainer_cross_buckets if crosses else 0}
     if production is not None and production.weights:
         try:
             model = from_state_bytes(production.weights)
             cfg = model.config
-            if (cfg["buckets"], cfg["n_fields"], cfg["n_dense"], cfg.get("fm_dim", 0)) == (
-                    spec.buckets, fields, n_dense, settings.trainer_fm_dim):
-                return model, "warm"
-            log.warning("production weights do not fit the spec or the architecture; starting fresh",
+            if (cfg["buckets"], cfg["n_fields"], cfg["n_dense"]) == (spec.buckets, fields, n_dense):
+                if all(cfg.get(k) == v for k, v in options.items()):
+                    return model, "warm"
+                grown = Ranker(spec.buckets, fields, n_dense, cfg["embedding_dim"], cfg["hidden_dim"],
+                               cfg["layers"], **options)
+                copy_matching(grown, model)
+                return grown, "partial"
+            log.warning("production weights do not fit the spec; starting fresh",
                         extra={"version": production.version})
         except Exception as exc:  # noqa: BLE001 - unreadable weights: start fresh, never crash
             log.warning("production weights unreadable; starting fresh",
@@ -173,7 +222,7 @@ def initial_model(spec: FeatureSpec, production: Production | None, settings: Tr
     hidden_dim = production.manifest.hidden_dim if production and production.manifest else \
         settings.trainer_hidden_dim
     model = Ranker(spec.buckets, fields, n_dense, settings.trainer_embedding_dim, hidden_dim, layers_of(settings),
-                   fm_dim=settings.trainer_fm_dim)
+                   **options)
     if production is not None and init_from_coldstart(model, production.onnx):
         return model, "prior"
     return model, "fresh"
@@ -185,24 +234,49 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
     torch.manual_seed(settings.trainer_seed)
     if settings.trainer_threads > 0:
         torch.set_num_threads(settings.trainer_threads)
-    seen = production.manifest.metrics.get("train_until_ms") if production and production.manifest else None
+    data = settle(data, settings.attribution_window_ms)
+    model, init = initial_model(spec, production, settings)
+    seen: Any = production.manifest.metrics.get("train_until_ms") if production and production.manifest else None
+    if seen is None and init == "warm":
+        seen = model.train_until_ms
+    lr = settings.trainer_lr
+    if settings.trainer_incremental and init == "warm" and seen is not None:
+        # Production has learned everything up to ``seen``: learn what came after it, once.
+        data = after(data, int(seen))
+        lr = settings.trainer_warm_lr or lr
     train, holdout = split_holdout(data, settings.trainer_holdout_fraction, settings.trainer_min_holdout,
                                    int(seen) if seen is not None else None)
-    model, init = initial_model(spec, production, settings)
     device = pick_device(settings.trainer_device)
     model.to(device).train()
-    # Lazy (sparse) Adam on the embedding table: only the rows of a batch move,
-    # ~4x faster on CPU than dense Adam over 2^18 rows; Adam on the rest.
+    # The tables (embedding, FM, first-order, cross) take row-wise Adagrad steps
+    # (`adagrad_step`, VW's adaptive per-feature rate) with accumulators kept in
+    # the model, so a warm start continues each row's rate. Adam restarted at
+    # every run would move every row it touches by ~lr in its first steps, and a
+    # weight that only ever sees negatives by lr every batch, however small its
+    # gradient already is. The dense layers use Adam (``lr``: small on an
+    # incremental warm start, since its moments restart). With
+    # trainer_embedding_optimizer=adam the embedding/FM tables use SparseAdam.
+    batch = max(1, settings.trainer_batch_size)
     model.set_sparse(settings.trainer_sparse_embedding)
-    tables = {id(p) for p in model.sparse_parameters()}
-    rest = [p for p in model.parameters() if id(p) not in tables]
-    if settings.trainer_sparse_embedding:
-        optimizers: list[torch.optim.Optimizer] = [
-            torch.optim.SparseAdam(model.sparse_parameters(), lr=settings.trainer_lr),
-            torch.optim.Adam(rest, lr=settings.trainer_lr, weight_decay=settings.trainer_weight_decay)]
-    else:
-        optimizers = [torch.optim.Adam(model.parameters(), lr=settings.trainer_lr,
-                                       weight_decay=settings.trainer_weight_decay)]
+    adagrad = model.linear_tables()
+    if settings.trainer_embedding_optimizer == "adagrad":
+        adagrad += [(w, acc) for w, acc in model.factor_tables()]
+    elif settings.trainer_embedding_optimizer != "adam":
+        raise ValueError(f"trainer_embedding_optimizer {settings.trainer_embedding_optimizer!r}: adagrad or adam")
+    own = {id(w) for w, _ in adagrad}
+    tables = [p for p in model.sparse_parameters() if id(p) not in own]
+    rest = [p for p in model.parameters() if id(p) not in own and id(p) not in {id(q) for q in tables}]
+    rates = {id(w): settings.trainer_linear_lr or settings.trainer_lr for w, _ in model.linear_tables()}
+    if model.cross is not None and settings.trainer_cross_lr > 0:
+        rates[id(model.cross.weight)] = settings.trainer_cross_lr
+    rates.update({id(w): settings.trainer_embedding_lr or settings.trainer_lr for w, _ in model.factor_tables()})
+    optimizers: list[torch.optim.Optimizer] = []
+    if tables and settings.trainer_sparse_embedding:
+        optimizers.append(torch.optim.SparseAdam(tables, lr=lr))
+    elif tables:
+        rest = tables + rest
+    if rest:
+        optimizers.append(torch.optim.Adam(rest, lr=lr, weight_decay=settings.trainer_weight_decay))
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
@@ -212,7 +286,6 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
     ps, pd, os_, od, strength = (t(train.pref_sparse), t(train.pref_dense), t(train.other_sparse),
                                  t(train.other_dense), t(train.strength))
     n, n_pairs = len(train), train.n_pairs
-    batch = max(1, settings.trainer_batch_size)
     steps = max(1, math.ceil(n / batch)) if n else (1 if n_pairs else 0)
     pair_batch = math.ceil(n_pairs / steps) if n_pairs and steps else 0
     autocast = device.type == "cuda"
@@ -242,9 +315,13 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
                             zp.float(), zo.float(), strength[prow])
             for optimizer in optimizers:
                 optimizer.zero_grad(set_to_none=True)
+            for table, _ in adagrad:
+                table.grad = None
             loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
+            for table, acc in adagrad:
+                adagrad_step(table, acc, rates[id(table)])
             total += float(loss.detach())
         if stopped:
             break
@@ -255,30 +332,34 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
     seconds = time.perf_counter() - started
     model.set_sparse(False)
     model.cpu().eval()
+    until = int(train.time_ms.max()) if n else (int(seen) if seen is not None and init == "warm" else 0)
+    model.train_until_ms = until or None
     return Candidate(model=model, spec=spec, init=init, parent_version=production.version if production else "",
                      holdout=holdout, train_rows=n, train_pairs=n_pairs, epochs=epochs_done, seconds=seconds,
-                     device=str(device), final_loss=final_loss, stopped=stopped,
-                     train_until_ms=int(train.time_ms.max()) if n else 0)
+                     device=str(device), final_loss=final_loss, stopped=stopped, train_until_ms=until)
 
 
 def evaluate(candidate: Candidate, production: Production | None, settings: TrainerSettings) -> Evaluation:
     """Candidate and production on the same holdout, and the gate's decision."""
     h = candidate.holdout
     bins = settings.trainer_ece_bins
-    cand = ev.evaluate(h.label, candidate.predict(h.sparse, h.dense), h.user, bins)
+    cand_prob = candidate.predict(h.sparse, h.dense)
+    cand = ev.evaluate(h.label, cand_prob, h.user, bins)
     prod = None
+    se: dict[str, float] = {}
     if production is not None:
         try:
             prob, _ = predict_onnx(session(production.onnx, threads=max(settings.trainer_threads, 1)),
                                    h.sparse, h.dense)
             prod = ev.evaluate(h.label, prob, h.user, bins)
+            se = ev.difference_se(h.label, cand, cand_prob, prod, prob)
         except Exception as exc:  # noqa: BLE001 - a production model that cannot score is no bar
             log.error("production model could not score the holdout",
                       extra={"version": production.version, "error": repr(exc)})
     if len(h) < settings.trainer_min_holdout and production is not None:
         decision = ev.Decision(False, f"holdout of {len(h)} rows < {settings.trainer_min_holdout}")
     else:
-        decision = ev.decide(cand, prod, tolerances(settings))
+        decision = ev.decide(cand, prod, tolerances(settings), se, settings.trainer_tolerance_se)
     return Evaluation(cand, prod, decision, len(h))
 
 

@@ -59,7 +59,7 @@ def test_trainer_publishes_and_resumes(broker, redis_url, topics, model_store, l
         grpc_host="127.0.0.1", metrics_port=0, topic_partitions=2, group_id=f"trainer-{uuid.uuid4().hex[:8]}",
         data_dir=str(tmp_path / "trainer"), commit_interval_s=0.3, trainer_check_s=0.2, trainer_every_n=2500,
         trainer_min_examples=1000, trainer_epochs=2, trainer_batch_size=512, trainer_min_holdout=100,
-        trainer_tolerance_ece=0.05, trainer_interval_s=3600)
+        trainer_tolerance_ece=0.05, trainer_interval_s=3600, attribution_window_ms=0)
     trainer = loop_thread.start(lambda: Trainer(settings))
     try:
         wait_for(lambda: trainer.results, 90, "a training run")

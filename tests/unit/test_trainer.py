@@ -183,8 +183,10 @@ def window_data(n=6000, seed=0):
     return build_window_data(InputBuilder(SPEC), exs, make_pairs(exs))
 
 
+# attribution_window_ms=0: the synthetic examples are complete (the settle filter has its own test).
 FAST = TrainerSettings(trainer_epochs=2, trainer_batch_size=512, trainer_lr=0.01, trainer_min_holdout=100,
-                       trainer_tolerance_ece=0.05)  # ECE on a 600-row holdout is noisy
+                       trainer_tolerance_ece=0.05,  # ECE on a 600-row holdout is noisy
+                       attribution_window_ms=0)
 
 
 def test_a_trained_model_beats_the_cold_start_and_a_worse_one_is_refused():
@@ -196,7 +198,8 @@ def test_a_trained_model_beats_the_cold_start_and_a_worse_one_is_refused():
     assert out.parity_max_abs_diff <= 1e-4
     # The trained model as production, a candidate that learned nothing (0 epochs, fresh) is refused.
     prod = Production("v2", out.onnx)
-    untrained = run(data, prod, SPEC, TrainerSettings(trainer_epochs=0, trainer_min_holdout=100))
+    untrained = run(data, prod, SPEC, TrainerSettings(trainer_epochs=0, trainer_min_holdout=100,
+                                                      attribution_window_ms=0))
     assert not untrained.publish and untrained.candidate.init == "fresh"
     assert "worse than production" in untrained.reason and not untrained.onnx
 
@@ -344,3 +347,126 @@ def test_part_cache_builds_each_segment_once_and_matches_a_full_build(tmp_path):
     assert len(cache) == 4
     assert cache._parts[("default", "ranker", "examples", next(iter(cache._parts))[3],
                          ("seg-000000000000.npz", 100))] is first  # reused, not rebuilt
+
+
+# -- settle filter, incremental warm starts, first-order and cross terms -------------------------
+def test_settle_filter_holds_back_the_attribution_window():
+    from loopwise.trainer.train import settle, train_once
+
+    data = window_data(1000)  # 200 requests, one a second
+    newest = int(data.time_ms.max())
+    settled = settle(data, 30_000)
+    assert len(settled) == int((data.time_ms <= newest - 30_000).sum()) < len(data)
+    assert settled.time_ms.max() <= newest - 30_000 and (settled.pair_time_ms <= newest - 30_000).all()
+    assert len(settle(data, 0)) == len(data)
+    # run() neither trains nor holds out on unsettled examples.
+    s = TrainerSettings(**{**FAST.__dict__, "attribution_window_ms": 30_000, "trainer_epochs": 1})
+    cand = train_once(data, None, SPEC, s)
+    assert cand.holdout.time_ms.max() <= newest - 30_000
+    assert cand.train_rows + len(cand.holdout) == len(settled)
+
+
+def test_incremental_warm_start_learns_only_what_production_has_not_seen():
+    from loopwise.trainer.model import from_state_bytes, state_bytes
+
+    data = window_data(3000)
+    cold = Production("v1", coldstart.build_onnx(SPEC))
+    first = run(data, cold, SPEC, FAST)
+    assert first.candidate.init == "prior" and first.publish, first.reason
+    until = first.candidate.train_until_ms
+    weights = state_bytes(first.candidate.model)
+    assert from_state_bytes(weights).train_until_ms == until  # saved with the weights
+    more = window_data(6000)  # same first 3000 examples, then 3000 newer ones
+    prod = Production("v2", first.onnx, weights=weights)  # no manifest: the weights' time counts
+    second = run(more, prod, SPEC, FAST)
+    assert second.candidate.init == "warm"
+    new = int((more.time_ms > until).sum())
+    assert second.candidate.train_rows + len(second.candidate.holdout) == new
+    assert second.candidate.holdout.time_ms.min() > until
+    # Not incremental: the whole window again.
+    full = run(more, prod, SPEC, TrainerSettings(**{**FAST.__dict__, "trainer_incremental": False}))
+    assert full.candidate.train_rows + len(full.candidate.holdout) == len(more)
+
+
+def test_first_order_and_cross_terms_export_with_parity():
+    from loopwise.trainer.train import crosses_of
+
+    crosses = crosses_of(SPEC, TrainerSettings())
+    assert crosses == [[list(SPEC.sparse).index("request.user_id"), list(SPEC.sparse).index("candidate.id")]]
+    with pytest.raises(ValueError, match="no sparse field"):
+        crosses_of(SPEC, TrainerSettings(trainer_crosses=("request.user_id*nope",)))
+    model = Ranker(SPEC.buckets, len(SPEC.sparse), len(SPEC.dense), 8, 64, fm_dim=4, linear=True,
+                   crosses=crosses, cross_buckets=1 << 12)
+    with torch.no_grad():
+        for table in (model.bias, model.cross):
+            table.weight.normal_(0, 0.5)
+            table.weight[0].zero_()
+    data = window_data(300)
+    ids = model.cross_ids(torch.from_numpy(data.sparse))
+    assert ids.shape == (300, 1) and int(ids.min()) >= 1 and int(ids.max()) < 1 << 12
+    zero = torch.from_numpy(data.sparse[:2].copy())
+    zero[:, crosses[0][0]] = 0
+    assert (model.cross_ids(zero) == 0).all()  # a missing id has no pair weight
+    onnx_bytes = export_onnx(model, SPEC)
+    assert parity(model, onnx_bytes, data.sparse, data.dense) <= 1e-5
+    check_contract(onnx_bytes, SPEC, 64)
+
+
+def test_adagrad_step_hand_computed_and_persistent():
+    from loopwise.trainer.model import adagrad_step
+
+    w = torch.nn.Parameter(torch.zeros(4, 1))
+    acc = torch.zeros(4)
+    w.grad = torch.sparse_coo_tensor([[1, 3, 1]], torch.tensor([[1.0], [2.0], [1.0]]), (4, 1), check_invariants=True)
+    adagrad_step(w, acc, 0.5)
+    # Row 1: g = 2 (duplicates summed), acc = 4, step 0.5 * 2 / 2; row 3: g = 2, acc = 4.
+    assert acc.tolist() == [0, 4, 0, 4] and w.detach().reshape(-1).tolist() == [0, -0.5, 0, -0.5]
+    w.grad = torch.sparse_coo_tensor([[1]], torch.tensor([[3.0]]), (4, 1), check_invariants=True)
+    adagrad_step(w, acc, 0.5)  # the accumulator carries over: acc = 13
+    assert acc[1] == 13 and w[1, 0].item() == pytest.approx(-0.5 - 0.5 * 3 / math.sqrt(13))
+
+
+def test_warm_start_across_an_architecture_change_keeps_what_fits():
+    from loopwise.trainer.model import state_bytes
+    from loopwise.trainer.train import initial_model
+
+    old = Ranker(SPEC.buckets, len(SPEC.sparse), len(SPEC.dense), 16, 64, fm_dim=16)  # before linear/crosses
+    with torch.no_grad():
+        old.embedding.weight.normal_(0, 1)
+    prod = Production("v7", b"", weights=state_bytes(old))
+    model, init = initial_model(SPEC, prod, TrainerSettings())
+    assert init == "partial" and model.cross is not None and model.bias is not None
+    assert torch.equal(model.embedding.weight, old.embedding.weight)
+    assert torch.equal(model.fm.weight, old.fm.weight)
+    same, init = initial_model(SPEC, Production("v8", b"", weights=state_bytes(model)), TrainerSettings())
+    assert init == "warm" and torch.equal(same.cross_acc, model.cross_acc)
+
+
+def test_gate_tolerance_grows_with_the_standard_error():
+    tol = ev.Tolerances(auc=0.002, gauc=0.005, logloss=0.005, ece=0.02)
+    prod = {"auc": 0.75, "gauc": 0.70, "logloss": 0.40, "ece": 0.02}
+    cand = {**prod, "auc": 0.73}
+    assert not ev.decide(cand, prod, tol).publish
+    assert ev.decide(cand, prod, tol, {"auc": 0.015}, z=2.0).publish  # 0.02 < 2 * 0.015: chance
+    assert not ev.decide(cand, prod, tol, {"auc": 0.015}, z=1.0).publish
+    assert not ev.decide(cand, prod, tol, {"auc": 0.015}, z=0.0).publish
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.3).astype(float)
+    p = np.clip(0.3 + 0.2 * (y - 0.3) + rng.normal(0, 0.1, 2000), 0.01, 0.99)
+    figs = ev.evaluate(y, p, np.zeros(2000))
+    se = ev.difference_se(y, figs, p, figs, p)
+    assert se["logloss"] == 0 and 0 < se["auc"] < 0.05 and se["gauc"] == se["auc"]
+
+
+def test_first_step_moves_first_order_and_cross_weights_by_their_rates():
+    from loopwise.trainer.train import train_once
+
+    s = TrainerSettings(trainer_batch_size=100_000, trainer_holdout_fraction=0.0, attribution_window_ms=0,
+                        trainer_linear_lr=0.3, trainer_cross_lr=3.0)
+    cand = train_once(window_data(300), None, SPEC, s)
+    assert cand.epochs == 1 and cand.train_rows == 300
+    # One Adagrad step from zero accumulators: every touched weight moves by exactly its rate.
+    moved = cand.model.cross.weight.detach().abs().reshape(-1)
+    assert moved.max().item() == pytest.approx(3.0) and set(moved[moved > 0].round(decimals=4).tolist()) == {3.0}
+    assert cand.model.bias.weight.detach().abs().max().item() == pytest.approx(0.3)
+    assert cand.model.cross_acc.max().item() > 0  # the accumulator is kept with the model
