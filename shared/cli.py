@@ -71,7 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
     from loopwise import demo
 
     return demo.run(args.root, requests=args.requests, keep=args.keep, assistant_rounds=args.assistant_rounds,
-                    assistant_users=args.assistant_users)
+                    assistant_users=args.assistant_users, rate=args.rate)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--assistant-rounds", type=int, default=4,
                    help="rounds of simulated voice-assistant users (0: skip the assistant loop)")
     p.add_argument("--assistant-users", type=int, default=4000)
+    p.add_argument("--rate", type=float, default=50.0,
+                   help="Rank calls per second (0: as fast as possible); at 50/s the trainer publishes "
+                        "new versions while the replay runs")
     p.set_defaults(func=_demo)
     p = sub.add_parser("model", help="list, show, promote or roll back model versions")
     from loopwise import models_cli

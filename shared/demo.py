@@ -185,13 +185,19 @@ def flush(client: Client, stats: ReplayStats) -> None:
         raise DemoError(f"the collector did not acknowledge {len(exc.events)} events: {exc}") from exc
 
 
-def replay(client: Client, data: datasets.MovieLens, requests: int) -> ReplayStats:
+def replay(client: Client, data: datasets.MovieLens, requests: int, rate: float = 0.0) -> ReplayStats:
+    """``rate`` > 0: at most that many Rank calls per second (live-looking traffic, so
+    attribution windows close and the trainer publishes versions while the replay runs)."""
     sampler = NegativeSampler(data)
     stats = ReplayStats()
     total = min(requests, len(data))
     every = max(1, total // PROGRESS_LINES)
     start = time.monotonic()
     for row in range(total):
+        if rate > 0:
+            ahead = row / rate - (time.monotonic() - start)
+            if ahead > 0:
+                time.sleep(ahead)
         replay_one(client, data, sampler, row, stats)
         progress = stats.requests % every == 0 or stats.requests == total
         if progress or stats.requests % FLUSH_EVERY == 0:
@@ -524,13 +530,13 @@ def problems(stats: ReplayStats, back: ReadBack, topics: Topics) -> list[str]:
 
 
 def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int, assistant_rounds: int = 4,
-         assistant_users: int = 4000, assistant_minutes: float = 30.0) -> int:
+         assistant_users: int = 4000, assistant_minutes: float = 30.0, rate: float = 0.0) -> int:
     tenant = info.tenants[0] if info.tenants else "default"
     topics = Topics(**info.topics) if info.topics else Topics.from_env()
     print(f"replaying {min(requests, len(data))} of {len(data)} MovieLens-100K ratings "
           f"(tenant {tenant!r}, {CANDIDATES} candidates per Rank)")
     with Client(info.collector, info.inference, tenant=tenant) as client:
-        stats = replay(client, data, requests)
+        stats = replay(client, data, requests, rate)
     show_replay(stats)
     rounds = assistant_loop(info, tenant, assistant_rounds, assistant_users, assistant_minutes) \
         if assistant_rounds > 0 else []
@@ -547,7 +553,7 @@ def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int, assista
 
 
 def run(root: Path, requests: int = 2000, keep: bool = False, assistant_rounds: int = 4,
-        assistant_users: int = 4000) -> int:
+        assistant_users: int = 4000, rate: float = 50.0) -> int:
     """Replay ``requests`` MovieLens ratings through the stack in ``root``; 0 if everything flowed."""
     if requests < 1:
         print("loopwise demo: --requests must be at least 1", file=sys.stderr)
@@ -559,7 +565,7 @@ def run(root: Path, requests: int = 2000, keep: bool = False, assistant_rounds: 
         print(f"loopwise demo: {exc}", file=sys.stderr)
         return 1
     try:
-        return demo(info, data, requests, assistant_rounds, assistant_users)
+        return demo(info, data, requests, assistant_rounds, assistant_users, rate=rate)
     except (DemoError, grpc.RpcError) as exc:
         log.debug("demo failed", exc_info=True)
         detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
