@@ -75,8 +75,7 @@ class Miner:
         )
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.source = self.app.topic(topics.events, topics.impressions, **raw)
-        self.outputs = {name: self.app.topic(getattr(topics, name), **raw)
-                        for name in ("examples", "preferences", "errors", "deadletter")}
+        self.deadletter = self.app.topic(topics.deadletter, **raw)
         self.output_names = {name: getattr(topics, name) for name in ("examples", "preferences", "errors")}
         self.table = self.app.Table("attribution", default=None, partitions=settings.topic_partitions,
                                     use_partitioner=True, key_type=bytes, value_type=bytes)
@@ -87,7 +86,7 @@ class Miner:
                                idle_s=settings.idle_s, caught_up=self._caught_up)
         self._read: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset to read
         self.outbox = Outbox(settings.kafka_bootstrap)
-        self.reformulation = Reformulation(self.app, settings, self.metrics, self._caught_up)
+        self.reformulation = Reformulation(self.app, settings, self.metrics, self._caught_up, self._read)
         self.app.on_before_shutdown.connect(self._on_shutdown)
         self.limits = Limits(max_future_ms=settings.max_future_s * 1000, max_age_ms=settings.max_age_s * 1000)
         self.tenants = frozenset(settings.tenants)
@@ -128,11 +127,6 @@ class Miner:
             await self.app.producer.flush()
 
     def _caught_up(self, topic: str, partition: int) -> bool:
-        if topic != self.settings.topics.events and topic != self.settings.topics.impressions:
-            return self._caught_up_offset(topic, partition, self.reformulation._read.get(partition, 0))
-        return self._caught_up_offset(topic, partition, self._read.get((topic, partition), 0))
-
-    def _caught_up_offset(self, topic: str, partition: int, read: int) -> bool:
         """Whether the consumer has read a partition up to its high-water mark (unknown: yes)."""
         try:
             high = self.app.consumer.highwater(TP(topic, partition))
@@ -140,7 +134,7 @@ class Miner:
             return True
         if high is None:
             return True
-        return read >= high
+        return self._read.get((topic, partition), 0) >= high
 
     def _handle(self, key: bytes, value: bytes, topic: str, partition: int, offset: int) -> Outputs | None:
         self._read[(topic, partition)] = offset + 1
@@ -277,7 +271,7 @@ class Miner:
         record = learning_pb2.DeadLetter(topic=topic, partition=partition, offset=offset, reason=reason,
                                          detail=detail, payload=payload, time_ms=lkafka.now_ms(),
                                          service="miner")
-        self.outputs["deadletter"].send_soon(key=key, value=record.SerializeToString())
+        self.deadletter.send_soon(key=key, value=record.SerializeToString())
         log.warning("dead-lettered", extra={"reason": reason, "detail": detail, "topic": topic,
                                             "partition": partition, "offset": offset})
 

@@ -30,7 +30,6 @@ class Outbox:
         self._partitions: dict[str, int] = {}
         self._started = False
         self._lock = asyncio.Lock()
-        self.records = 0
 
     async def start(self) -> AIOKafkaProducer:
         if self.producer is None:
@@ -47,9 +46,6 @@ class Outbox:
 
     def add(self, topic: str, key: bytes, value: bytes) -> None:
         self._pending[topic].append((key, value))
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self._pending.values())
 
     async def _count(self, topic: str) -> int:
         n = self._partitions.get(topic)
@@ -87,5 +83,4 @@ class Outbox:
                     futures.append(await producer.send_batch(batch, topic, partition=partition))
                     sent += len(items)
             await asyncio.gather(*futures)
-            self.records += sent
             return sent

@@ -52,7 +52,7 @@ from loopwise.v1 import events_pb2
 
 from .metrics import MinerMetrics
 from .reformulation.chain import ChainConfig
-from .reformulation.defects import DefectConfig, DefectKind, label_session
+from .reformulation.defects import DefectConfig, DefectKind
 from .reformulation.pipeline import MiningConfig, TenantMiner
 from .reformulation.rules import RuleConfig
 from .reformulation.sessions import SessionState, TurnRecord
@@ -87,7 +87,7 @@ class Reformulation:
     """The reformulation agents, timers and tables, added to the miner's Faust app."""
 
     def __init__(self, app: faust.App, settings: MinerSettings, metrics: MinerMetrics,
-                 caught_up: Callable[[str, int], bool]) -> None:
+                 caught_up: Callable[[str, int], bool], read: dict[tuple[str, int], int]) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
@@ -114,9 +114,9 @@ class Reformulation:
         self._loaded = False
         self._due: dict[int, list[tuple[int, bytes]]] = {}  # partition -> heap of (due event time, key)
         self._streams: dict[int, list[float]] = {}  # partition -> [newest event time, wall time of last record]
-        self._read: dict[int, int] = {}
+        self._read = read  # (topic, partition) -> next offset to read, shared with `caught_up`
         self._rebuilt_sessions = False
-        self._defects: deque[tuple[int, int]] = deque(maxlen=settings.defect_rate_turns)
+        self._defects: deque[int] = deque(maxlen=settings.defect_rate_turns)  # 1 per defective turn
         app.on_rebalance_complete.connect(self._on_rebalance)
 
     async def _on_rebalance(self, sender: Any = None, **kwargs: Any) -> None:
@@ -154,7 +154,7 @@ class Reformulation:
                 self._rebuild_sessions()
             for event in events:
                 message = event.message
-                self._read[message.partition] = message.offset + 1
+                self._read[(message.topic, message.partition)] = message.offset + 1
                 try:
                     ev = lkafka.decode(event.value)
                     turn = TurnRecord.from_event(ev)
@@ -292,16 +292,14 @@ class Reformulation:
                     self.metrics.duplicates.inc()
                     continue
                 seen.append(sid)
-                miner.observe_session(turns)
-                self._observe_defects(turns)
+                self._observe_defects(turns, miner.observe_session(turns))
                 self._dirty.add(tenant)
             for tenant in sorted(self._dirty):
                 self._checkpoint(tenant)
             self._dirty.clear()
             await self.app.producer.flush()
 
-    def _observe_defects(self, turns: list[TurnRecord]) -> None:
-        kinds, _ = label_session(turns, self.config.defects)
+    def _observe_defects(self, turns: list[TurnRecord], kinds: list[DefectKind]) -> None:
         m = self.metrics
         for turn, kind in zip(turns, kinds, strict=True):
             if turn.rule_id:
@@ -309,9 +307,9 @@ class Reformulation:
             for flag in DefectKind:
                 if flag and flag in kind:
                     m.defects.labels(flag.name.lower()).inc()
-            self._defects.append((turn.time_ms, 1 if kind else 0))
+            self._defects.append(1 if kind else 0)
         if self._defects:
-            m.defect_rate.set(sum(d for _, d in self._defects) / len(self._defects))
+            m.defect_rate.set(sum(self._defects) / len(self._defects))
 
     async def _blocklist(self, tenant: str) -> tuple[set[str], set[str]]:
         sources, targets = await self.redis.smembers(redis_keys.rewrite_blocklist(tenant, "sources")), \

@@ -12,8 +12,8 @@ is blocklisted, so the same evidence does not bring it back.
 >>> from loopwise.miner.reformulation.sessions import TurnRecord
 >>> m = TenantMiner("t")
 >>> for u in range(5):
-...     m.observe_session([TurnRecord(u * 10**6, "play heet", status=2, user_id=f"u{u}"),
-...                        TurnRecord(u * 10**6 + 4000, "play heat", "play_movie:7", user_id=f"u{u}")])
+...     _ = m.observe_session([TurnRecord(u * 10**6, "play heet", status=2, user_id=f"u{u}"),
+...                            TurnRecord(u * 10**6 + 4000, "play heat", "play_movie:7", user_id=f"u{u}")])
 >>> sorted(m.refresh(now_ms=10**7).put)
 ['play heet']
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .chain import Chain, ChainConfig
-from .defects import DefectConfig, label_session
+from .defects import DefectConfig, DefectKind, label_session
 from .rollback import RuleMonitor
 from .rules import Rule, RuleConfig, select_rules
 from .sessions import TurnRecord
@@ -69,10 +69,11 @@ class TenantMiner:
         self.heard: dict[str, list[int]] = {}  # text -> [turns, successes]
         self.max_heard = 200_000
 
-    def observe_session(self, turns: Sequence[TurnRecord]) -> None:
-        """A closed session (time order): into the chain, and rewritten turns' outcomes to rollback."""
+    def observe_session(self, turns: Sequence[TurnRecord]) -> list[DefectKind]:
+        """A closed session (time order): into the chain, and rewritten turns' outcomes to rollback.
+        Returns each turn's defect kinds."""
         if not turns:
-            return
+            return []
         kinds, rephrased = label_session(turns, self.config.defects)
         self.chain.observe_session(turns, kinds, rephrased)
         heard = self.heard
@@ -88,6 +89,7 @@ class TenantMiner:
         if len(heard) > self.max_heard:  # forget the least-heard half
             keep = sorted(heard.items(), key=lambda kv: kv[1][0], reverse=True)[: self.max_heard // 2]
             self.heard = dict(keep)
+        return kinds
 
     def refresh(self, now_ms: int) -> Changes:
         """Solve what changed, withdraw failing rules, deploy new ones."""
