@@ -132,9 +132,12 @@ class Miner:
             high = self.app.consumer.highwater(TP(topic, partition))
         except Exception:  # noqa: BLE001 - no consumer or no fetch yet: fall back to the idle timeout
             return True
-        if high is None:
+        read = self._read.get((topic, partition))
+        if high is None or read is None:
+            # nothing read from it in this run (e.g. fully consumed before a restart):
+            # its idle timeout decides, a stale high-water mark must not hold it forever
             return True
-        return self._read.get((topic, partition), 0) >= high
+        return read >= high
 
     def _handle(self, key: bytes, value: bytes, topic: str, partition: int, offset: int) -> Outputs | None:
         self._read[(topic, partition)] = offset + 1
@@ -173,8 +176,8 @@ class Miner:
         with large changelogs.
         """
         topic = self.table.changelog_topic.get_topic_name()
-        partitions = sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic in
-                            (self.settings.topics.events, self.settings.topics.impressions))
+        partitions = sorted({tp.partition for tp in self.app.consumer.assignment() if tp.topic in
+                            (self.settings.topics.events, self.settings.topics.impressions)})
         if not partitions:
             return
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
