@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from loopwise import procs
+from loopwise.tools import procs
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

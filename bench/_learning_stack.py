@@ -1,6 +1,6 @@
 """The Loopwise loop through the real local stack (``--loopwise stack``).
 
-`loopwise.stack.up` starts the broker, Redis, collector, inference and miner
+`loopwise.tools.stack.up` starts the broker, Redis, collector, inference and miner
 (attribution window ``window_ms``, short, so windows close as the replay goes).
 Each request of the stream is ranked through `Client.rank` with the demo's
 features; a liked movie gets a Click at its served position (wall-clock event
@@ -51,8 +51,8 @@ import numpy as np
 from _learning_loopwise import LoopRun, OnnxScorer, TrainStats
 from _learning_stream import Stream
 
-from loopwise import stack
 from loopwise.modelstore import ModelStore
+from loopwise.tools import stack
 from loopwise.topics import Topics
 from loopwise.v1 import learning_pb2
 
@@ -169,12 +169,12 @@ def _announce(bootstrap: str, topic: str, tenant: str, version: str, previous: s
               reason: str) -> None:
     from kafka import KafkaProducer
 
-    from loopwise import kafka as lkafka
+    from loopwise import stamps
 
-    msg = learning_pb2.ModelAnnouncement(event_id=lkafka.new_event_id(), tenant=tenant, model=MODEL,
+    msg = learning_pb2.ModelAnnouncement(event_id=stamps.new_event_id(), tenant=tenant, model=MODEL,
                                          version=version, previous_version=previous, action="published",
                                          reason=reason, metrics=metrics,
-                                         time_ms=lkafka.now_ms())
+                                         time_ms=stamps.now_ms())
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     try:
         producer.send(topic, key=f"{tenant}|{MODEL}".encode(), value=msg.SerializeToString()).get(timeout=10)

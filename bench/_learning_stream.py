@@ -2,7 +2,7 @@
 
 Each rating (timestamp order) becomes one request: the rated movie plus
 ``CANDIDATES - 1`` movies the user never rated (over the whole data set, as in
-`loopwise.demo`), drawn without replacement in proportion to ``1 + ratings so
+`loopwise.tools.demo`), drawn without replacement in proportion to ``1 + ratings so
 far`` (a recommender's exposure: popular items are shown more; the +1 keeps
 never-rated movies possible). The label is 1 for the rated movie when its
 rating is >= 4, else 0 (a click or nothing). Everything a request carries is
@@ -10,7 +10,7 @@ computed from the ratings *before* it (progressive popularity and activity,
 no future leakage); only "never rated" looks at the whole data set, which is
 what defines a negative.
 
-Features are those of `loopwise.datasets.rank_inputs` (the names of the
+Features are those of `loopwise.tools.datasets.rank_inputs` (the names of the
 cold-start spec) with ``candidate.popularity`` and ``user.activity`` made
 progressive: ``log1p(count so far) / log1p(max count so far)``. The hashed ids
 and dense values every learner sees come from `InputBuilder.build` on the very
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from loopwise import datasets
 from loopwise.client.sync import rank_request
 from loopwise.features import FeatureSpec, InputBuilder
+from loopwise.tools import datasets
 
 CANDIDATES = 20
 LIKED = 4.0

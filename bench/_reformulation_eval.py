@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from loopwise.miner.reformulation.offline import judge
+from _reformulation_offline import judge
+
 from loopwise.miner.reformulation.sessions import (
     STATUS_OK,
     STATUS_UNHANDLED,
     TurnRecord,
     interpretation_key,
 )
-from loopwise.simulate.assistant import (
+from loopwise.text import normalize
+from loopwise.tools.simulate.assistant import (
     DOMAIN,
     EDITS,
     INTENT,
@@ -35,7 +37,6 @@ from loopwise.simulate.assistant import (
     World,
     summarize,
 )
-from loopwise.text import normalize
 
 # The simulator adds each turn's response latency (300-1200 ms) to the user's clock unscaled:
 # under a time_scale, a gap inside a session is up to this much longer than the scaled one.

@@ -84,11 +84,11 @@ from typing import Any
 import _common as c
 import numpy as np
 
-from loopwise import kafka as lkafka
-from loopwise import procs, representation
+from loopwise import codec, representation, stamps
 from loopwise.client.build import EventFactory, candidates
 from loopwise.collector.producer import producer_config
 from loopwise.miner.attribution import stable_id
+from loopwise.tools import procs
 from loopwise.topics import Topics
 from loopwise.v1 import events_pb2, features_pb2, learning_pb2
 
@@ -181,13 +181,13 @@ def generate(n: int, *, window_ms: int, rate: float, topics: Topics, seed: int =
     item_pop = {m: round(rng.random(), 4) for m in catalogue}
     pos_weights = [1 / np.sqrt(p) for p in range(1, SLATE + 1)]
     span_ms = int(n / rate * 1000)
-    start = lkafka.now_ms() - span_ms - 2 * window_ms - 10_000
+    start = stamps.now_ms() - span_ms - 2 * window_ms - 10_000
     seq = iter(range(1 << 40))
     plain: list[Record] = []  # every distinct record: the re-sends are drawn from these
 
     def put(topic: str, ev: events_pb2.Event, arrival: int) -> None:
         ev.received_time_ms = arrival
-        plain.append((arrival, next(seq), topic, lkafka.record_key(ev), ev.SerializeToString()))
+        plain.append((arrival, next(seq), topic, codec.record_key(ev), ev.SerializeToString()))
 
     for i in range(n):
         t = start + int(i * 1000 / rate) + rng.randrange(0, max(int(1000 / rate), 1))
@@ -666,7 +666,7 @@ def run(args: argparse.Namespace, ws: c.Workspace) -> dict[str, Any]:
     broker, bootstrap = ws.broker()
     run_id = uuid.uuid4().hex[:8]
     topics = Topics.with_prefix(f"bench.{run_id}.")
-    lkafka.ensure_topics(bootstrap, topics.all(), PARTITIONS)
+    topics.ensure_topics(bootstrap, topics.all(), PARTITIONS)
 
     t = time.perf_counter()
     rp = generate(n, window_ms=window, rate=args.rate, topics=topics)
@@ -723,7 +723,7 @@ def run(args: argparse.Namespace, ws: c.Workspace) -> dict[str, Any]:
     # The miner writes about ten records per record it reads: what writing them costs a bare producer.
     written = [v for values in outputs for v in values]
     scratch = f"bench.{run_id}.scratch"
-    lkafka.ensure_topics(bootstrap, [scratch], PARTITIONS)
+    topics.ensure_topics(bootstrap, [scratch], PARTITIONS)
     produce_out_s = asyncio.run(bare_produce(bootstrap, scratch, written))
     c.say(f"bare aiokafka producer: the miner's {len(written):,} output records (examples, pairs, errors, dead "
           f"letters; not its changelog) in {produce_out_s:.2f}s = {len(written) / produce_out_s:,.0f}/s")
@@ -879,7 +879,7 @@ def profile_phase(args: argparse.Namespace, ws: c.Workspace, bootstrap: str, top
     profiled = Topics(**{**{k: getattr(out_topics, k) for k in ("examples", "preferences", "errors", "rewrites",
                                                                 "models", "deadletter")},
                          "events": topics.events, "impressions": topics.impressions})
-    lkafka.ensure_topics(bootstrap, profiled.all(), PARTITIONS)
+    topics.ensure_topics(bootstrap, profiled.all(), PARTITIONS)
     proc, url = start_miner(ws, bootstrap, profiled, f"bench-miner-{run_id}-profile", window, "miner-profile",
                             extra_env)
     spy: list[subprocess.Popen | None] = [None]

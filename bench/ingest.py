@@ -53,7 +53,7 @@ from typing import Any
 import _common as c
 import grpc
 
-from loopwise import kafka as lkafka
+from loopwise import codec, stamps, topics
 from loopwise.client.sync import CHANNEL_OPTIONS
 from loopwise.collector.producer import AckedProducer, producer_config
 from loopwise.collector.settings import CollectorSettings
@@ -130,7 +130,7 @@ class EventSource:
     def batch(self) -> tuple[feedback_pb2.ReportRequest, list[str]]:
         """A ReportRequest of BATCH new events, and their event ids."""
         request = feedback_pb2.ReportRequest()
-        now = lkafka.now_ms()
+        now = stamps.now_ms()
         ids = []
         for kind in self.kinds:
             pool = self.templates[kind]
@@ -152,11 +152,11 @@ class EventSource:
         out: list[Record] = []
         while len(out) < n:
             request, _ = self.batch()
-            now = lkafka.now_ms()
+            now = stamps.now_ms()
             for event in request.events:
                 event.received_time_ms = now
                 topic = topics.impressions if event.WhichOneof("body") == "impression" else topics.events
-                out.append((topic, lkafka.record_key(event), event.SerializeToString()))
+                out.append((topic, codec.record_key(event), event.SerializeToString()))
         return out[:n]
 
 
@@ -383,7 +383,7 @@ async def read_back(bootstrap: str, topics: list[str], idle_s: float = 3.0, limi
             got = await consumer.getmany(timeout_ms=500, max_records=20_000)
             for records in got.values():
                 for record in records:
-                    seen[lkafka.decode(record.value).event_id] += 1
+                    seen[codec.decode(record.value).event_id] += 1
                 last = time.monotonic()
     finally:
         await consumer.stop()
@@ -398,7 +398,7 @@ async def run(args: argparse.Namespace, ws: c.Workspace) -> dict[str, Any]:
     window = args.concurrency
     broker, bootstrap = ws.broker()
     names = ["collector", "acked_producer", "kafka_python", "kafka_python_stream", "confluent"]
-    lkafka.ensure_topics(bootstrap, [t for n in names for t in (phase_topics(n).events,
+    topics.ensure_topics(bootstrap, [t for n in names for t in (phase_topics(n).events,
                                                                  phase_topics(n).impressions)], PARTITIONS)
     ctopics = phase_topics("collector")
     collector, target, metrics_url = ws.service("loopwise.collector", {

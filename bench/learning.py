@@ -5,7 +5,7 @@ Rank request over the rated movie plus 19 movies the user never rated, drawn
 in proportion to ``1 + ratings so far`` (a recommender's exposure; uniform
 negatives would make popularity alone look strong); the label is a click on
 the rated movie when its rating is >= 4. Features are those the demo sends
-(`loopwise.datasets.rank_inputs`) with popularity and activity computed from
+(`loopwise.tools.datasets.rank_inputs`) with popularity and activity computed from
 past ratings only; every learner gets the hashed ids and dense values that
 the inference service computes for the same request (`InputBuilder`).
 
@@ -16,7 +16,7 @@ Learners, all scored before they learn a request's labels (progressive):
   mode its scores are checked against the stack's own Rank answers while v1
   serves);
 - ``loopwise``: periodic retraining, every ``--retrain-every`` requests. Modes:
-  ``stack`` (default; the real stack, see `_learning_stack`: `loopwise.stack.up`
+  ``stack`` (default; the real stack, see `_learning_stack`: `loopwise.tools.stack.up`
   with a short attribution window; Rank through the client with the demo's
   features, a Click for each liked movie, nothing for the rest (the miner's
   window makes them negatives); the scores are those of the Rank answers and
@@ -64,7 +64,8 @@ from _learning_loopwise import LoopRun, OnnxScorer, make_trainer, run_inprocess
 from _learning_peers import PeerRun, river_peer, vw_peer
 from _learning_stream import Stream, build_stream, featurize
 
-from loopwise import coldstart, datasets
+from loopwise import coldstart
+from loopwise.tools import datasets
 
 QUICK_REQUESTS = 6_000
 BUCKETS = 20

@@ -1,6 +1,6 @@
 """Position propensities on the Open Bandit Dataset sample: EM on biased logs vs randomised truth.
 
-Data: the OBD sample in the ``obp`` 0.4.1 wheel (`loopwise.datasets.open_bandit`,
+Data: the OBD sample in the ``obp`` 0.4.1 wheel (`loopwise.tools.datasets.open_bandit`,
 fetched once with ``pip download``), campaign ``--campaign`` (default all):
 10,000 logged slots per policy, positions 1..3 (left, centre, right of
 ZOZOTOWN's recommendation widget), ~0.4 % clicks.
@@ -38,8 +38,8 @@ from typing import Any
 import _common as c
 import numpy as np
 
-from loopwise import datasets
 from loopwise.miner.propensity import PositionBiasEM, RandomizedEstimator
+from loopwise.tools import datasets
 
 POSITIONS = datasets.OBD_POSITIONS
 EM_MAX_STEPS = 20_000

@@ -8,10 +8,10 @@ Everything runs on this machine and is stopped at the end. Phases:
    sessionize -> defects -> chain -> rules, in process) on the same users, minutes and seeds.
    With ``--offline`` its figures are the headline ones and phases 1-3 are skipped.
 
-1. Through the real stack (`loopwise.stack.up`: broker, Redis, collector, inference, miner,
+1. Through the real stack (`loopwise.tools.stack.up`: broker, Redis, collector, inference, miner,
    trainer), the miner told a session gap / rephrase window scaled like the simulator's clock
    (``--time-scale``; see `_reformulation_eval.session_gap_ms`). Training: one thread per
-   ``--train-seeds`` seed runs `loopwise.simulate.assistant.run` (the simulator's client path:
+   ``--train-seeds`` seed runs `loopwise.tools.simulate.assistant.run` (the simulator's client path:
    ``Rewrite`` before the NLU of every turn, the Turn events through FeedbackService), paced
    on the compressed clock, so rules the miner deploys during training are already served.
    Then the bench waits until the rules settle (the miner's sessions counter and the Redis
@@ -80,20 +80,20 @@ from _reformulation_eval import (
     table_lookup,
     turn_records,
 )
+from _reformulation_offline import evaluate, mine, record_of
 
-from loopwise import kafka as lkafka
-from loopwise import redis_keys, stack
-from loopwise.miner.reformulation.offline import evaluate, mine, record_of
+from loopwise import codec, redis_keys, stamps
 from loopwise.miner.reformulation.sessions import DEFAULT_GAP_MS, sessionize
-from loopwise.simulate import assistant
-from loopwise.simulate.assistant import (
+from loopwise.text import normalize
+from loopwise.tools import stack
+from loopwise.tools.simulate import assistant
+from loopwise.tools.simulate.assistant import (
     RewriteContext,
     World,
     movielens_catalog,
     simulate,
     summarize,
 )
-from loopwise.text import normalize
 
 TENANT = "default"
 OFFLINE_TABLE: dict[str, str] = {}  # source -> rewrite of the offline reference's rules
@@ -353,7 +353,7 @@ def evidence_phase(args: argparse.Namespace, info: stack.StackInfo, redis: Any, 
 
         def report(conf: Any, index: int) -> float:
             """The session of user ``index``, ending now; the wall time of the collector's ack."""
-            end = lkafka.now_ms()
+            end = stamps.now_ms()
             user = evidence_user(conf, run_id, index)
             events = [client.events.turn(p.utterance, user_id=user, session_id=f"{user}-s0", status=p.status,
                                          latency_ms=500, at_ms=end + p.offset_ms,
@@ -439,14 +439,14 @@ def throughput_phase(args: argparse.Namespace, ws: c.Workspace, world: World, ou
     _, redis_url = ws.redis()
     run_id = uuid.uuid4().hex[:8]
     topics = Topics.with_prefix(f"bench.{run_id}.")
-    lkafka.ensure_topics(bootstrap, topics.all(), PARTITIONS)
+    topics.ensure_topics(bootstrap, topics.all(), PARTITIONS)
     # users x minutes sized for ~args.turns turns (about 3.4 turns per user-hour), event times ending a minute ago
     minutes = 240.0
     users = max(50, int(args.turns / (minutes / 60 * 3.4)))
     span = int(minutes * 60_000)
     turns = simulate(world if world.time_scale == 1 else World(world.catalog, world.asr, world.behaviour),
-                     users=users, minutes=minutes, seed=args.turns_seed, start_ms=lkafka.now_ms() - span - 60_000)
-    records = turn_records(turns, EventFactory(TENANT), topics.events, lkafka.record_key)
+                     users=users, minutes=minutes, seed=args.turns_seed, start_ms=stamps.now_ms() - span - 60_000)
+    records = turn_records(turns, EventFactory(TENANT), topics.events, codec.record_key)
     total = len(records)
     produce_s = attr.produce(bootstrap, records)
     c.say()

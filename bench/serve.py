@@ -51,12 +51,12 @@ import _common as c
 import grpc
 import numpy as np
 
-from loopwise import coldstart, procs
-from loopwise import kafka as lkafka
+from loopwise import codec, coldstart, stamps
 from loopwise.client.sync import CHANNEL_OPTIONS, rank_request
 from loopwise.inference import models
 from loopwise.inference.impressions import build_impression
 from loopwise.modelstore import ModelStore
+from loopwise.tools import procs
 from loopwise.topics import Topics
 from loopwise.v1 import inference_pb2, inference_pb2_grpc
 
@@ -171,8 +171,8 @@ def breakdown(store_path: Path, version: str, request: inference_pb2.RankRequest
 
     def impression() -> tuple[bytes, bytes]:
         event = build_impression(TENANT, req, response.request_id, loaded.model, loaded.version, prob,
-                                 ranking, hidden, lkafka.now_ms())
-        return lkafka.record_key(event), event.SerializeToString()
+                                 ranking, hidden, stamps.now_ms())
+        return codec.record_key(event), event.SerializeToString()
 
     steps = {
         "parse_request": lambda: inference_pb2.RankRequest.FromString(wire),
@@ -205,7 +205,7 @@ async def run(args: argparse.Namespace, ws: c.Workspace) -> dict[str, Any]:
     broker, bootstrap = ws.broker()
     _, redis_url = ws.redis()
     topics = Topics.from_env({})
-    lkafka.ensure_topics(bootstrap, [topics.impressions], 4)
+    topics.ensure_topics(bootstrap, [topics.impressions], 4)
     store_path = ws.root / "models"
     manifest = coldstart.ensure(ModelStore(str(store_path)), TENANT, MODEL)
     assert manifest is not None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass, fields
+
+log = logging.getLogger(__name__)
 
 DEFAULTS = {
     "events": "loopwise.events.v1",
@@ -43,3 +47,32 @@ class Topics:
 
     def all(self) -> list[str]:
         return [getattr(self, f.name) for f in fields(self)]
+
+
+def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 4, timeout: float = 30.0) -> None:
+    """Create the topics that do not exist yet (idempotent)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="loopwise-admin",
+                                     request_timeout_ms=10_000,
+                                     bootstrap_timeout_ms=int(max(timeout, 1.0) * 1000))
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            try:
+                admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics", extra={"topics": missing, "partitions": partitions})
+    finally:
+        admin.close()

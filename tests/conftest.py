@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from loopwise import coldstart, procs
+from loopwise import coldstart
 from loopwise.modelstore import ModelStore
+from loopwise.tools import procs
 from loopwise.topics import Topics
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from loopwise import kafka as lkafka
 from loopwise import logs
 from loopwise.grpcserver import GrpcService, add_service, run_until_signal
 from loopwise.v1 import feedback_pb2
@@ -43,7 +42,7 @@ class Collector:
         topics = [self.settings.topics.events, self.settings.topics.impressions]
         try:
             await asyncio.get_running_loop().run_in_executor(
-                None, lambda: lkafka.ensure_topics(self.settings.kafka_bootstrap, topics,
+                None, lambda: topics.ensure_topics(self.settings.kafka_bootstrap, topics,
                                                    self.settings.topic_partitions, timeout=5.0))
         except Exception as exc:  # noqa: BLE001 - the broker may come later; produce will tell
             log.warning("could not ensure topics", extra={"error": repr(exc)})

@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 
-from loopwise import kafka as lkafka
+from loopwise import codec, stamps
 from loopwise.errors import InvalidArgument, Unavailable
 from loopwise.grpcserver import check_parsed, rpc
 from loopwise.topics import Topics
@@ -50,7 +50,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         if n > limit:
             raise InvalidArgument(f"{n} events in one request, at most {limit}",
                                   reason="batch_too_large", violations=[("events", f"at most {limit} events")])
-        now = lkafka.now_ms()
+        now = stamps.now_ms()
         records: list[tuple[str, bytes, bytes]] = []
         accepted: list[tuple[str, str]] = []
         results = []
@@ -67,7 +67,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
             event.received_time_ms = now
             kind = event.WhichOneof("body")
             topic = self.topics.impressions if kind == "impression" else self.topics.events
-            records.append((topic, lkafka.record_key(event), event.SerializeToString()))
+            records.append((topic, codec.record_key(event), event.SerializeToString()))
             accepted.append((event.tenant, kind))
             results.append(feedback_pb2.EventResult(event_id=event.event_id, accepted=True))
         if records:

@@ -7,7 +7,6 @@ import logging
 
 import redis.asyncio as aioredis
 
-from loopwise import kafka as lkafka
 from loopwise import logs
 from loopwise.grpcserver import GrpcService, add_service, run_until_signal
 from loopwise.modelstore import ModelStore
@@ -68,7 +67,7 @@ class Inference:
         if topics:
             try:
                 await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: lkafka.ensure_topics(self.settings.kafka_bootstrap, topics,
+                    None, lambda: topics.ensure_topics(self.settings.kafka_bootstrap, topics,
                                                        self.settings.topic_partitions, timeout=5.0))
             except Exception as exc:  # noqa: BLE001 - impressions and announcements wait for the broker; Rank does not
                 log.warning("could not ensure the topics", extra={"topics": topics, "error": repr(exc)})

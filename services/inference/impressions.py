@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
-from loopwise import kafka as lkafka
-from loopwise import representation
+from loopwise import codec, representation, stamps
 from loopwise.v1 import events_pb2
 
 from .metrics import InferenceMetrics
@@ -30,7 +29,7 @@ def build_impression(tenant: str, request: Any, request_id: str, model: str, ver
                      at_ms: int) -> events_pb2.Event:
     """The Impression of one Rank call: ids and scores in served order; the
     request's features copied as they came (C-level copies), with `ranking`."""
-    event = events_pb2.Event(event_id=lkafka.new_event_id(), tenant=tenant, user_id=request.user_id,
+    event = events_pb2.Event(event_id=stamps.new_event_id(), tenant=tenant, user_id=request.user_id,
                              session_id=request.session_id, request_id=request_id, client_time_ms=at_ms,
                              received_time_ms=at_ms)
     imp = event.impression
@@ -111,7 +110,7 @@ class ImpressionEmitter:
             records = []
             for item in items:
                 event = build_impression(*item)
-                records.append((lkafka.record_key(event), event.SerializeToString()))
+                records.append((codec.record_key(event), event.SerializeToString()))
             await self._produce(records)
             self._busy = False
 

@@ -9,7 +9,7 @@ import uuid
 
 import numpy as np
 
-from loopwise import kafka as lkafka
+from loopwise import stamps
 from loopwise.errors import InvalidArgument, NotFound, UnknownTenant
 from loopwise.features import MAX_CANDIDATES, FeatureError
 from loopwise.grpcserver import rpc
@@ -67,7 +67,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         request_id = request.request_id or uuid.uuid4().hex
         if self.emitter is not None:
             self.emitter.offer((tenant, request, request_id, loaded.model, loaded.version, prob, ranking,
-                                hidden, lkafka.now_ms()))
+                                hidden, stamps.now_ms()))
         return inference_pb2.RankResponse(request_id=request_id, model=loaded.model, version=loaded.version,
                                           scores=prob.tolist(), ranking=ranking.tolist())
 

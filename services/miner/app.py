@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from prometheus_client import start_http_server
 
-from loopwise import kafka as lkafka
+from loopwise import codec, stamps
 from loopwise.v1 import learning_pb2
 from loopwise.validation import Limits, check_event
 
@@ -142,11 +142,11 @@ class Miner:
     def _handle(self, key: bytes, value: bytes, topic: str, partition: int, offset: int) -> Outputs | None:
         self._read[(topic, partition)] = offset + 1
         try:
-            ev = lkafka.decode(value)
+            ev = codec.decode(value)
         except ValueError as exc:
             self._dead(key, value, topic, partition, offset, "undecodable", str(exc))
             return None
-        problem = check_event(ev, tenants=self.tenants, now_ms=lkafka.now_ms(), limits=self.limits)
+        problem = check_event(ev, tenants=self.tenants, now_ms=stamps.now_ms(), limits=self.limits)
         kind = ev.WhichOneof("body") or "none"
         self.metrics.records.labels(kind).inc()
         if problem is not None:
@@ -228,7 +228,7 @@ class Miner:
             async with self._rebuild_lock:
                 out = self.windows.advance(limit=self.settings.close_chunk)
                 for reason, detail, bad in out.dead:
-                    self._dead(lkafka.record_key(bad), bad.SerializeToString(), "", -1, -1, reason, detail)
+                    self._dead(codec.record_key(bad), bad.SerializeToString(), "", -1, -1, reason, detail)
                 out.dead = []
                 self._emit(None, out)
             await self.outbox.flush()
@@ -272,7 +272,7 @@ class Miner:
               detail: str) -> None:
         self.metrics.dead.labels(reason).inc()
         record = learning_pb2.DeadLetter(topic=topic, partition=partition, offset=offset, reason=reason,
-                                         detail=detail, payload=payload, time_ms=lkafka.now_ms(),
+                                         detail=detail, payload=payload, time_ms=stamps.now_ms(),
                                          service="miner")
         self.deadletter.send_soon(key=key, value=record.SerializeToString())
         log.warning("dead-lettered", extra={"reason": reason, "detail": detail, "topic": topic,

@@ -46,8 +46,7 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 
-from loopwise import kafka as lkafka
-from loopwise import redis_keys
+from loopwise import codec, redis_keys, stamps
 from loopwise.v1 import events_pb2
 
 from .metrics import MinerMetrics
@@ -156,7 +155,7 @@ class Reformulation:
                 message = event.message
                 self._read[(message.topic, message.partition)] = message.offset + 1
                 try:
-                    ev = lkafka.decode(event.value)
+                    ev = codec.decode(event.value)
                     turn = TurnRecord.from_event(ev)
                 except (ValueError, TypeError) as exc:  # forwarded after validation: should not happen
                     log.error("undecodable turn skipped", extra={"error": repr(exc)})
@@ -268,7 +267,7 @@ class Reformulation:
         n = max(1, -(-len(blob) // CHUNK))
         for i in range(n):
             self.checkpoints[f"{tenant}|{i}".encode()] = blob[i * CHUNK:(i + 1) * CHUNK]
-        meta = {"chunks": n, "bytes": len(blob), "seen": list(self.seen.get(tenant, ())), "time_ms": lkafka.now_ms()}
+        meta = {"chunks": n, "bytes": len(blob), "seen": list(self.seen.get(tenant, ())), "time_ms": stamps.now_ms()}
         self.checkpoints[f"{tenant}|meta".encode()] = json.dumps(meta, separators=(",", ":")).encode()
         self.metrics.checkpoint_bytes.set(len(blob))
 
@@ -331,7 +330,7 @@ class Reformulation:
             blocked = miner.monitor.blocklist
             blocked.sources |= sources
             blocked.targets |= targets
-            now = lkafka.now_ms()
+            now = stamps.now_ms()
             changes = miner.refresh(now)
             for source, rule in list(miner.rules.items()):  # live rules the operator has blocked since
                 if not blocked.allows(rule.source, rule.target, rewrite=rule.rewrite):
@@ -341,7 +340,7 @@ class Reformulation:
             if changes or tenant in self._resync:
                 await self._apply(tenant, miner, changes)
             for record in changes.records:
-                record.event_id = record.event_id or lkafka.new_event_id()
+                record.event_id = record.event_id or stamps.new_event_id()
                 self.rewrites_topic.send_soon(key=tenant.encode(), value=record.SerializeToString())
                 if record.action == "created":
                     self.metrics.rules_created.inc()

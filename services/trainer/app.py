@@ -33,8 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from google.protobuf.message import DecodeError
 from prometheus_client import start_http_server
 
-from loopwise import coldstart, logs
-from loopwise import kafka as lkafka
+from loopwise import coldstart, logs, stamps, topics
 from loopwise.features import InputBuilder
 from loopwise.modelstore import ModelStore, StoreError, version_number
 from loopwise.v1 import learning_pb2
@@ -119,7 +118,7 @@ class Trainer:
             self._httpd, _ = start_http_server(s.metrics_port, addr=s.grpc_host, registry=self.metrics.registry)
             self.metrics_port = self._httpd.server_port
         try:
-            await loop.run_in_executor(None, lambda: lkafka.ensure_topics(
+            await loop.run_in_executor(None, lambda: topics.ensure_topics(
                 s.kafka_bootstrap, [s.topics.examples, s.topics.preferences, s.topics.models, s.topics.deadletter],
                 s.topic_partitions))
         except Exception as exc:  # noqa: BLE001 - topics may be auto-created or made by an operator
@@ -251,7 +250,7 @@ class Trainer:
             return
         letter = learning_pb2.DeadLetter(topic=record.topic, partition=record.partition, offset=record.offset,
                                          reason=reason, detail=detail, payload=record.value or b"",
-                                         time_ms=lkafka.now_ms(), service="trainer")
+                                         time_ms=stamps.now_ms(), service="trainer")
         asyncio.ensure_future(self.producer.send(self.settings.topics.deadletter, letter.SerializeToString(),
                                                  key=record.key))
 

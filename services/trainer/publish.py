@@ -15,8 +15,7 @@ import logging
 import math
 from typing import Any
 
-from loopwise import kafka as lkafka
-from loopwise import redis_keys
+from loopwise import redis_keys, stamps
 from loopwise.modelstore import Manifest, ModelStore, StoreError
 from loopwise.v1 import learning_pb2
 
@@ -87,7 +86,7 @@ def publish(store: ModelStore, redis_client: Any, tenant: str, model: str, outco
         f.write(weights)
     if redis_client is not None:
         # Pointer and history move together, so `loopwise model rollback` can undo this publish.
-        from loopwise.models_cli import move_pointer
+        from loopwise.tools.models_cmd import move_pointer
 
         move_pointer(redis_client, tenant, model, manifest.version, "published",
                      serving=production.version if production else None)
@@ -97,6 +96,6 @@ def publish(store: ModelStore, redis_client: Any, tenant: str, model: str, outco
 def announcement(tenant: str, model: str, action: str, version: str, previous_version: str, reason: str,
                  figures: dict[str, float]) -> learning_pb2.ModelAnnouncement:
     return learning_pb2.ModelAnnouncement(
-        event_id=lkafka.new_event_id(), tenant=tenant, model=model, version=version,
+        event_id=stamps.new_event_id(), tenant=tenant, model=model, version=version,
         previous_version=previous_version, action=action, reason=reason,
-        metrics={k: float(v) for k, v in figures.items()}, time_ms=lkafka.now_ms())
+        metrics={k: float(v) for k, v in figures.items()}, time_ms=stamps.now_ms())

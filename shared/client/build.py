@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from loopwise import kafka as lkafka
+from loopwise import stamps
 from loopwise.v1 import events_pb2, features_pb2
 
 FeatureValues = Mapping[str, str | float | int | bool]
@@ -41,9 +41,9 @@ def candidates(ids: Sequence[str], columns: Mapping[str, Sequence[Any]] | None =
 def event(tenant: str, *, user_id: str = "", session_id: str = "", request_id: str = "",
           event_id: str | None = None, at_ms: int | None = None, **body: Any) -> events_pb2.Event:
     """An envelope with one body: ``click=events_pb2.Click(...)`` etc."""
-    return events_pb2.Event(event_id=event_id or lkafka.new_event_id(), tenant=tenant, user_id=user_id,
+    return events_pb2.Event(event_id=event_id or stamps.new_event_id(), tenant=tenant, user_id=user_id,
                             session_id=session_id, request_id=request_id,
-                            client_time_ms=at_ms if at_ms is not None else lkafka.now_ms(), **body)
+                            client_time_ms=at_ms if at_ms is not None else stamps.now_ms(), **body)
 
 
 def chunks(items: Sequence[events_pb2.Event], size: int) -> Iterable[Sequence[events_pb2.Event]]:

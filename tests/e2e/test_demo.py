@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_and_stops_its_stack(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "loopwise.cli", "--root", str(tmp_path), "demo",
+    run = subprocess.run([sys.executable, "-m", "loopwise.tools.cli", "--root", str(tmp_path), "demo",
                           "--requests", "200", "--assistant-rounds", "1", "--assistant-users", "300"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -14,15 +14,15 @@ import urllib.request
 import grpc
 import pytest
 
-from loopwise import procs
 from loopwise.client import Client
+from loopwise.tools import procs
 from tests.integration.kafka_read import read_events
 
 pytestmark = pytest.mark.slow
 
 
 def cli(root, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "loopwise.cli", "--root", str(root), *args],
+    return subprocess.run([sys.executable, "-m", "loopwise.tools.cli", "--root", str(root), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 

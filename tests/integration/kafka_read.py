@@ -8,7 +8,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer
 
-from loopwise import kafka as lkafka
+from loopwise import codec
 from loopwise.v1 import events_pb2
 
 
@@ -39,4 +39,4 @@ def read_records(bootstrap: str, topic: str, want: int = 1, timeout: float = 15.
 
 
 def read_events(bootstrap: str, topic: str, want: int = 1, timeout: float = 15.0) -> list[events_pb2.Event]:
-    return [lkafka.decode(r.value) for r in read_records(bootstrap, topic, want, timeout)]
+    return [codec.decode(r.value) for r in read_records(bootstrap, topic, want, timeout)]

@@ -10,9 +10,9 @@ import time
 import grpc
 import pytest
 
-from loopwise import procs
 from loopwise.client import Client, ReportError
 from loopwise.client.build import EventFactory
+from loopwise.tools import procs
 
 from .kafka_read import read_events
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from loopwise import cli, coldstart, procs, redis_keys
+from loopwise import coldstart, redis_keys
 from loopwise.client import Client
 from loopwise.modelstore import ModelStore
+from loopwise.tools import cli, procs
 
 from .test_inference import target, wait_serving
 

@@ -12,10 +12,10 @@ from collections import Counter
 import pytest
 from kafka import KafkaProducer
 
-from loopwise import kafka as lkafka
-from loopwise import procs
+from loopwise import codec, stamps
 from loopwise.client import Client
 from loopwise.client.build import EventFactory, candidates
+from loopwise.tools import procs
 from loopwise.v1 import learning_pb2
 
 from .kafka_read import read_records
@@ -28,7 +28,7 @@ WINDOW_MS = 2000
 def start_miner(broker, topics, workdir):
     """``start_miner(app_id=None)`` -> a miner process on fresh topics (restartable by app id)."""
     started = []
-    lkafka.ensure_topics(broker, topics.all(), 2)
+    topics.ensure_topics(broker, topics.all(), 2)
 
     def _start(app_id: str | None = None):
         app_id = app_id or f"miner-{uuid.uuid4().hex[:8]}"
@@ -90,9 +90,9 @@ def test_malformed_and_invalid_records_are_dead_lettered_not_fatal(start_miner, 
     bad_tenant = f.click("r", "c")
     bad_tenant.tenant = "mallory"
     producer.send(topics.events, key=b"k1", value=b"\x00\xff not protobuf")
-    producer.send(topics.events, key=b"k2", value=lkafka.encode(bad_tenant))
+    producer.send(topics.events, key=b"k2", value=codec.encode(bad_tenant))
     good = f.impression("r-ok", ["a"])
-    producer.send(topics.impressions, key=lkafka.record_key(good), value=lkafka.encode(good))
+    producer.send(topics.impressions, key=codec.record_key(good), value=codec.encode(good))
     producer.flush()
     dead = decode(read_records(broker, topics.deadletter, want=2, timeout=20), learning_pb2.DeadLetter)
     assert sorted(d.reason for d in dead) == ["undecodable", "unknown_tenant"]
@@ -108,13 +108,13 @@ def test_a_killed_worker_recovers_its_windows_without_losing_examples(start_mine
     f = EventFactory("default")
     producer = KafkaProducer(bootstrap_servers=broker)
     n = 40
-    now = lkafka.now_ms()
+    now = stamps.now_ms()
     for i in range(n):
         imp = f.impression(f"r{i}", ["a", "b", "c"], at_ms=now)
         imp.impression.candidates.CopyFrom(candidates(["a", "b", "c"]))
         click = f.click(f"r{i}", "b", position=2, at_ms=now + 10)
-        producer.send(topics.impressions, key=lkafka.record_key(imp), value=lkafka.encode(imp))
-        producer.send(topics.events, key=lkafka.record_key(click), value=lkafka.encode(click))
+        producer.send(topics.impressions, key=codec.record_key(imp), value=codec.encode(imp))
+        producer.send(topics.events, key=codec.record_key(click), value=codec.encode(click))
     producer.flush()
     positives = read_records(broker, topics.examples, want=n, timeout=30, idle=0.2)
     assert len(positives) >= n

@@ -11,9 +11,9 @@ import uuid
 import pytest
 import redis
 
-from loopwise import kafka as lkafka
-from loopwise import procs, redis_keys
+from loopwise import redis_keys, stamps
 from loopwise.client import Client
+from loopwise.tools import procs
 from loopwise.v1 import events_pb2, learning_pb2
 
 from .kafka_read import read_records
@@ -25,7 +25,7 @@ OK, UNHANDLED = events_pb2.RESPONSE_STATUS_OK, events_pb2.RESPONSE_STATUS_UNHAND
 @pytest.fixture
 def start_miner(broker, redis_url, topics, workdir):
     started = []
-    lkafka.ensure_topics(broker, topics.all(), 2)
+    topics.ensure_topics(broker, topics.all(), 2)
 
     def _start(app_id: str | None = None):
         app_id = app_id or f"miner-{uuid.uuid4().hex[:8]}"
@@ -83,17 +83,17 @@ def test_sessions_become_a_served_rule_which_is_withdrawn_when_it_does_harm(
     with Client(f"127.0.0.1:{collector.port}", f"127.0.0.1:{inference.port}") as lw:
         assert not lw.rewrite("play heet").rewritten
         # a burst from one user cannot make a rule
-        one = [lw.events.turn("play heet", user_id="solo", status=UNHANDLED, at_ms=lkafka.now_ms() + i)
+        one = [lw.events.turn("play heet", user_id="solo", status=UNHANDLED, at_ms=stamps.now_ms() + i)
                for i in range(20)]
         assert lw.report(one).accepted == 20
         time.sleep(3)
         assert not lw.rewrite("play heet").rewritten
-        assert lw.report(evidence(lw, range(10), lkafka.now_ms())).accepted == 24
+        assert lw.report(evidence(lw, range(10), stamps.now_ms())).accepted == 24
         rule = wait_rewrite(lw, "play heet", True)
         assert rule.utterance == "play heat" and rule.rule_id and 0 < rule.confidence <= 1
         assert procs.metric_value(url, "loopwise_miner_rules_live", {"tenant": "default"}) == 1.0
         # the rule is wrong for everyone who now gets it: withdrawn, and the withdrawal logged
-        t0 = lkafka.now_ms()
+        t0 = stamps.now_ms()
         harmed = [lw.events.turn("play heet", user_id=f"h{u}", status=UNHANDLED, rewritten_utterance="play heat",
                                  rewrite_rule_id=rule.rule_id, at_ms=t0 + u) for u in range(30)]
         assert lw.report(harmed).accepted == 30
@@ -114,7 +114,7 @@ def test_a_killed_miner_keeps_its_counts_and_rules(start_miner, start_collector,
     r = redis.Redis.from_url(redis_url)
     r.delete(redis_keys.rewrite_table("default"))
     with Client(f"127.0.0.1:{collector.port}", f"127.0.0.1:{inference.port}") as lw:
-        lw.report(evidence(lw, range(10), lkafka.now_ms()))
+        lw.report(evidence(lw, range(10), stamps.now_ms()))
         wait_rewrite(lw, "play heet", True)
         states = procs.metric_value(url, "loopwise_miner_chain_states", {"tenant": "default"})
         assert states >= 2
@@ -129,12 +129,12 @@ def test_a_killed_miner_keeps_its_counts_and_rules(start_miner, start_collector,
         # an operator blocks the source: withdrawn at the next refresh, and never re-created
         from argparse import Namespace
 
-        from loopwise import rules_cli
+        from loopwise.tools import rules_cmd
 
-        assert rules_cli.run(Namespace(action="block", tenant="default", source=["Play Heet"], target=[],
+        assert rules_cmd.run(Namespace(action="block", tenant="default", source=["Play Heet"], target=[],
                                        redis=redis_url, json=True, root=None)) == 0
         wait_rewrite(lw, "play heet", False, timeout=10)
-        lw.report(evidence(lw, range(20, 30), lkafka.now_ms()))
+        lw.report(evidence(lw, range(20, 30), stamps.now_ms()))
         time.sleep(8)
         assert not lw.rewrite("play heet").rewritten
         assert procs.metric_value(url, "loopwise_miner_rules_withdrawn_total", {"reason": "blocklisted"}) == 1.0

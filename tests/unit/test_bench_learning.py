@@ -20,7 +20,7 @@ from _learning_stream import (  # noqa: E402
     vw_lines,
 )
 
-from loopwise import datasets  # noqa: E402
+from loopwise.tools import datasets  # noqa: E402
 
 # -- AUC / gAUC ----------------------------------------------------------------------------
 

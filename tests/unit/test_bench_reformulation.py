@@ -30,7 +30,7 @@ from _reformulation_eval import (  # noqa: E402
 )
 
 from loopwise.miner.reformulation.pipeline import TenantMiner  # noqa: E402
-from loopwise.simulate.assistant import (  # noqa: E402
+from loopwise.tools.simulate.assistant import (  # noqa: E402
     Behaviour,
     Catalog,
     RewriteContext,
@@ -131,12 +131,12 @@ def test_evidence_makes_a_rule_exactly_at_min_support(catalog: Catalog, k: int) 
 
 
 def test_turn_records_are_keyed_by_user_in_time_order(catalog: Catalog) -> None:
-    from loopwise import kafka as lkafka
+    from loopwise import codec
     from loopwise.client.build import EventFactory
     from loopwise.v1 import events_pb2
 
     turns = simulate(World(catalog), users=5, minutes=30, seed=1)
-    recs = turn_records(turns, EventFactory("default"), "events", lkafka.record_key)
+    recs = turn_records(turns, EventFactory("default"), "events", codec.record_key)
     assert len(recs) == len(turns) and [r[0] for r in recs] == sorted(r[0] for r in recs)
     ev = events_pb2.Event.FromString(recs[0][4])
     assert recs[0][3] == f"default|u|{ev.user_id}".encode() and ev.turn.utterance

@@ -1,4 +1,4 @@
-"""loopwise.datasets on a tiny synthetic ml-100k (no network, no pip)."""
+"""loopwise.tools.datasets on a tiny synthetic ml-100k (no network, no pip)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loopwise import datasets
 from loopwise.client.sync import rank_request
 from loopwise.coldstart import DEFAULT_SPEC
 from loopwise.features import InputBuilder
+from loopwise.tools import datasets
 
 INTER = """user_id:token\titem_id:token\trating:float\ttimestamp:float
 1\t10\t5\t300

@@ -1,4 +1,4 @@
-"""loopwise.datasets' Open Bandit Dataset loader on tiny synthetic CSVs (no network, no pip)."""
+"""loopwise.tools.datasets' Open Bandit Dataset loader on tiny synthetic CSVs (no network, no pip)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loopwise import datasets
+from loopwise.tools import datasets
 
 HEADER = (",timestamp,item_id,position,click,propensity_score,user_feature_0,user_feature_1,"
           "user_feature_2,user_feature_3,user-item_affinity_0,user-item_affinity_1,user-item_affinity_2")

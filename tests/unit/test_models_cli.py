@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from loopwise import coldstart, models_cli, redis_keys
+from loopwise import coldstart, redis_keys
 from loopwise.modelstore import ModelStore
+from loopwise.tools import models_cmd
 
 T, M = "acme", "ranker"
 
@@ -47,58 +48,58 @@ def store(tmp_path, artifact) -> ModelStore:
 
 
 def test_rows_mark_the_pointer_else_the_newest(store):
-    rows = models_cli.rows(store, Reads({}), T, M)
+    rows = models_cmd.rows(store, Reads({}), T, M)
     assert [(r["version"], r["current"]) for r in rows] == [("v1", False), ("v2", False), ("v3", True)]
     assert rows[1]["decision"] == "published" and rows[1]["metrics"] == {"auc": 0.71, "ece": 0.02}
     assert rows[1]["parent"] == "v1" and len(rows[1]["created"]) == 19
-    pointed = models_cli.rows(store, Reads({redis_keys.model_pointer(T, M): "v2"}), T, M)
+    pointed = models_cmd.rows(store, Reads({redis_keys.model_pointer(T, M): "v2"}), T, M)
     assert [r["current"] for r in pointed] == [False, True, False]
 
 
 def test_rollback_follows_a_matching_history_head(store):
     reads = Reads({redis_keys.model_pointer(T, M): "v1",
                    redis_keys.model_history(T, M): [{"from": "v3", "to": "v1", "action": "promoted"}]})
-    assert models_cli.rollback_target(store, reads, T, M) == ("v1", "v3", True)
+    assert models_cmd.rollback_target(store, reads, T, M) == ("v1", "v3", True)
 
 
 def test_rollback_uses_the_parent_when_the_history_is_stale(store):
     reads = Reads({redis_keys.model_pointer(T, M): "v3",
                    redis_keys.model_history(T, M): [{"from": "v1", "to": "v2", "action": "promoted"}]})
-    assert models_cli.rollback_target(store, reads, T, M) == ("v3", "v2", False)
+    assert models_cmd.rollback_target(store, reads, T, M) == ("v3", "v2", False)
 
 
 def test_rollback_with_nothing_before_is_an_error(store):
-    with pytest.raises(models_cli.ModelCliError, match="nothing to roll back to"):
-        models_cli.rollback_target(store, Reads({redis_keys.model_pointer(T, M): "v1"}), T, M)
+    with pytest.raises(models_cmd.ModelCliError, match="nothing to roll back to"):
+        models_cmd.rollback_target(store, Reads({redis_keys.model_pointer(T, M): "v1"}), T, M)
 
 
 def test_verify_checks_existence_and_sha(store, tmp_path):
-    assert models_cli.verify(store, T, M, "v2").version == "v2"
-    with pytest.raises(models_cli.ModelCliError, match="no version 'v7'"):
-        models_cli.verify(store, T, M, "v7")
+    assert models_cmd.verify(store, T, M, "v2").version == "v2"
+    with pytest.raises(models_cmd.ModelCliError, match="no version 'v7'"):
+        models_cmd.verify(store, T, M, "v7")
     (tmp_path / "models" / T / M / "v2" / "model.onnx").write_bytes(b"tampered")
-    with pytest.raises(models_cli.ModelCliError, match="sha256"):
-        models_cli.verify(store, T, M, "v2")
+    with pytest.raises(models_cmd.ModelCliError, match="sha256"):
+        models_cmd.verify(store, T, M, "v2")
 
 
 def test_endpoints_need_a_stack_or_flags(tmp_path):
     args = argparse.Namespace(root=tmp_path, store=None, redis=None, kafka=None, topic=None)
-    with pytest.raises(models_cli.ModelCliError, match="--store / --redis"):
-        models_cli._endpoints(args)
+    with pytest.raises(models_cmd.ModelCliError, match="--store / --redis"):
+        models_cmd._endpoints(args)
     args = argparse.Namespace(root=tmp_path, store="/s", redis="redis://x", kafka=None, topic=None)
-    assert models_cli._endpoints(args) == {"store": "/s", "redis": "redis://x", "kafka": None,
+    assert models_cmd._endpoints(args) == {"store": "/s", "redis": "redis://x", "kafka": None,
                                            "topic": "loopwise.models.v1"}
 
 
 def test_endpoints_come_from_the_stack_file(tmp_path):
-    from loopwise.stack import StackInfo
+    from loopwise.tools.stack import StackInfo
 
     info = StackInfo(root=str(tmp_path), kafka="127.0.0.1:1", redis="redis://127.0.0.1:2/0", collector="",
                      inference="", metrics={}, pids={}, logs={}, model_store=str(tmp_path / "models"),
                      tenants=["default"], topics={"models": "x.models.v1"})
     (tmp_path / "stack.json").write_text(info.to_json())
     args = argparse.Namespace(root=tmp_path, store=None, redis=None, kafka=None, topic=None)
-    assert models_cli._endpoints(args) == {"store": str(tmp_path / "models"), "redis": "redis://127.0.0.1:2/0",
+    assert models_cmd._endpoints(args) == {"store": str(tmp_path / "models"), "redis": "redis://127.0.0.1:2/0",
                                            "kafka": "127.0.0.1:1", "topic": "x.models.v1"}
     args.redis = "redis://elsewhere:6379/0"
-    assert models_cli._endpoints(args)["redis"] == "redis://elsewhere:6379/0"
+    assert models_cmd._endpoints(args)["redis"] == "redis://elsewhere:6379/0"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
-from loopwise.miner.reformulation.offline import evaluate
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from _reformulation_offline import evaluate  # noqa: E402
+
 from loopwise.miner.reformulation.rollback import RuleMonitor
-from loopwise.simulate.assistant import World, movielens_catalog
+from loopwise.tools.simulate.assistant import World, movielens_catalog
 from tests.unit.test_simulator import ML_CACHED, synthetic_catalog
 
 
@@ -33,10 +39,11 @@ def test_rollback_withdraws_rules_that_break_turns() -> None:
 
 
 def test_a_simulated_turn_reads_as_its_event_does() -> None:
+    from _reformulation_offline import record_of
+
     from loopwise.client.build import EventFactory
-    from loopwise.miner.reformulation.offline import record_of
     from loopwise.miner.reformulation.sessions import TurnRecord
-    from loopwise.simulate.assistant import simulate
+    from loopwise.tools.simulate.assistant import simulate
 
     turns = simulate(World(synthetic_catalog()), users=30, minutes=20, seed=4)
     factory = EventFactory("acme")

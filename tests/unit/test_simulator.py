@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from loopwise import datasets
-from loopwise.simulate.assistant import (
+from loopwise.tools import datasets
+from loopwise.tools.simulate.assistant import (
     OK,
     UNHANDLED,
     Asr,
@@ -162,7 +162,7 @@ class FakeClient:
 def test_the_driver_calls_rewrite_and_reports_turns(catalog: Catalog) -> None:
     import time
 
-    from loopwise.simulate.assistant import run
+    from loopwise.tools.simulate.assistant import run
 
     world = World(catalog)
     m = next(m for m in catalog.movies if world.asr.confusion(m.spoken) and

@@ -11,6 +11,6 @@ METHODS.md section 2):
 * `rollback` - `RuleMonitor`: withdraw rules whose rewritten turns do worse;
 * `pipeline` - `TenantMiner`: all of the above for one tenant, sessions in,
   rewrite-table changes out;
-* `offline` - the simulator end-to-end check (``python -m
-  loopwise.miner.reformulation.offline``).
+The offline end-to-end check on the assistant simulator lives with the
+benchmarks (`bench/_reformulation_offline.py`).
 """

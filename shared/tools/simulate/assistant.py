@@ -1,7 +1,7 @@
 """A population of users talking to a movie-playing voice assistant.
 
 The catalog is MovieLens-100K (titles and rating counts as popularity, via
-`loopwise.datasets`). The assistant's NLU is strict: after a carrier phrase
+`loopwise.tools.datasets`). The assistant's NLU is strict: after a carrier phrase
 ("play", "put on", "watch", ...) it needs the title exactly as spoken ("the
 wizard of oz" for "Wizard of Oz, The"; parenthesised parts dropped), and
 gives ``play_movie:<item id>``, else the turn is UNHANDLED.
@@ -136,7 +136,7 @@ class Catalog:
 @lru_cache(maxsize=2)
 def movielens_catalog(cache_dir: str | None = None) -> Catalog:
     """MovieLens-100K titles, weighted by their rating counts (fetched on first use)."""
-    from loopwise import datasets
+    from loopwise.tools import datasets
 
     data = datasets.movielens_100k(Path(cache_dir) if cache_dir else None)
     counts = dict(zip(data.item_ids, data.item_counts.tolist(), strict=True))
@@ -469,8 +469,8 @@ def run(target: Any, *, users: int = 100, minutes: float = 10.0, seed: int = 7, 
     world = world or World(movielens_catalog(), time_scale=time_scale)
     own = None
     if isinstance(target, str | Path):
-        from loopwise import stack
         from loopwise.client import Client
+        from loopwise.tools import stack
 
         info = stack.StackInfo.read(Path(target).resolve())
         if info is None:

@@ -20,7 +20,18 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from loopwise.simulate.assistant import (
+from loopwise.miner.reformulation.chain import Chain, ChainConfig
+from loopwise.miner.reformulation.defects import DefectConfig, label_session
+from loopwise.miner.reformulation.rollback import RuleMonitor
+from loopwise.miner.reformulation.rules import Rule, RuleConfig, select_rules
+from loopwise.miner.reformulation.sessions import (
+    DEFAULT_GAP_MS,
+    TurnRecord,
+    interpretation_key,
+    sessionize,
+)
+from loopwise.text import normalize
+from loopwise.tools.simulate.assistant import (
     DOMAIN,
     INTENT,
     Nlu,
@@ -32,13 +43,6 @@ from loopwise.simulate.assistant import (
     summarize,
     table_rewriter,
 )
-from loopwise.text import normalize
-
-from .chain import Chain, ChainConfig
-from .defects import DefectConfig, label_session
-from .rollback import RuleMonitor
-from .rules import Rule, RuleConfig, select_rules
-from .sessions import DEFAULT_GAP_MS, TurnRecord, interpretation_key, sessionize
 
 
 @dataclass
@@ -169,7 +173,7 @@ def evaluate(world: World | None = None, *, users: int = 400, minutes: float = 2
     return OfflineResult(rules, summarize(before), summarize(after), correct, judged, detection, withdrawn)
 
 
-def main() -> None:  # python -m loopwise.miner.reformulation.offline
+def main() -> None:  # python -m _reformulation_offline
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

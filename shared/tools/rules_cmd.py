@@ -15,8 +15,9 @@ import sys
 
 import redis
 
-from loopwise import redis_keys, stack
+from loopwise import redis_keys
 from loopwise.text import normalize
+from loopwise.tools import stack
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,9 +28,9 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from loopwise import datasets, procs, stack
-from loopwise import kafka as lkafka
+from loopwise import codec
 from loopwise.client import Client, ReportError
+from loopwise.tools import datasets, procs, stack
 from loopwise.topics import Topics
 from loopwise.v1 import events_pb2, feedback_pb2, learning_pb2
 
@@ -332,7 +332,7 @@ def assistant_loop(info: stack.StackInfo, tenant: str, rounds: int, users: int, 
     """Rounds of simulated voice-assistant users (new users each round) through Rewrite and
     FeedbackService, live-paced; between rounds the miner closes their sessions and
     (re)derives rules, which the next round's Rewrite calls get."""
-    from loopwise.simulate import assistant
+    from loopwise.tools.simulate import assistant
 
     world = assistant.World(assistant.movielens_catalog(), time_scale=TIME_SCALE)
     out = []
@@ -397,7 +397,7 @@ def _count(out: ReadBack, topic: str, value: bytes, request_ids: set[str], examp
             counts.kinds["positive" if example.label > 0 else "negative"] += 1
         return
     try:
-        event = lkafka.decode(value)
+        event = codec.decode(value)
     except ValueError:
         counts.undecodable += 1
         return

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loopwise import coldstart, procs
-from loopwise import kafka as lkafka
+from loopwise import coldstart
 from loopwise.modelstore import ModelStore
+from loopwise.tools import procs
 from loopwise.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
         bootstrap = f"127.0.0.1:{kafka_port}"
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         topics = Topics.from_env()
-        lkafka.ensure_topics(bootstrap, topics.all(), partitions)
+        topics.ensure_topics(bootstrap, topics.all(), partitions)
         store_path = root / "models"
         store = ModelStore(str(store_path))
         for tenant in tenants:

@@ -170,12 +170,12 @@ def announce(bootstrap: str, topic: str, tenant: str, model: str, version: str, 
     """Produce one `ModelAnnouncement` (acks=all); raises on failure."""
     from aiokafka import AIOKafkaProducer
 
-    from loopwise import kafka as lkafka
+    from loopwise import stamps
     from loopwise.v1 import learning_pb2
 
-    ann = learning_pb2.ModelAnnouncement(event_id=lkafka.new_event_id(), tenant=tenant, model=model,
+    ann = learning_pb2.ModelAnnouncement(event_id=stamps.new_event_id(), tenant=tenant, model=model,
                                          version=version, previous_version=previous or "", action=action,
-                                         reason=reason, time_ms=lkafka.now_ms())
+                                         reason=reason, time_ms=stamps.now_ms())
 
     async def _send() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
@@ -214,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _endpoints(args: argparse.Namespace) -> dict[str, str | None]:
-    from loopwise import stack
+    from loopwise.tools import stack
     from loopwise.topics import Topics
 
     info = stack.StackInfo.read(Path(args.root).resolve()) if getattr(args, "root", None) else None

@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from loopwise import stack
+from loopwise.tools import stack
 
 DEFAULT_ROOT = Path(os.environ.get("LOOPWISE_HOME", ".loopwise"))
 
@@ -68,35 +68,35 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from loopwise import demo
+    from loopwise.tools import demo
 
     return demo.run(args.root, requests=args.requests, keep=args.keep, assistant_rounds=args.assistant_rounds,
                     assistant_users=args.assistant_users, rate=args.rate)
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from loopwise import replay
+    from loopwise.tools import replay
 
     return replay.run_obd(args.root, policy=args.policy, campaign=args.campaign, rounds=args.rounds,
                           speedup=args.speedup)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from loopwise.simulate import assistant
+    from loopwise.tools.simulate import assistant
 
     return assistant.main_simulate(args)
 
 
 def _model(args: argparse.Namespace) -> int:
-    from loopwise import models_cli
+    from loopwise.tools import models_cmd
 
-    return models_cli.run(args)
+    return models_cmd.run(args)
 
 
 def _rules(args: argparse.Namespace) -> int:
-    from loopwise import rules_cli
+    from loopwise.tools import rules_cmd
 
-    return rules_cli.run(args)
+    return rules_cmd.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
                         "new versions while the replay runs")
     p.set_defaults(func=_demo)
     p = sub.add_parser("model", help="list, show, promote or roll back model versions")
-    from loopwise import models_cli
+    from loopwise.tools import models_cmd
 
-    models_cli.add_arguments(p)
+    models_cmd.add_arguments(p)
     p.set_defaults(func=_model)
     p = sub.add_parser("rules", help="live rewrite rules; block or unblock sources and targets")
-    from loopwise import rules_cli
+    from loopwise.tools import rules_cmd
 
-    rules_cli.add_arguments(p)
+    rules_cmd.add_arguments(p)
     p.set_defaults(func=_rules)
     p = sub.add_parser("replay", help="replay a logged dataset through a running stack")
     replay_sub = p.add_subparsers(dest="dataset", required=True)

@@ -2,7 +2,7 @@
 
 `run_obd` reads ``{root}/stack.json`` (a stack started with ``loopwise up``;
 it fails clearly if there is none or it is not running) and reports the
-rounds of one OBD sample file (`loopwise.datasets.open_bandit`) to the
+rounds of one OBD sample file (`loopwise.tools.datasets.open_bandit`) to the
 stack's FeedbackService, as a client that ranks with its own system would:
 
 - per round one ``Impression``: source ``obd-{policy}``, candidate ids
@@ -15,7 +15,7 @@ stack's FeedbackService, as a client that ranks with its own system would:
   its impression (OBD logs no click time).
 
 The sample is a subsample of rows, so nearly every round holds one slot of
-its three (see `loopwise.datasets.load_open_bandit`): such an impression
+its three (see `loopwise.tools.datasets.load_open_bandit`): such an impression
 lists a single candidate even where it was shown at position 2 or 3, and
 nothing is invented for the slots that were not sampled. The Click carries
 the true position; the impression's ``context.positions`` says where each
@@ -47,9 +47,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from loopwise import datasets, procs, stack
-from loopwise import kafka as lkafka
 from loopwise.client import Client, ReportError, build
+from loopwise.tools import datasets, procs, stack
 from loopwise.v1 import events_pb2, feedback_pb2
 
 CLICK_DELAY_MS = 1_000
@@ -139,7 +138,7 @@ def replay(client: Client, data: datasets.OpenBandit, rounds: int, speedup: floa
     """Report the first ``rounds`` rounds of ``data``; the collector's answers tallied."""
     counts = ReplayCounts(rounds=rounds)
     stamps = data.timestamp_us[:rounds]
-    shift = time_shift_ms(stamps, lkafka.now_ms())
+    shift = time_shift_ms(stamps, stamps.now_ms())
     every = max(1, rounds // PROGRESS_LINES)
     start = time.monotonic()
     for index in range(rounds):
