@@ -414,6 +414,7 @@ def start_miner(ws: c.Workspace, bootstrap: str, topics: Topics, app_id: str, wi
            "LOOPWISE_APP_ID": app_id, "LOOPWISE_TOPIC_PARTITIONS": str(PARTITIONS),
            "LOOPWISE_METRICS_PORT": str(mport), "LOOPWISE_GRPC_HOST": "127.0.0.1",
            "LOOPWISE_ATTRIBUTION_WINDOW_MS": str(window_ms), "LOOPWISE_LOG_LEVEL": "WARNING",
+           "LOOPWISE_CHANGELOG_CATCH_UP": "true",  # on Tansu, as in the local stack
            **topics.env(), **(extra_env or {})}
     log = ws.logs / f"{name}.log"
     with open(log, "ab") as out:

@@ -17,9 +17,10 @@ class MinerSettings(BaseSettings):
     # Records handled between two flushes of the changelog and outputs.
     batch_size: int = 1000
     batch_within_s: float = 0.05
-    # After Faust's table recovery, re-read the changelog to its real end (for
-    # brokers that under-report end offsets, like the local Tansu) until idle.
-    changelog_catch_up: bool = True
+    # After Faust's table recovery, re-read the attribution changelog to its real
+    # end until idle: a workaround for brokers that under-report end offsets (the
+    # local Tansu; the local stack turns it on). Apache Kafka does not need it.
+    changelog_catch_up: bool = False
     catch_up_idle_s: float = 0.5
     # A partition's input that delivered nothing for this long is idle: its
     # watermark then follows the wall clock (seconds).

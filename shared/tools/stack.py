@@ -104,7 +104,8 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
         }
         endpoints: dict[str, str] = {}
         metrics: dict[str, str] = {}
-        own_env = {"miner": {"LOOPWISE_DATA_DIR": str(root / "miner")},
+        # the miner re-reads its changelog after recovery: Tansu under-reports end offsets
+        own_env = {"miner": {"LOOPWISE_DATA_DIR": str(root / "miner"), "LOOPWISE_CHANGELOG_CATCH_UP": "true"},
                    "trainer": {"LOOPWISE_DATA_DIR": str(root / "trainer"), **LOCAL_TRAINER_ENV}}
         for name in SERVICES:
             port, mport = procs.free_port(), procs.free_port()

@@ -16,6 +16,7 @@ from loopwise import codec, stamps
 from loopwise.client import Client
 from loopwise.client.build import EventFactory, candidates
 from loopwise.tools import procs
+from loopwise.topics import ensure_topics
 from loopwise.v1 import learning_pb2
 
 from .kafka_read import read_records
@@ -28,7 +29,7 @@ WINDOW_MS = 2000
 def start_miner(broker, topics, workdir):
     """``start_miner(app_id=None)`` -> a miner process on fresh topics (restartable by app id)."""
     started = []
-    topics.ensure_topics(broker, topics.all(), 2)
+    ensure_topics(broker, topics.all(), 2)
 
     def _start(app_id: str | None = None):
         app_id = app_id or f"miner-{uuid.uuid4().hex[:8]}"
@@ -36,7 +37,7 @@ def start_miner(broker, topics, workdir):
         env = {"LOOPWISE_KAFKA_BOOTSTRAP": broker, "LOOPWISE_APP_ID": app_id, "LOOPWISE_TOPIC_PARTITIONS": "2",
                "LOOPWISE_METRICS_PORT": str(mport), "LOOPWISE_GRPC_HOST": "127.0.0.1",
                "LOOPWISE_ATTRIBUTION_WINDOW_MS": str(WINDOW_MS), "LOOPWISE_CLOSE_INTERVAL_S": "0.2",
-               **topics.env()}
+               "LOOPWISE_CHANGELOG_CATCH_UP": "true", **topics.env()}  # Tansu under-reports end offsets
         proc = procs.start_service("loopwise.miner", env, workdir / f"{app_id}-{len(started)}.log")
         started.append(proc)
         url = f"http://127.0.0.1:{mport}/metrics"

@@ -14,6 +14,7 @@ import redis
 from loopwise import redis_keys, stamps
 from loopwise.client import Client
 from loopwise.tools import procs
+from loopwise.topics import ensure_topics
 from loopwise.v1 import events_pb2, learning_pb2
 
 from .kafka_read import read_records
@@ -25,7 +26,7 @@ OK, UNHANDLED = events_pb2.RESPONSE_STATUS_OK, events_pb2.RESPONSE_STATUS_UNHAND
 @pytest.fixture
 def start_miner(broker, redis_url, topics, workdir):
     started = []
-    topics.ensure_topics(broker, topics.all(), 2)
+    ensure_topics(broker, topics.all(), 2)
 
     def _start(app_id: str | None = None):
         app_id = app_id or f"miner-{uuid.uuid4().hex[:8]}"
@@ -34,7 +35,8 @@ def start_miner(broker, redis_url, topics, workdir):
                "LOOPWISE_TOPIC_PARTITIONS": "2", "LOOPWISE_METRICS_PORT": str(mport),
                "LOOPWISE_GRPC_HOST": "127.0.0.1", "LOOPWISE_SESSION_GAP_MS": "5000", "LOOPWISE_IDLE_S": "0.5",
                "LOOPWISE_CLOSE_INTERVAL_S": "0.2", "LOOPWISE_RULES_INTERVAL_S": "0.2",
-               "LOOPWISE_ROLLBACK_MIN_TURNS": "20", **topics.env()}
+               "LOOPWISE_ROLLBACK_MIN_TURNS": "20",
+               "LOOPWISE_CHANGELOG_CATCH_UP": "true", **topics.env()}  # Tansu under-reports end offsets
         proc = procs.start_service("loopwise.miner", env, workdir / f"{app_id}-{len(started)}.log")
         started.append(proc)
         url = f"http://127.0.0.1:{mport}/metrics"

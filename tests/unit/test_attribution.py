@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from loopwise.client.build import EventFactory, candidates, features
 from loopwise.miner.attribution import Attribution, AttributionConfig
+from loopwise.miner.attribution_windows import Windows
 from loopwise.miner.debias import ExposureCounter, FixedPositions
-from loopwise.miner.window import Windows
+from loopwise.miner.recovery import ReadPositions
 from loopwise.v1 import learning_pb2
 
 WINDOW = 60_000
@@ -250,3 +251,25 @@ def test_a_stream_with_a_backlog_is_not_idle():
     assert w.watermark(0, now=100.0 + 2 * WINDOW / 1000) == T0  # events silent but behind: holds
     backlog["events"] = False
     assert w.watermark(0, now=100.0 + 2 + WINDOW / 1000) >= T0 + WINDOW
+
+
+def test_read_positions_answer_caught_up_against_the_high_water_mark():
+    high = {("events", 0): 10}
+
+    def highwater(topic, partition):
+        if topic == "gone":
+            raise RuntimeError("no consumer yet")
+        return high.get((topic, partition))
+
+    positions = ReadPositions(highwater)
+    assert positions.caught_up("events", 0)  # nothing read in this run: the idle timeout decides
+    positions.record("events", 0, 5)
+    assert not positions.caught_up("events", 0)
+    positions.record("events", 0, 9)
+    assert positions.caught_up("events", 0)
+    assert positions.caught_up("events", 1) and positions.caught_up("gone", 0)  # unknown: yes
+    w = Windows(Attribution(AttributionConfig(window_ms=WINDOW), FixedPositions(), ExposureCounter()), {},
+                topics=("events",), idle_s=2.0, caught_up=positions.caught_up)
+    w.observe("events", 0, T0, now=100.0)
+    high[("events", 0)] = 20  # more arrived: the partition has a backlog, its watermark holds
+    assert w.watermark(0, now=100.0 + 2 * WINDOW / 1000) == T0

@@ -4,6 +4,8 @@ Pure Python/numpy/scipy, no Kafka (Ponnusamy et al., arXiv 1911.02557; see
 METHODS.md section 2):
 
 * `sessions` - `TurnRecord` (from a Turn event), `SessionState` per (tenant, user);
+* `session_book` - `SessionBook`: every user's open session over a key -> bytes
+  mapping, closed by turn gaps and per-partition watermarks;
 * `defects` - `label_session`: defect kinds per turn and rephrase links;
 * `chain` - `Chain`: decayed transition weights, distinct-user sketches,
   absorption probabilities solved per touched component;

@@ -1,26 +1,42 @@
-"""The miner's output records, produced a whole record batch at a time.
+"""Where the miner's records go: the outbox (its output records, produced a
+whole record batch at a time) and the dead letters.
 
 The attribution agent writes about ten records per record it reads
 (an example and a prediction error per shown candidate, preference pairs).
 Handing them to Kafka one ``send`` at a time costs more than building them;
-the outbox collects one agent batch's records, groups them by partition
+the `Outbox` collects one agent batch's records, groups them by partition
 (the Java client's murmur2 partitioner on the record key, so records keyed by
 request stay together and co-partitioned with the inputs), appends them to
-aiokafka record batches and awaits every acknowledgement in `flush` — which
-the agent calls before its input offsets can be committed, so a crash
+aiokafka record batches and awaits every acknowledgement in `Outbox.flush` —
+which the agent calls before its input offsets can be committed, so a crash
 re-reads and re-sends (same deterministic ids), never skips.
+
+`DeadLetters` sends a record the miner cannot use, with its reason and where
+it was read, to ``loopwise.deadletter.v1`` through the Faust producer (flushed
+with the batch too), counted by reason: never a crash loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 
+import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from loopwise import stamps
+from loopwise.v1 import learning_pb2
+
+from .metrics import MinerMetrics
+
+log = logging.getLogger(__name__)
+
 
 class Outbox:
+    """Output records added during a batch, produced and acknowledged by `flush`."""
+
     def __init__(self, bootstrap: str, *, linger_ms: int = 0, max_batch_bytes: int = 1 << 20,
                  request_timeout_ms: int = 30_000) -> None:
         self._config = dict(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
@@ -84,3 +100,22 @@ class Outbox:
                     sent += len(items)
             await asyncio.gather(*futures)
             return sent
+
+
+class DeadLetters:
+    """Records the miner cannot use, on the dead-letter topic with their reason."""
+
+    def __init__(self, topic: faust.TopicT, metrics: MinerMetrics) -> None:
+        self.topic = topic
+        self.metrics = metrics
+
+    def send(self, key: bytes, payload: bytes, topic: str, partition: int, offset: int, reason: str,
+             detail: str) -> None:
+        """Dead-letter ``payload`` read at ``topic``/``partition``/``offset`` (-1: not read from one)."""
+        self.metrics.dead.labels(reason).inc()
+        record = learning_pb2.DeadLetter(topic=topic, partition=partition, offset=offset, reason=reason,
+                                         detail=detail, payload=payload, time_ms=stamps.now_ms(),
+                                         service="miner")
+        self.topic.send_soon(key=key, value=record.SerializeToString())
+        log.warning("dead-lettered", extra={"reason": reason, "detail": detail, "topic": topic,
+                                            "partition": partition, "offset": offset})

@@ -1,0 +1,177 @@
+"""The attribution agent and its window timer.
+
+- ``attribute`` reads ``loopwise.events.v1`` and ``loopwise.impressions.v1``
+  (co-partitioned by request), keeps one ``AttributionState`` per request in
+  the table ``attribution`` (`attribution_windows.Windows`) and produces
+  examples, preference pairs and prediction errors; records it cannot use are
+  dead-lettered with a reason; valid turns are forwarded to the turns topic
+  for reformulation mining.
+- ``close_windows`` closes the windows the watermarks have passed, in chunks,
+  and refreshes the gauges.
+
+Delivery is at least once: after a crash, records between the last committed
+offset and the crash are processed again; the table (recovered from its
+changelog) makes them duplicates, and every output carries a deterministic
+id for consumers that see one twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import faust
+
+from loopwise import codec, stamps
+from loopwise.v1 import events_pb2
+from loopwise.validation import Limits, check_event
+
+from ..attribution import Attribution, AttributionConfig, Outputs
+from ..attribution_windows import Windows
+from ..debias import ExposureCounter, FixedPositions
+from ..metrics import MinerMetrics
+from ..outputs import DeadLetters, Outbox
+from ..recovery import ChangelogCatchUp, ReadPositions, RecoveryGate
+from ..settings import MinerSettings
+from ..tables import MinerTables
+from ..topics import MinerTopics, turn_key
+
+ATTRIBUTED = ("impression", "click", "accept", "reject")
+
+
+def position_model(settings: MinerSettings) -> Any:
+    if settings.position_model == "em":
+        from ..propensity import PositionBiasEM
+
+        # Statistics only per closed request; the EM steps run on the close timer.
+        return PositionBiasEM(n_positions=settings.em_positions, max_items=settings.em_items, iterations=0)
+    if settings.position_model == "fixed":
+        return FixedPositions()
+    raise ValueError(f"LOOPWISE_POSITION_MODEL={settings.position_model!r}: expected em or fixed")
+
+
+class AttributionAgents:
+    """``attribute`` and ``close_windows`` over the table ``attribution``."""
+
+    def __init__(self, app: faust.App, settings: MinerSettings, metrics: MinerMetrics, topics: MinerTopics,
+                 tables: MinerTables, positions: ReadPositions, outbox: Outbox, dead: DeadLetters) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.topics = topics
+        self.positions = positions
+        self.outbox = outbox
+        self.dead = dead
+        self.attribution = Attribution(
+            AttributionConfig(window_ms=settings.attribution_window_ms, clip=settings.ips_clip),
+            position_model(settings), ExposureCounter(eta=settings.exposure_eta))
+        self.windows = Windows(self.attribution, tables.attribution, topics=topics.inputs,
+                               idle_s=settings.idle_s, caught_up=positions.caught_up)
+        catch_up = ChangelogCatchUp(app, tables.attribution, topics.inputs, settings.kafka_bootstrap,
+                                    settings.catch_up_idle_s) if settings.changelog_catch_up else None
+        self.recovery = RecoveryGate(app, self.windows.rebuild, catch_up, on_ready=lambda: metrics.ready.set(1))
+        self.limits = Limits(max_future_ms=settings.max_future_s * 1000, max_age_ms=settings.max_age_s * 1000)
+        self.tenants = frozenset(settings.tenants)
+        self.turns = topics.turns.get_topic_name()
+
+    async def on_rebalance(self, sender: Any = None, **kwargs: Any) -> None:
+        self.recovery.reset()
+
+    async def attribute(self, stream: faust.StreamT) -> None:
+        async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_within_s):
+            # Nothing is applied to the table while it is being rebuilt from its changelog.
+            while not await self.recovery.ensure():
+                await asyncio.sleep(0.05)
+            for event in events:
+                message = event.message
+                key = event.key or b""
+                outputs = self._handle(key, event.value, message.topic, message.partition, message.offset)
+                if outputs is not None:
+                    self._emit(key, outputs)
+            # The table's changelog and the outputs are on the broker before
+            # these offsets can be committed: a crash re-reads, never skips.
+            await self.outbox.flush()
+            await self.app.producer.flush()
+
+    def _handle(self, key: bytes, value: bytes, topic: str, partition: int, offset: int) -> Outputs | None:
+        self.positions.record(topic, partition, offset)
+        try:
+            ev = codec.decode(value)
+        except ValueError as exc:
+            self.dead.send(key, value, topic, partition, offset, "undecodable", str(exc))
+            return None
+        problem = check_event(ev, tenants=self.tenants, now_ms=stamps.now_ms(), limits=self.limits)
+        kind = ev.WhichOneof("body") or "none"
+        self.metrics.records.labels(kind).inc()
+        if problem is not None:
+            self.dead.send(key, value, topic, partition, offset, *problem)
+            return None
+        if kind == "turn":
+            self._forward_turn(ev, value)
+            return None
+        if kind not in ATTRIBUTED:
+            return None
+        if kind != "impression":
+            self.metrics.feedback_received.inc()
+        out = self.windows.process(key, ev, topic, partition)
+        for reason, detail, bad in out.dead:
+            self.dead.send(key, bad.SerializeToString(), topic, partition, offset, reason, detail)
+        out.dead = []
+        return out
+
+    def _forward_turn(self, event: events_pb2.Event, value: bytes) -> None:
+        """To the turns topic, re-keyed by user (sent with the batch's outputs)."""
+        self.metrics.turns.inc()
+        self.outbox.add(self.turns, turn_key(event), value)
+
+    async def close_windows(self) -> None:
+        if self.app.rebalancing or self.app.in_recovery or not await self.recovery.ensure():
+            return
+        while True:  # in chunks: the agent and the consumer's heartbeats get the loop in between
+            async with self.recovery.lock:
+                out = self.windows.advance(limit=self.settings.close_chunk)
+                for reason, detail, bad in out.dead:
+                    self.dead.send(codec.record_key(bad), bad.SerializeToString(), "", -1, -1, reason, detail)
+                out.dead = []
+                self._emit(None, out)
+            await self.outbox.flush()
+            await self.app.producer.flush()
+            if not self.windows.more() or not self.recovery.done:
+                break
+            await asyncio.sleep(0)
+        fit = getattr(self.attribution.positions, "fit", None)
+        if fit is not None and self.settings.em_steps:
+            fit(self.settings.em_steps)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        m = self.metrics
+        m.partition_skew.set(self.windows.lag_ms() / 1000)
+        m.backlog.set(self.windows.pending())
+        m.join_ratio_gauge.set(m.join_ratio())
+        mark = self.windows.watermark()
+        if mark:
+            m.watermark_lag.set(max(time.time() - mark / 1000, 0.0))
+        curve = self.attribution.positions.propensities()
+        for i in range(min(len(curve), 10)):
+            m.position_propensity.labels(str(i + 1)).set(min(float(curve[i]), 1.0))
+
+    def _emit(self, key: bytes | None, out: Outputs) -> None:
+        m = self.metrics
+        m.feedback_attributed.inc(out.attributed)
+        m.late.inc(out.late)
+        m.duplicates.inc(out.duplicates)
+        m.conflicts.inc(out.conflicts)
+        for name, records in (("examples", out.examples), ("preferences", out.pairs), ("errors", out.errors)):
+            if not records:
+                continue
+            topic = self.topics.outputs[name]
+            add = self.outbox.add
+            for record in records:
+                record_key = key if key is not None else f"{record.tenant}|r|{record.request_id}".encode()
+                add(topic, record_key, record.SerializeToString())
+            m.emitted.labels(name).inc(len(records))
+        for example in out.examples:
+            if example.label > 0:
+                m.propensity.observe(example.propensity)

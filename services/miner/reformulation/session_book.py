@@ -1,0 +1,160 @@
+"""The session book: every user's open session over a key -> bytes table (the
+Faust table ``sessions`` in the miner, a dict in tests), closed by turn gaps
+and by per-partition watermarks.
+
+Keys are ``tenant|u|user_id`` (the key of the turns topic). A value holds the
+user's open `SessionState`, the ids of their most recent events (a redelivered
+turn is a duplicate, not a repeat), the id of the session's first event (the
+closed session's deterministic id derives from it) and the partition it was
+read from.
+
+A session closes when a turn arrives more than ``gap_ms`` after the previous
+one (`SessionBook.add`), or when its partition's watermark passes its last
+turn by the gap (`SessionBook.close`). A partition's watermark is the newest
+event time read from it, advanced by wall-clock time once the partition has
+delivered nothing for ``idle_s`` and has no backlog (``caught_up``). After
+recovery, `SessionBook.rebuild` re-indexes the table.
+
+>>> book = SessionBook({}, gap_ms=30_000)
+>>> def turn(ms, text):
+...     return TurnRecord(time_ms=ms, utterance=text, user_id="ann", tenant="t")
+>>> book.add(b"t|u|ann", "e1", turn(0, "play heet"), partition=0)
+Added(duplicate=False, closed=None)
+>>> book.add(b"t|u|ann", "e1", turn(0, "play heet"), partition=0).duplicate
+True
+>>> session = book.add(b"t|u|ann", "e2", turn(60_000, "play heat"), partition=0).closed
+>>> session.tenant, [t.utterance for t in session.turns]
+('t', ['play heet'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+
+from .sessions import DEFAULT_GAP_MS, DEFAULT_MAX_TURNS, SessionState, TurnRecord
+
+RECENT_IDS = 64  # event ids remembered per user for dedupe
+
+
+def session_id(tenant: str, user: str, first_event_id: str) -> str:
+    """The deterministic id of a session, from its first event's id."""
+    return hashlib.blake2b(f"{tenant}\x1f{user}\x1f{first_event_id}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """A closed session, as the ``sessions`` agent sends it to the ``mine`` agent."""
+
+    id: str
+    tenant: str
+    turns: list[TurnRecord]
+
+    def to_bytes(self) -> bytes:
+        record = {"id": self.id, "tenant": self.tenant, "turns": [t.to_dict() for t in self.turns]}
+        return json.dumps(record, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Session:
+        """Raises ValueError, KeyError or TypeError on a record that is not a session."""
+        record = json.loads(raw)
+        return cls(id=record["id"], tenant=record["tenant"], turns=[TurnRecord(**t) for t in record["turns"]])
+
+
+@dataclass(slots=True)
+class Added:
+    """What one turn did: nothing new (``duplicate``), and the session it closed, if any."""
+
+    duplicate: bool = False
+    closed: Session | None = None
+
+
+class SessionBook:
+    def __init__(self, table: MutableMapping[bytes, bytes], *, gap_ms: int = DEFAULT_GAP_MS,
+                 max_turns: int = DEFAULT_MAX_TURNS, idle_s: float = 0.0,
+                 caught_up: Callable[[int], bool] | None = None) -> None:
+        self.table = table
+        self.gap_ms = gap_ms
+        self.max_turns = max_turns
+        self.idle_s = idle_s
+        self.caught_up = caught_up
+        self._due: dict[int, list[tuple[int, bytes]]] = {}  # partition -> heap of (due event time, key)
+        self._streams: dict[int, list[float]] = {}  # partition -> [newest event time, monotonic time of last turn]
+
+    def rebuild(self, now: float | None = None) -> None:
+        """Re-index the table's open sessions (after recovery from the changelog)."""
+        self._due = {}
+        now = time.monotonic() if now is None else now
+        for key, raw in list(self.table.items()):
+            data = json.loads(raw)
+            state = SessionState.from_dict(data["state"])
+            if state.turns:
+                partition = int(data.get("p", 0))
+                heapq.heappush(self._due.setdefault(partition, []), (state.last_ms + self.gap_ms, key))
+                stream = self._streams.setdefault(partition, [state.last_ms, now])
+                stream[0] = max(stream[0], state.last_ms)
+
+    def add(self, key: bytes, event_id: str, turn: TurnRecord, partition: int, now: float | None = None) -> Added:
+        """Add the turn ``event_id`` of the user ``key``, read from ``partition``."""
+        raw = self.table.get(key)
+        data = json.loads(raw) if raw is not None else {"state": {"turns": []}, "ids": [], "first": ""}
+        if event_id in data["ids"]:
+            return Added(duplicate=True)
+        data["ids"] = (data["ids"] + [event_id])[-RECENT_IDS:]
+        state = SessionState.from_dict(data["state"])
+        turns = state.add(turn, gap_ms=self.gap_ms, max_turns=self.max_turns)
+        closed = None
+        if turns:
+            closed = self._session(turn.tenant, turn.user_id, data.get("first", ""), turns)
+            data["first"] = event_id
+        elif not data.get("first"):
+            data["first"] = event_id
+        data["state"] = state.to_dict()
+        data["p"] = partition
+        self.table[key] = json.dumps(data, separators=(",", ":")).encode()
+        heapq.heappush(self._due.setdefault(partition, []), (state.last_ms + self.gap_ms, key))
+        now = time.monotonic() if now is None else now
+        stream = self._streams.setdefault(partition, [turn.time_ms, now])
+        stream[0] = max(stream[0], turn.time_ms)
+        stream[1] = now
+        return Added(closed=closed)
+
+    def watermark(self, partition: int, now: float | None = None) -> float:
+        """The partition's event-time watermark (0 before it has delivered anything)."""
+        stream = self._streams.get(partition)
+        if stream is None:
+            return 0.0
+        newest, wall = stream
+        idle = (time.monotonic() if now is None else now) - wall - self.idle_s
+        if idle > 0 and (self.caught_up is None or self.caught_up(partition)):
+            return newest + idle * 1000
+        return newest
+
+    def close(self, limit: int | None = None, now: float | None = None) -> list[Session]:
+        """Close (and forget) the sessions their partition's watermark has passed by the gap;
+        at most ``limit`` per call."""
+        out: list[Session] = []
+        for partition, due in self._due.items():
+            mark = self.watermark(partition, now)
+            while due and due[0][0] < mark and (limit is None or len(out) < limit):
+                _, key = heapq.heappop(due)
+                raw = self.table.get(key)
+                if raw is None:
+                    continue
+                data = json.loads(raw)
+                state = SessionState.from_dict(data["state"])
+                turns = state.flush(int(mark), gap_ms=self.gap_ms)
+                if not turns:
+                    continue  # a newer turn extended it (a newer heap entry exists)
+                tenant, _, user = key.decode().partition("|u|")
+                out.append(self._session(tenant, user, data.get("first", ""), turns))
+                self.table.pop(key, None)
+        return out
+
+    @staticmethod
+    def _session(tenant: str, user: str, first: str, turns: list[TurnRecord]) -> Session:
+        return Session(id=session_id(tenant, user, first or f"{turns[0].time_ms}"), tenant=tenant, turns=turns)

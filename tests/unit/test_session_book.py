@@ -1,0 +1,130 @@
+"""The session book over a plain dict: turns in, closed sessions out, duplicates and
+watermarks per partition, rebuilt from the table after a restart."""
+
+from __future__ import annotations
+
+import json
+
+from loopwise.miner.reformulation.session_book import RECENT_IDS, Session, SessionBook, session_id
+from loopwise.miner.reformulation.sessions import TurnRecord
+
+GAP = 30_000
+T0 = 1_800_000_000_000
+
+
+def turn(ms: int, text: str = "play heet", user: str = "ann", tenant: str = "t") -> TurnRecord:
+    return TurnRecord(time_ms=T0 + ms, utterance=text, user_id=user, tenant=tenant)
+
+
+def key(user: str = "ann", tenant: str = "t") -> bytes:
+    return f"{tenant}|u|{user}".encode()
+
+
+def book(table: dict | None = None, **kw) -> SessionBook:
+    return SessionBook({} if table is None else table, gap_ms=GAP, **kw)
+
+
+def test_a_turn_after_the_gap_closes_the_session_with_a_deterministic_id():
+    b = book()
+    assert b.add(key(), "e1", turn(0, "play heet"), 0).closed is None
+    assert b.add(key(), "e2", turn(1000, "play heat"), 0).closed is None
+    closed = b.add(key(), "e3", turn(1000 + GAP + 1, "stop"), 0).closed
+    assert [t.utterance for t in closed.turns] == ["play heet", "play heat"]
+    assert closed.tenant == "t" and closed.id == session_id("t", "ann", "e1")
+    again = b.add(key(), "e4", turn(3 * GAP, "stop"), 0).closed
+    assert again.id == session_id("t", "ann", "e3")  # the next session starts at the turn that closed one
+
+
+def test_a_redelivered_turn_is_a_duplicate_and_changes_nothing():
+    table: dict = {}
+    b = book(table)
+    b.add(key(), "e1", turn(0), 0)
+    before = dict(table)
+    added = b.add(key(), "e1", turn(0), 0)
+    assert added.duplicate and added.closed is None and table == before
+
+
+def test_only_the_most_recent_event_ids_are_kept():
+    table: dict = {}
+    b = book(table)
+    for i in range(RECENT_IDS + 5):
+        b.add(key(), f"e{i}", turn(i), 0)
+    assert len(json.loads(table[key()])["ids"]) == RECENT_IDS
+    assert not b.add(key(), "e0", turn(0), 0).duplicate  # forgotten: no longer recognised
+
+
+def test_users_have_their_own_sessions():
+    b = book()
+    b.add(key("ann"), "a1", turn(0, user="ann"), 0)
+    assert b.add(key("bob"), "b1", turn(GAP + 1, user="bob"), 0).closed is None
+
+
+def test_the_watermark_closes_idle_sessions_and_forgets_them():
+    table: dict = {}
+    b = book(table, idle_s=2.0)
+    b.add(key("ann"), "a1", turn(0, user="ann"), 0, now=100.0)
+    b.add(key("bob"), "b1", turn(GAP, user="bob"), 0, now=100.0)
+    assert b.watermark(0, now=101.0) == T0 + GAP  # the newest event time read
+    closed = b.close(now=101.0)  # ann's last turn is exactly one gap behind: not yet
+    assert closed == []
+    b.add(key("cat"), "c1", turn(GAP + 1, user="cat"), 0, now=101.0)
+    assert [s.tenant for s in b.close(now=101.0)] == ["t"] and key("ann") not in table
+    # once idle for idle_s, the wall clock moves the watermark on
+    assert b.watermark(0, now=103.0 + GAP / 1000) == T0 + 2 * GAP + 1
+    assert len(b.close(now=103.5 + GAP / 1000)) == 2 and table == {}
+
+
+def test_a_partition_with_a_backlog_is_not_idle():
+    backlog = {0: True}
+    b = book(idle_s=2.0, caught_up=lambda p: not backlog[p])
+    b.add(key(), "e1", turn(0), 0, now=100.0)
+    assert b.close(now=200.0) == []  # silent, but not read to its end
+    backlog[0] = False
+    assert len(b.close(now=200.0)) == 1
+
+
+def test_partitions_have_their_own_watermarks():
+    b = book()
+    b.add(key("ann"), "a1", turn(0, user="ann"), 0, now=100.0)
+    b.add(key("bob"), "b1", turn(10 * GAP, user="bob"), 1, now=100.0)  # partition 1 runs ahead
+    assert b.close(now=100.0) == []
+
+
+def test_closing_in_chunks_closes_every_session_once():
+    b = book()
+    for u in range(10):
+        b.add(key(f"u{u}"), f"e{u}", turn(u, user=f"u{u}"), u % 2, now=100.0)
+    for p in (0, 1):
+        b.add(key(f"late{p}"), f"l{p}", turn(5 * GAP, user=f"late{p}"), p, now=100.0)
+    seen: list[Session] = []
+    while chunk := b.close(limit=3, now=100.0):
+        assert len(chunk) <= 3
+        seen += chunk
+    assert sorted(s.turns[0].user_id for s in seen) == sorted(f"u{u}" for u in range(10))
+
+
+def test_a_newer_turn_keeps_the_session_open():
+    b = book(idle_s=0.0)
+    b.add(key(), "e1", turn(0), 0, now=100.0)
+    b.add(key(), "e2", turn(GAP), 0, now=100.0)  # extends it: the first due entry is stale
+    b.add(key("bob"), "b1", turn(GAP + 2, user="bob"), 0, now=100.0)
+    assert b.close(now=100.0) == []
+
+
+def test_rebuild_restores_the_due_sessions_from_the_table():
+    table: dict = {}
+    b = book(table)
+    b.add(key("ann"), "a1", turn(0, user="ann"), 1, now=100.0)
+    b.add(key("bob"), "b1", turn(2 * GAP, user="bob"), 1, now=100.0)
+    fresh = book(table)
+    assert fresh.watermark(1) == 0.0
+    fresh.rebuild(now=100.0)
+    assert fresh.watermark(1, now=100.0) == T0 + 2 * GAP  # resumes from the newest recovered turn
+    [session] = fresh.close(now=100.0)
+    assert [t.user_id for t in session.turns] == ["ann"]
+    assert fresh.add(key("bob"), "b1", turn(2 * GAP, user="bob"), 1).duplicate  # the ids survive too
+
+
+def test_a_session_round_trips_through_bytes():
+    session = Session(id="s1", tenant="t", turns=[turn(0), turn(5, "play heat")])
+    assert Session.from_bytes(session.to_bytes()) == session
