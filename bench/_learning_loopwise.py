@@ -30,6 +30,7 @@ import numpy as np
 from _learning_stream import Stream
 
 from loopwise.features import FeatureSpec, InputBuilder
+from loopwise.modelstore.contract import DEFAULT_MODEL, PROB_OUTPUT, feeds
 from loopwise.v1 import features_pb2, learning_pb2
 
 SCORE_CHUNK = 1 << 16
@@ -49,8 +50,8 @@ class OnnxScorer:
         out = np.empty(len(sparse), dtype=np.float64)
         for a in range(0, len(sparse), SCORE_CHUNK):
             b = min(a + SCORE_CHUNK, len(sparse))
-            (prob,) = self.session.run(["prob"], {"sparse_ids": sparse[a:b].astype(np.int64),
-                                                  "dense": dense[a:b].astype(np.float32)})
+            (prob,) = self.session.run([PROB_OUTPUT], feeds(sparse[a:b].astype(np.int64),
+                                                            dense[a:b].astype(np.float32)))
             out[a:b] = prob
         return out
 
@@ -159,7 +160,8 @@ class StandinTrainer:
         return self.export(), {"rows": int(len(fit[2])), "positives": int(y_new.sum()), "loss": round(loss, 4)}
 
     def publish(self, store: Any, rdb: Any, tenant: str, model: str, artifact: bytes, parent: str) -> str:
-        from loopwise import coldstart, redis_keys
+        from loopwise import redis_keys
+        from loopwise.modelstore import coldstart
 
         manifest = store.publish(tenant, model, artifact, feature_spec=self.spec, hidden_dim=coldstart.HIDDEN_DIM,
                                  parent_version=parent, source="bench-standin")
@@ -301,7 +303,7 @@ class RealTrainer:
         self.window_rows = window_rows or self.settings.trainer_window_rows
         self.train = train
         self.spec = spec
-        manifest = Manifest(tenant="default", model="ranker", version="v1",
+        manifest = Manifest(tenant="default", model=DEFAULT_MODEL, version="v1",
                             sha256=hashlib.sha256(parent).hexdigest(), feature_spec=spec.to_dict(),
                             hidden_dim=64, source="coldstart")
         self.production: Any = train.Production(version="v1", onnx=parent, manifest=manifest)

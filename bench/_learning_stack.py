@@ -52,11 +52,12 @@ from _learning_loopwise import LoopRun, OnnxScorer, TrainStats
 from _learning_stream import Stream
 
 from loopwise.modelstore import ModelStore
+from loopwise.modelstore.contract import DEFAULT_MODEL
 from loopwise.tools import stack
 from loopwise.topics import Topics
 from loopwise.v1 import learning_pb2
 
-MODEL = "ranker"
+MODEL = DEFAULT_MODEL
 FLUSH_EVERY = 50
 SWAP_WAIT_S = 15.0  # after the replay, how long to wait for a pending version to serve
 SERVICE_WAIT_S = 60.0  # trainer service: how long the replay waits at a trigger point for its run

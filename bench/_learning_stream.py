@@ -100,7 +100,7 @@ def progressive_scale(count: np.ndarray | float, top: float) -> np.ndarray:
 def build_stream(data: datasets.MovieLens, requests: int | None = None, *, k: int = CANDIDATES,
                  seed: int = SEED, spec: FeatureSpec | None = None) -> Stream:
     """The first ``requests`` ratings as requests (all when None); deterministic in ``seed``."""
-    from loopwise.coldstart import DEFAULT_SPEC
+    from loopwise.modelstore.coldstart import DEFAULT_SPEC
 
     n = len(data) if requests is None else min(requests, len(data))
     rng = np.random.default_rng(seed)

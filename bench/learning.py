@@ -64,7 +64,7 @@ from _learning_loopwise import LoopRun, OnnxScorer, make_trainer, run_inprocess
 from _learning_peers import PeerRun, river_peer, vw_peer
 from _learning_stream import Stream, build_stream, featurize
 
-from loopwise import coldstart
+from loopwise.modelstore import coldstart
 from loopwise.tools import datasets
 
 QUICK_REQUESTS = 6_000

@@ -51,17 +51,18 @@ import _common as c
 import grpc
 import numpy as np
 
-from loopwise import codec, coldstart, stamps
+from loopwise import codec, stamps
 from loopwise.client.sync import CHANNEL_OPTIONS, rank_request
 from loopwise.inference import models
 from loopwise.inference.impressions import build_impression
-from loopwise.modelstore import ModelStore
+from loopwise.modelstore import ModelStore, coldstart
+from loopwise.modelstore.contract import DEFAULT_MODEL
 from loopwise.tools import procs
 from loopwise.topics import Topics
 from loopwise.v1 import inference_pb2, inference_pb2_grpc
 
 TENANT = "default"
-MODEL = "ranker"
+MODEL = DEFAULT_MODEL
 SERVICE = "loopwise.v1.InferenceService"
 CANDIDATES = 100
 POOL = 8

@@ -40,7 +40,7 @@ def model_history(tenant: str, model: str) -> str:
     Each entry is JSON ``{"from": old_version, "to": new_version, "action":
     "promoted" | "published" | ..., "time_ms": int}``, pushed with ``LPUSH``
     in the same transaction that sets the pointer and trimmed to the newest
-    50 (see ``loopwise.tools.models_cmd.move_pointer``). A rollback pops the head
+    50 (see ``loopwise.modelstore.pointers.move``). A rollback pops the head
     entry when its ``to`` is the current pointer and moves the pointer back to
     its ``from``; when the head does not match (the pointer was moved without
     recording), rollback falls back to the manifest's ``parent_version``.

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from loopwise import coldstart
-from loopwise.modelstore import ModelStore
+from loopwise.modelstore import ModelStore, coldstart
 from loopwise.tools import procs
 from loopwise.topics import Topics
 

@@ -1,4 +1,5 @@
-"""Loaded models: onnxruntime sessions per (tenant, model), checked before they serve."""
+"""Loaded models: onnxruntime sessions per (tenant, model), checked before they serve
+against the serving contract (`loopwise.modelstore.contract`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ import onnxruntime as ort
 from loopwise.errors import ModelError
 from loopwise.features import InputBuilder
 from loopwise.modelstore import Manifest, ModelStore, StoreError
+from loopwise.modelstore.contract import INPUTS, OUTPUTS, feeds
 
 log = logging.getLogger(__name__)
-
-INPUTS = ("sparse_ids", "dense")
-OUTPUTS = ("prob", "hidden")
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class LoadedModel:
     builder: InputBuilder
 
     def score(self, sparse: np.ndarray, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        prob, hidden = self.session.run(OUTPUTS, {"sparse_ids": sparse, "dense": dense})
+        prob, hidden = self.session.run(OUTPUTS, feeds(sparse, dense))
         return prob, hidden
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loopwise.modelstore.contract import DEFAULT_MODEL
 from loopwise.settings import BaseSettings
 
 
@@ -12,7 +13,7 @@ class InferenceSettings(BaseSettings):
     grpc_port: int = 50052
     metrics_port: int = 9102
     # Model used when a RankRequest leaves `model` empty.
-    default_model: str = "ranker"
+    default_model: str = DEFAULT_MODEL
     # onnxruntime intra-op threads per session.
     ort_threads: int = 1
     # Requests with more candidates than this are scored off the event loop.

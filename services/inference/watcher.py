@@ -1,8 +1,8 @@
 """Hot swap: follow the Redis model pointers and the models topic, load new
 versions off the event loop, switch with one dict assignment.
 
-The version that should serve a (tenant, model) is its Redis pointer
-(`redis_keys.model_pointer`), else the newest complete version in the store.
+The version that should serve a (tenant, model) is its Redis pointer, else
+the newest complete version in the store (`loopwise.modelstore.pointers`).
 `ModelWatcher.run` reads every pointer with one ``MGET`` each ``poll_s``
 (0.5 s) and lists the store each ``store_scan_s`` (2 s) for new models and
 versions. A `ModelAnnouncement` on ``loopwise.models.v1`` is only a wake-up
@@ -32,9 +32,8 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf.message import DecodeError
 
-from loopwise import redis_keys
 from loopwise.errors import ModelError
-from loopwise.modelstore import ModelStore
+from loopwise.modelstore import ModelStore, pointers
 from loopwise.v1 import learning_pb2
 
 from . import models
@@ -130,7 +129,7 @@ class ModelWatcher:
         await self._read_pointers(keys)
         now = time.monotonic()
         for key in keys:
-            want = self._pointers.get(key) or self._latest.get(key)
+            want = pointers.resolve(self._pointers.get(key), self._latest.get(key))
             current = self.registry.get(*key)
             if want is None or (current is not None and current.version == want):
                 continue
@@ -144,15 +143,14 @@ class ModelWatcher:
         if not keys:
             return
         try:
-            raw = await self.redis.mget([redis_keys.model_pointer(t, m) for t, m in keys])
+            read = await pointers.read_many_async(self.redis, keys)
         except Exception as exc:  # noqa: BLE001 - keep the last pointers seen
             if self._pointers_read:
                 return
             log.warning("model pointers unreadable; using the newest versions", extra={"error": repr(exc)})
             return
         self._pointers_read = True
-        self._pointers = {key: (v.decode() if isinstance(v, bytes) else v) or None
-                          for key, v in zip(keys, raw, strict=True)}
+        self._pointers = read
 
     async def _swap(self, key: Key, version: str) -> None:
         tenant, model = key

@@ -33,9 +33,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from google.protobuf.message import DecodeError
 from prometheus_client import start_http_server
 
-from loopwise import coldstart, logs, stamps, topics
+from loopwise import logs, stamps, topics
 from loopwise.features import InputBuilder
-from loopwise.modelstore import ModelStore, StoreError, version_number
+from loopwise.modelstore import ModelStore, StoreError, coldstart, pointers, version_number
 from loopwise.v1 import learning_pb2
 
 from . import publish as pub
@@ -305,7 +305,7 @@ class Trainer:
 
     # -- one run (blocking, in a worker thread) ---------------------------------------------
     def production(self, tenant: str, model: str) -> Production | None:
-        version = pub.current_version(self.store, self.redis, tenant, model)
+        version = pointers.serving_version(self.store, self.redis, tenant, model, tolerant=True)
         try:
             return pub.load_production(self.store, tenant, model, version)
         except StoreError as exc:

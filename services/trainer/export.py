@@ -1,10 +1,10 @@
 """ONNX export, parity with torch, and the serving contract, checked before publishing.
 
-The contract is replicated from the inference service (services never import
-each other): inputs ``sparse_ids`` int64 [batch, fields] and ``dense`` float32
-[batch, dense]; outputs ``prob`` [batch] in [0, 1] and ``hidden``
-[batch, hidden_dim]; a dynamic batch axis; loadable by onnxruntime's CPU
-provider with a 4-row warm-up.
+The names, the batch axis and the opset are `loopwise.modelstore.contract`'s;
+`check_contract` runs the checks inference makes before a version serves
+(services never import each other): the contract's inputs and outputs,
+``prob`` [batch] in [0, 1] and ``hidden`` [batch, hidden_dim], a dynamic batch
+axis, loadable by onnxruntime's CPU provider with a 4-row warm-up.
 """
 
 from __future__ import annotations
@@ -16,12 +16,9 @@ import onnxruntime as ort
 import torch
 
 from loopwise.features import FeatureSpec
+from loopwise.modelstore.contract import BATCH_AXIS, INPUTS, OPSET, OUTPUTS, feeds
 
 from .model import Ranker
-
-INPUTS = ("sparse_ids", "dense")
-OUTPUTS = ("prob", "hidden")
-OPSET = 17
 
 
 class ExportError(Exception):
@@ -33,7 +30,7 @@ def export_onnx(model: Ranker, spec: FeatureSpec) -> bytes:
     sparse = torch.ones((2, len(spec.sparse)), dtype=torch.int64)
     dense = torch.zeros((2, len(spec.dense)), dtype=torch.float32)
     buf = io.BytesIO()
-    axes = {"sparse_ids": {0: "batch"}, "dense": {0: "batch"}, "prob": {0: "batch"}, "hidden": {0: "batch"}}
+    axes = {name: {0: BATCH_AXIS} for name in (*INPUTS, *OUTPUTS)}
     with torch.no_grad():
         torch.onnx.export(model, (sparse, dense), buf, input_names=list(INPUTS), output_names=list(OUTPUTS),
                           dynamic_axes=axes, opset_version=OPSET, dynamo=False)
@@ -51,8 +48,8 @@ def predict_onnx(sess: ort.InferenceSession, sparse: np.ndarray, dense: np.ndarr
                  batch: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
     probs, hiddens = [], []
     for start in range(0, len(sparse), batch):
-        p, h = sess.run(list(OUTPUTS), {"sparse_ids": sparse[start:start + batch].astype(np.int64),
-                                        "dense": dense[start:start + batch].astype(np.float32)})
+        p, h = sess.run(list(OUTPUTS), feeds(sparse[start:start + batch].astype(np.int64),
+                                             dense[start:start + batch].astype(np.float32)))
         probs.append(p)
         hiddens.append(h)
     if not probs:
@@ -85,7 +82,7 @@ def check_contract(onnx_bytes: bytes, spec: FeatureSpec, hidden_dim: int) -> Non
         sparse[:, :] = np.arange(1, n + 1)[:, None] % max(spec.buckets - 1, 1)
         dense = np.zeros((n, len(spec.dense)), dtype=np.float32)
         try:
-            prob, hidden = sess.run(list(OUTPUTS), {"sparse_ids": sparse, "dense": dense})
+            prob, hidden = sess.run(list(OUTPUTS), feeds(sparse, dense))
         except Exception as exc:  # noqa: BLE001
             raise ExportError(f"warm-up run failed: {exc}") from None
         if prob.shape != (n,) or hidden.shape != (n, hidden_dim):

@@ -1,6 +1,6 @@
 """The ranker in torch, its losses, and warm starts.
 
-Architecture (the cold-start model's, `loopwise.coldstart`, plus optional
+Architecture (the cold-start model's, `loopwise.modelstore.coldstart`, plus optional
 extra layers): hashed sparse ids -> one shared ``nn.Embedding`` of
 ``spec.buckets`` rows (row 0 = padding, zero) summed over the fields ->
 concatenated with the dense features -> ``layers`` ReLU layers -> a ReLU layer
@@ -41,6 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from loopwise.modelstore.contract import COLDSTART_PARAMS
 
 log = logging.getLogger(__name__)
 
@@ -237,17 +239,18 @@ def init_from_coldstart(model: Ranker, onnx_bytes: bytes) -> bool:
     except Exception:  # noqa: BLE001 - not an ONNX model we can read: start fresh
         return False
     inits: dict[str, Any] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    if model.config["layers"] or not {"embedding", "w1", "b1", "w2", "b2"} <= set(inits):
+    emb, w1, b1, w2, b2 = COLDSTART_PARAMS
+    if model.config["layers"] or not set(COLDSTART_PARAMS) <= set(inits):
         return False
-    want = {"embedding": tuple(model.embedding.weight.shape), "w1": tuple(model.to_hidden.weight.T.shape),
-            "b1": tuple(model.to_hidden.bias.shape), "w2": tuple(model.out.weight.T.shape),
-            "b2": tuple(model.out.bias.shape)}
+    want = {emb: tuple(model.embedding.weight.shape), w1: tuple(model.to_hidden.weight.T.shape),
+            b1: tuple(model.to_hidden.bias.shape), w2: tuple(model.out.weight.T.shape),
+            b2: tuple(model.out.bias.shape)}
     if any(tuple(np.shape(inits[k])) != shape for k, shape in want.items()):
         return False
     with torch.no_grad():
-        model.embedding.weight.copy_(torch.from_numpy(np.array(inits["embedding"], dtype=np.float32)))
-        model.to_hidden.weight.copy_(torch.from_numpy(np.array(inits["w1"], dtype=np.float32).T))
-        model.to_hidden.bias.copy_(torch.from_numpy(np.array(inits["b1"], dtype=np.float32)))
-        model.out.weight.copy_(torch.from_numpy(np.array(inits["w2"], dtype=np.float32).T))
-        model.out.bias.copy_(torch.from_numpy(np.array(inits["b2"], dtype=np.float32)))
+        model.embedding.weight.copy_(torch.from_numpy(np.array(inits[emb], dtype=np.float32)))
+        model.to_hidden.weight.copy_(torch.from_numpy(np.array(inits[w1], dtype=np.float32).T))
+        model.to_hidden.bias.copy_(torch.from_numpy(np.array(inits[b1], dtype=np.float32)))
+        model.out.weight.copy_(torch.from_numpy(np.array(inits[w2], dtype=np.float32).T))
+        model.out.bias.copy_(torch.from_numpy(np.array(inits[b2], dtype=np.float32)))
     return True

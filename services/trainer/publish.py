@@ -1,11 +1,12 @@
 """Publishing: artifact, torch weights and manifest to the model store, the Redis
 pointer, and the `ModelAnnouncement` on ``loopwise.models.v1``.
 
-The torch state dict lives next to the ONNX artifact as ``weights.pt``; the
-manifest records its sha256 (``metrics.weights_sha256``), so a warm start
-only uses weights that match. A refused candidate is never written to the
-store (inference falls back to the newest version when the pointer is
-missing, so the store holds only versions fit to serve).
+The torch state dict is published with the ONNX artifact as the store's
+extra file ``weights.pt`` (written before the manifest, so a complete version
+always has it); the manifest records its sha256 (``metrics.weights_sha256``),
+so a warm start only uses weights that match. A refused candidate is never
+written to the store (inference falls back to the newest version when the
+pointer is missing, so the store holds only versions fit to serve).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import logging
 import math
 from typing import Any
 
-from loopwise import redis_keys, stamps
-from loopwise.modelstore import Manifest, ModelStore, StoreError
+from loopwise import stamps
+from loopwise.modelstore import Manifest, ModelStore, StoreError, pointers
 from loopwise.v1 import learning_pb2
 
 from .model import state_bytes
@@ -27,22 +28,6 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.pt"
 
 
-def _version_path(store: ModelStore, tenant: str, model: str, version: str, name: str) -> str:
-    return "/".join([store.root.rstrip("/"), tenant, model, version, name])
-
-
-def current_version(store: ModelStore, redis_client: Any, tenant: str, model: str) -> str | None:
-    """The serving version as inference sees it: the Redis pointer, else the newest."""
-    if redis_client is not None:
-        try:
-            raw = redis_client.get(redis_keys.model_pointer(tenant, model))
-            if raw:
-                return raw.decode() if isinstance(raw, bytes) else str(raw)
-        except Exception as exc:  # noqa: BLE001 - the store still answers
-            log.warning("model pointer unreadable; using the newest version", extra={"error": repr(exc)})
-    return store.latest(tenant, model)
-
-
 def load_production(store: ModelStore, tenant: str, model: str, version: str | None) -> Production | None:
     if not version:
         return None
@@ -51,16 +36,10 @@ def load_production(store: ModelStore, tenant: str, model: str, version: str | N
     sha = manifest.metrics.get("weights_sha256") if manifest.source == "trainer" else None
     if sha:
         try:
-            with store.fs.open(_version_path(store, tenant, model, version, WEIGHTS_FILE), "rb") as f:
-                data = f.read()
-            if hashlib.sha256(data).hexdigest() == sha:
-                weights = data
-            else:
-                log.warning("weights do not match their manifest; no warm start",
-                            extra={"tenant": tenant, "model": model, "version": version})
-        except FileNotFoundError:
-            log.warning("weights missing; no warm start", extra={"tenant": tenant, "model": model,
-                                                                "version": version})
+            weights = store.extra(tenant, model, version, WEIGHTS_FILE, sha256=sha)
+        except StoreError as exc:
+            log.warning("weights missing or not matching their manifest; no warm start",
+                        extra={"tenant": tenant, "model": model, "version": version, "error": str(exc)})
     return Production(version=version, onnx=onnx_bytes, manifest=manifest, weights=weights)
 
 
@@ -70,7 +49,7 @@ def _clean(figures: dict[str, float]) -> dict[str, Any]:
 
 def publish(store: ModelStore, redis_client: Any, tenant: str, model: str, outcome: Outcome,
             production: Production | None) -> Manifest:
-    """Store artifact + weights + manifest, then move the Redis pointer."""
+    """Store artifact, weights and manifest (in this order), then move the Redis pointer."""
     if not outcome.publish or not outcome.onnx:
         raise StoreError("only a candidate that passed the gate and the export checks is published")
     weights = state_bytes(outcome.candidate.model)
@@ -81,15 +60,11 @@ def publish(store: ModelStore, redis_client: Any, tenant: str, model: str, outco
                    model_config=c.model.config)
     manifest = store.publish(tenant, model, outcome.onnx, feature_spec=c.spec, hidden_dim=c.model.config["hidden_dim"],
                              parent_version=production.version if production else "", metrics=metrics,
-                             source="trainer")
-    with store.fs.open(_version_path(store, tenant, model, manifest.version, WEIGHTS_FILE), "wb") as f:
-        f.write(weights)
+                             source="trainer", extras={WEIGHTS_FILE: weights})
     if redis_client is not None:
         # Pointer and history move together, so `loopwise model rollback` can undo this publish.
-        from loopwise.tools.models_cmd import move_pointer
-
-        move_pointer(redis_client, tenant, model, manifest.version, "published",
-                     serving=production.version if production else None)
+        pointers.move(redis_client, tenant, model, manifest.version, "published",
+                      serving=production.version if production else None)
     return manifest
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loopwise.modelstore.contract import DEFAULT_MODEL
 from loopwise.settings import BaseSettings
 
 
@@ -42,7 +43,7 @@ class TrainerSettings(BaseSettings):
     metrics_port: int = 9104
     group_id: str = "loopwise-trainer"
     data_dir: str = ".loopwise/trainer"
-    default_model: str = "ranker"
+    default_model: str = DEFAULT_MODEL
     # Kafka consumer: short session timeout (fast group joins on Tansu),
     # records per poll, and how often the window is flushed and offsets committed.
     session_timeout_s: float = 6.0

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loopwise import coldstart
-from loopwise.modelstore import ModelStore
+from loopwise.modelstore import ModelStore, coldstart
+from loopwise.modelstore.contract import DEFAULT_MODEL
 from loopwise.tools import procs
 from loopwise.topics import Topics
 
@@ -31,7 +31,6 @@ READY_METRIC = {"miner": "loopwise_miner_ready", "trainer": "loopwise_trainer_re
 # candidates): production defaults are 10 min / 50,000 examples.
 LOCAL_TRAINER_ENV = {"LOOPWISE_TRAINER_INTERVAL_S": "60", "LOOPWISE_TRAINER_EVERY_N": "2000",
                      "LOOPWISE_TRAINER_MIN_EXAMPLES": "1000"}
-DEFAULT_MODEL = "ranker"
 
 
 class StackError(Exception):

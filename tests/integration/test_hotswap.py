@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from loopwise import coldstart, redis_keys
+from loopwise import redis_keys
 from loopwise.client import Client
-from loopwise.modelstore import ModelStore
+from loopwise.modelstore import ModelStore, coldstart
 from loopwise.tools import cli, procs
 
 from .test_inference import target, wait_serving

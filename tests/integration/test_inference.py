@@ -12,10 +12,10 @@ import pytest
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loopwise import coldstart, redis_keys, representation
+from loopwise import redis_keys, representation
 from loopwise.client import Client
 from loopwise.errors import details_of
-from loopwise.modelstore import ModelStore
+from loopwise.modelstore import ModelStore, coldstart
 from loopwise.v1 import inference_pb2, inference_pb2_grpc
 
 from .kafka_read import read_events

@@ -14,9 +14,8 @@ pytest.importorskip("torch")
 import redis  # noqa: E402
 from kafka import KafkaProducer  # noqa: E402
 
-from loopwise import (
-    redis_keys,  # noqa: E402
-    )
+from loopwise import redis_keys  # noqa: E402
+from loopwise.topics import ensure_topics  # noqa: E402
 from loopwise.trainer.app import Trainer  # noqa: E402
 from loopwise.trainer.settings import TrainerSettings  # noqa: E402
 from loopwise.v1 import learning_pb2  # noqa: E402
@@ -51,7 +50,7 @@ def sample(trainer, name, **labels):
 
 
 def test_trainer_publishes_and_resumes(broker, redis_url, topics, model_store, loop_thread, tmp_path):
-    topics.ensure_topics(broker, topics.all(), 2)
+    ensure_topics(broker, topics.all(), 2)
     first = make_examples(3000, seed=5, prefix="a")
     produce(broker, topics.examples, first)
     produce(broker, topics.examples, [learning_pb2.Example()])  # no tenant: skipped, not a crash

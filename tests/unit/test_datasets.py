@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from loopwise.client.sync import rank_request
-from loopwise.coldstart import DEFAULT_SPEC
 from loopwise.features import InputBuilder
+from loopwise.modelstore.coldstart import DEFAULT_SPEC
 from loopwise.tools import datasets
 
 INTER = """user_id:token\titem_id:token\trating:float\ttimestamp:float

@@ -1,23 +1,23 @@
-"""`loopwise model` logic without a network: a local store and a dict standing
-in for the two Redis reads it makes (the real-Redis paths, transactions
-included, are exercised in tests/integration/test_hotswap.py)."""
+"""`loopwise model` without a network: the listing and the endpoints, with a
+local store and a dict standing in for the Redis reads (the pointer logic is
+tests/unit/test_pointers.py; the commands against a real Redis and broker are
+in tests/integration/test_hotswap.py)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 
 import pytest
 
-from loopwise import coldstart, redis_keys
-from loopwise.modelstore import ModelStore
+from loopwise import redis_keys
+from loopwise.modelstore import ModelStore, coldstart
 from loopwise.tools import models_cmd
 
 T, M = "acme", "ranker"
 
 
 class Reads:
-    """The read-only part of a Redis client the listing and rollback choice use."""
+    """The read-only part of a Redis client the listing uses."""
 
     def __init__(self, data: dict[str, object]) -> None:
         self.data = data
@@ -25,9 +25,6 @@ class Reads:
     def get(self, key: str):
         value = self.data.get(key)
         return value.encode() if isinstance(value, str) else None
-
-    def lrange(self, key: str, start: int, stop: int):
-        return [json.dumps(e).encode() for e in self.data.get(key, [])]
 
 
 @pytest.fixture(scope="module")
@@ -54,32 +51,6 @@ def test_rows_mark_the_pointer_else_the_newest(store):
     assert rows[1]["parent"] == "v1" and len(rows[1]["created"]) == 19
     pointed = models_cmd.rows(store, Reads({redis_keys.model_pointer(T, M): "v2"}), T, M)
     assert [r["current"] for r in pointed] == [False, True, False]
-
-
-def test_rollback_follows_a_matching_history_head(store):
-    reads = Reads({redis_keys.model_pointer(T, M): "v1",
-                   redis_keys.model_history(T, M): [{"from": "v3", "to": "v1", "action": "promoted"}]})
-    assert models_cmd.rollback_target(store, reads, T, M) == ("v1", "v3", True)
-
-
-def test_rollback_uses_the_parent_when_the_history_is_stale(store):
-    reads = Reads({redis_keys.model_pointer(T, M): "v3",
-                   redis_keys.model_history(T, M): [{"from": "v1", "to": "v2", "action": "promoted"}]})
-    assert models_cmd.rollback_target(store, reads, T, M) == ("v3", "v2", False)
-
-
-def test_rollback_with_nothing_before_is_an_error(store):
-    with pytest.raises(models_cmd.ModelCliError, match="nothing to roll back to"):
-        models_cmd.rollback_target(store, Reads({redis_keys.model_pointer(T, M): "v1"}), T, M)
-
-
-def test_verify_checks_existence_and_sha(store, tmp_path):
-    assert models_cmd.verify(store, T, M, "v2").version == "v2"
-    with pytest.raises(models_cmd.ModelCliError, match="no version 'v7'"):
-        models_cmd.verify(store, T, M, "v7")
-    (tmp_path / "models" / T / M / "v2" / "model.onnx").write_bytes(b"tampered")
-    with pytest.raises(models_cmd.ModelCliError, match="sha256"):
-        models_cmd.verify(store, T, M, "v2")
 
 
 def test_endpoints_need_a_stack_or_flags(tmp_path):

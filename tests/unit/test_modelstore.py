@@ -2,11 +2,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from loopwise import coldstart
 from loopwise.errors import ModelError
 from loopwise.features import FeatureSpec
 from loopwise.inference import models
-from loopwise.modelstore import Manifest, ModelStore, StoreError
+from loopwise.modelstore import Manifest, ModelStore, StoreError, coldstart, contract
 
 SPEC = coldstart.DEFAULT_SPEC
 
@@ -51,6 +50,64 @@ def test_corrupt_artifact_is_refused(tmp_path, coldstart_onnx):
         models.load(store, "t", "m", "v1")
 
 
+class RecordingFs:
+    """The store's filesystem, recording every file opened for writing (and failing one)."""
+
+    def __init__(self, fs, fail_on: str = "") -> None:
+        self.fs, self.fail_on = fs, fail_on
+        self.written: list[str] = []
+
+    def open(self, path: str, mode: str = "rb", **kwargs):
+        name = path.rsplit("/", 1)[-1]
+        if "w" in mode:
+            if name == self.fail_on:
+                raise OSError(f"crash before writing {name}")
+            self.written.append(name)
+        return self.fs.open(path, mode, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.fs, name)
+
+
+def recording(url: str, fail_on: str = "") -> tuple[ModelStore, RecordingFs]:
+    store = ModelStore(url)
+    store.fs = RecordingFs(store.fs, fail_on)
+    return store, store.fs
+
+
+def test_extra_files_are_written_before_the_manifest(tmp_path):
+    store, fs = recording(str(tmp_path))
+    m = store.publish("t", "m", b"onnx", feature_spec=SPEC, hidden_dim=1, extras={"weights.pt": b"w"})
+    assert fs.written == ["model.onnx", "weights.pt", "manifest.json"]
+    assert store.extra("t", "m", m.version, "weights.pt") == b"w"
+
+
+def test_a_crash_before_the_manifest_leaves_no_version(tmp_path):
+    crashing, _ = recording(str(tmp_path), fail_on="manifest.json")
+    with pytest.raises(OSError, match="crash"):
+        crashing.publish("t", "m", b"onnx", feature_spec=SPEC, hidden_dim=1, extras={"weights.pt": b"w"})
+    assert (tmp_path / "t" / "m" / "v1" / "weights.pt").read_bytes() == b"w"
+    store = ModelStore(str(tmp_path))
+    assert store.versions("t", "m") == [] and store.latest("t", "m") is None
+    assert store.publish("t", "m", b"onnx", feature_spec=SPEC, hidden_dim=1).version == "v2"
+
+
+def test_extra_files_are_checked(tmp_path):
+    import hashlib
+
+    store = ModelStore(str(tmp_path))
+    store.publish("t", "m", b"onnx", feature_spec=SPEC, hidden_dim=1, extras={"weights.pt": b"w"})
+    assert store.extra("t", "m", "v1", "weights.pt", sha256=hashlib.sha256(b"w").hexdigest()) == b"w"
+    with pytest.raises(StoreError, match="corrupt"):
+        store.extra("t", "m", "v1", "weights.pt", sha256=hashlib.sha256(b"other").hexdigest())
+    with pytest.raises(StoreError, match="no file"):
+        store.extra("t", "m", "v1", "missing.pt")
+    for name in ("manifest.json", "model.onnx", "../escape"):
+        with pytest.raises(StoreError):
+            store.publish("t", "m", b"onnx", feature_spec=SPEC, hidden_dim=1, extras={name: b"x"})
+    assert store.versions("t", "m") == ["v1"]
+
+
 def test_bad_names_are_refused(tmp_path):
     with pytest.raises(StoreError):
         ModelStore(str(tmp_path)).publish("../etc", "m", b"x", feature_spec=SPEC, hidden_dim=1)
@@ -67,7 +124,7 @@ def test_coldstart_model_serves_and_prefers_popular(coldstart_onnx):
     sparse = np.zeros((n, len(SPEC.sparse)), dtype=np.int64)
     dense = np.zeros((n, len(SPEC.dense)), dtype=np.float32)
     dense[:, SPEC.dense.index("candidate.popularity")] = np.linspace(0, 1, n)
-    prob, hidden = session.run(["prob", "hidden"], {"sparse_ids": sparse, "dense": dense})
+    prob, hidden = session.run(list(contract.OUTPUTS), contract.feeds(sparse, dense))
     assert prob.shape == (n,) and hidden.shape == (n, coldstart.HIDDEN_DIM)
     assert (np.diff(prob) > 0).all()  # more popular -> higher score
     assert prob[0] == pytest.approx(coldstart.BASE_RATE, abs=0.05)

@@ -10,9 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from loopwise import coldstart  # noqa: E402
 from loopwise.client.build import candidates  # noqa: E402
 from loopwise.features import InputBuilder  # noqa: E402
+from loopwise.modelstore import coldstart  # noqa: E402
 from loopwise.trainer import evaluation as ev  # noqa: E402
 from loopwise.trainer.data import build_window_data  # noqa: E402
 from loopwise.trainer.export import check_contract, export_onnx, parity  # noqa: E402
@@ -264,13 +264,13 @@ def test_window_is_bounded_deduped_and_reloads(tmp_path):
 
 # -- publishing and warm starts (a local store, no Redis) ---------------------------------
 def test_publish_stores_weights_and_the_next_run_warm_starts(tmp_path):
-    from loopwise.modelstore import ModelStore
+    from loopwise.modelstore import ModelStore, pointers
     from loopwise.trainer import publish as pub
 
     store = ModelStore(str(tmp_path / "models"))
     store.publish("default", "ranker", coldstart.build_onnx(SPEC), feature_spec=SPEC,
                   hidden_dim=coldstart.HIDDEN_DIM, source="coldstart")
-    cold = pub.load_production(store, "default", "ranker", pub.current_version(store, None, "default", "ranker"))
+    cold = pub.load_production(store, "default", "ranker", pointers.serving_version(store, None, "default", "ranker"))
     assert cold.version == "v1" and cold.weights is None
     data = window_data(3000)
     out = run(data, cold, SPEC, FAST)

@@ -4,7 +4,8 @@ Built directly as an ONNX graph (no torch needed to serve or to build it) with
 the architecture the trainer uses: hashed sparse ids -> one embedding table
 (row 0 = padding, zero) summed over fields, concatenated with the dense
 features, an MLP layer whose ReLU output is the second output ``hidden``
-(the error memory's key), and a sigmoid output ``prob``.
+(the error memory's key), and a sigmoid output ``prob`` (the names and the
+opset of `loopwise.modelstore.contract`).
 
 Its weights encode a prior, not noise: the output starts at a base rate, and
 the dense feature ``candidate.popularity`` (if the spec has it) raises the
@@ -19,7 +20,9 @@ import math
 import numpy as np
 
 from loopwise.features import FeatureSpec
-from loopwise.modelstore import Manifest, ModelStore
+
+from . import contract
+from .store import Manifest, ModelStore
 
 DEFAULT_SPEC = FeatureSpec(
     sparse=("request.user_id", "candidate.id", "user.gender", "user.age_group", "user.occupation",
@@ -30,7 +33,6 @@ DEFAULT_SPEC = FeatureSpec(
 EMBEDDING_DIM = 16
 HIDDEN_DIM = 64
 BASE_RATE = 0.1
-OPSET = 17
 
 
 def build_onnx(spec: FeatureSpec = DEFAULT_SPEC, *, embedding_dim: int = EMBEDDING_DIM,
@@ -52,27 +54,31 @@ def build_onnx(spec: FeatureSpec = DEFAULT_SPEC, *, embedding_dim: int = EMBEDDI
         w1[j, 0] = 1.0  # hidden unit 0 carries popularity ...
         w2[0, 0] = 2.0  # ... and raises the score
 
+    p_emb, p_w1, p_b1, p_w2, p_b2 = contract.COLDSTART_PARAMS
+    sparse_in, dense_in = contract.INPUTS
+    prob_out, hidden_out = contract.OUTPUTS
+    batch = contract.BATCH_AXIS
     inits = [numpy_helper.from_array(a, name) for a, name in (
-        (emb, "embedding"), (w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"),
+        (emb, p_emb), (w1, p_w1), (b1, p_b1), (w2, p_w2), (b2, p_b2),
         (np.array([1], dtype=np.int64), "axis1"), (np.array([-1], dtype=np.int64), "flat"))]
     nodes = [
-        helper.make_node("Gather", ["embedding", "sparse_ids"], ["emb_fields"], axis=0),
+        helper.make_node("Gather", [p_emb, sparse_in], ["emb_fields"], axis=0),
         helper.make_node("ReduceSum", ["emb_fields", "axis1"], ["emb_sum"], keepdims=0),
-        helper.make_node("Concat", ["emb_sum", "dense"], ["x"], axis=1),
-        helper.make_node("Gemm", ["x", "w1", "b1"], ["h_pre"]),
-        helper.make_node("Relu", ["h_pre"], ["hidden"]),
-        helper.make_node("Gemm", ["hidden", "w2", "b2"], ["logit"]),
+        helper.make_node("Concat", ["emb_sum", dense_in], ["x"], axis=1),
+        helper.make_node("Gemm", ["x", p_w1, p_b1], ["h_pre"]),
+        helper.make_node("Relu", ["h_pre"], [hidden_out]),
+        helper.make_node("Gemm", [hidden_out, p_w2, p_b2], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["prob2d"]),
-        helper.make_node("Reshape", ["prob2d", "flat"], ["prob"]),
+        helper.make_node("Reshape", ["prob2d", "flat"], [prob_out]),
     ]
     graph = helper.make_graph(
         nodes, "loopwise_ranker",
-        inputs=[helper.make_tensor_value_info("sparse_ids", TensorProto.INT64, ["batch", fields]),
-                helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["batch", n_dense])],
-        outputs=[helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["batch"]),
-                 helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", hidden_dim])],
+        inputs=[helper.make_tensor_value_info(sparse_in, TensorProto.INT64, [batch, fields]),
+                helper.make_tensor_value_info(dense_in, TensorProto.FLOAT, [batch, n_dense])],
+        outputs=[helper.make_tensor_value_info(prob_out, TensorProto.FLOAT, [batch]),
+                 helper.make_tensor_value_info(hidden_out, TensorProto.FLOAT, [batch, hidden_dim])],
         initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", contract.OPSET)],
                               producer_name="loopwise.coldstart")
     model.ir_version = 8
     onnx.checker.check_model(model)

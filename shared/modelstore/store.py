@@ -1,10 +1,12 @@
-"""The model store: ``{root}/{tenant}/{model}/{version}/`` with ``model.onnx``
-and ``manifest.json`` (metrics, feature spec, parent version, sha256).
+"""The model store: ``{root}/{tenant}/{model}/{version}/`` with ``model.onnx``,
+``manifest.json`` (metrics, feature spec, parent version, sha256) and any
+extra files the publisher adds (the trainer's ``weights.pt``).
 
 ``root`` is a local directory by default and any fsspec URL otherwise (e.g.
 ``s3://bucket/models`` with s3fs installed). A version directory is complete
-once its manifest exists: the artifact is written first, the manifest last.
-Versions are ``v1``, ``v2``, ... in publication order.
+once its manifest exists: the artifact and the extra files are written first,
+the manifest last, so a publisher that crashes in between leaves a directory
+no reader sees. Versions are ``v1``, ``v2``, ... in publication order.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,8 +23,12 @@ import fsspec
 
 from loopwise.features import FeatureSpec
 
+from . import contract
+
 _VERSION = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ARTIFACT_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
 
 
 class StoreError(Exception):
@@ -46,8 +53,8 @@ class Manifest:
     created_at: float = field(default_factory=time.time)
     metrics: dict[str, Any] = field(default_factory=dict)
     # Names of the ONNX inputs and outputs the serving contract relies on.
-    inputs: list[str] = field(default_factory=lambda: ["sparse_ids", "dense"])
-    outputs: list[str] = field(default_factory=lambda: ["prob", "hidden"])
+    inputs: list[str] = field(default_factory=lambda: list(contract.INPUTS))
+    outputs: list[str] = field(default_factory=lambda: list(contract.OUTPUTS))
     source: str = ""
 
     def spec(self) -> FeatureSpec:
@@ -90,7 +97,7 @@ class ModelStore:
     def versions(self, tenant: str, model: str) -> list[str]:
         found = []
         for name in self._dirs(self._path(tenant, model)):
-            if _VERSION.match(name) and self.fs.exists(self._path(tenant, model, name, "manifest.json")):
+            if _VERSION.match(name) and self.fs.exists(self._path(tenant, model, name, MANIFEST_FILE)):
                 found.append(name)
         return sorted(found, key=version_number)
 
@@ -99,7 +106,7 @@ class ModelStore:
         return versions[-1] if versions else None
 
     def manifest(self, tenant: str, model: str, version: str) -> Manifest:
-        path = self._path(tenant, model, version, "manifest.json")
+        path = self._path(tenant, model, version, MANIFEST_FILE)
         try:
             with self.fs.open(path, "rt") as f:
                 return Manifest.from_json(f.read())
@@ -111,7 +118,7 @@ class ModelStore:
     def load(self, tenant: str, model: str, version: str) -> tuple[bytes, Manifest]:
         """The artifact and its manifest, the artifact checked against its sha256."""
         manifest = self.manifest(tenant, model, version)
-        path = self._path(tenant, model, version, "model.onnx")
+        path = self._path(tenant, model, version, ARTIFACT_FILE)
         try:
             with self.fs.open(path, "rb") as f:
                 data = f.read()
@@ -122,11 +129,30 @@ class ModelStore:
             raise StoreError(f"artifact {path} is corrupt: sha256 {digest[:12]} != manifest {manifest.sha256[:12]}")
         return data, manifest
 
+    def extra(self, tenant: str, model: str, version: str, name: str, *, sha256: str = "") -> bytes:
+        """An extra file published with a version, checked against ``sha256`` when given."""
+        path = self._path(tenant, model, version, check_name("file", name))
+        try:
+            with self.fs.open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise StoreError(f"no file at {path}") from None
+        if sha256:
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != sha256:
+                raise StoreError(f"file {path} is corrupt: sha256 {digest[:12]} != expected {sha256[:12]}")
+        return data
+
     def publish(self, tenant: str, model: str, artifact: bytes, *, feature_spec: FeatureSpec,
                 hidden_dim: int, parent_version: str = "", metrics: dict[str, Any] | None = None,
-                source: str = "") -> Manifest:
+                source: str = "", extras: Mapping[str, bytes] | None = None) -> Manifest:
+        """Write a new version: the artifact, then ``extras`` ({file name: bytes}), then the manifest."""
         check_name("tenant", tenant)
         check_name("model", model)
+        extras = dict(extras or {})
+        for name in extras:
+            if check_name("file", name) in (ARTIFACT_FILE, MANIFEST_FILE):
+                raise StoreError(f"extra file {name!r} would replace the store's own")
         latest = self.latest(tenant, model)
         number = version_number(latest) + 1 if latest else 1
         while self.fs.exists(self._path(tenant, model, f"v{number}")):
@@ -138,9 +164,10 @@ class ModelStore:
                             parent_version=parent_version, metrics=dict(metrics or {}), source=source)
         base = self._path(tenant, model, version)
         self.fs.makedirs(base, exist_ok=True)
-        with self.fs.open(base + "/model.onnx", "wb") as f:
-            f.write(artifact)
-        with self.fs.open(base + "/manifest.json", "wt") as f:
+        for name, data in ((ARTIFACT_FILE, artifact), *extras.items()):
+            with self.fs.open(f"{base}/{name}", "wb") as f:
+                f.write(data)
+        with self.fs.open(f"{base}/{MANIFEST_FILE}", "wt") as f:
             f.write(manifest.to_json())
         return manifest
 
