@@ -1,65 +1,16 @@
 """Progressive (score-then-learn) evaluation: AUC, gAUC, AUC per time bucket; vectorised.
 
 Every learner's score of a row is the one it gave *before* learning that row's
-label, so AUC over a stream is a progressive (prequential) AUC.
-
-- `grouped_auc`: the Mann-Whitney AUC of each group at once (ties count 1/2):
-  one lexsort by (group, score), average ranks inside tie blocks, and per-group
-  sums with `np.bincount`. NaN for a group without both classes.
-- `auc`: one group. `gauc`: the per-user AUCs averaged over users with both
-  classes, weighted by their rows (impressions), as in the ReLoop2 / DIN
-  evaluations. `bucket_auc`: AUC of each time bucket.
+label, so AUC over a stream is a progressive (prequential) AUC. The AUC and gAUC
+are `loopwise.ranking_metrics`' (the trainer's gate and the demo use the same);
+`bucket_auc` is the AUC of each time bucket.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-
-def grouped_auc(y: np.ndarray, score: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(AUC per group, rows per group, whether a group has both classes), groups in sorted order
-    of ``np.unique(group)``."""
-    y = np.asarray(y).reshape(-1) > 0
-    score = np.asarray(score, dtype=np.float64).reshape(-1)
-    _, gid = np.unique(np.asarray(group).reshape(-1), return_inverse=True)
-    n = len(y)
-    if n == 0:
-        return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
-    order = np.lexsort((score, gid))
-    g, s, yy = gid[order], score[order], y[order]
-    pos = np.arange(n)
-    new_group = np.r_[True, g[1:] != g[:-1]]
-    new_block = new_group | np.r_[True, s[1:] != s[:-1]]
-    starts = pos[new_block]
-    ends = np.r_[starts[1:], n]
-    block = np.cumsum(new_block) - 1
-    mid = (starts + ends - 1) / 2.0  # average 0-based position of each tie block
-    group_start = np.maximum.accumulate(np.where(new_group, pos, 0))
-    rank = mid[block] - group_start + 1.0  # 1-based average rank inside the group
-    groups = int(g.max()) + 1
-    rows = np.bincount(g, minlength=groups)
-    npos = np.bincount(g, weights=yy, minlength=groups)
-    nneg = rows - npos
-    rank_pos = np.bincount(g, weights=rank * yy, minlength=groups)
-    both = (npos > 0) & (nneg > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (rank_pos - npos * (npos + 1) / 2.0) / (npos * nneg)
-    out[~both] = np.nan
-    return out, rows, both
-
-
-def auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC (NaN without both classes)."""
-    y = np.asarray(y).reshape(-1)
-    return float(grouped_auc(y, score, np.zeros(len(y), dtype=np.int64))[0][0]) if len(y) else float("nan")
-
-
-def gauc(y: np.ndarray, score: np.ndarray, group: np.ndarray) -> float:
-    """Per-group AUC averaged over groups with both classes, weighted by their rows."""
-    per, rows, both = grouped_auc(y, score, group)
-    if not both.any():
-        return float("nan")
-    return float(np.average(per[both], weights=rows[both]))
+from loopwise.ranking_metrics import auc, gauc, grouped_auc
 
 
 def bucket_ids(n_requests: int, k: int, buckets: int) -> np.ndarray:

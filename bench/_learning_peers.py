@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from _learning_eval import auc
 from _learning_stream import Stream, river_dicts, vw_lines
+
+from loopwise.ranking_metrics import auc
 
 VW_BASE = "--loss_function logistic --link logistic -b 20 --quiet"
 VW_GRID: tuple[tuple[float, str], ...] = tuple((lr, q) for q in ("", "-q ui") for lr in (1.0, 3.0, 10.0, 30.0, 100.0))

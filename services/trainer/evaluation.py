@@ -1,8 +1,8 @@
 """Holdout figures and the validation gate, as pure functions.
 
-- ``auc``: ROC AUC with ties counted half (rank formula);
-- ``gauc``: per-user AUC averaged with each user's example count as weight
-  (users with only one class are skipped; NaN when none has both);
+- ``auc``, ``gauc``: `loopwise.ranking_metrics` (ROC AUC with ties counted half;
+  per-user AUC weighted by each user's example count, users with one class
+  skipped; NaN when undefined, and a NaN figure is not compared by the gate);
 - ``logloss``: mean binary cross-entropy, probabilities clipped to [1e-7, 1 - 1e-7];
 - ``ece``: expected calibration error over equal-width probability bins.
 
@@ -22,32 +22,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
+
+from loopwise.ranking_metrics import auc, gauc
 
 METRICS = ("auc", "gauc", "logloss", "ece")
-
-
-def auc(label: np.ndarray, prob: np.ndarray) -> float:
-    y = np.asarray(label) > 0.5
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(prob)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def gauc(label: np.ndarray, prob: np.ndarray, user: np.ndarray) -> float:
-    order = np.argsort(user, kind="stable")
-    u, y, p = user[order], np.asarray(label)[order], np.asarray(prob)[order]
-    bounds = np.flatnonzero(np.diff(u)) + 1
-    total = weight = 0.0
-    for ys, ps in zip(np.split(y, bounds), np.split(p, bounds), strict=True):
-        a = auc(ys, ps)
-        if not math.isnan(a):
-            total += a * len(ys)
-            weight += len(ys)
-    return total / weight if weight else float("nan")
 
 
 def logloss(label: np.ndarray, prob: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""bench/learning.py's pure parts: the replay stream and the progressive AUC / gAUC."""
+"""bench/learning.py's pure parts: the replay stream and the AUC per time bucket
+(the AUC itself: tests/unit/test_ranking_metrics.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from _learning_eval import auc, bucket_auc, bucket_ids, gauc, grouped_auc  # noqa: E402
+from _learning_eval import bucket_auc, bucket_ids  # noqa: E402
 from _learning_stream import (  # noqa: E402
     build_stream,
     draw_without_replacement,
@@ -22,47 +23,7 @@ from _learning_stream import (  # noqa: E402
 
 from loopwise.tools import datasets  # noqa: E402
 
-# -- AUC / gAUC ----------------------------------------------------------------------------
-
-
-def test_auc_closed_form_cases() -> None:
-    assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
-    assert auc(np.array([1, 1, 0, 0]), np.array([0.1, 0.2, 0.3, 0.4])) == 0.0
-    assert auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5  # a tie counts one half
-    # 2 positives x 2 negatives, 3 of 4 pairs ordered right
-    assert auc(np.array([0, 1, 0, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == pytest.approx(0.75)
-    assert np.isnan(auc(np.array([1, 1]), np.array([0.1, 0.2])))
-
-
-def test_auc_matches_sklearn_with_ties() -> None:
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 2000)
-    s = np.round(rng.random(2000) + 0.3 * y, 1)  # many ties
-    assert auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-
-
-def test_grouped_auc_is_each_groups_auc() -> None:
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(1)
-    g = rng.integers(0, 30, 3000)
-    y = rng.integers(0, 2, 3000)
-    s = np.round(rng.random(3000) + 0.2 * y, 2)
-    per, rows, both = grouped_auc(y, s, g)
-    for j, group in enumerate(np.unique(g)):
-        m = g == group
-        assert rows[j] == m.sum()
-        if both[j]:
-            assert per[j] == pytest.approx(roc_auc_score(y[m], s[m]), abs=1e-12)
-
-
-def test_gauc_weights_users_by_rows_and_skips_one_class_users() -> None:
-    y = np.array([1, 0, 0, 0, 1, 0, 1, 1])
-    s = np.array([0.9, 0.1, 0.2, 0.3, 0.1, 0.5, 0.4, 0.6])
-    u = np.array(["a", "a", "b", "b", "b", "b", "c", "c"])  # a: AUC 1 (2 rows), b: AUC 0 (4 rows), c: one class
-    assert gauc(y, s, u) == pytest.approx((1.0 * 2 + 0.0 * 4) / 6)
+# -- AUC per bucket ------------------------------------------------------------------------
 
 
 def test_bucket_auc_and_ids() -> None:

@@ -13,6 +13,7 @@ from loopwise.client.sync import rank_request
 from loopwise.features import InputBuilder
 from loopwise.modelstore.coldstart import DEFAULT_SPEC
 from loopwise.tools import datasets
+from loopwise.tools.datasets import movielens
 
 INTER = """user_id:token\titem_id:token\trating:float\ttimestamp:float
 1\t10\t5\t300
@@ -117,7 +118,7 @@ def test_fetch_extracts_three_files_then_reuses_the_cache(tmp_path: Path, monkey
         calls.append(dest)
         return fake_wheel(dest / f"recbole-{version}-py3-none-any.whl")
 
-    monkeypatch.setattr(datasets, "download_wheel", download)
+    monkeypatch.setattr(movielens, "download_wheel", download)
     monkeypatch.setenv(datasets.CACHE_ENV, str(tmp_path / "cache"))
     first = datasets.movielens_100k()
     second = datasets.movielens_100k()
@@ -141,7 +142,7 @@ def test_a_failed_pip_download_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
         assert argv[1:4] == ["-m", "pip", "download"] and f"recbole=={datasets.RECBOLE_VERSION}" in argv
         return subprocess.CompletedProcess(argv, 1, "", "ERROR: No matching distribution found\n")
 
-    monkeypatch.setattr(datasets.subprocess, "run", failing)
+    monkeypatch.setattr(subprocess, "run", failing)
     with pytest.raises(datasets.DatasetError, match="(?s)pip download recbole.*No matching distribution"):
         datasets.download_wheel(tmp_path)
 

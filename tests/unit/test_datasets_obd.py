@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from loopwise.tools import datasets
+from loopwise.tools.datasets import obd as obd_module
 
 HEADER = (",timestamp,item_id,position,click,propensity_score,user_feature_0,user_feature_1,"
           "user_feature_2,user_feature_3,user-item_affinity_0,user-item_affinity_1,user-item_affinity_2")
@@ -131,7 +132,7 @@ def test_fetch_extracts_the_csvs_once_then_reuses_the_cache(tmp_path: Path, monk
         calls.append((package, version))
         return fake_obp_wheel(dest / f"{package}-{version}-py3-none-any.whl")
 
-    monkeypatch.setattr(datasets, "pip_download_wheel", download)
+    monkeypatch.setattr(obd_module, "pip_download_wheel", download)
     first = datasets.open_bandit("bts", "men", cache_dir=tmp_path)
     second = datasets.open_bandit("random", "women", cache_dir=tmp_path)
     assert calls == [("obp", datasets.OBP_VERSION)]

@@ -1,0 +1,100 @@
+"""Ranking figures shared by the trainer's gate, the demo and the benchmarks (numpy only).
+
+- `grouped_auc`: the ROC AUC of every group at once (the Mann-Whitney rank
+  formula): one lexsort by (group, score), average ranks inside tie blocks, so a
+  tied positive/negative pair counts one half, and per-group sums with
+  `np.bincount`.
+- `auc`: one group.
+- `gauc`: the per-group (per-user) AUCs averaged with each group's row count as
+  its weight, as in the ReLoop2 / DIN evaluations; groups without a defined AUC
+  are skipped.
+
+A label above 0.5 is a positive. An AUC is undefined, and NaN, for a group
+without both classes (and for a group holding a NaN score); `gauc` is NaN when
+no group has a defined AUC.
+
+>>> import numpy as np
+>>> y = np.array([0, 0, 1, 1]); p = np.array([0.1, 0.4, 0.35, 0.8])
+>>> auc(y, p)  # 3 of the 4 (positive, negative) pairs are ordered right
+0.75
+>>> auc(np.array([0, 1]), np.array([0.5, 0.5]))  # a tie counts one half
+0.5
+>>> auc(np.array([1, 1]), np.array([0.2, 0.7]))  # one class: undefined
+nan
+>>> gauc(y, p, np.array([1, 2, 1, 2]))  # each user's own pair is ordered right
+1.0
+>>> gauc(np.array([1, 0, 1, 1]), np.array([0.9, 0.1, 0.2, 0.3]), np.array(["a", "a", "b", "b"]))
+1.0
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def grouped_auc(label: np.ndarray, score: np.ndarray, group: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(AUC per group, rows per group, whether a group has both classes), groups in the
+    sorted order of ``np.unique(group)``; a group's AUC is NaN without both classes or
+    with a NaN score.
+
+    >>> per, rows, both = grouped_auc(np.array([0, 1, 1, 1, 0]), np.array([.1, .2, .3, .4, .5]),
+    ...                               np.array([7, 7, 3, 3, 7]))
+    >>> per.tolist(), rows.tolist(), both.tolist()
+    ([nan, 0.5], [2, 3], [False, True])
+    """
+    y = np.asarray(label).reshape(-1) > 0.5
+    score = np.asarray(score, dtype=np.float64).reshape(-1)
+    _, gid = np.unique(np.asarray(group).reshape(-1), return_inverse=True)
+    gid = gid.reshape(-1)
+    n = len(y)
+    if n == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+    order = np.lexsort((score, gid))
+    g, s, yy = gid[order], score[order], y[order]
+    pos = np.arange(n)
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    new_block = new_group | np.r_[True, s[1:] != s[:-1]]
+    starts = pos[new_block]
+    ends = np.r_[starts[1:], n]
+    block = np.cumsum(new_block) - 1
+    mid = (starts + ends - 1) / 2.0  # average 0-based position of each tie block
+    group_start = np.maximum.accumulate(np.where(new_group, pos, 0))
+    rank = mid[block] - group_start + 1.0  # 1-based average rank inside the group
+    groups = int(g.max()) + 1
+    rows = np.bincount(g, minlength=groups)
+    npos = np.bincount(g, weights=yy, minlength=groups)
+    nneg = rows - npos
+    rank_pos = np.bincount(g, weights=rank * yy, minlength=groups)
+    both = (npos > 0) & (nneg > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (rank_pos - npos * (npos + 1) / 2.0) / (npos * nneg)
+    out[~both | (np.bincount(g, weights=np.isnan(s), minlength=groups) > 0)] = np.nan
+    return out, rows, both
+
+
+def auc(label: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC with tied scores counted half (NaN without both classes).
+
+    >>> auc(np.array([1, 0, 1]), np.array([0.9, 0.5, 0.2]))
+    0.5
+    """
+    y = np.asarray(label).reshape(-1)
+    if not len(y):
+        return float("nan")
+    return float(grouped_auc(y, score, np.zeros(len(y), dtype=np.int64))[0][0])
+
+
+def gauc(label: np.ndarray, score: np.ndarray, group: np.ndarray) -> float:
+    """Per-group AUC averaged over the groups where it is defined, weighted by their rows
+    (NaN when it is defined for none).
+
+    >>> y = np.array([1, 0, 0, 0, 1, 0, 1, 1]); s = np.array([.9, .1, .2, .3, .1, .5, .4, .6])
+    >>> gauc(y, s, np.array(list("aabbbbcc")))  # a: 1.0 on 2 rows, b: 0.0 on 4, c: one class
+    0.3333333333333333
+    """
+    per, rows, _ = grouped_auc(label, score, group)
+    defined = ~np.isnan(per)
+    if not defined.any():
+        return float("nan")
+    return float(np.average(per[defined], weights=rows[defined]))
