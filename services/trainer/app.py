@@ -2,7 +2,7 @@
 
 - A consumer (group ``LOOPWISE_GROUP_ID``, auto-commit off) reads
   ``loopwise.examples.v1`` and ``loopwise.preferences.v1`` into the replay
-  window (`window.ReplayWindow`), one stream per (tenant, model, kind). Every
+  buffer (`replay_buffer.ReplayBuffer`), one stream per (tenant, model, kind). Every
   ``commit_interval_s`` (and when partitions are revoked, and on stop) the
   window is flushed to disk and only then are the offsets committed: a crash
   re-reads records, never skips them, and the window drops the redelivered
@@ -41,9 +41,9 @@ from loopwise.v1 import learning_pb2
 from . import publish as pub
 from .data import PartCache, example_time
 from .metrics import TrainerMetrics
+from .replay_buffer import ReplayBuffer
 from .settings import TrainerSettings
 from .train import Production, run
-from .window import ReplayWindow
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class Trainer:
         self.settings = settings
         self.metrics = TrainerMetrics()
         self.store = ModelStore(settings.model_store)
-        self.window = ReplayWindow(Path(settings.data_dir) / "window", settings.trainer_window_rows,
+        self.window = ReplayBuffer(Path(settings.data_dir) / "window", settings.trainer_window_rows,
                                    settings.trainer_segment_rows)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.tenants = frozenset(settings.tenants)

@@ -1,4 +1,4 @@
-"""The trainer's pure parts: inputs equal serving's, losses, gate, export, window."""
+"""The trainer's pure parts: inputs equal serving's, losses, gate, export, replay buffer."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from loopwise.trainer import evaluation as ev  # noqa: E402
 from loopwise.trainer.data import build_window_data  # noqa: E402
 from loopwise.trainer.export import check_contract, export_onnx, parity  # noqa: E402
 from loopwise.trainer.model import Ranker, bradley_terry_loss, ips_loss  # noqa: E402
+from loopwise.trainer.replay_buffer import ReplayBuffer  # noqa: E402
 from loopwise.trainer.settings import TrainerSettings  # noqa: E402
 from loopwise.trainer.train import Production, run, split_holdout  # noqa: E402
-from loopwise.trainer.window import ReplayWindow  # noqa: E402
 from loopwise.v1 import features_pb2, learning_pb2  # noqa: E402
 
 SPEC = coldstart.DEFAULT_SPEC
@@ -77,9 +77,9 @@ def make_pairs(examples: list[learning_pb2.Example]) -> list[learning_pb2.Prefer
 
 
 def test_doctests():
-    from loopwise.trainer import window
+    from loopwise.trainer import replay_buffer
 
-    for module in (ev, window):
+    for module in (ev, replay_buffer):
         assert doctest.testmod(module).failed == 0
 
 
@@ -231,9 +231,9 @@ def test_onnx_export_parity_and_contract():
         check_contract(onnx_bytes, SPEC, 32)
 
 
-# -- the replay window -----------------------------------------------------------------------
-def test_window_is_bounded_deduped_and_reloads(tmp_path):
-    w = ReplayWindow(tmp_path, max_rows=100, segment_rows=30)
+# -- the replay buffer -----------------------------------------------------------------------
+def test_replay_buffer_is_bounded_deduped_and_reloads(tmp_path):
+    w = ReplayBuffer(tmp_path, max_rows=100, segment_rows=30)
     assert all(w.add("t", "m", "examples", f"e{i}", i, f"p{i}".encode()) for i in range(50))
     assert not w.add("t", "m", "examples", "e3", 3, b"again")
     w.flush()
@@ -251,14 +251,14 @@ def test_window_is_bounded_deduped_and_reloads(tmp_path):
     assert got.ids.tolist() == [f"e{i}" for i in range(140 - rows, 140)]
     assert got.payloads[-1] == b"p139" and got.time_ms[-1] == 139
     # Restart: the same rows, the same dedupe ids; an old, dropped id is new again.
-    again = ReplayWindow(tmp_path, max_rows=100, segment_rows=30).open()
+    again = ReplayBuffer(tmp_path, max_rows=100, segment_rows=30).open()
     assert again.rows("t", "m", "examples") == rows
     assert not again.add("t", "m", "examples", "e139", 0, b"")
     assert again.add("t", "m", "examples", "e0", 0, b"p0")
     assert again.keys() == [("t", "m")]
     # Unflushed records are not durable; a crashed write's temp file is ignored.
     (tmp_path / "t" / "m" / "examples" / "seg-000000000099.npz.tmp").write_bytes(b"junk")
-    third = ReplayWindow(tmp_path, max_rows=100, segment_rows=30).open()
+    third = ReplayBuffer(tmp_path, max_rows=100, segment_rows=30).open()
     assert third.rows("t", "m", "examples") == rows
 
 
@@ -323,7 +323,7 @@ def test_part_cache_builds_each_segment_once_and_matches_a_full_build(tmp_path):
     fix.example_id, fix.label, fix.correction = exs[3].example_id + "-c", 1.0, True
     prs = make_pairs(exs)
     exs.append(fix)  # a correction in a later segment than its negative
-    w = ReplayWindow(tmp_path, max_rows=1000, segment_rows=100)
+    w = ReplayBuffer(tmp_path, max_rows=1000, segment_rows=100)
     for e in exs[:150]:
         w.add("default", "ranker", "examples", e.example_id, e.impression_time_ms, e.SerializeToString())
     for p in prs:

@@ -1,4 +1,5 @@
-"""The replay window: recent examples and preference pairs on local disk.
+"""The replay buffer: recent examples and preference pairs on local disk (the window of
+traffic a training run reads; not the miner's attribution windows).
 
 One directory per (tenant, model, kind) under the data directory, holding
 immutable-by-name segments ``seg-<sequence number>.npz`` (arrival order), each with
@@ -11,14 +12,14 @@ The consumer commits its Kafka offsets only after a flush.
 Bounded: at most ``max_rows`` rows per stream; the oldest segments are
 dropped first (``segment_rows`` per segment, the tail segment is topped up on
 each flush so small flushes do not multiply files). Delivery is at least once,
-so `add` drops a record whose id is already in the window. `open` reloads the
-window (and the dedupe ids) after a restart.
+so `add` drops a record whose id is already in the buffer. `open` reloads the
+buffer (and the dedupe ids) after a restart.
 
 Raw records rather than model inputs are kept, so a change of the feature
-spec does not invalidate the window; `read` returns the payloads.
+spec does not invalidate the buffer; `read` returns the payloads.
 
 >>> import tempfile
->>> w = ReplayWindow(tempfile.mkdtemp(), max_rows=4, segment_rows=2)
+>>> w = ReplayBuffer(tempfile.mkdtemp(), max_rows=4, segment_rows=2)
 >>> [w.add("t", "m", "examples", f"id{i % 3}", i, b"x") for i in range(4)]
 [True, True, True, False]
 >>> w.flush(); w.rows("t", "m", "examples")
@@ -99,7 +100,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class ReplayWindow:
+class ReplayBuffer:
     """Thread-safe: the consumer adds and flushes, a training run reads."""
 
     def __init__(self, root: str | os.PathLike, max_rows: int = 500_000, segment_rows: int = 20_000) -> None:
@@ -113,7 +114,7 @@ class ReplayWindow:
         self.dropped_rows = 0
 
     # -- open / reload ----------------------------------------------------------------
-    def open(self) -> ReplayWindow:
+    def open(self) -> ReplayBuffer:
         """Reload every stream found on disk (after a restart)."""
         with self._lock:
             if not self.root.exists():
@@ -143,7 +144,7 @@ class ReplayWindow:
 
     # -- write --------------------------------------------------------------------------
     def add(self, tenant: str, model: str, kind: str, record_id: str, time_ms: int, payload: bytes) -> bool:
-        """Buffer a record; False for an id already in the window (a redelivery)."""
+        """Buffer a record; False for an id already in the buffer (a redelivery)."""
         with self._lock:
             stream = self._stream(tenant, model, kind)
             if record_id in stream.ids:
