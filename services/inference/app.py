@@ -37,7 +37,7 @@ class Inference:
         self.settings = settings
         self.metrics = InferenceMetrics()
         self.store = ModelStore(settings.model_store)
-        self.registry = models.ModelRegistry()
+        self.model_registry = models.ModelRegistry()
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0,
                                              socket_connect_timeout=1.0)
         self.emitter = (ImpressionEmitter(settings.kafka_bootstrap, settings.topics.impressions, self.metrics,
@@ -46,9 +46,9 @@ class Inference:
                         if settings.emit_impressions else None)
         self.rewrites = RewriteTable(self.redis, settings.tenants, self.metrics, poll_s=settings.rewrite_poll_s,
                                      full_refresh_s=settings.rewrite_full_refresh_s)
-        self.watcher = ModelWatcher(settings, self.store, self.registry, self.redis, self.metrics,
+        self.watcher = ModelWatcher(settings, self.store, self.model_registry, self.redis, self.metrics,
                                     on_loaded=self._model_loaded)
-        self.servicer = InferenceServicer(settings, self.registry, self.emitter, self.rewrites, self.metrics)
+        self.servicer = InferenceServicer(settings, self.model_registry, self.emitter, self.rewrites, self.metrics)
         service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
                                 metrics_port=settings.metrics_port, registry=self.metrics.registry,
@@ -78,11 +78,11 @@ class Inference:
         log.info("inference started", extra={"port": self.grpc.port, "metrics_port": self.grpc.metrics_port})
 
     async def _model_loaded(self) -> None:
-        if not self._serving and len(self.registry):
+        if not self._serving and len(self.model_registry):
             self._serving = True
             await self.grpc.set_serving(True)
             log.info("inference serving", extra={"models": [f"{m.tenant}/{m.model}@{m.version}"
-                                                            for m in self.registry.items()]})
+                                                            for m in self.model_registry.items()]})
 
     async def stop(self) -> None:
         await self.watcher.stop()

@@ -26,10 +26,10 @@ MAX_UTTERANCE_CHARS = 1_000
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, settings: InferenceSettings, registry: ModelRegistry, emitter: ImpressionEmitter | None,
+    def __init__(self, settings: InferenceSettings, model_registry: ModelRegistry, emitter: ImpressionEmitter | None,
                  rewrites: RewriteTable, metrics: InferenceMetrics) -> None:
         self.settings = settings
-        self.registry = registry
+        self.model_registry = model_registry
         self.emitter = emitter
         self.rewrites = rewrites
         self.metrics = metrics
@@ -47,7 +47,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Rank(self, request: inference_pb2.RankRequest, context) -> inference_pb2.RankResponse:  # noqa: N802
         tenant = self._tenant(request.tenant)
         model_name = request.model or self.settings.default_model
-        loaded = self.registry.get(tenant, model_name)
+        loaded = self.model_registry.get(tenant, model_name)
         if loaded is None:
             raise NotFound(f"no model {model_name!r} for tenant {tenant!r}", reason="unknown_model")
         n = len(request.candidates.ids)

@@ -11,7 +11,7 @@ polls at once, and a "promoted"/"rolled_back" version is given a fresh chance
 if it was refused before. The pointer always decides.
 
 A changed version is loaded, checked and warmed up in a single loader thread
-(`models.load`), then put in the registry; requests already running keep
+(`models.load`), then put in the model registry; requests already running keep
 the `LoadedModel` they picked up, so they finish on the old session. The
 replaced model is kept, so moving the pointer back to it swaps at once. A
 version that fails to load is refused: logged with its reason, counted in
@@ -47,12 +47,12 @@ MISSING_RETRY_S = 5.0
 
 
 class ModelWatcher:
-    def __init__(self, settings: InferenceSettings, store: ModelStore, registry: models.ModelRegistry,
+    def __init__(self, settings: InferenceSettings, store: ModelStore, model_registry: models.ModelRegistry,
                  redis: aioredis.Redis, metrics: InferenceMetrics,
                  on_loaded: Callable[[], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.registry = registry
+        self.model_registry = model_registry
         self.redis = redis
         self.metrics = metrics
         self.on_loaded = on_loaded
@@ -125,12 +125,12 @@ class ModelWatcher:
                                                           self.tenants)
             except Exception as exc:  # noqa: BLE001 - a store outage keeps what serves
                 log.warning("model store not listable", extra={"store": self.store.url, "error": repr(exc)})
-        keys = sorted(set(self._latest) | set(self.registry.versions()))
+        keys = sorted(set(self._latest) | set(self.model_registry.versions()))
         await self._read_pointers(keys)
         now = time.monotonic()
         for key in keys:
             want = pointers.resolve(self._pointers.get(key), self._latest.get(key))
-            current = self.registry.get(*key)
+            current = self.model_registry.get(*key)
             if want is None or (current is not None and current.version == want):
                 continue
             self._seen.setdefault((key, want), now)
@@ -168,7 +168,7 @@ class ModelWatcher:
             except Exception as exc:  # noqa: BLE001 - e.g. an fsspec/network error
                 self._refuse(key, version, "error", repr(exc))
                 return
-        old = self.registry.put(loaded)
+        old = self.model_registry.put(loaded)
         if old is not None:
             self._previous[key] = old
         self._refused.pop((key, version), None)
@@ -177,7 +177,7 @@ class ModelWatcher:
             del self._seen[stale]
         self.metrics.model_loads.labels(tenant, model, "ok").inc()
         self.metrics.model_info.labels(tenant, model).info({"version": version})
-        self.metrics.models_serving.set(len(self.registry))
+        self.metrics.models_serving.set(len(self.model_registry))
         took = time.monotonic() - seen if seen is not None else 0.0
         if old is not None:
             self.metrics.model_swaps.labels(tenant, model).inc()
@@ -193,7 +193,7 @@ class ModelWatcher:
         self._refused[(key, version)] = (time.monotonic() + retry, reason)
         self.metrics.model_loads.labels(tenant, model, "refused").inc()
         self.metrics.model_refusals.labels(tenant, model, reason).inc()
-        current = self.registry.get(tenant, model)
+        current = self.model_registry.get(tenant, model)
         log.error("model version refused", extra={
             "tenant": tenant, "model": model, "version": version, "reason": reason, "detail": message,
             "serving": current.version if current else None, "retry_in_s": retry})
