@@ -1,17 +1,9 @@
-import doctest
-
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loopwise import hashing, representation, text
 from loopwise.hashing import field_seed, hash_ids, hash_strings
-
-
-def test_doctests():
-    for module in (hashing, representation, text):
-        assert doctest.testmod(module).failed == 0
 
 
 def test_golden_values_do_not_drift():

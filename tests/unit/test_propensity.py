@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 
-from loopwise.miner import propensity
 from loopwise.miner.propensity import PositionBiasEM, RandomizedEstimator
 
 THETA = np.array([1.0, 0.6, 0.3])
@@ -47,10 +44,6 @@ def fitted_em(positions: np.ndarray, items: np.ndarray, clicks: np.ndarray, **kw
     em.update(positions, items, clicks)
     em.fit(2000, tol=1e-7)
     return em
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(propensity).failed == 0
 
 
 def test_both_recover_theta_from_randomised_traffic() -> None:

@@ -315,15 +315,6 @@ def test_a_rule_slightly_worse_on_little_data_is_kept() -> None:
     assert strict.decide("r").withdraw and not m.decide("r0").withdraw  # nothing is below 0
 
 
-def test_doctests() -> None:
-    import doctest
-
-    from loopwise.miner.reformulation import chain, defects, pipeline, rollback, sessions
-
-    for module in (sessions, defects, chain, rollback, pipeline):
-        assert doctest.testmod(module).failed == 0
-
-
 def test_states_just_added_survive_eviction() -> None:
     c = Chain(ChainConfig(max_states=4, evict_to=0.5))
     for k in range(5):

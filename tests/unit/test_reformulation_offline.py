@@ -5,19 +5,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from _reformulation_offline import evaluate  # noqa: E402
 
 from loopwise.miner.reformulation.rollback import RuleMonitor
-from loopwise.tools.simulate.assistant import World, movielens_catalog
-from tests.unit.test_simulator import ML_CACHED, synthetic_catalog
+from loopwise.tools.simulate.assistant import Catalog, World
+from tests.unit.test_simulator import synthetic_catalog
 
 
-def test_mined_rules_reduce_defects_on_held_out_seeds() -> None:
-    world = World(movielens_catalog() if ML_CACHED else synthetic_catalog())
+def test_mined_rules_reduce_defects_on_held_out_seeds(movielens_titles: Catalog) -> None:
+    world = World(movielens_titles)
     r = evaluate(world, users=400, minutes=240, train_seeds=(1, 2), test_seeds=(101,))
     assert r.rules and r.judged_rules
     assert r.after.defect_rate < r.before.defect_rate
@@ -27,9 +25,9 @@ def test_mined_rules_reduce_defects_on_held_out_seeds() -> None:
     assert len({x.rule_id for x in r.rules}) == len(r.rules)
 
 
-@pytest.mark.skipif(not ML_CACHED, reason="needs MovieLens titles (sequels collide); not cached")
-def test_rollback_withdraws_rules_that_break_turns() -> None:
-    world = World(movielens_catalog())
+def test_rollback_withdraws_rules_that_break_turns(movielens_titles: Catalog) -> None:
+    """Needs the MovieLens titles: their sequels collide, so some mined rules break turns."""
+    world = World(movielens_titles)
     kw = {"users": 600, "minutes": 240, "train_seeds": (1, 2), "test_seeds": (101,)}
     plain = evaluate(world, **kw)
     rolled = evaluate(world, rollback_seeds=(51, 52), monitor=RuleMonitor(min_turns=15), **kw)

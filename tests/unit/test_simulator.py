@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from loopwise.tools import datasets
 from loopwise.tools.simulate.assistant import (
     OK,
     UNHANDLED,
@@ -15,14 +14,11 @@ from loopwise.tools.simulate.assistant import (
     Catalog,
     Nlu,
     World,
-    movielens_catalog,
     simulate,
     spoken_title,
     summarize,
     table_rewriter,
 )
-
-ML_CACHED = all((datasets.ml100k_dir() / n).is_file() for n in datasets.ML100K_FILES)
 
 
 def synthetic_catalog() -> Catalog:
@@ -36,14 +32,13 @@ def synthetic_catalog() -> Catalog:
 
 
 @pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    """MovieLens-100K titles when cached (no network in unit tests), else a synthetic catalog."""
-    return movielens_catalog() if ML_CACHED else synthetic_catalog()
+def catalog(movielens_titles: Catalog) -> Catalog:
+    """The MovieLens-100K titles (tests/unit/conftest.py fetches them once per machine)."""
+    return movielens_titles
 
 
-@pytest.mark.skipif(not ML_CACHED, reason="MovieLens-100K is not cached")
-def test_movielens_titles_are_the_catalog() -> None:
-    c = movielens_catalog()
+def test_movielens_titles_are_the_catalog(movielens_titles: Catalog) -> None:
+    c = movielens_titles
     assert len(c.movies) > 1600
     assert c.by_spoken["toy story"].id == "1"
     assert "the wizard of oz" in c.by_spoken

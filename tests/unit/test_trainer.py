@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import numpy as np
@@ -74,13 +73,6 @@ def make_pairs(examples: list[learning_pb2.Example]) -> list[learning_pb2.Prefer
                             strength=0.5, time_ms=e.label_time_ms, user=e.user, context=e.context,
                             preferred=e.candidate, other=o.candidate, model=e.model))
     return out
-
-
-def test_doctests():
-    from loopwise.trainer import replay_buffer
-
-    for module in (ev, replay_buffer):
-        assert doctest.testmod(module).failed == 0
 
 
 # -- hash parity: the trainer's inputs are what serving builds ------------------------------
