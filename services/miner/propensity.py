@@ -3,7 +3,7 @@
 Position-based click model (PBM): a candidate is clicked when its position is
 examined and it is relevant, independently,
 ``P(click | position k, item i) = theta_k * gamma_i``. Rel-MF and clipped IPS
-need ``theta_k`` relative to the top position (METHODS.md section 3); both
+need ``theta_k`` relative to the top position (docs/methods.md §3); both
 estimators return that curve, normalised so position 1 is 1.0. Positions are
 1-based everywhere, as in ``Click.position``.
 

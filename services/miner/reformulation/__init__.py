@@ -1,7 +1,7 @@
 """Reformulation mining: sessions, defects, absorbing Markov chain, rewrite rules, rollback.
 
 Pure Python/numpy/scipy, no Kafka (Ponnusamy et al., arXiv 1911.02557; see
-METHODS.md section 2):
+docs/methods.md §2):
 
 * `sessions` - `TurnRecord` (from a Turn event), `SessionState` per (tenant, user);
 * `session_book` - `SessionBook`: every user's open session over a key -> bytes
