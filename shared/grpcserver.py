@@ -1,8 +1,10 @@
 """The one way every Loopwise gRPC service boots, serves and drains.
 
 `GrpcService` wires a `grpc.aio` server with the standard health service
-(`NOT_SERVING` until the service says it is ready), server reflection, a
-Prometheus endpoint on the service's own registry, and a graceful stop.
+(`NOT_SERVING` until the service says it is ready), server reflection, the
+process's HTTP endpoint (`loopwise.runtime.MetricsServer`: metrics on the
+service's own registry, ``/healthz``, ``/readyz`` following the gRPC health)
+and a graceful stop. Processes run with `loopwise.runtime.run_until_signal`.
 `rpc` wraps a servicer method: request count and latency by method and
 status code, and `LoopwiseError` -> gRPC status in one place.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,9 +23,10 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loopwise.errors import InvalidArgument, LoopwiseError
+from loopwise.runtime import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +131,13 @@ class GrpcService:
     """A gRPC server with health, reflection and metrics.
 
     `service_names` are the full names of the services the caller registers
-    on `server` (e.g. ``loopwise.v1.InferenceService``).
+    on `server` (e.g. ``loopwise.v1.InferenceService``). The metrics and
+    probe endpoint listens on ``metrics_host:metrics_port`` (0: any free
+    port; negative: none).
     """
 
-    def __init__(self, *, host: str, port: int, metrics_port: int, registry: CollectorRegistry,
-                 service_names: list[str]) -> None:
+    def __init__(self, *, host: str, port: int, metrics_host: str, metrics_port: int,
+                 registry: CollectorRegistry, service_names: list[str]) -> None:
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -144,58 +148,38 @@ class GrpcService:
         self.service_names = list(service_names)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        self._host = host
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")
-        self.registry = registry
-        self.metrics_port = 0
-        self._metrics_httpd: Any = None
-        self._metrics_port_wanted = metrics_port
+        self.serving = False
+        self.http = MetricsServer(registry, ready=lambda: self.serving)
+        self._metrics_address = (metrics_host, metrics_port)
+
+    @property
+    def metrics_port(self) -> int:
+        """The metrics endpoint's port (0 when there is none)."""
+        return self.http.port
 
     async def start(self) -> None:
         await self.set_serving(False)
         await self.server.start()
-        if self._metrics_port_wanted >= 0:
-            httpd, _ = start_http_server(self._metrics_port_wanted, addr=self._host, registry=self.registry)
-            self._metrics_httpd = httpd
-            self.metrics_port = httpd.server_port
+        self.http.start(*self._metrics_address)
 
     async def set_serving(self, serving: bool) -> None:
+        """gRPC health and ``/readyz`` together."""
+        self.serving = serving
         status = (health_pb2.HealthCheckResponse.SERVING if serving
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
     async def stop(self, grace: float, drain: float = 0.0) -> None:
-        """Health NOT_SERVING first; keep answering for ``drain`` seconds so load
-        balancers move away; then refuse new calls and give in-flight ones
-        ``grace`` seconds to finish."""
+        """Health NOT_SERVING (gRPC and ``/readyz``) first; keep answering for
+        ``drain`` seconds so load balancers move away; then refuse new calls
+        and give in-flight ones ``grace`` seconds to finish."""
+        self.http.drain()
         await self.health.enter_graceful_shutdown()
         if drain > 0:
             await asyncio.sleep(drain)
         await self.server.stop(grace)
-        if self._metrics_httpd is not None:
-            self._metrics_httpd.shutdown()
-            self._metrics_httpd.server_close()
-            self._metrics_httpd = None
-
-
-def run_until_signal(factory: Callable[[], Any]) -> None:
-    """Build a service inside the event loop (``factory()`` returns an object
-    with async ``start``/``stop``), run it until SIGTERM or SIGINT, then stop
-    it gracefully."""
-
-    async def _main() -> None:
-        done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, done.set)
-        service = factory()
-        await service.start()
-        await done.wait()
-        log.info("signal received, draining")
-        await service.stop()
-        log.info("stopped")
-
-    asyncio.run(_main())
+        self.http.close()

@@ -1,16 +1,25 @@
 """Settings from the environment (prefix ``LOOPWISE_``), one object per service.
 
+`BaseSettings` holds what every process reads; `GrpcSettings` adds what the
+gRPC services (collector, inference) read.
+
 | variable | default | meaning |
 |---|---|---|
 | LOOPWISE_KAFKA_BOOTSTRAP | 127.0.0.1:9092 | Kafka bootstrap servers, comma separated |
 | LOOPWISE_REDIS_URL | redis://127.0.0.1:6379/0 | Redis URL |
 | LOOPWISE_TENANTS | default | tenants this deployment serves, comma separated |
 | LOOPWISE_MODEL_STORE | .loopwise/models | model store: a directory or an fsspec URL |
-| LOOPWISE_GRPC_HOST / LOOPWISE_GRPC_PORT | 0.0.0.0 / per service | gRPC listen address |
-| LOOPWISE_METRICS_PORT | per service | Prometheus metrics port (0 = off) |
+| LOOPWISE_METRICS_HOST | LOOPWISE_GRPC_HOST, else 0.0.0.0 | listen address of /metrics, /healthz, /readyz |
+| LOOPWISE_METRICS_PORT | per service | their port (0 = any free port, -1 = off) |
 | LOOPWISE_TOPIC_<NAME> | loopwise.<name>.v1 | topic names (see loopwise.topics) |
 | LOOPWISE_TOPIC_PARTITIONS | 4 | partitions for topics Loopwise creates |
 | LOOPWISE_LOG_LEVEL | INFO | log level |
+
+gRPC services only:
+
+| variable | default | meaning |
+|---|---|---|
+| LOOPWISE_GRPC_HOST / LOOPWISE_GRPC_PORT | 0.0.0.0 / per service | gRPC listen address |
 | LOOPWISE_DRAIN_S / LOOPWISE_GRACE_S | 1 / 10 | on SIGTERM: NOT_SERVING while answering, then time for in-flight calls |
 """
 
@@ -23,6 +32,9 @@ from typing import Any, TypeVar
 from loopwise.topics import Topics
 
 T = TypeVar("T", bound="BaseSettings")
+
+# Read when the variable itself is unset (the metrics once listened on the gRPC host).
+FALLBACK_ENV = {"LOOPWISE_METRICS_HOST": "LOOPWISE_GRPC_HOST"}
 
 
 def _convert(raw: str, default: Any) -> Any:
@@ -43,15 +55,11 @@ class BaseSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     tenants: tuple[str, ...] = ("default",)
     model_store: str = ".loopwise/models"
-    grpc_host: str = "0.0.0.0"
-    grpc_port: int = 0
+    # Where /metrics, /healthz and /readyz listen (loopwise.runtime.MetricsServer).
+    metrics_host: str = "0.0.0.0"
     metrics_port: int = 0
     topic_partitions: int = 4
     log_level: str = "INFO"
-    # On SIGTERM: seconds of NOT_SERVING while still answering (drain), then
-    # seconds in-flight calls get to finish (grace).
-    drain_s: float = 1.0
-    grace_s: float = 10.0
     topics: Topics = field(default_factory=Topics)
 
     @classmethod
@@ -62,6 +70,8 @@ class BaseSettings:
             if f.name == "topics":
                 continue
             key = "LOOPWISE_" + f.name.upper()
+            if key not in env and FALLBACK_ENV.get(key) in env:
+                key = FALLBACK_ENV[key]
             if key in env:
                 default = f.default if f.default is not field else None
                 try:
@@ -71,3 +81,13 @@ class BaseSettings:
         values["topics"] = Topics.from_env(env)
         values.update(overrides)
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class GrpcSettings(BaseSettings):
+    grpc_host: str = "0.0.0.0"
+    grpc_port: int = 0
+    # On SIGTERM: seconds of NOT_SERVING while still answering (drain), then
+    # seconds in-flight calls get to finish (grace).
+    drain_s: float = 1.0
+    grace_s: float = 10.0

@@ -103,7 +103,7 @@ def start_collector(loop_thread: LoopThread, broker: str, topics: Topics) -> Ite
 
     def _start(**overrides: Any) -> Any:
         settings = CollectorSettings(**{"kafka_bootstrap": broker, "grpc_host": "127.0.0.1", "grpc_port": 0,
-                                        "metrics_port": 0, "topics": topics, "grace_s": 1.0, "drain_s": 0.0,
+                                        "metrics_host": "127.0.0.1", "metrics_port": 0, "topics": topics, "grace_s": 1.0, "drain_s": 0.0,
                                         "topic_partitions": 2, **overrides})
         service = loop_thread.start(lambda: Collector(settings))
         started.append(service)
@@ -126,7 +126,7 @@ def start_inference(loop_thread: LoopThread, broker: str, redis_url: str, topics
     def _start(**overrides: Any) -> Any:
         settings = InferenceSettings(**{"kafka_bootstrap": broker, "redis_url": redis_url,
                                         "model_store": model_store.url, "grpc_host": "127.0.0.1",
-                                        "grpc_port": 0, "metrics_port": 0, "topics": topics, "grace_s": 1.0, "drain_s": 0.0,
+                                        "grpc_port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0, "topics": topics, "grace_s": 1.0, "drain_s": 0.0,
                                         "topic_partitions": 2, **overrides})
         service = loop_thread.start(lambda: Inference(settings))
         started.append(service)

@@ -6,7 +6,9 @@ import asyncio
 import logging
 
 from loopwise import logs
-from loopwise.grpcserver import GrpcService, add_service, run_until_signal
+from loopwise.grpcserver import GrpcService, add_service
+from loopwise.runtime import run_until_signal
+from loopwise.topics import ensure_topics
 from loopwise.v1 import feedback_pb2
 
 from .metrics import CollectorMetrics
@@ -29,8 +31,8 @@ class Collector:
         self.servicer = FeedbackServicer(settings, self.producer, self.metrics)
         service = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
-                                metrics_port=settings.metrics_port, registry=self.metrics.registry,
-                                service_names=[service.full_name])
+                                metrics_host=settings.metrics_host, metrics_port=settings.metrics_port,
+                                registry=self.metrics.registry, service_names=[service.full_name])
         add_service(self.grpc.server, self.servicer, service)
 
     @property
@@ -39,11 +41,11 @@ class Collector:
 
     async def start(self) -> None:
         await self.grpc.start()
-        topics = [self.settings.topics.events, self.settings.topics.impressions]
+        names = [self.settings.topics.events, self.settings.topics.impressions]
         try:
             await asyncio.get_running_loop().run_in_executor(
-                None, lambda: topics.ensure_topics(self.settings.kafka_bootstrap, topics,
-                                                   self.settings.topic_partitions, timeout=5.0))
+                None, lambda: ensure_topics(self.settings.kafka_bootstrap, names,
+                                            self.settings.topic_partitions, timeout=5.0))
         except Exception as exc:  # noqa: BLE001 - the broker may come later; produce will tell
             log.warning("could not ensure topics", extra={"error": repr(exc)})
         await self.grpc.set_serving(True)

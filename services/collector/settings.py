@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from loopwise.settings import BaseSettings
+from loopwise.settings import GrpcSettings
 
 
 @dataclass(frozen=True)
-class CollectorSettings(BaseSettings):
+class CollectorSettings(GrpcSettings):
     grpc_port: int = 50051
     metrics_port: int = 9101
     # Events per Report call (and per StreamReport message).

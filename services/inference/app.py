@@ -8,8 +8,10 @@ import logging
 import redis.asyncio as aioredis
 
 from loopwise import logs
-from loopwise.grpcserver import GrpcService, add_service, run_until_signal
+from loopwise.grpcserver import GrpcService, add_service
 from loopwise.modelstore import ModelStore
+from loopwise.runtime import run_until_signal
+from loopwise.topics import ensure_topics
 from loopwise.v1 import inference_pb2
 
 from . import models
@@ -51,8 +53,8 @@ class Inference:
         self.servicer = InferenceServicer(settings, self.model_registry, self.emitter, self.rewrites, self.metrics)
         service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
-                                metrics_port=settings.metrics_port, registry=self.metrics.registry,
-                                service_names=[service.full_name])
+                                metrics_host=settings.metrics_host, metrics_port=settings.metrics_port,
+                                registry=self.metrics.registry, service_names=[service.full_name])
         add_service(self.grpc.server, self.servicer, service)
         self._serving = False
 
@@ -62,15 +64,15 @@ class Inference:
 
     async def start(self) -> None:
         await self.grpc.start()
-        topics = ([self.settings.topics.impressions] if self.emitter is not None else []) + (
+        names = ([self.settings.topics.impressions] if self.emitter is not None else []) + (
             [self.settings.topics.models] if self.settings.watch_announcements else [])
-        if topics:
+        if names:
             try:
                 await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: topics.ensure_topics(self.settings.kafka_bootstrap, topics,
-                                                       self.settings.topic_partitions, timeout=5.0))
+                    None, lambda: ensure_topics(self.settings.kafka_bootstrap, names,
+                                                self.settings.topic_partitions, timeout=5.0))
             except Exception as exc:  # noqa: BLE001 - impressions and announcements wait for the broker; Rank does not
-                log.warning("could not ensure the topics", extra={"topics": topics, "error": repr(exc)})
+                log.warning("could not ensure the topics", extra={"topics": names, "error": repr(exc)})
         if self.emitter is not None:
             self.emitter.start()
         self.rewrites.start()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loopwise.modelstore.contract import DEFAULT_MODEL
-from loopwise.settings import BaseSettings
+from loopwise.settings import GrpcSettings
 
 
 @dataclass(frozen=True)
-class InferenceSettings(BaseSettings):
+class InferenceSettings(GrpcSettings):
     grpc_port: int = 50052
     metrics_port: int = 9102
     # Model used when a RankRequest leaves `model` empty.

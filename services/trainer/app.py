@@ -31,9 +31,8 @@ from typing import Any
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from google.protobuf.message import DecodeError
-from prometheus_client import start_http_server
 
-from loopwise import logs, stamps, topics
+from loopwise import logs, runtime, stamps, topics
 from loopwise.features import InputBuilder
 from loopwise.modelstore import ModelStore, StoreError, coldstart, pointers, version_number
 from loopwise.v1 import learning_pb2
@@ -94,7 +93,9 @@ class Trainer:
         self.producer: AIOKafkaProducer | None = None
         self.results: list[RunResult] = []
         self.parts = PartCache()  # built inputs per window segment, reused across runs
-        self.metrics_port = 0
+        # /metrics, /healthz and /readyz (ready: loopwise_trainer_ready, until the drain).
+        self.http = runtime.MetricsServer(
+            self.metrics.registry, ready=runtime.ready_metric(self.metrics.registry, "loopwise_trainer_ready"))
         self._new: dict[tuple[str, str], int] = {}
         self._last_run: dict[tuple[str, str], float] = {}
         self._uncommitted = 0
@@ -104,7 +105,6 @@ class Trainer:
         self._commit_lock = asyncio.Lock()
         self._stopping = threading.Event()
         self._tasks: list[asyncio.Task] = []
-        self._httpd: Any = None
         self._started = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -114,9 +114,7 @@ class Trainer:
         await loop.run_in_executor(None, self.window.open)
         for tenant, model in self.window.keys():
             self._update_window_gauges(tenant, model)
-        if s.metrics_port >= 0:
-            self._httpd, _ = start_http_server(s.metrics_port, addr=s.grpc_host, registry=self.metrics.registry)
-            self.metrics_port = self._httpd.server_port
+        self.http.start(s.metrics_host, s.metrics_port)
         try:
             await loop.run_in_executor(None, lambda: topics.ensure_topics(
                 s.kafka_bootstrap, [s.topics.examples, s.topics.preferences, s.topics.models, s.topics.deadletter],
@@ -136,11 +134,12 @@ class Trainer:
         self._started = time.monotonic()
         self._tasks = [asyncio.create_task(self._consume(), name="trainer-consume"),
                        asyncio.create_task(self._trigger(), name="trainer-trigger")]
-        log.info("trainer started", extra={"group": s.group_id, "metrics_port": self.metrics_port,
+        log.info("trainer started", extra={"group": s.group_id, "metrics_port": self.http.port,
                                            "window_rows": {f"{t}/{m}": self.window.rows(t, m, "examples")
                                                            for t, m in self.window.keys()}})
 
     async def stop(self) -> None:
+        self.http.drain()  # /readyz: 503 from now on
         self._stopping.set()  # a run in progress stops at its next batch
         for task in self._tasks:
             task.cancel()
@@ -157,8 +156,7 @@ class Trainer:
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
-        if self._httpd is not None:
-            self._httpd.shutdown()
+        self.http.close()
         self.redis.close()
         log.info("trainer stopped")
 
@@ -364,8 +362,6 @@ class Trainer:
 
 
 def main() -> None:
-    from loopwise.grpcserver import run_until_signal
-
     settings = TrainerSettings.from_env()
     logs.setup(settings.log_level)
-    run_until_signal(lambda: Trainer(settings))
+    runtime.run_until_signal(lambda: Trainer(settings))

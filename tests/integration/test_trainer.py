@@ -56,7 +56,7 @@ def test_trainer_publishes_and_resumes(broker, redis_url, topics, model_store, l
     produce(broker, topics.examples, [learning_pb2.Example()])  # no tenant: skipped, not a crash
     settings = TrainerSettings(
         kafka_bootstrap=broker, redis_url=redis_url, model_store=model_store.url, topics=topics,
-        grpc_host="127.0.0.1", metrics_port=0, topic_partitions=2, group_id=f"trainer-{uuid.uuid4().hex[:8]}",
+        metrics_host="127.0.0.1", metrics_port=0, topic_partitions=2, group_id=f"trainer-{uuid.uuid4().hex[:8]}",
         data_dir=str(tmp_path / "trainer"), commit_interval_s=0.3, trainer_check_s=0.2, trainer_every_n=2500,
         trainer_min_examples=1000, trainer_epochs=2, trainer_batch_size=512, trainer_min_holdout=100,
         trainer_tolerance_ece=0.05, trainer_interval_s=3600, attribution_window_ms=0)

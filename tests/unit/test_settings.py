@@ -16,3 +16,14 @@ def test_from_env_converts_types():
 def test_bad_value_names_the_variable():
     with pytest.raises(ValueError, match="LOOPWISE_GRPC_PORT"):
         CollectorSettings.from_env({"LOOPWISE_GRPC_PORT": "eighty"})
+
+
+def test_metrics_host_falls_back_to_the_grpc_host_variable():
+    from loopwise.trainer.settings import TrainerSettings
+
+    assert TrainerSettings.from_env({}).metrics_host == "0.0.0.0"
+    assert TrainerSettings.from_env({"LOOPWISE_GRPC_HOST": "127.0.0.1"}).metrics_host == "127.0.0.1"
+    both = {"LOOPWISE_GRPC_HOST": "127.0.0.1", "LOOPWISE_METRICS_HOST": "10.0.0.1"}
+    c = CollectorSettings.from_env(both)
+    assert (c.grpc_host, c.metrics_host) == ("127.0.0.1", "10.0.0.1")
+    assert not hasattr(TrainerSettings(), "grpc_port")  # a worker serves no gRPC

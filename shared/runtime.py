@@ -1,0 +1,160 @@
+"""How every Loopwise process runs: signals, drain, metrics and health.
+
+- `MetricsServer` answers on one HTTP port, from a daemon thread:
+  ``/healthz`` (200 while the process is up), ``/readyz`` (200 when the
+  process says it is ready, 503 before that and from the moment it drains,
+  for Kubernetes HTTP probes) and, on every other path, the process's
+  Prometheus registry (``/metrics``).
+- `ready_metric` makes a worker's readiness its ``loopwise_<name>_ready``
+  gauge, so the probe and the metric never disagree.
+- `run_until_signal` builds a service inside the event loop, starts it and,
+  on SIGTERM or SIGINT, stops it: the service's ``stop`` drains (readiness
+  off, in-flight work finished within its grace period). A second signal
+  stops waiting for the drain.
+
+The gRPC services also answer the standard gRPC health service
+(`loopwise.grpcserver.GrpcService`), flipped together with ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        """Probes every few seconds are not worth a log line."""
+
+
+def _server_class(host: str, port: int) -> type[WSGIServer]:
+    """A threading WSGI server of the address family of ``host`` (IPv4 or IPv6)."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return type("LoopwiseHttpServer", (ThreadingMixIn, WSGIServer),
+                {"daemon_threads": True, "address_family": family})
+
+
+def ready_metric(registry: CollectorRegistry, name: str) -> Callable[[], bool]:
+    """Readiness read from the 0/1 gauge ``name`` of ``registry``."""
+    return lambda: registry.get_sample_value(name) == 1.0
+
+
+class MetricsServer:
+    """``/healthz``, ``/readyz`` and the Prometheus metrics on one port.
+
+    ``ready`` says whether the process is ready (called on every ``/readyz``);
+    `drain` turns readiness off for good. `start` on a negative port serves
+    nothing (``port`` stays 0).
+    """
+
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True) -> None:
+        self.registry = registry
+        self.port = 0
+        self.draining = False
+        self._ready = ready
+        self._metrics = make_wsgi_app(registry)
+        self._httpd: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (0: any free port; negative: not at all)."""
+        if port < 0:
+            return
+        self._httpd = make_server(host, port, self._app, _server_class(host, port), _QuietHandler)
+        self.port = self._httpd.server_port
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="loopwise-http", daemon=True)
+        self._thread.start()
+
+    def is_ready(self) -> tuple[bool, str]:
+        """(ready, why) as ``/readyz`` answers it."""
+        if self.draining:
+            return False, "draining"
+        try:
+            return (True, "ready") if self._ready() else (False, "not ready")
+        except Exception as exc:  # noqa: BLE001 - a failing check is an unready process, not a 500
+            return False, f"readiness check failed: {exc!r}"
+
+    def drain(self) -> None:
+        """``/readyz`` answers 503 from now on (``/healthz`` and metrics go on)."""
+        self.draining = True
+
+    def close(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    def _app(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            return _plain(start_response, "200 OK", "ok")
+        if path == "/readyz":
+            ready, why = self.is_ready()
+            return _plain(start_response, "200 OK" if ready else "503 Service Unavailable", why)
+        return self._metrics(environ, start_response)
+
+
+def _plain(start_response: Callable, status: str, text: str) -> list[bytes]:
+    body = (text + "\n").encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body)))])
+    return [body]
+
+
+async def serve(factory: Callable[[], Service], signals: tuple[signal.Signals, ...] = SIGNALS) -> None:
+    """Build (``factory()``, inside the loop) and start a service, wait for one
+    of ``signals``, then ``await service.stop()``; a second signal cancels
+    that stop."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Queue[signal.Signals] = asyncio.Queue()
+    for sig in signals:
+        loop.add_signal_handler(sig, received.put_nowait, sig)
+    try:
+        service = factory()
+        await service.start()
+        sig = await received.get()
+        log.info("signal received, draining", extra={"signal": sig.name})
+        stopping = asyncio.ensure_future(service.stop())
+        second = asyncio.ensure_future(received.get())
+        await asyncio.wait({stopping, second}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.done():
+            second.cancel()
+            stopping.result()
+            log.info("stopped")
+        else:
+            log.warning("second signal: stopping without waiting for the drain",
+                        extra={"signal": second.result().name})
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def run_until_signal(factory: Callable[[], Service]) -> None:
+    """A process's main: `serve` in a fresh event loop."""
+    asyncio.run(serve(factory))
