@@ -21,6 +21,32 @@ gRPC services only:
 |---|---|---|
 | LOOPWISE_GRPC_HOST / LOOPWISE_GRPC_PORT | 0.0.0.0 / per service | gRPC listen address |
 | LOOPWISE_DRAIN_S / LOOPWISE_GRACE_S | 1 / 10 | on SIGTERM: NOT_SERVING while answering, then time for in-flight calls |
+
+Which service reads what. Names carry no service prefix except the trainer's
+``LOOPWISE_TRAINER_*``. A name more than one service reads is either shared on
+purpose (one value for the whole deployment) or the same kind of setting in
+each process (each its own value); every name not listed here is read by one
+service only (its README and settings module).
+
+| shared on purpose | collector | inference | miner | trainer |
+|---|---|---|---|---|
+| LOOPWISE_KAFKA_BOOTSTRAP, LOOPWISE_TENANTS, LOOPWISE_TOPIC_*, LOOPWISE_TOPIC_PARTITIONS | x | x | x | x |
+| LOOPWISE_REDIS_URL | | x | x | x |
+| LOOPWISE_MODEL_STORE | | x | | x |
+| LOOPWISE_DEFAULT_MODEL (the model of a request or record naming none) | | x | | x |
+| LOOPWISE_ATTRIBUTION_WINDOW_MS (the miner's window; the trainer waits it out) | | | x | x |
+| LOOPWISE_MAX_FUTURE_S, LOOPWISE_MAX_AGE_S (the miner re-checks events with the collector's limits) | x | | x | |
+
+| per service | collector | inference | miner | trainer |
+|---|---|---|---|---|
+| LOOPWISE_METRICS_HOST, LOOPWISE_METRICS_PORT, LOOPWISE_LOG_LEVEL | x | x | x | x |
+| LOOPWISE_GRPC_HOST, LOOPWISE_GRPC_PORT, LOOPWISE_DRAIN_S, LOOPWISE_GRACE_S | x | x | | |
+| LOOPWISE_COMPRESSION (the service's own producer) | x | x | | |
+| LOOPWISE_DATA_DIR (the process's local disk: Faust's folder, the replay buffer) | | | x | x |
+| LOOPWISE_KAFKA_SESSION_TIMEOUT_S (its consumer group; ``FALLBACK_ENV``: the old name) | | | x | x |
+
+The collector reads neither Redis nor the model store, the miner not the
+model store: their settings objects carry the values, unused.
 """
 
 from __future__ import annotations
@@ -33,8 +59,11 @@ from loopwise.topics import Topics
 
 T = TypeVar("T", bound="BaseSettings")
 
-# Read when the variable itself is unset (the metrics once listened on the gRPC host).
-FALLBACK_ENV = {"LOOPWISE_METRICS_HOST": "LOOPWISE_GRPC_HOST"}
+# Read when the variable itself is unset: the name it had before.
+FALLBACK_ENV = {
+    "LOOPWISE_METRICS_HOST": "LOOPWISE_GRPC_HOST",  # the metrics once listened on the gRPC host
+    "LOOPWISE_KAFKA_SESSION_TIMEOUT_S": "LOOPWISE_SESSION_TIMEOUT_S",  # read like the miner's user sessions
+}
 
 
 def _convert(raw: str, default: Any) -> Any:

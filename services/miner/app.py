@@ -64,7 +64,7 @@ def faust_app(settings: MinerSettings) -> faust.App:
     return faust.App(
         settings.app_id, broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
         topic_partitions=settings.topic_partitions, web_enabled=False,
-        broker_session_timeout=settings.session_timeout_s, broker_heartbeat_interval=settings.session_timeout_s / 3,
+        broker_session_timeout=settings.kafka_session_timeout_s, broker_heartbeat_interval=settings.kafka_session_timeout_s / 3,
         consumer_auto_offset_reset="earliest", producer_acks=-1, stream_wait_empty=False,
         broker_commit_every=1000, broker_commit_interval=1.0, table_standby_replicas=0,
         datadir=str(data_dir / f"{settings.app_id}-data"),

@@ -64,7 +64,7 @@ class MinerSettings(BaseSettings):
     # The defect-rate gauge covers this many most recent turns.
     defect_rate_turns: int = 5000
     # Kafka consumer group session timeout (short: fast joins and failover).
-    session_timeout_s: float = 6.0
+    kafka_session_timeout_s: float = 6.0
     max_future_s: int = 300
     max_age_s: int = 30 * 24 * 3600
 

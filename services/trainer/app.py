@@ -121,7 +121,7 @@ class Trainer:
                 s.topic_partitions))
         except Exception as exc:  # noqa: BLE001 - topics may be auto-created or made by an operator
             log.warning("could not ensure the trainer's topics", extra={"error": repr(exc)})
-        session_ms = int(s.session_timeout_s * 1000)
+        session_ms = int(s.kafka_session_timeout_s * 1000)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=session_ms, heartbeat_interval_ms=max(session_ms // 3, 100),

@@ -46,7 +46,7 @@ class TrainerSettings(BaseSettings):
     default_model: str = DEFAULT_MODEL
     # Kafka consumer: short session timeout (fast group joins on Tansu),
     # records per poll, and how often the window is flushed and offsets committed.
-    session_timeout_s: float = 6.0
+    kafka_session_timeout_s: float = 6.0
     poll_records: int = 10_000
     commit_interval_s: float = 2.0
     # Triggers, per (tenant, model).

@@ -27,3 +27,14 @@ def test_metrics_host_falls_back_to_the_grpc_host_variable():
     c = CollectorSettings.from_env(both)
     assert (c.grpc_host, c.metrics_host) == ("127.0.0.1", "10.0.0.1")
     assert not hasattr(TrainerSettings(), "grpc_port")  # a worker serves no gRPC
+
+
+def test_kafka_session_timeout_reads_its_old_name_too():
+    from loopwise.miner.settings import MinerSettings
+    from loopwise.trainer.settings import TrainerSettings
+
+    for cls in (MinerSettings, TrainerSettings):
+        assert cls.from_env({}).kafka_session_timeout_s == 6.0
+        assert cls.from_env({"LOOPWISE_SESSION_TIMEOUT_S": "9"}).kafka_session_timeout_s == 9.0
+        both = {"LOOPWISE_SESSION_TIMEOUT_S": "9", "LOOPWISE_KAFKA_SESSION_TIMEOUT_S": "12"}
+        assert cls.from_env(both).kafka_session_timeout_s == 12.0
