@@ -18,7 +18,14 @@ class CollectorMetrics:
         self.produce_failures = Counter("loopwise_collector_produce_failures_total",
                                         "Batches the broker did not ack (answered UNAVAILABLE)",
                                         ["error"], registry=self.registry)
+        self.events_duplicate = Counter("loopwise_collector_events_duplicate_total",
+                                        "Copies of an event id already in their batch (acked, not written again)",
+                                        registry=self.registry)
         self.producer_recreated = Counter("loopwise_collector_producer_recreated_total",
-                                          "Producers replaced after a fatal error", registry=self.registry)
+                                          "Producers closed and replaced because they could not deliver",
+                                          registry=self.registry)
+        self.producer_up = Gauge("loopwise_collector_producer_up",
+                                 "1 while the producer delivers, 0 from a failed delivery until the broker "
+                                 "answers again (health is NOT_SERVING meanwhile)", registry=self.registry)
         self.in_flight = Gauge("loopwise_collector_in_flight_events",
                                "Events sent and not yet acked", registry=self.registry)

@@ -67,7 +67,12 @@ class AsyncClient(ClientBase):
         raise AssertionError("unreachable")
 
     async def stream_report(self, batches: Sequence[Sequence[events_pb2.Event]]) -> feedback_pb2.ReportResponse:
-        """Several batches on one client stream (no automatic retry: resend all on UNAVAILABLE)."""
+        """Several batches on one client stream (no automatic retry: resend all on UNAVAILABLE).
+
+        The answer counts every event (``accepted``, ``rejected``,
+        ``rejected_by_reason``, ``duplicates``) and lists only the rejected
+        ones in ``results`` (at most 10,000; ``unlisted_rejected`` counts the
+        rest), so it stays small however many events the stream carried."""
         stub = self._stub(self._feedback)
 
         async def requests():

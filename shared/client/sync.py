@@ -66,9 +66,14 @@ def rank_request(tenant: str, candidate_ids: Sequence[str], *, model: str = "", 
 
 
 def merge_into(total: feedback_pb2.ReportResponse, response: feedback_pb2.ReportResponse) -> None:
+    """Add one batch's answer to the answer of a whole `report` call."""
     total.results.extend(response.results)
     total.accepted += response.accepted
     total.rejected += response.rejected
+    total.duplicates += response.duplicates
+    total.unlisted_rejected += response.unlisted_rejected
+    for reason, count in response.rejected_by_reason.items():
+        total.rejected_by_reason[reason] += count
 
 
 class ClientBase:
@@ -129,7 +134,10 @@ class Client(ClientBase):
 
     # -- feedback ------------------------------------------------------------------
     def report(self, events: Sequence[events_pb2.Event]) -> feedback_pb2.ReportResponse:
-        """Send now, in batches; retry UNAVAILABLE with the same event ids."""
+        """Send now, in batches; retry UNAVAILABLE with the same event ids.
+
+        One result per event, in order; a copy of an event id earlier in its
+        batch is acknowledged (``duplicate``) but written once."""
         total = feedback_pb2.ReportResponse()
         for batch in build.chunks(list(events), self.batch_size):
             merge_into(total, self._report_batch(batch))

@@ -25,19 +25,23 @@ _sym_db = _symbol_database.Default()
 from loopwise.v1 import events_pb2 as loopwise_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aloopwise/v1/feedback.proto\x12\x0bloopwise.v1\x1a\x18loopwise/v1/events.proto\"3\n\rReportRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.loopwise.v1.Event\"Q\n\x0b\x45ventResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"_\n\x0eReportResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.loopwise.v1.EventResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x10\n\x08rejected\x18\x03 \x01(\r2\x9f\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12\x41\n\x06Report\x12\x1a.loopwise.v1.ReportRequest\x1a\x1b.loopwise.v1.ReportResponse\x12I\n\x0cStreamReport\x12\x1a.loopwise.v1.ReportRequest\x1a\x1b.loopwise.v1.ReportResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aloopwise/v1/feedback.proto\x12\x0bloopwise.v1\x1a\x18loopwise/v1/events.proto\"3\n\rReportRequest\x12\"\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x12.loopwise.v1.Event\"d\n\x0b\x45ventResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x11\n\tduplicate\x18\x05 \x01(\x08\"\x96\x02\n\x0eReportResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.loopwise.v1.EventResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\r\x12\x10\n\x08rejected\x18\x03 \x01(\r\x12M\n\x12rejected_by_reason\x18\x04 \x03(\x0b\x32\x31.loopwise.v1.ReportResponse.RejectedByReasonEntry\x12\x12\n\nduplicates\x18\x05 \x01(\r\x12\x19\n\x11unlisted_rejected\x18\x06 \x01(\r\x1a\x37\n\x15RejectedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x32\x9f\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kService\x12\x41\n\x06Report\x12\x1a.loopwise.v1.ReportRequest\x1a\x1b.loopwise.v1.ReportResponse\x12I\n\x0cStreamReport\x12\x1a.loopwise.v1.ReportRequest\x1a\x1b.loopwise.v1.ReportResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loopwise.v1.feedback_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REPORTRESPONSE_REJECTEDBYREASONENTRY']._loaded_options = None
+  _globals['_REPORTRESPONSE_REJECTEDBYREASONENTRY']._serialized_options = b'8\001'
   _globals['_REPORTREQUEST']._serialized_start=69
   _globals['_REPORTREQUEST']._serialized_end=120
   _globals['_EVENTRESULT']._serialized_start=122
-  _globals['_EVENTRESULT']._serialized_end=203
-  _globals['_REPORTRESPONSE']._serialized_start=205
-  _globals['_REPORTRESPONSE']._serialized_end=300
-  _globals['_FEEDBACKSERVICE']._serialized_start=303
-  _globals['_FEEDBACKSERVICE']._serialized_end=462
+  _globals['_EVENTRESULT']._serialized_end=222
+  _globals['_REPORTRESPONSE']._serialized_start=225
+  _globals['_REPORTRESPONSE']._serialized_end=503
+  _globals['_REPORTRESPONSE_REJECTEDBYREASONENTRY']._serialized_start=448
+  _globals['_REPORTRESPONSE_REJECTEDBYREASONENTRY']._serialized_end=503
+  _globals['_FEEDBACKSERVICE']._serialized_start=506
+  _globals['_FEEDBACKSERVICE']._serialized_end=665
 # @@protoc_insertion_point(module_scope)

@@ -14,23 +14,38 @@ class ReportRequest(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ...) -> None: ...
 
 class EventResult(_message.Message):
-    __slots__ = ("event_id", "accepted", "reason", "detail")
+    __slots__ = ("event_id", "accepted", "reason", "detail", "duplicate")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     accepted: bool
     reason: str
     detail: str
-    def __init__(self, event_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, event_id: _Optional[str] = ..., accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
-    __slots__ = ("results", "accepted", "rejected")
+    __slots__ = ("results", "accepted", "rejected", "rejected_by_reason", "duplicates", "unlisted_rejected")
+    class RejectedByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    UNLISTED_REJECTED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[EventResult]
     accepted: int
     rejected: int
-    def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
+    rejected_by_reason: _containers.ScalarMap[str, int]
+    duplicates: int
+    unlisted_rejected: int
+    def __init__(self, results: _Optional[_Iterable[_Union[EventResult, _Mapping]]] = ..., accepted: _Optional[int] = ..., rejected: _Optional[int] = ..., rejected_by_reason: _Optional[_Mapping[str, int]] = ..., duplicates: _Optional[int] = ..., unlisted_rejected: _Optional[int] = ...) -> None: ...

@@ -28,7 +28,8 @@ if _version_not_supported:
 class FeedbackServiceStub:
     """Takes interaction events from clients and appends them to the event log.
     An event is accepted only once the broker acknowledged it; a retry with the
-    same event ids is safe (consumers dedupe on event_id).
+    same event ids is safe (consumers dedupe on event_id). Copies of one
+    event_id within a batch are written once.
     """
 
     def __init__(self, channel):
@@ -52,18 +53,22 @@ class FeedbackServiceStub:
 class FeedbackServiceServicer:
     """Takes interaction events from clients and appends them to the event log.
     An event is accepted only once the broker acknowledged it; a retry with the
-    same event ids is safe (consumers dedupe on event_id).
+    same event ids is safe (consumers dedupe on event_id). Copies of one
+    event_id within a batch are written once.
     """
 
     def Report(self, request, context):
-        """A batch of at most 1,000 events (and 4 MiB per request).
+        """A batch of at most 1,000 events (and 4 MiB per request); the answer has
+        one result per event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamReport(self, request_iterator, context):
-        """Any number of batches on one stream; one response for the whole stream.
+        """Any number of batches on one stream; one response for the whole stream,
+        bounded whatever the stream's length: counts, and results for the
+        rejected events only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,7 +98,8 @@ def add_FeedbackServiceServicer_to_server(servicer, server):
 class FeedbackService:
     """Takes interaction events from clients and appends them to the event log.
     An event is accepted only once the broker acknowledged it; a retry with the
-    same event ids is safe (consumers dedupe on event_id).
+    same event ids is safe (consumers dedupe on event_id). Copies of one
+    event_id within a batch are written once.
     """
 
     @staticmethod
