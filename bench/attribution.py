@@ -89,7 +89,7 @@ from loopwise.client.build import EventFactory, candidates
 from loopwise.collector.producer import producer_config
 from loopwise.miner.attribution import stable_id
 from loopwise.tools import procs
-from loopwise.topics import Topics
+from loopwise.topics import Topics, ensure_topics
 from loopwise.v1 import events_pb2, features_pb2, learning_pb2
 
 TENANT = "default"
@@ -667,7 +667,7 @@ def run(args: argparse.Namespace, ws: c.Workspace) -> dict[str, Any]:
     broker, bootstrap = ws.broker()
     run_id = uuid.uuid4().hex[:8]
     topics = Topics.with_prefix(f"bench.{run_id}.")
-    topics.ensure_topics(bootstrap, topics.all(), PARTITIONS)
+    ensure_topics(bootstrap, topics.all(), PARTITIONS)
 
     t = time.perf_counter()
     rp = generate(n, window_ms=window, rate=args.rate, topics=topics)
@@ -724,7 +724,7 @@ def run(args: argparse.Namespace, ws: c.Workspace) -> dict[str, Any]:
     # The miner writes about ten records per record it reads: what writing them costs a bare producer.
     written = [v for values in outputs for v in values]
     scratch = f"bench.{run_id}.scratch"
-    topics.ensure_topics(bootstrap, [scratch], PARTITIONS)
+    ensure_topics(bootstrap, [scratch], PARTITIONS)
     produce_out_s = asyncio.run(bare_produce(bootstrap, scratch, written))
     c.say(f"bare aiokafka producer: the miner's {len(written):,} output records (examples, pairs, errors, dead "
           f"letters; not its changelog) in {produce_out_s:.2f}s = {len(written) / produce_out_s:,.0f}/s")
@@ -880,7 +880,7 @@ def profile_phase(args: argparse.Namespace, ws: c.Workspace, bootstrap: str, top
     profiled = Topics(**{**{k: getattr(out_topics, k) for k in ("examples", "preferences", "errors", "rewrites",
                                                                 "models", "deadletter")},
                          "events": topics.events, "impressions": topics.impressions})
-    topics.ensure_topics(bootstrap, profiled.all(), PARTITIONS)
+    ensure_topics(bootstrap, profiled.all(), PARTITIONS)
     proc, url = start_miner(ws, bootstrap, profiled, f"bench-miner-{run_id}-profile", window, "miner-profile",
                             extra_env)
     spy: list[subprocess.Popen | None] = [None]

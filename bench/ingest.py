@@ -53,11 +53,11 @@ from typing import Any
 import _common as c
 import grpc
 
-from loopwise import codec, stamps, topics
+from loopwise import codec, stamps
 from loopwise.client.sync import CHANNEL_OPTIONS
 from loopwise.collector.producer import AckedProducer, producer_config
 from loopwise.collector.settings import CollectorSettings
-from loopwise.topics import Topics
+from loopwise.topics import Topics, ensure_topics
 from loopwise.v1 import events_pb2, feedback_pb2, feedback_pb2_grpc
 
 TENANT = "default"
@@ -398,7 +398,7 @@ async def run(args: argparse.Namespace, ws: c.Workspace) -> dict[str, Any]:
     window = args.concurrency
     broker, bootstrap = ws.broker()
     names = ["collector", "acked_producer", "kafka_python", "kafka_python_stream", "confluent"]
-    topics.ensure_topics(bootstrap, [t for n in names for t in (phase_topics(n).events,
+    ensure_topics(bootstrap, [t for n in names for t in (phase_topics(n).events,
                                                                  phase_topics(n).impressions)], PARTITIONS)
     ctopics = phase_topics("collector")
     collector, target, metrics_url = ws.service("loopwise.collector", {

@@ -94,6 +94,7 @@ from loopwise.tools.simulate.assistant import (
     simulate,
     summarize,
 )
+from loopwise.topics import ensure_topics
 
 TENANT = "default"
 OFFLINE_TABLE: dict[str, str] = {}  # source -> rewrite of the offline reference's rules
@@ -439,7 +440,7 @@ def throughput_phase(args: argparse.Namespace, ws: c.Workspace, world: World, ou
     _, redis_url = ws.redis()
     run_id = uuid.uuid4().hex[:8]
     topics = Topics.with_prefix(f"bench.{run_id}.")
-    topics.ensure_topics(bootstrap, topics.all(), PARTITIONS)
+    ensure_topics(bootstrap, topics.all(), PARTITIONS)
     # users x minutes sized for ~args.turns turns (about 3.4 turns per user-hour), event times ending a minute ago
     minutes = 240.0
     users = max(50, int(args.turns / (minutes / 60 * 3.4)))

@@ -58,7 +58,7 @@ from loopwise.inference.impressions import build_impression
 from loopwise.modelstore import ModelStore, coldstart
 from loopwise.modelstore.contract import DEFAULT_MODEL
 from loopwise.tools import procs
-from loopwise.topics import Topics
+from loopwise.topics import Topics, ensure_topics
 from loopwise.v1 import inference_pb2, inference_pb2_grpc
 
 TENANT = "default"
@@ -206,7 +206,7 @@ async def run(args: argparse.Namespace, ws: c.Workspace) -> dict[str, Any]:
     broker, bootstrap = ws.broker()
     _, redis_url = ws.redis()
     topics = Topics.from_env({})
-    topics.ensure_topics(bootstrap, [topics.impressions], 4)
+    ensure_topics(bootstrap, [topics.impressions], 4)
     store_path = ws.root / "models"
     manifest = coldstart.ensure(ModelStore(str(store_path)), TENANT, MODEL)
     assert manifest is not None

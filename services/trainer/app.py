@@ -32,9 +32,10 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from google.protobuf.message import DecodeError
 
-from loopwise import logs, runtime, stamps, topics
+from loopwise import logs, runtime, stamps
 from loopwise.features import InputBuilder
 from loopwise.modelstore import ModelStore, StoreError, coldstart, pointers, version_number
+from loopwise.topics import ensure_topics
 from loopwise.v1 import learning_pb2
 
 from . import publish as pub
@@ -116,7 +117,7 @@ class Trainer:
             self._update_window_gauges(tenant, model)
         self.http.start(s.metrics_host, s.metrics_port)
         try:
-            await loop.run_in_executor(None, lambda: topics.ensure_topics(
+            await loop.run_in_executor(None, lambda: ensure_topics(
                 s.kafka_bootstrap, [s.topics.examples, s.topics.preferences, s.topics.models, s.topics.deadletter],
                 s.topic_partitions))
         except Exception as exc:  # noqa: BLE001 - topics may be auto-created or made by an operator

@@ -20,7 +20,7 @@ from typing import Any
 from loopwise.modelstore import ModelStore, coldstart
 from loopwise.modelstore.contract import DEFAULT_MODEL
 from loopwise.tools import procs
-from loopwise.topics import Topics
+from loopwise.topics import Topics, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
         bootstrap = f"127.0.0.1:{kafka_port}"
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         topics = Topics.from_env()
-        topics.ensure_topics(bootstrap, topics.all(), partitions)
+        ensure_topics(bootstrap, topics.all(), partitions)
         store_path = root / "models"
         store = ModelStore(str(store_path))
         for tenant in tenants:
