@@ -27,7 +27,8 @@ class Collector:
         self.metrics = CollectorMetrics()
         self.producer = AckedProducer(settings.kafka_bootstrap, compression=settings.compression,
                                       linger_ms=settings.linger_ms,
-                                      on_recreate=self.metrics.producer_recreated.inc)
+                                      on_recreate=self.metrics.producer_recreated.inc,
+                                      on_health=lambda up: self.grpc.set_serving(up))
         self.servicer = FeedbackServicer(settings, self.producer, self.metrics)
         service = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
@@ -48,7 +49,7 @@ class Collector:
                                             self.settings.topic_partitions, timeout=5.0))
         except Exception as exc:  # noqa: BLE001 - the broker may come later; produce will tell
             log.warning("could not ensure topics", extra={"error": repr(exc)})
-        await self.grpc.set_serving(True)
+        await self.grpc.set_serving(self.producer.healthy)
         log.info("collector serving", extra={"port": self.grpc.port, "metrics_port": self.grpc.metrics_port,
                                              "kafka": self.settings.kafka_bootstrap})
 

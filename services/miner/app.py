@@ -20,12 +20,13 @@ agent / timer         reads                     does
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
-from prometheus_client import start_http_server
+
+from loopwise import logs, runtime
 
 from .agents import AttributionAgents, ReformulationAgents
 from .metrics import MinerMetrics
@@ -45,13 +46,6 @@ class Miner:
     metrics: MinerMetrics
     outbox: Outbox
     reformulation: ReformulationAgents
-    metrics_port: int = field(default=0, init=False)
-
-    def start_metrics(self) -> None:
-        if self.settings.metrics_port >= 0:
-            httpd, _ = start_http_server(self.settings.metrics_port, addr=self.settings.grpc_host,
-                                         registry=self.metrics.registry)
-            self.metrics_port = httpd.server_port
 
     async def stop(self, sender: Any = None, **kwargs: Any) -> None:
         await self.outbox.stop()
@@ -98,12 +92,20 @@ def create_app(settings: MinerSettings | None = None) -> Miner:
 
 
 def main() -> None:
-    from loopwise import logs
-
     settings = MinerSettings.from_env()
     logs.setup(settings.log_level)
     miner = create_app(settings)
-    miner.start_metrics()
+    # /metrics, /healthz and /readyz on one port (ready: the loopwise_miner_ready gauge).
+    # Faust's worker handles SIGTERM/SIGINT; /readyz answers 503 from the start of its shutdown.
+    registry = miner.metrics.registry
+    http = runtime.MetricsServer(registry, ready=runtime.ready_metric(registry, "loopwise_miner_ready"))
+
+    async def drain(sender: Any = None, **kwargs: Any) -> None:
+        http.drain()
+
+    miner.app.on_before_shutdown.connect(drain)
+    if settings.metrics_port >= 0:
+        http.start(settings.metrics_host, settings.metrics_port)
     worker = faust.Worker(miner.app, loglevel=settings.log_level.lower().replace("warning", "warn"),
                           override_logging=False)
     worker.execute_from_commandline()

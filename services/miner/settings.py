@@ -67,9 +67,3 @@ class MinerSettings(BaseSettings):
     kafka_session_timeout_s: float = 6.0
     max_future_s: int = 300
     max_age_s: int = 30 * 24 * 3600
-
-    @property
-    def grpc_host(self) -> str:
-        """The metrics listen address under its old name: ``app.py`` reads it until
-        its ``main`` serves through `loopwise.runtime` (then this property goes)."""
-        return self.metrics_host

@@ -185,13 +185,26 @@ def metric_value(url: str, name: str, labels: dict[str, str] | None = None, time
     return None
 
 
-def wait_ready_metric(url: str, name: str, timeout: float = 60.0, proc: Proc | None = None) -> None:
-    """Until the metric ``name`` at ``url`` is 1 (workers without gRPC health, e.g. the miner)."""
+def readyz(metrics_url: str, timeout: float = 2.0) -> bool:
+    """Whether the worker serving ``metrics_url`` answers 200 on ``/readyz`` (same port)."""
+    import urllib.error
+    import urllib.request
+
+    base = metrics_url.rsplit("/", 1)[0] if metrics_url.endswith("/metrics") else metrics_url.rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=timeout) as reply:
+            return reply.status == 200
+    except (urllib.error.HTTPError, OSError):
+        return False
+
+
+def wait_ready(metrics_url: str, timeout: float = 60.0, proc: Proc | None = None) -> None:
+    """Until a worker without gRPC health (the miner, the trainer) answers 200 on ``/readyz``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():
             raise RuntimeError(f"{proc.name} exited while starting; see {proc.log}")
-        if metric_value(url, name) == 1.0:
+        if readyz(metrics_url):
             return
         time.sleep(0.2)
-    raise TimeoutError(f"{url}: {name} not 1 after {timeout:.0f}s")
+    raise TimeoutError(f"{metrics_url}: /readyz not 200 after {timeout:.0f}s")

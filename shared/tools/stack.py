@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SERVICES = ("collector", "inference", "miner", "trainer")
 GRPC_SERVICES = ("collector", "inference")
-READY_METRIC = {"miner": "loopwise_miner_ready", "trainer": "loopwise_trainer_ready"}
+WORKERS = ("miner", "trainer")  # no gRPC: ready is their HTTP /readyz
 # The local stack retrains often, on little data (about every 100 MovieLens requests of 20
 # candidates): production defaults are 10 min / 50,000 examples.
 LOCAL_TRAINER_ENV = {"LOOPWISE_TRAINER_INTERVAL_S": "60", "LOOPWISE_TRAINER_EVERY_N": "2000",
@@ -135,8 +135,8 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
 
 def _wait_ready(name: str, endpoint: str, metrics_url: str, timeout: float, proc: procs.Proc | None = None
                 ) -> None:
-    if name in READY_METRIC:
-        procs.wait_ready_metric(metrics_url, READY_METRIC[name], timeout, proc)
+    if name in WORKERS:
+        procs.wait_ready(metrics_url, timeout, proc)
     else:
         procs.wait_healthy(endpoint, timeout, proc)
 

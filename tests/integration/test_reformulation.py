@@ -40,7 +40,7 @@ def start_miner(broker, redis_url, topics, workdir):
         proc = procs.start_service("loopwise.miner", env, workdir / f"{app_id}-{len(started)}.log")
         started.append(proc)
         url = f"http://127.0.0.1:{mport}/metrics"
-        procs.wait_ready_metric(url, "loopwise_miner_ready", 60, proc)
+        procs.wait_ready(url, 60, proc)
         return proc, app_id, url
 
     yield _start
