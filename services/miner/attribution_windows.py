@@ -9,17 +9,28 @@ backlog, a slow producer) then holds back only its own windows; one that
 runs ahead (a fast replay) cannot close another's windows before their
 feedback has been read.
 
-A stream's watermark is the largest event time it has delivered, advanced
-by wall-clock time once it has delivered nothing for ``idle_s`` and has no
-backlog (``caught_up``: the consumer read up to the partition's high-water
-mark; a starved process is not an idle stream) (so windows
-close in quiet periods too, while a backlog or a fast replay of old events
-closes them by the events' own clock only). A stream of the partition that
-has not delivered anything yet counts as one that delivered the partition's
-first event time when the partition was first seen: it holds the
-partition's windows back until it speaks or has been idle for ``idle_s``.
-After recovery, before a partition has delivered anything, its watermark
-resumes from the newest event time its recovered states hold.
+A stream's watermark is the largest *arrival time* it has delivered
+(`arrival_ms`): an event's own time, but never later than when the collector
+received it. A client whose clock runs minutes fast (inside what the
+collector accepts) then cannot push a partition's watermark past its other
+users' windows and close them before their feedback arrives, while a replay
+or a backlog of old events still moves it by the events' own clock.
+Deadlines stay on each request's own clock (its impression's time plus the
+window): a fast client's windows close that much later, with its own
+feedback in them. Each record whose client time is more than
+``AHEAD_MS`` past its received time is reported to ``on_ahead`` (the miner
+counts them: ``loopwise_miner_clock_ahead_total``).
+
+The watermark is advanced by wall-clock time once the stream has delivered
+nothing for ``idle_s`` and has no backlog (``caught_up``: the consumer read
+up to the partition's high-water mark; a starved process is not an idle
+stream), so windows close in quiet periods too, while a backlog or a fast
+replay of old events closes them by the events' own clock only. A stream of
+the partition that has not delivered anything yet counts as one that
+delivered the partition's first arrival time when the partition was first
+seen: it holds the partition's windows back until it speaks or has been idle
+for ``idle_s``. After recovery, before a partition has delivered anything,
+its watermark resumes from the newest arrival time its recovered states hold.
 """
 
 from __future__ import annotations
@@ -32,12 +43,23 @@ from loopwise.v1 import events_pb2, learning_pb2
 
 from .attribution import Attribution, Outputs
 
+AHEAD_MS = 1000  # a client clock this far ahead of the collector's is counted
+
+
+def arrival_ms(event: events_pb2.Event) -> int:
+    """The time ``event`` may move a watermark to: its client time, clamped to its
+    ``received_time_ms`` when the collector (or inference) stamped one."""
+    received = event.received_time_ms
+    return min(event.client_time_ms, received) if received > 0 else event.client_time_ms
+
 
 class Windows:
     def __init__(self, attribution: Attribution, table: MutableMapping[bytes, bytes],
                  topics: tuple[str, ...] = (), idle_s: float = 0.0,
-                 caught_up: Callable[[str, int], bool] | None = None) -> None:
+                 caught_up: Callable[[str, int], bool] | None = None,
+                 on_ahead: Callable[[int], None] | None = None) -> None:
         self.attribution = attribution
+        self.on_ahead = on_ahead
         self.caught_up = caught_up
         self.table = table
         self.topics = topics
@@ -55,8 +77,7 @@ class Windows:
         for key, raw in list(self.table.items()):
             state = learning_pb2.AttributionState.FromString(raw)
             self._push(key, state)
-            newest = max(state.impression.client_time_ms, max((fb.client_time_ms for fb in state.feedback),
-                                                              default=0))
+            newest = max(arrival_ms(state.impression), max((arrival_ms(fb) for fb in state.feedback), default=0))
             seed = self._recovered.setdefault(state.partition, [0, now])
             if newest > seed[0]:
                 seed[0], seed[1] = newest, now
@@ -103,7 +124,10 @@ class Windows:
         if new is not None:
             new.partition = partition
         self._store(key, new)
-        self.observe(topic, partition, event.client_time_ms)
+        arrival = arrival_ms(event)
+        if event.client_time_ms - arrival > AHEAD_MS and self.on_ahead is not None:
+            self.on_ahead(event.client_time_ms - arrival)
+        self.observe(topic, partition, arrival)
         return out
 
     def advance(self, watermark: int | None = None, limit: int | None = None) -> Outputs:

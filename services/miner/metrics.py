@@ -25,6 +25,9 @@ class MinerMetrics:
                              registry=r)
         self.watermark_lag = Gauge("loopwise_miner_watermark_lag_seconds",
                                    "Wall clock minus the event-time watermark", registry=r)
+        self.clock_ahead = Counter("loopwise_miner_clock_ahead_total",
+                                   "Records whose client time was over 1 s past their received time "
+                                   "(their watermark used the received time)", registry=r)
         self.partition_skew = Gauge("loopwise_miner_watermark_skew_seconds",
                                     "Most advanced minus slowest partition watermark", registry=r)
         self.join_ratio_gauge = Gauge("loopwise_miner_join_ratio",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopwise.client.build import EventFactory, candidates, features
-from loopwise.miner.attribution import Attribution, AttributionConfig
+from loopwise.miner.attribution import Attribution, AttributionConfig, Outputs
 from loopwise.miner.attribution_windows import Windows
 from loopwise.miner.debias import ExposureCounter, FixedPositions
 from loopwise.miner.recovery import ReadPositions
@@ -273,3 +275,65 @@ def test_read_positions_answer_caught_up_against_the_high_water_mark():
     w.observe("events", 0, T0, now=100.0)
     high[("events", 0)] = 20  # more arrived: the partition has a backlog, its watermark holds
     assert w.watermark(0, now=100.0 + 2 * WINDOW / 1000) == T0
+
+
+def received(event, at_ms: int):
+    """``event`` as the collector writes it: stamped with when it was received."""
+    event.received_time_ms = at_ms
+    return event
+
+
+def test_a_client_with_a_fast_clock_does_not_close_other_clients_windows():
+    w = engine()
+    skew = 290_000  # inside the accepted 5 minutes
+    own = Outputs()
+    for p in (0, 1):  # the skewed client's own requests, on every partition and both streams
+        w.process(f"s{p}".encode(), received(impression(2, f"s{p}", at=T0 + skew), T0), "impressions", p)
+        own.extend(w.process(f"s{p}".encode(), received(F.click(f"s{p}", "c0", at_ms=T0 + skew + 1000), T0 + 1000),
+                             "events", p))
+    assert w.watermark(0) <= T0 + 1000 and w.watermark(1) <= T0 + 1000
+    legit = [received(impression(3, f"r{i}", at=T0 + 2000), T0 + 2000) for i in range(8)]
+    for i, imp in enumerate(legit):
+        w.process(f"r{i}".encode(), imp, "impressions", i % 2)
+    out = w.advance()
+    assert not out.examples  # nobody's window is due yet
+    for i in range(8):
+        click = received(F.click(f"r{i}", "c1", position=2, at_ms=T0 + 5000), T0 + 5000)
+        out.extend(w.process(f"r{i}".encode(), click, "events", i % 2))
+    out.extend(w.advance(T0 + 2000 + WINDOW))
+    positives = [e for e in out.examples if e.label > 0 and e.request_id.startswith("r")]
+    assert len(positives) == 8 and not out.dead
+    # the skewed client's own windows still close, by their own clock, with their own click positive
+    own.extend(w.advance(T0 + skew + WINDOW))
+    assert sorted((e.request_id, e.candidate_id, e.label) for e in own.examples) == \
+        [("s0", "c0", 1.0), ("s0", "c1", 0.0), ("s1", "c0", 1.0), ("s1", "c1", 0.0)]
+
+
+def test_after_recovery_the_watermark_resumes_from_received_times_not_a_fast_clock():
+    table: dict = {}
+    w = Windows(Attribution(AttributionConfig(window_ms=WINDOW), FixedPositions(), ExposureCounter()), table)
+    w.process(b"s", received(impression(2, "s", at=T0 + 290_000), T0), "impressions", 0)
+    w.process(b"r", received(impression(2, "r", at=T0), T0), "impressions", 0)
+    fresh = Windows(Attribution(AttributionConfig(window_ms=WINDOW), FixedPositions(), ExposureCounter()), table)
+    fresh.rebuild()
+    assert fresh.watermark(0, now=time.monotonic()) < T0 + 1000
+
+
+def test_a_state_that_fails_to_close_is_dead_lettered_and_the_others_still_close():
+    """Poison stored before validation (a column one value short): its window's close raises;
+    its events are dead-lettered, it is forgotten, the next request closes as usual."""
+    w = engine()
+    bad = impression(3, "r-bad")
+    bad.impression.candidates.categorical[0].values.pop()
+    click = F.click("r-bad", "c1", position=2, at_ms=T0 + 5, user_id="u1")
+    w.table[b"k|r-bad"] = learning_pb2.AttributionState(impression=bad, feedback=[click],
+                                                        deadline_ms=T0 + WINDOW).SerializeToString()
+    w.rebuild()
+    w.process(b"k|r-good", impression(2, "r-good"))
+    out = w.advance(T0 + 10 * WINDOW)
+    assert sorted((reason, ev.event_id) for reason, _, ev in out.dead) == sorted(
+        [("processing_error", bad.event_id), ("processing_error", click.event_id)])
+    assert "IndexError" in out.dead[0][1]
+    assert sorted(e.candidate_id for e in out.examples if e.request_id == "r-good") == ["c0", "c1"]
+    assert not any(e.request_id == "r-bad" for e in out.examples)
+    assert b"k|r-bad" not in w.table and not w.more(T0 + 100 * WINDOW)

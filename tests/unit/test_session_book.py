@@ -128,3 +128,21 @@ def test_rebuild_restores_the_due_sessions_from_the_table():
 def test_a_session_round_trips_through_bytes():
     session = Session(id="s1", tenant="t", turns=[turn(0), turn(5, "play heat")])
     assert Session.from_bytes(session.to_bytes()) == session
+
+
+def test_a_user_with_a_fast_clock_does_not_close_other_users_sessions():
+    table: dict = {}
+    b = book(table)
+    b.add(key("ann"), "a1", turn(0, "play heet", user="ann"), 0, received_ms=T0)
+    # a user whose clock is 290 s fast, on the same partition
+    b.add(key("eve"), "e1", turn(290_000, "hello", user="eve"), 0, received_ms=T0 + 100)
+    assert b.watermark(0, now=0.0) <= T0 + 100
+    assert not b.close(now=0.0)  # ann's session is not over
+    assert b.add(key("ann"), "a2", turn(1500, "play heat", user="ann"), 0, received_ms=T0 + 1500).closed is None
+    b.add(key("bob"), "b1", turn(1500 + GAP + 1, user="bob"), 0, received_ms=T0 + 1500 + GAP + 1)
+    closed = b.close(now=0.0)
+    assert [[t.utterance for t in s.turns] for s in closed] == [["play heet", "play heat"]]
+    # after a restart the watermark resumes from received times too
+    fresh = book(table)
+    fresh.rebuild(now=0.0)
+    assert fresh.watermark(0, now=0.0) <= T0 + 1500 + GAP + 1

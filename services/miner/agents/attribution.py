@@ -67,7 +67,8 @@ class AttributionAgents:
             AttributionConfig(window_ms=settings.attribution_window_ms, clip=settings.ips_clip),
             position_model(settings), ExposureCounter(eta=settings.exposure_eta))
         self.windows = Windows(self.attribution, tables.attribution, topics=topics.inputs,
-                               idle_s=settings.idle_s, caught_up=positions.caught_up)
+                               idle_s=settings.idle_s, caught_up=positions.caught_up,
+                               on_ahead=lambda _ms: metrics.clock_ahead.inc())
         catch_up = ChangelogCatchUp(app, tables.attribution, topics.inputs, settings.kafka_bootstrap,
                                     settings.catch_up_idle_s) if settings.changelog_catch_up else None
         self.recovery = RecoveryGate(app, self.windows.rebuild, catch_up, on_ready=lambda: metrics.ready.set(1))

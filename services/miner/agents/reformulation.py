@@ -10,7 +10,9 @@ Three steps, each on its own topic so each keeps its state where its records are
    table ``sessions`` (duplicates by event id; a session closes when a turn
    arrives more than ``LOOPWISE_SESSION_GAP_MS`` after the last one), and the
    timer ``close_sessions`` closes the sessions their partition's watermark
-   (event time; wall clock once the partition is idle and read to its end)
+   (event time clamped to the collector's received time, so one fast client
+   clock cannot close everyone's sessions; wall clock once the partition is
+   idle and read to its end)
    has passed by the gap. Closed sessions go to ``{app_id}-sessions`` (one
    partition, keyed by tenant) with a deterministic session id.
 3. ``mine`` owns one `TenantMiner` per tenant (chain, rules, rollback monitor):
@@ -123,7 +125,8 @@ class ReformulationAgents:
                 except (ValueError, TypeError) as exc:  # forwarded after validation: should not happen
                     log.error("undecodable turn skipped", extra={"error": repr(exc)})
                     continue
-                added = self.book.add(event.key or turn_key(ev), ev.event_id, turn, message.partition)
+                added = self.book.add(event.key or turn_key(ev), ev.event_id, turn, message.partition,
+                                      received_ms=ev.received_time_ms)
                 if added.duplicate:
                     self.metrics.duplicates.inc()
                 elif added.closed is not None:

@@ -11,9 +11,12 @@ read from.
 A session closes when a turn arrives more than ``gap_ms`` after the previous
 one (`SessionBook.add`), or when its partition's watermark passes its last
 turn by the gap (`SessionBook.close`). A partition's watermark is the newest
-event time read from it, advanced by wall-clock time once the partition has
+arrival time read from it (a turn's own time, clamped to when the collector
+received it: a user whose clock runs minutes fast cannot close the other
+users' sessions), advanced by wall-clock time once the partition has
 delivered nothing for ``idle_s`` and has no backlog (``caught_up``). After
-recovery, `SessionBook.rebuild` re-indexes the table.
+recovery, `SessionBook.rebuild` re-indexes the table and resumes each
+partition's watermark from the arrival times its values hold (``r``).
 
 >>> book = SessionBook({}, gap_ms=30_000)
 >>> def turn(ms, text):
@@ -95,11 +98,14 @@ class SessionBook:
             if state.turns:
                 partition = int(data.get("p", 0))
                 heapq.heappush(self._due.setdefault(partition, []), (state.last_ms + self.gap_ms, key))
-                stream = self._streams.setdefault(partition, [state.last_ms, now])
-                stream[0] = max(stream[0], state.last_ms)
+                arrived = int(data.get("r", state.last_ms))
+                stream = self._streams.setdefault(partition, [arrived, now])
+                stream[0] = max(stream[0], arrived)
 
-    def add(self, key: bytes, event_id: str, turn: TurnRecord, partition: int, now: float | None = None) -> Added:
-        """Add the turn ``event_id`` of the user ``key``, read from ``partition``."""
+    def add(self, key: bytes, event_id: str, turn: TurnRecord, partition: int, now: float | None = None,
+            received_ms: int = 0) -> Added:
+        """Add the turn ``event_id`` of the user ``key``, read from ``partition``; ``received_ms``:
+        when the collector received it (0: unknown, the turn's own time moves the watermark)."""
         raw = self.table.get(key)
         data = json.loads(raw) if raw is not None else {"state": {"turns": []}, "ids": [], "first": ""}
         if event_id in data["ids"]:
@@ -114,17 +120,19 @@ class SessionBook:
         elif not data.get("first"):
             data["first"] = event_id
         data["state"] = state.to_dict()
+        arrived = min(turn.time_ms, received_ms) if received_ms > 0 else turn.time_ms
         data["p"] = partition
+        data["r"] = max(int(data.get("r", 0)), arrived)
         self.table[key] = json.dumps(data, separators=(",", ":")).encode()
         heapq.heappush(self._due.setdefault(partition, []), (state.last_ms + self.gap_ms, key))
         now = time.monotonic() if now is None else now
-        stream = self._streams.setdefault(partition, [turn.time_ms, now])
-        stream[0] = max(stream[0], turn.time_ms)
+        stream = self._streams.setdefault(partition, [arrived, now])
+        stream[0] = max(stream[0], arrived)
         stream[1] = now
         return Added(closed=closed)
 
     def watermark(self, partition: int, now: float | None = None) -> float:
-        """The partition's event-time watermark (0 before it has delivered anything)."""
+        """The partition's watermark, on arrival times (0 before it has delivered anything)."""
         stream = self._streams.get(partition)
         if stream is None:
             return 0.0
