@@ -39,7 +39,9 @@ class Inference:
         self.settings = settings
         self.metrics = InferenceMetrics()
         self.store = ModelStore(settings.model_store)
-        self.model_registry = models.ModelRegistry()
+        self.model_registry = models.ModelRegistry(
+            lambda tenant, model, version, result: self.metrics.nonfinite_scores.labels(
+                tenant, model, version, result).inc())
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0,
                                              socket_connect_timeout=1.0)
         self.emitter = (ImpressionEmitter(settings.kafka_bootstrap, settings.topics.impressions, self.metrics,

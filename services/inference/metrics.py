@@ -41,6 +41,14 @@ class InferenceMetrics:
                                       "From a new version seen (pointer, store or announcement) to serving it",
                                       ["tenant", "model"], registry=r,
                                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+        self.nonfinite_scores = Counter("loopwise_inference_nonfinite_scores_total",
+                                        "Rank calls whose model answered non-finite scores, by what answered "
+                                        "instead (fallback: the previous good version; failed: an error)",
+                                        ["tenant", "model", "version", "result"], registry=r)
+        self.model_fallbacks = Counter("loopwise_inference_model_fallbacks_total",
+                                       "Versions served instead of the pointer's because it cannot serve "
+                                       "and nothing else was serving (e.g. at start)",
+                                       ["tenant", "model", "reason"], registry=r)
         self.announcements = Counter("loopwise_inference_model_announcements_total",
                                      "ModelAnnouncements read from the models topic, by result",
                                      ["result"], registry=r)

@@ -2,22 +2,30 @@
 versions off the event loop, switch with one dict assignment.
 
 The version that should serve a (tenant, model) is its Redis pointer, else
-the newest complete version in the store (`loopwise.modelstore.pointers`).
-`ModelWatcher.run` reads every pointer with one ``MGET`` each ``poll_s``
-(0.5 s) and lists the store each ``store_scan_s`` (2 s) for new models and
-versions. A `ModelAnnouncement` on ``loopwise.models.v1`` is only a wake-up
+the pointer persisted in the store, else the newest complete version
+(`loopwise.modelstore.pointers`): a Redis restarted empty changes nothing.
+`ModelWatcher.run` reads every Redis pointer with one ``MGET`` each
+``poll_s`` (0.5 s) and lists the store (versions and persisted pointers) each
+``store_scan_s`` (2 s) for new models and versions. A `ModelAnnouncement` on ``loopwise.models.v1`` is only a wake-up
 (read with aiokafka, no consumer group, from the latest offset): the watcher
 polls at once, and a "promoted"/"rolled_back" version is given a fresh chance
 if it was refused before. The pointer always decides.
 
 A changed version is loaded, checked and warmed up in a single loader thread
-(`models.load`), then put in the model registry; requests already running keep
+(`models.load`, warmed up on the recent real inputs), then put in the model registry; requests already running keep
 the `LoadedModel` they picked up, so they finish on the old session. The
 replaced model is kept, so moving the pointer back to it swaps at once. A
 version that fails to load is refused: logged with its reason, counted in
 ``loopwise_inference_model_refusals_total{reason}``, the old version keeps
 serving, and it is not tried again for ``refused_retry_s`` (5 s when it was
 merely missing from the store).
+
+When the refused version was to be the first to serve (a replica starting
+with a pointer at a version that cannot serve), the watcher does not stay
+NOT_SERVING: it serves the first version of `pointers.fallback_order` that
+loads (the versions the history moved from, then the others newest first),
+logs it and counts it in ``loopwise_inference_model_fallbacks_total``; the
+pointer's version is tried again after ``refused_retry_s``.
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ class ModelWatcher:
         self.on_loaded = on_loaded
         self.tenants = tuple(settings.tenants)
         self._latest: dict[Key, str] = {}
+        self._stored: dict[Key, tuple[str | None, list[dict]]] = {}
         self._pointers: dict[Key, str | None] = {}
         self._pointers_read = False
         self._previous: dict[Key, models.LoadedModel] = {}
@@ -121,15 +130,15 @@ class ModelWatcher:
         if now >= self._next_scan:
             self._next_scan = now + self.settings.store_scan_s
             try:
-                self._latest = await loop.run_in_executor(self._executor, self.store.latest_versions,
-                                                          self.tenants)
+                self._latest, self._stored = await loop.run_in_executor(self._executor, self._scan)
             except Exception as exc:  # noqa: BLE001 - a store outage keeps what serves
                 log.warning("model store not listable", extra={"store": self.store.url, "error": repr(exc)})
         keys = sorted(set(self._latest) | set(self.model_registry.versions()))
         await self._read_pointers(keys)
         now = time.monotonic()
         for key in keys:
-            want = pointers.resolve(self._pointers.get(key), self._latest.get(key))
+            want = pointers.resolve(self._pointers.get(key), self._stored.get(key, (None, []))[0],
+                                    self._latest.get(key))
             current = self.model_registry.get(*key)
             if want is None or (current is not None and current.version == want):
                 continue
@@ -137,7 +146,29 @@ class ModelWatcher:
             refused = self._refused.get((key, want))
             if refused is not None and now < refused[0]:
                 continue
-            await self._swap(key, want)
+            if not await self._swap(key, want) and self.model_registry.get(*key) is None:
+                await self._fall_back(key, want)
+
+    def _scan(self) -> tuple[dict[Key, str], dict[Key, tuple[str | None, list[dict]]]]:
+        latest = self.store.latest_versions(self.tenants)
+        return latest, {key: self.store.read_pointer(*key) for key in latest}
+
+    async def _fall_back(self, key: Key, wanted: str) -> None:
+        """Nothing serves ``key`` and ``wanted`` cannot: serve the first version of the fallback order that loads."""
+        versions = await asyncio.get_running_loop().run_in_executor(self._executor, self.store.versions, *key)
+        now = time.monotonic()
+        for version in pointers.fallback_order(wanted, self._stored.get(key, (None, []))[1], versions):
+            refused = self._refused.get((key, version))
+            if refused is not None and now < refused[0]:
+                continue
+            if await self._swap(key, version):
+                reason = self._refused.get((key, wanted), (0.0, "error"))[1]
+                self.metrics.model_fallbacks.labels(*key, reason).inc()
+                log.error("the pointer's version cannot serve; serving a fallback version", extra={
+                    "tenant": key[0], "model": key[1], "wanted": wanted, "reason": reason, "serving": version})
+                return
+        log.error("no version of this model can serve", extra={"tenant": key[0], "model": key[1],
+                                                                "wanted": wanted, "versions": versions})
 
     async def _read_pointers(self, keys: list[Key]) -> None:
         if not keys:
@@ -152,7 +183,8 @@ class ModelWatcher:
         self._pointers_read = True
         self._pointers = read
 
-    async def _swap(self, key: Key, version: str) -> None:
+    async def _swap(self, key: Key, version: str) -> bool:
+        """Load ``version`` (unless it is the one just replaced) and serve it; False when refused."""
         tenant, model = key
         previous = self._previous.get(key)
         if previous is not None and previous.version == version:
@@ -161,13 +193,14 @@ class ModelWatcher:
             try:
                 loaded = await asyncio.get_running_loop().run_in_executor(
                     self._executor, lambda: models.load(self.store, tenant, model, version,
-                                                        threads=self.settings.ort_threads))
+                                                        threads=self.settings.ort_threads,
+                                                        guard=self.model_registry.guard(tenant, model)))
             except ModelError as exc:
                 self._refuse(key, version, exc.reason, exc.message)
-                return
+                return False
             except Exception as exc:  # noqa: BLE001 - e.g. an fsspec/network error
                 self._refuse(key, version, "error", repr(exc))
-                return
+                return False
         old = self.model_registry.put(loaded)
         if old is not None:
             self._previous[key] = old
@@ -186,6 +219,7 @@ class ModelWatcher:
                                          "previous": old.version if old else None, "swap_s": round(took, 4)})
         if self.on_loaded is not None:
             await self.on_loaded()
+        return True
 
     def _refuse(self, key: Key, version: str, reason: str, message: str) -> None:
         tenant, model = key

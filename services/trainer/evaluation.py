@@ -2,7 +2,9 @@
 
 - ``auc``, ``gauc``: `loopwise.ranking_metrics` (ROC AUC with ties counted half;
   per-user AUC weighted by each user's example count, users with one class
-  skipped; NaN when undefined, and a NaN figure is not compared by the gate);
+  skipped; NaN when undefined: a candidate whose ``auc`` or ``logloss`` is
+  undefined is refused (`REQUIRED`); an undefined ``gauc`` or ``ece``, or any
+  undefined production figure, is not compared);
 - ``logloss``: mean binary cross-entropy, probabilities clipped to [1e-7, 1 - 1e-7];
 - ``ece``: expected calibration error over equal-width probability bins.
 
@@ -26,6 +28,8 @@ import numpy as np
 from loopwise.ranking_metrics import auc, gauc
 
 METRICS = ("auc", "gauc", "logloss", "ece")
+# Figures a candidate must have (finite) to publish: without them nothing says it ranks at all.
+REQUIRED = ("auc", "logloss")
 
 
 def logloss(label: np.ndarray, prob: np.ndarray) -> float:
@@ -100,12 +104,17 @@ class Decision:
 
 def decide(candidate: dict[str, float], production: dict[str, float] | None, tol: Tolerances,
            se: dict[str, float] | None = None, z: float = 0.0) -> Decision:
-    """Publish unless a figure is worse than production's beyond its tolerance
-    (higher is better for auc/gauc, lower for logloss/ece; a NaN figure on
-    either side is not compared). With ``se`` (standard errors of the
+    """Refuse a candidate whose `REQUIRED` figures are undefined (NaN, e.g. a
+    holdout with one class); else publish unless a figure is worse than
+    production's beyond its tolerance (higher is better for auc/gauc, lower
+    for logloss/ece; another NaN figure on either side is not compared). With ``se`` (standard errors of the
     differences, `difference_se`) a figure's tolerance is
     ``max(tolerance, z * se)``: a small holdout does not refuse a candidate
     for a difference it cannot tell from chance."""
+    undefined = [name for name in REQUIRED if not math.isfinite(candidate.get(name, float("nan")))]
+    if undefined:
+        return Decision(False, f"undefined candidate metric(s): {', '.join(undefined)} "
+                               "(is the holdout empty or of one class?)")
     if production is None:
         return Decision(True, "no production model to compare with")
     failed = []

@@ -5,8 +5,10 @@ The torch state dict is published with the ONNX artifact as the store's
 extra file ``weights.pt`` (written before the manifest, so a complete version
 always has it); the manifest records its sha256 (``metrics.weights_sha256``),
 so a warm start only uses weights that match. A refused candidate is never
-written to the store (inference falls back to the newest version when the
-pointer is missing, so the store holds only versions fit to serve).
+written to the store, nor one with a non-finite weight
+(`contract.check_finite_weights`, checked again here whatever the gate said):
+the store holds only versions fit to serve. The pointer moves with
+`pointers.move`, in Redis and in the store.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import math
 from typing import Any
 
 from loopwise import stamps
-from loopwise.modelstore import Manifest, ModelStore, StoreError, pointers
+from loopwise.modelstore import Manifest, ModelStore, StoreError, contract, pointers
 from loopwise.v1 import learning_pb2
 
 from .model import state_bytes
@@ -52,6 +54,10 @@ def publish(store: ModelStore, redis_client: Any, tenant: str, model: str, outco
     """Store artifact, weights and manifest (in this order), then move the Redis pointer."""
     if not outcome.publish or not outcome.onnx:
         raise StoreError("only a candidate that passed the gate and the export checks is published")
+    try:
+        contract.check_finite_weights(outcome.onnx)
+    except contract.ContractError as exc:
+        raise StoreError(f"not published: {exc}") from None
     weights = state_bytes(outcome.candidate.model)
     c = outcome.candidate
     metrics: dict[str, Any] = _clean(outcome.figures())
@@ -61,10 +67,9 @@ def publish(store: ModelStore, redis_client: Any, tenant: str, model: str, outco
     manifest = store.publish(tenant, model, outcome.onnx, feature_spec=c.spec, hidden_dim=c.model.config["hidden_dim"],
                              parent_version=production.version if production else "", metrics=metrics,
                              source="trainer", extras={WEIGHTS_FILE: weights})
-    if redis_client is not None:
-        # Pointer and history move together, so `loopwise model rollback` can undo this publish.
-        pointers.move(redis_client, tenant, model, manifest.version, "published",
-                      serving=production.version if production else None)
+    # Pointer and history move together (Redis and the store), so `loopwise model rollback` can undo this.
+    pointers.move(store, redis_client, tenant, model, manifest.version, "published",
+                  serving=production.version if production else None)
     return manifest
 
 

@@ -14,7 +14,7 @@ Usage (see the README)::
   Bradley-Terry term on pairs; CUDA with bf16 autocast when available.
 - `evaluate`: candidate (torch) and production (onnxruntime) on the holdout,
   then the gate.
-- `run`: all of it plus ONNX export, parity and the serving contract.
+- `run`: all of it plus ONNX export, parity and the serving contract (every weight finite).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 
 from loopwise.features import FeatureSpec
 from loopwise.modelstore import Manifest
+from loopwise.modelstore.contract import ContractError, check_finite_weights
 
 from . import evaluation as ev
 from .data import WindowData
@@ -386,7 +387,8 @@ def run(data: WindowData, production: Production | None, spec: FeatureSpec, sett
         if not outcome.parity_max_abs_diff <= settings.trainer_parity_tol:
             raise ExportError(f"ONNX parity {outcome.parity_max_abs_diff:.2e} > {settings.trainer_parity_tol}")
         check_contract(onnx_bytes, spec, candidate.model.config["hidden_dim"])
-    except ExportError as exc:
+        check_finite_weights(onnx_bytes)
+    except (ExportError, ContractError) as exc:
         outcome.reason = f"export refused: {exc}"
         return outcome
     finally:

@@ -7,6 +7,11 @@ extra files the publisher adds (the trainer's ``weights.pt``).
 once its manifest exists: the artifact and the extra files are written first,
 the manifest last, so a publisher that crashes in between leaves a directory
 no reader sees. Versions are ``v1``, ``v2``, ... in publication order.
+
+``{root}/{tenant}/{model}/pointer.json`` persists the serving pointer and its
+history (`read_pointer`, `write_pointer`; written by
+`loopwise.modelstore.pointers` with every move, next to Redis's copy), so a
+reader that finds Redis empty still knows the version last promoted.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ _VERSION = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ARTIFACT_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+POINTER_FILE = "pointer.json"
 
 
 class StoreError(Exception):
@@ -199,3 +205,31 @@ class ModelStore:
             except StoreError:
                 continue
         return out
+
+    # The persisted pointer (`loopwise.modelstore.pointers` moves it with Redis's copy).
+
+    def read_pointer(self, tenant: str, model: str) -> tuple[str | None, list[dict[str, Any]]]:
+        """(pointer, history newest first) persisted for (tenant, model); (None, []) when none or unreadable."""
+        path = self._path(tenant, model, POINTER_FILE)
+        try:
+            with self.fs.open(path, "rt") as f:
+                data = json.loads(f.read())
+            version = data.get("version") or None
+            entries = [e for e in data.get("history", []) if isinstance(e, dict)]
+        except FileNotFoundError:
+            return None, []
+        except (ValueError, AttributeError, TypeError):
+            return None, []
+        return (version if isinstance(version, str) and _VERSION.match(version) else None), entries
+
+    def write_pointer(self, tenant: str, model: str, version: str, entries: list[dict[str, Any]]) -> None:
+        """Persist the pointer and its history (written to a temporary file, then moved over)."""
+        check_name("tenant", tenant)
+        check_name("model", model)
+        version_number(version)
+        base = self._path(tenant, model)
+        self.fs.makedirs(base, exist_ok=True)
+        tmp = f"{base}/.{POINTER_FILE}.{time.time_ns()}"
+        with self.fs.open(tmp, "wt") as f:
+            f.write(json.dumps({"version": version, "history": entries}, indent=1))
+        self.fs.mv(tmp, f"{base}/{POINTER_FILE}")

@@ -1,6 +1,7 @@
 """``loopwise model``: list, show, promote and roll back model versions.
 
-    loopwise model list     --tenant T --model M          versions, marking the serving one
+    loopwise model list     --tenant T --model M          versions, marking the serving one and
+                                                          the ones that would not serve
     loopwise model show     --tenant T --model M [--version V]
     loopwise model promote  --tenant T --model M --version V
     loopwise model rollback --tenant T --model M
@@ -8,8 +9,11 @@
 The model store, Redis and the broker come from the local stack's
 ``stack.json`` (``--root``), or from ``--store``, ``--redis`` and ``--kafka``
 for a cluster. Which version serves, pointer moves with their history and
-rollback are `loopwise.modelstore.pointers`; this module parses the
-arguments, calls it and prints. `promote` and `rollback` then announce the
+rollback are `loopwise.modelstore.pointers` (promote refuses a version that
+would not serve; rollback skips such versions and says which); this module
+parses the arguments, calls it and prints. ``list`` runs the checks a
+replica makes before it serves on every version: ``*`` marks the pointer's
+version when it would serve, ``!`` a version that would not (with why). `promote` and `rollback` then announce the
 move on ``loopwise.models.v1`` (``ModelAnnouncement`` with action
 ``promoted`` or ``rolled_back``), so inference replicas switch at once
 instead of at their next pointer poll; a failed announcement is reported but
@@ -37,16 +41,18 @@ class ModelCliError(Exception):
 
 
 def rows(store: ModelStore, redis_client: Any, tenant: str, model: str) -> list[dict[str, Any]]:
-    """One dict per version (oldest first): version, created, source, parent, decision, metrics, current."""
+    """One dict per version (oldest first): version, created, source, parent, decision, metrics,
+    current (the pointer names it), loadable and problem (why it would not serve, else "")."""
     current = pointers.serving_version(store, redis_client, tenant, model)
     out = []
     for m in store.manifests(tenant, model):
+        problem = pointers.problem(store, tenant, model, m.version)
         out.append({"version": m.version, "created_at": m.created_at,
                     "created": datetime.fromtimestamp(m.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
                     "source": m.source, "parent": m.parent_version,
                     "decision": str(m.metrics.get("decision", "")),
                     "metrics": {k: m.metrics[k] for k in SHOWN_METRICS if k in m.metrics},
-                    "current": m.version == current})
+                    "current": m.version == current, "loadable": not problem, "problem": problem})
     return out
 
 
@@ -140,8 +146,10 @@ def _run(args: argparse.Namespace) -> int:
                 for r in found:
                     figures = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                        for k, v in r["metrics"].items())
-                    print(f"{'*' if r['current'] else ' '} {r['version']:8} {r['created']:19}  {r['source']:9} "
-                          f"{r['parent'] or '-':7} {r['decision'] or '-':10} {figures}")
+                    mark = "!" if r["problem"] else "*" if r["current"] else " "
+                    note = f"  WOULD NOT SERVE: {r['problem']}" if r["problem"] else ""
+                    print(f"{mark} {r['version']:8} {r['created']:19}  {r['source']:9} "
+                          f"{r['parent'] or '-':7} {r['decision'] or '-':10} {figures}{note}")
             return 0 if found else 1
         if args.action == "show":
             version = args.version or pointers.serving_version(store, client, tenant, model)
@@ -154,8 +162,10 @@ def _run(args: argparse.Namespace) -> int:
             previous = pointers.promote(store, client, tenant, model, args.version)
             before, after, action = previous or "", args.version, "promoted"
         else:
-            before, after = pointers.rollback(store, client, tenant, model)
+            before, after, skipped = pointers.rollback(store, client, tenant, model)
             action = "rolled_back"
+            for why in skipped:
+                print(f"skipped {why}", file=sys.stderr)
     finally:
         client.close()
     result = {"tenant": tenant, "model": model, "action": action, "from": before, "to": after,

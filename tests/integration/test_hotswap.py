@@ -1,5 +1,11 @@
 """Hot swap, refusals, rollback across replicas, the rewrite table copy and
-the `loopwise model` CLI, on real gRPC, a real Redis, broker and model store."""
+the `loopwise model` CLI, on real gRPC, a real Redis, broker and model store.
+
+Issue 13 (items 4, 5 and 11): a model with non-finite weights or outputs
+never answers NaN; a Redis restarted empty serves the last promoted version;
+a replica starting on a pointer that cannot serve serves a good version;
+promote refuses a non-model, rollback walks past what would not serve, and
+the listing marks it."""
 
 from __future__ import annotations
 
@@ -8,14 +14,18 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
 from loopwise import redis_keys
 from loopwise.client import Client
-from loopwise.modelstore import ModelStore, coldstart
+from loopwise.client.sync import rank_request
+from loopwise.features import InputBuilder
+from loopwise.modelstore import ModelStore, coldstart, contract, pointers
 from loopwise.tools import cli, procs
 
+from ..unit.test_modelstore import poisoned
 from .test_inference import target, wait_serving
 
 TENANT, MODEL = "default", "ranker"
@@ -256,3 +266,122 @@ def test_rewrite_serves_from_memory_and_sees_updates_within_a_second(start_infer
     finally:
         own.close()
         proc.stop()
+
+
+# -- issue 13: the model lifecycle always has a way back --------------------------
+
+NOT_A_MODEL = b"\x08\x01not an onnx model"
+
+
+def unseen_candidate() -> tuple[str, int]:
+    """A candidate id whose bucket neither the sampled warm-up ids nor the `IDS` requests touch, and that bucket."""
+    spec = coldstart.DEFAULT_SPEC
+    builder = InputBuilder(spec)
+    request = rank_request(TENANT, IDS, features=FEATURES)
+    seen = set(contract.warmup_inputs(spec)[0].ravel().tolist())
+    seen |= set(builder.build(request.user_id, request.user, request.context, request.candidates)[0].ravel().tolist())
+    column = spec.sparse.index("candidate.id")
+    for i in range(1000):
+        one = rank_request(TENANT, [f"poison{i}"], features={"popularity": [0.5]})
+        row = int(builder.build(one.user_id, one.user, one.context, one.candidates)[0][0, column])
+        if row not in seen:
+            return f"poison{i}", row
+    raise AssertionError("no unseen bucket")
+
+
+def test_a_model_with_non_finite_weights_or_scores_never_answers_nan(start_inference, model_store, r,
+                                                                     coldstart_onnx):
+    """Issue 13 item 4: NaN embedding rows beyond the warm-up ids were promoted and Rank answered NaN."""
+    pointer = redis_keys.model_pointer(TENANT, MODEL)
+    r.set(pointer, "v1")
+    inference = start_inference(refused_retry_s=60.0)
+    addr = target(inference)
+    wait_serving(addr)
+    assert rank_version(addr) == "v1"
+    # NaN weights: refused before serving (the finite-weights check), v1 keeps answering.
+    v2 = publish(model_store, poisoned(coldstart_onnx, nan_from=100), parent="v1")
+    r.set(pointer, v2)
+    wait_until(lambda: sample(inference, "loopwise_inference_model_refusals_total", tenant=TENANT, model=MODEL,
+                              reason="non_finite_weights") == 1, what="refusal non_finite_weights")
+    # Finite weights whose scores are NaN for one bucket no warm-up input touches: it serves ...
+    fresh, row = unseen_candidate()
+    v3 = publish(model_store, poisoned(coldstart_onnx, overflow_row=row), parent="v1")
+    r.set(pointer, v3)
+    wait_version([addr], v3)
+    with Client(inference=addr) as lw:
+        ranked = lw.rank([*IDS, fresh], features={"popularity": [*FEATURES["popularity"], 0.5]})
+        assert ranked.version == v3 and len(ranked.scores) == len(IDS) + 1
+        assert np.isfinite(ranked.scores).all()  # ... and the call that hits it is answered by v1
+        assert all(np.isfinite(lw.rank(IDS, features=FEATURES).scores))
+    assert sample(inference, "loopwise_inference_nonfinite_scores_total", tenant=TENANT, model=MODEL,
+                  version=v3, result="fallback") == 1
+    # The next version with the same flaw fails the warm-up: it replays that real call.
+    v4 = publish(model_store, poisoned(coldstart_onnx, overflow_row=row), parent=v3)
+    r.set(pointer, v4)
+    wait_until(lambda: sample(inference, "loopwise_inference_model_refusals_total", tenant=TENANT, model=MODEL,
+                              reason="warmup_nonfinite") == 1, what="refusal warmup_nonfinite")
+    assert rank_version(addr) == v3
+
+
+def test_a_redis_restarted_empty_serves_the_last_promoted_version(start_inference, model_store, r, variants):
+    """Issue 13 item 5: with Redis empty, replicas served the newest version (one rolled back)."""
+    v2 = publish(model_store, variants[0], parent="v1")
+    pointers.promote(model_store, r, TENANT, MODEL, v2)
+    v3 = publish(model_store, variants[1], parent=v2)
+    pointers.promote(model_store, r, TENANT, MODEL, v3)
+    assert pointers.rollback(model_store, r, TENANT, MODEL)[:2] == (v3, v2)
+    first = start_inference(pointer_poll_s=0.1, store_scan_s=0.2)
+    wait_serving(target(first))
+    assert rank_version(target(first)) == v2
+    r.flushall()  # a Redis pod lost and restarted empty
+    replica = start_inference()
+    wait_serving(target(replica))
+    assert rank_version(target(replica)) == v2
+    time.sleep(1.0)  # several pointer polls and store scans of the replica already running
+    assert rank_version(target(first)) == v2
+    assert pointers.serving_version(model_store, r, TENANT, MODEL) == v2
+
+
+def test_a_replica_starting_on_a_pointer_that_cannot_serve_serves_a_good_version(start_inference, model_store,
+                                                                                 r, variants):
+    """Issue 13 item 11: a restarted replica whose pointer named a bad version stayed NOT_SERVING."""
+    v2 = publish(model_store, NOT_A_MODEL, parent="v1")
+    pointers.move(model_store, r, TENANT, MODEL, v2, "promoted", serving="v1")  # as an unchecked writer could
+    publish(model_store, variants[0], parent=v2)  # newer and good: the history's v1 still comes first
+    inference = start_inference(refused_retry_s=60.0)
+    addr = target(inference)
+    wait_serving(addr)
+    assert rank_version(addr) == "v1"
+    assert sample(inference, "loopwise_inference_model_fallbacks_total", tenant=TENANT, model=MODEL,
+                  reason="not_onnx") == 1
+    assert inference.watcher.refused() == {((TENANT, MODEL), v2): "not_onnx"}
+
+
+def test_cli_refuses_a_non_model_rolls_back_past_it_and_lists_it(model_store, r, redis_url, variants, capsys):
+    """Issue 13 item 11: promote accepted a non-model, rollback went "v2 -> v2", the listing showed it serving."""
+    v2 = publish(model_store, variants[0], parent="v1")
+    v3 = publish(model_store, NOT_A_MODEL, parent=v2)
+    common = ["--store", model_store.url, "--redis", redis_url, "--tenant", TENANT, "--model", MODEL]
+
+    def model_cli(*args: str, rc: int = 0) -> tuple[str, str]:
+        capsys.readouterr()
+        assert cli.main(["model", *args, *common]) == rc
+        out = capsys.readouterr()
+        return out.out, out.err
+
+    _, err = model_cli("promote", "--version", v3, rc=1)
+    assert "would not serve" in err and "not_onnx" in err
+    assert r.get(redis_keys.model_pointer(TENANT, MODEL)) is None
+    model_cli("promote", "--version", v2)
+    v4 = publish(model_store, variants[1], parent=v3)
+    model_cli("promote", "--version", v4)
+    model_cli("promote", "--version", v4)  # again: no "v4 -> v4" to roll back to
+    Path(model_store.root, TENANT, MODEL, v2, "model.onnx").write_bytes(NOT_A_MODEL)  # v2 breaks meanwhile
+    out, err = model_cli("rollback", "--json")
+    assert (json.loads(out)["from"], json.loads(out)["to"]) == (v4, "v1") and f"skipped {v2}" in err
+    listed = {x["version"]: x for x in json.loads(model_cli("list", "--json")[0])}
+    assert [v for v, x in listed.items() if not x["loadable"]] == [v2, v3]
+    assert listed["v1"]["current"] and listed["v1"]["loadable"]
+    r.set(redis_keys.model_pointer(TENANT, MODEL), v3)  # a pointer set by hand at a non-model
+    text = model_cli("list")[0]
+    assert f"! {v3}" in text and "WOULD NOT SERVE" in text and "* " not in text

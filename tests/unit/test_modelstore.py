@@ -166,3 +166,106 @@ def test_spec_mismatch_fails_warmup(tmp_path, coldstart_onnx):
     store.publish("t", "m", coldstart_onnx, feature_spec=other, hidden_dim=64)
     with pytest.raises(ModelError):
         models.load(store, "t", "m", "v1")
+
+
+# -- issue 13: non-finite weights and scores are never served ---------------------
+
+def poisoned(artifact: bytes, *, nan_from: int | None = None, overflow_row: int | None = None) -> bytes:
+    """The cold-start model with embedding rows ``nan_from:`` set to NaN, or with a finite
+    ``overflow_row`` (3e38) that makes hidden unit 5 infinite and ``prob`` NaN for ids in that row."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load_from_string(artifact)
+    inits = {t.name: t for t in m.graph.initializer}
+    p_emb, p_w1, _, p_w2, _ = contract.COLDSTART_PARAMS
+    emb, w1, w2 = (numpy_helper.to_array(inits[n]).copy() for n in (p_emb, p_w1, p_w2))
+    if nan_from is not None:
+        emb[nan_from:] = np.nan
+    if overflow_row is not None:
+        emb[overflow_row, 0] = 3e38
+        w1[0, 5], w2[5, 0] = 10.0, 0.0
+    for name, value in ((p_emb, emb), (p_w1, w1), (p_w2, w2)):
+        inits[name].CopyFrom(numpy_helper.from_array(value, name))
+    return m.SerializeToString()
+
+
+def unsampled_row() -> int:
+    """A bucket the sampled warm-up ids never hit."""
+    sampled = set(contract.warmup_inputs(SPEC)[0].ravel().tolist())
+    return next(row for row in range(12_345, SPEC.buckets) if row not in sampled)
+
+
+def test_nan_weights_beyond_the_warmup_ids_are_refused(tmp_path, coldstart_onnx):
+    """Issue 13 item 4: embedding rows beyond the warm-up ids NaN passed the 4-id warm-up."""
+    artifact = poisoned(coldstart_onnx, nan_from=100)
+    with pytest.raises(contract.ContractError, match="non-finite") as info:
+        contract.check_finite_weights(artifact)
+    assert info.value.reason == "non_finite_weights"
+    assert contract.check_finite_weights(coldstart_onnx) > SPEC.buckets
+    store = ModelStore(str(tmp_path))
+    store.publish("t", "m", artifact, feature_spec=SPEC, hidden_dim=64)
+    with pytest.raises(ModelError) as err:
+        models.load(store, "t", "m", "v1")
+    assert err.value.reason == "non_finite_weights"
+
+
+def test_the_warmup_replays_recent_real_inputs(tmp_path, coldstart_onnx):
+    """Issue 13 item 11: a model failing on real inputs passed a warm-up on 4 fixed ids."""
+    row = unsampled_row()
+    store = ModelStore(str(tmp_path))
+    store.publish("t", "m", poisoned(coldstart_onnx, overflow_row=row), feature_spec=SPEC, hidden_dim=64)
+    registry = models.ModelRegistry()
+    guard = registry.guard("t", "m")
+    assert models.load(store, "t", "m", "v1", guard=guard).version == "v1"  # finite weights, sampled ids pass
+    sparse = np.ones((200, len(SPEC.sparse)), dtype=np.int64)
+    sparse[150, 1] = row
+    guard.remember(sparse, np.zeros((200, len(SPEC.dense)), dtype=np.float32))
+    guard.remember(sparse[140:160], np.zeros((20, len(SPEC.dense)), dtype=np.float32))
+    with pytest.raises(ModelError, match="warm-up") as err:
+        models.load(store, "t", "m", "v1", guard=guard)
+    assert err.value.reason == "warmup_nonfinite"
+
+
+def test_nonfinite_scores_are_answered_by_the_previous_good_version(tmp_path, coldstart_onnx):
+    row = unsampled_row()
+    store = ModelStore(str(tmp_path))
+    store.publish("t", "m", coldstart_onnx, feature_spec=SPEC, hidden_dim=64)
+    store.publish("t", "m", poisoned(coldstart_onnx, overflow_row=row), feature_spec=SPEC, hidden_dim=64)
+    counted: list[tuple[str, str, str, str]] = []
+    registry = models.ModelRegistry(lambda *labels: counted.append(labels))
+    good = models.load(store, "t", "m", "v1", guard=registry.guard("t", "m"))
+    registry.put(good)
+    bad = models.load(store, "t", "m", "v2", guard=registry.guard("t", "m"))
+    assert registry.put(bad) is good and registry.guard("t", "m").fallback is good
+    sparse = np.ones((5, len(SPEC.sparse)), dtype=np.int64)
+    dense = np.zeros((5, len(SPEC.dense)), dtype=np.float32)
+    assert np.isfinite(bad.score(sparse, dense)[0]).all() and counted == []
+    sparse[2, 1] = row
+    assert np.isnan(bad.run(sparse, dense)[0][2])
+    prob, hidden = bad.score(sparse, dense)
+    assert np.isfinite(prob).all() and np.isfinite(hidden).all()
+    np.testing.assert_array_equal(prob, good.run(sparse, dense)[0])
+    assert counted == [("t", "m", "v2", "fallback")]
+    # Without a good version the call fails rather than answering NaN.
+    alone = models.ModelRegistry(lambda *labels: counted.append(labels))
+    only = models.load(store, "t", "m", "v2", guard=alone.guard("t", "m"))
+    alone.put(only)
+    with pytest.raises(ModelError) as err:
+        only.score(sparse, dense)
+    assert err.value.reason == "nonfinite_scores" and counted[-1] == ("t", "m", "v2", "failed")
+    # A version seen answering non-finite scores never becomes the fallback.
+    registry.put(good)
+    assert registry.guard("t", "m").fallback is good
+
+
+def test_the_pointer_is_persisted_in_the_store(tmp_path):
+    store = ModelStore(str(tmp_path))
+    assert store.read_pointer("t", "m") == (None, [])
+    store.write_pointer("t", "m", "v3", [{"from": "v2", "to": "v3"}])
+    assert store.read_pointer("t", "m") == ("v3", [{"from": "v2", "to": "v3"}])
+    assert store.versions("t", "m") == [] and store.models() == []
+    (tmp_path / "t" / "m" / "pointer.json").write_text("{not json")
+    assert store.read_pointer("t", "m") == (None, [])
+    with pytest.raises(StoreError):
+        store.write_pointer("t", "m", "latest", [])

@@ -1,7 +1,8 @@
 """`loopwise.modelstore.pointers` without a network: a local store and an
 in-memory stand-in for the part of a Redis client the pointers use (the same
 functions against a real Redis run in tests/integration/test_hotswap.py and
-tests/integration/test_trainer.py)."""
+tests/integration/test_trainer.py). The pointer is persisted in the store
+with every move; promote refuses and rollback skips what would not serve."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ class FakePipeline:
         self.queued.append(("lpush", key, value))
 
     def ltrim(self, key: str, start: int, stop: int) -> None:
-        self.queued.append(("ltrim", key, stop))
+        self.queued.append(("ltrim", key, start, stop))
 
     def lpop(self, key: str) -> None:
         self.queued.append(("lpop", key))
@@ -83,7 +84,8 @@ class FakePipeline:
             elif op == "lpush":
                 data[key] = [args[0], *data.get(key, [])]
             elif op == "ltrim":
-                data[key] = data.get(key, [])[:args[0] + 1]
+                start, stop = args
+                data[key] = data.get(key, [])[start:None if stop == -1 else stop + 1]
             else:
                 data[key] = data.get(key, [])[1:]
         self.queued.clear()
@@ -111,7 +113,7 @@ def store(tmp_path, artifact) -> ModelStore:
 
 def test_serving_version_is_the_pointer_else_the_newest(store):
     assert pointers.resolve("v2", "v3") == "v2" and pointers.resolve("", "v3") == "v3"
-    assert pointers.resolve(None, None) is None
+    assert pointers.resolve(None, None) is None and pointers.resolve(None, "v1", "v3") == "v1"
     assert pointers.serving_version(store, None, T, M) == "v3"
     assert pointers.serving_version(store, FakeRedis(), T, M) == "v3"
     assert pointers.serving_version(store, FakeRedis({POINTER: "v2"}), T, M) == "v2"
@@ -137,33 +139,100 @@ def test_read_many_async_reads_every_pointer_at_once():
 
 def test_move_sets_the_pointer_and_records_the_move(store):
     r = FakeRedis(conflicts=1)  # a concurrent writer once: the move is retried
-    assert pointers.move(r, T, M, "v1", "promoted", serving="v3") == "v3"
+    assert pointers.move(store, r, T, M, "v1", "promoted", serving="v3") == "v3"
     assert pointers.read(r, T, M) == "v1"
-    assert pointers.move(r, T, M, "v2", "published") == "v1"
-    assert [(e["from"], e["to"], e["action"]) for e in pointers.history(r, T, M)] == [
-        ("v1", "v2", "published"), ("v3", "v1", "promoted")]
-    for _ in range(pointers.HISTORY_KEEP + 5):
-        pointers.move(r, T, M, "v3", "promoted")
-    assert len(pointers.history(r, T, M)) == pointers.HISTORY_KEEP
+    assert pointers.move(store, r, T, M, "v2", "published") == "v1"
+    moves = [("v1", "v2", "published"), ("v3", "v1", "promoted")]
+    assert [(e["from"], e["to"], e["action"]) for e in pointers.history(store, r, T, M)] == moves
+    # The store holds the same pointer and history.
+    pointer, entries = store.read_pointer(T, M)
+    assert pointer == "v2" and [(e["from"], e["to"], e["action"]) for e in entries] == moves
+    assert pointers.move(store, r, T, M, "v2", "promoted") == "v2"  # no "v2 -> v2" entry
+    assert len(pointers.history(store, r, T, M)) == 2
+    for i in range(pointers.HISTORY_KEEP + 5):
+        pointers.move(store, r, T, M, ("v3", "v1")[i % 2], "promoted")
+    assert len(pointers.history(store, r, T, M)) == pointers.HISTORY_KEEP
+    assert len(store.read_pointer(T, M)[1]) == pointers.HISTORY_KEEP
+
+
+def test_an_empty_redis_serves_the_pointer_persisted_in_the_store(store):
+    """Issue 13 item 5: a Redis restarted empty served the newest version, not the last promoted."""
+    r = FakeRedis()
+    pointers.promote(store, r, T, M, "v2")
+    pointers.promote(store, r, T, M, "v3")
+    assert pointers.rollback(store, r, T, M) == ("v3", "v2", [])
+    empty = FakeRedis()
+    assert pointers.serving_version(store, empty, T, M) == "v2"
+    assert pointers.serving_version(store, Unreachable(), T, M, tolerant=True) == "v2"
+    assert pointers.serving_version(store, None, T, M) == "v2"
+    assert [(e["from"], e["to"]) for e in pointers.history(store, empty, T, M)] == [("v3", "v2")]
+    # Moving with an empty Redis starts from the store's pointer.
+    assert pointers.promote(store, empty, T, M, "v1") == "v2"
+    assert pointers.read(empty, T, M) == "v1" and store.read_pointer(T, M)[0] == "v1"
+
+
+def test_promote_refuses_a_version_that_would_not_serve(store):
+    """Issue 13 item 11: promote accepted a file that is not a model."""
+    bad = store.publish(T, M, b"\x08\x01not an onnx model", feature_spec=coldstart.DEFAULT_SPEC,
+                        hidden_dim=coldstart.HIDDEN_DIM, parent_version="v3").version
+    r = FakeRedis()
+    with pytest.raises(pointers.PointerError, match="would not serve"):
+        pointers.promote(store, r, T, M, bad)
+    assert pointers.read(r, T, M) is None and store.read_pointer(T, M) == (None, [])
+    assert pointers.problem(store, T, M, bad).startswith("not_onnx")
+    assert pointers.problem(store, T, M, "v3") == ""
+
+
+def test_rollback_skips_unloadable_versions_and_never_stays(store):
+    """Issue 13 item 11: rollback went "v2 -> v2", then found nothing to roll back to."""
+    r = FakeRedis()
+    pointers.promote(store, r, T, M, "v3")  # pointer v3, serving v3 before: no entry
+    assert pointers.history(store, r, T, M) == []
+    # v2 breaks: rollback from v3 skips it (parent chain v3 -> v2 -> v1).
+    (store.fs.open(f"{store.root}/{T}/{M}/v2/model.onnx", "wb")).close()
+    current, target, skipped = pointers.rollback(store, r, T, M)
+    assert (current, target) == ("v3", "v1") and skipped[0].startswith("v2 (")
+    assert pointers.read(r, T, M) == "v1" and store.read_pointer(T, M)[0] == "v1"
+    with pytest.raises(pointers.PointerError, match="nothing to roll back to"):
+        pointers.rollback(store, r, T, M)
+
+
+def test_rollback_walks_the_history_chain_past_a_bad_version(store):
+    r = FakeRedis()
+    for v in ("v1", "v2", "v3"):
+        pointers.promote(store, r, T, M, v)
+    (store.fs.open(f"{store.root}/{T}/{M}/v2/model.onnx", "wb")).close()
+    assert pointers.rollback(store, r, T, M)[:2] == ("v3", "v1")
+    left = [("v3", "v1")]  # the two entries walked are popped, in Redis and in the store
+    assert [(e["from"], e["to"]) for e in pointers.history(store, r, T, M)] == left
+    pointer, entries = store.read_pointer(T, M)
+    assert pointer == "v1" and [(e["from"], e["to"]) for e in entries] == left
+
+
+def test_fallback_order_tries_the_history_then_newest_first():
+    entries = [{"from": "v2", "to": "v5"}, {"from": "v9", "to": "v2"}, {"from": None, "to": "v1"}]
+    assert pointers.fallback_order("v5", entries, ["v1", "v2", "v3", "v4", "v5"]) == ["v2", "v4", "v3", "v1"]
+    assert pointers.fallback_order("v1", [], ["v1"]) == []
 
 
 def test_rollback_walks_the_history_back_then_follows_the_parent(store):
     r = FakeRedis()
     assert pointers.promote(store, r, T, M, "v1") == "v3"
-    assert pointers.rollback(store, r, T, M) == ("v1", "v3")
+    assert pointers.rollback(store, r, T, M) == ("v1", "v3", [])
     assert pointers.read(r, T, M) == "v3" and r.entries() == []  # the head entry is consumed
-    assert pointers.rollback(store, r, T, M) == ("v3", "v2")  # no history left: the parent
+    assert store.read_pointer(T, M) == ("v3", [])
+    assert pointers.rollback(store, r, T, M) == ("v3", "v2", [])  # no history left: the parent
     assert pointers.read(r, T, M) == "v2"
 
 
 def test_rollback_follows_a_matching_history_head(store):
     r = FakeRedis({POINTER: "v1", HISTORY: [json.dumps({"from": "v3", "to": "v1", "action": "promoted"})]})
-    assert pointers.rollback_target(store, r, T, M) == ("v1", "v3", True)
+    assert pointers.rollback_target(store, r, T, M) == ("v1", "v3", 1, [])
 
 
 def test_rollback_uses_the_parent_when_the_history_is_stale(store):
     r = FakeRedis({POINTER: "v3", HISTORY: [json.dumps({"from": "v1", "to": "v2", "action": "promoted"})]})
-    assert pointers.rollback_target(store, r, T, M) == ("v3", "v2", False)
+    assert pointers.rollback_target(store, r, T, M) == ("v3", "v2", 0, [])
 
 
 def test_rollback_with_nothing_before_is_an_error(store):

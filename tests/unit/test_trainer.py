@@ -170,6 +170,34 @@ def test_gate_decisions():
     assert ev.decide(prod, None, tol).publish
 
 
+def test_gate_refuses_a_candidate_whose_metrics_are_undefined():
+    """Issue 13 item 11: the gate published versions whose AUC was undefined (NaN)."""
+    tol = ev.Tolerances()
+    prod = {"auc": 0.75, "gauc": 0.70, "logloss": 0.40, "ece": 0.02}
+    one_class = ev.evaluate(np.zeros(50), np.full(50, 0.3), np.arange(50))
+    assert np.isnan(one_class["auc"])
+    for production in (prod, None):
+        refused = ev.decide(one_class, production, tol)
+        assert not refused.publish and "undefined candidate metric(s): auc" in refused.reason
+    assert not ev.decide({**prod, "logloss": float("inf")}, None, tol).publish
+    assert not ev.decide({"gauc": 0.7}, None, tol).publish  # a figure missing is undefined too
+
+
+def test_publish_refuses_non_finite_weights(tmp_path):
+    from loopwise.modelstore import ModelStore, StoreError
+    from loopwise.trainer import publish as pub
+
+    from .test_modelstore import poisoned
+
+    out = run(window_data(3000), None, SPEC, FAST)
+    assert out.publish, out.reason
+    out.onnx = poisoned(coldstart.build_onnx(SPEC), nan_from=10)
+    store = ModelStore(str(tmp_path / "models"))
+    with pytest.raises(StoreError, match="non-finite"):
+        pub.publish(store, None, "default", "ranker", out, None)
+    assert store.versions("default", "ranker") == []
+
+
 def window_data(n=6000, seed=0):
     exs = make_examples(n, seed=seed)
     return build_window_data(InputBuilder(SPEC), exs, make_pairs(exs))
