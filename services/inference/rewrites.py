@@ -9,6 +9,14 @@ without a counter is re-read on every poll (writers that do not bump it still
 show up within a poll), and every table is re-read every ``full_refresh_s``
 regardless. While Redis is unreachable the last copy keeps serving; its age is
 exported (`loopwise_inference_rewrite_table_age_seconds`).
+
+Redis is a cache of the miner's rules: a table whose counter vanished and
+whose hash reads empty while the copy holds rules was lost by Redis (restarted
+empty, flushed), not cleared by a writer (who bumps the counter). The last
+copy then keeps serving, unconfirmed (its age grows; counted as
+``loopwise_inference_rewrite_refreshes_total{result="lost"}``, a warning
+logged), until a writer restores the table (the miner does within a refresh)
+or for at most ``full_refresh_s``, after which the empty table is taken.
 """
 
 from __future__ import annotations
@@ -85,6 +93,7 @@ class RewriteTable:
         self._raw: dict[str, dict] = {}
         self._read_at: dict[str, float] = {}
         self._confirmed_at: dict[str, float] = {t: time.monotonic() for t in self.tenants}
+        self._lost_at: dict[str, float] = {}  # tenant -> when Redis was first seen without its table
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.loaded = asyncio.Event()
@@ -145,6 +154,8 @@ class RewriteTable:
                      or now - self._read_at.get(tenant, 0.0) > self.full_refresh_s)
             if stale:
                 raw = await self.redis.hgetall(redis_keys.rewrite_table(tenant))
+                if self._lost(tenant, counter, raw, now):
+                    continue
                 rules, bad = parse_table(raw, self._raw.get(tenant), self._tables.get(tenant))
                 self._raw[tenant] = raw
                 if bad:
@@ -156,3 +167,20 @@ class RewriteTable:
                 self.metrics.rewrite_refreshes.labels("read").inc()
             self._confirmed_at[tenant] = now
         self.loaded.set()
+
+    def _lost(self, tenant: str, counter: bytes | None, raw: dict, now: float) -> bool:
+        """Whether to keep the last copy of ``tenant`` because Redis lost its table."""
+        if counter is not None or raw or self._versions.get(tenant) is None or not self._tables.get(tenant):
+            self._lost_at.pop(tenant, None)
+            return False
+        since = self._lost_at.get(tenant)
+        if since is None:
+            since = self._lost_at[tenant] = now
+            self.metrics.rewrite_refreshes.labels("lost").inc()
+            log.warning("the rewrite table is gone from Redis; serving the last copy until it is restored",
+                        extra={"tenant": tenant, "rules": len(self._tables[tenant])})
+        if now - since < self.full_refresh_s:
+            return True
+        self._lost_at.pop(tenant, None)
+        log.warning("the rewrite table was not restored; serving it empty", extra={"tenant": tenant})
+        return False

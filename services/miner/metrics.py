@@ -54,6 +54,9 @@ class MinerMetrics:
                                   registry=r)
         self.checkpoint_bytes = Gauge("loopwise_miner_reformulation_checkpoint_bytes",
                                       "Size of the last reformulation checkpoint", registry=r)
+        self.rewrite_restored = Counter("loopwise_miner_rewrite_table_restored_total",
+                                        "Rewrite tables found lost in Redis and rewritten from the miner's state",
+                                        registry=r)
         self.redis_errors = Counter("loopwise_miner_redis_errors_total", "Failed writes of the rewrite table",
                                     registry=r)
 

@@ -140,3 +140,23 @@ def test_a_killed_miner_keeps_its_counts_and_rules(start_miner, start_collector,
         time.sleep(8)
         assert not lw.rewrite("play heet").rewritten
         assert procs.metric_value(url, "loopwise_miner_rules_withdrawn_total", {"reason": "blocklisted"}) == 1.0
+
+
+def test_rules_lost_with_redis_are_restored_from_the_miner_at_once(start_miner, start_collector, start_inference,
+                                                                   redis_url):
+    r = redis.Redis.from_url(redis_url)
+    r.flushall()  # no blocklist or rules left by the tests before
+    _, _, url = start_miner()
+    collector, inference = start_collector(), start_inference()
+    table = redis_keys.rewrite_table("default")
+    with Client(f"127.0.0.1:{collector.port}", f"127.0.0.1:{inference.port}") as lw:
+        lw.report(evidence(lw, range(10), stamps.now_ms()))
+        wait_rewrite(lw, "play heet", True)
+        r.flushall()  # Redis lost everything (restarted empty); the miner's rules did not change
+        deadline = time.monotonic() + 5
+        while not r.hexists(table, "play heet"):
+            assert time.monotonic() < deadline, "the rewrite table was not restored within 5 s"
+            time.sleep(0.1)
+        assert r.get(redis_keys.rewrite_version("default")) is not None
+        wait_rewrite(lw, "play heet", True, timeout=5)
+    assert procs.metric_value(url, "loopwise_miner_rewrite_table_restored_total") >= 1.0

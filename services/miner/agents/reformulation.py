@@ -26,6 +26,12 @@ Three steps, each on its own topic so each keeps its state where its records are
    before the batch's offsets can be committed: a restarted worker keeps its
    counts, its rules and its rollback evidence. After a restart (or a failed
    Redis write) the whole table is re-synced from the miner's state.
+   Redis is a cache of that state: every refresh first checks that Redis
+   still holds what the miner wrote (``_check_redis``: the version counter
+   missing or below the miner's last ``INCR``, or the table empty while rules
+   are live, as after a Redis restarted empty or a ``FLUSHALL``) and rewrites
+   the whole table at once when it does not
+   (``loopwise_miner_rewrite_table_restored_total``, a warning in the log).
 
 A manual blocklist (``loopwise rules block``) lives in the Redis sets
 `redis_keys.rewrite_blocklist`; it is read on every refresh: a blocked
@@ -95,6 +101,7 @@ class ReformulationAgents:
         self.seen: dict[str, deque[str]] = {}
         self._dirty: set[str] = set()  # tenants whose state changed since the last checkpoint
         self._resync: set[str] = set()  # tenants whose Redis table must be rewritten whole
+        self._written: dict[str, int] = {}  # tenant -> the version counter after the miner's last write
         self._loaded = False
         self._rebuilt_sessions = False
         self._defects: deque[int] = deque(maxlen=settings.defect_rate_turns)  # 1 per defective turn
@@ -238,6 +245,7 @@ class ReformulationAgents:
             return
         if not self._loaded:
             self._load()
+        await self._check_redis()
         for tenant, miner in list(self.miners.items()):
             try:
                 sources, targets = await self._blocklist(tenant)
@@ -271,6 +279,30 @@ class ReformulationAgents:
             self.metrics.rules_live.labels(tenant).set(len(miner.rules))
             self.metrics.chain_states.labels(tenant).set(len(miner.chain))
 
+    async def _check_redis(self) -> None:
+        """Mark for a whole rewrite every table Redis lost since the miner wrote it."""
+        tenants = [t for t in self.miners if t in self._written and t not in self._resync]
+        if not tenants:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for tenant in tenants:
+                    pipe.get(redis_keys.rewrite_version(tenant))
+                    pipe.hlen(redis_keys.rewrite_table(tenant))
+                answers = await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - Redis away: checked again at the next refresh
+            log.warning("rewrite tables not checked", extra={"error": repr(exc)})
+            return
+        for i, tenant in enumerate(tenants):
+            version, size = answers[2 * i], answers[2 * i + 1]
+            lost = version is None or int(version) < self._written[tenant] or (size == 0 and self.miners[tenant].rules)
+            if lost:
+                self._resync.add(tenant)
+                self.metrics.rewrite_restored.inc()
+                log.warning("the rewrite table is gone from Redis; rewriting it from the miner's state",
+                            extra={"tenant": tenant, "version": version and int(version),
+                                   "written": self._written[tenant], "rules": len(self.miners[tenant].rules)})
+
     async def _apply(self, tenant: str, miner: TenantMiner, changes: Any) -> None:
         table, version = redis_keys.rewrite_table(tenant), redis_keys.rewrite_version(tenant)
         try:
@@ -286,7 +318,8 @@ class ReformulationAgents:
                     if changes.put:
                         pipe.hset(table, mapping=changes.put)
                 pipe.incr(version)
-                await pipe.execute()
+                answers = await pipe.execute()
+            self._written[tenant] = int(answers[-1])
             self._resync.discard(tenant)
         except Exception as exc:  # noqa: BLE001 - rewritten whole at the next refresh
             self._resync.add(tenant)
