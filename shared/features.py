@@ -10,12 +10,17 @@ fields and dense fields as ``source.name``, where source is one of
 
 `build_inputs` turns one request into ``sparse_ids`` (int64, [n, fields]; 0 for
 a missing value) and ``dense`` (float32, [n, dense]; 0.0 for a missing value),
-hashing every string of the request in one vectorised call.
+hashing every string of the request in one vectorised call. It refuses
+(`FeatureError`) a request the event validation would refuse too
+(`loopwise.validation` uses the same checks): a candidate column without one
+value per candidate, a NaN or infinite numeric feature (any, not only those
+the model reads: the request's features travel on to training examples).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +39,33 @@ class FeatureError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+def all_finite(values: Iterable[float]) -> bool:
+    """Whether no value is NaN or infinite: their sum is finite exactly then (one C-level
+    pass; float32 values summed as doubles cannot overflow for any count that fits a message)."""
+    return math.isfinite(sum(values))
+
+
+def non_finite(user: Any, context: Any, candidates: Any) -> str | None:
+    """The first numeric feature holding NaN or an infinity (``user.name``, ``context.name``,
+    ``candidates.name``), else None; ``user``/``context``: `Features`, ``candidates``: `Candidates`."""
+    for source, features in (("user", user), ("context", context)):
+        if not all_finite(features.numeric.values()):
+            return next(f"{source}.{k}" for k, v in features.numeric.items() if not math.isfinite(v))
+    for column in candidates.numeric:
+        if not all_finite(column.values):
+            return f"candidates.{column.name}"
+    return None
+
+
+def misaligned_column(candidates: Any) -> tuple[str, int] | None:
+    """The first column of a `Candidates` without one value per id: (its name, its length)."""
+    n = len(candidates.ids)
+    for column in (*candidates.categorical, *candidates.numeric):
+        if len(column.values) != n:
+            return column.name, len(column.values)
+    return None
 
 
 def _parse(names: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -84,11 +116,14 @@ class InputBuilder:
         n = len(ids_list)
         if n > MAX_CANDIDATES:
             raise FeatureError("candidates.ids", f"{n} candidates, at most {MAX_CANDIDATES}")
+        misaligned = misaligned_column(candidates)
+        if misaligned is not None:
+            raise FeatureError(f"candidates.{misaligned[0]}", f"{misaligned[1]} values for {n} candidates")
+        bad = non_finite(user, context, candidates)
+        if bad is not None:  # refused even when the model does not read it: it would reach the examples
+            raise FeatureError(bad, "numeric features must be finite")
         str_cols = {c.name: c.values for c in candidates.categorical}
         num_cols = {c.name: c.values for c in candidates.numeric}
-        for name, col in (*str_cols.items(), *num_cols.items()):
-            if len(col) != n:
-                raise FeatureError(f"candidates.{name}", f"{len(col)} values for {n} candidates")
 
         # Sparse: every string of the request in one hash call.
         col_values: list[str] = []
@@ -137,6 +172,4 @@ class InputBuilder:
                     dense[:, j] = col
             elif source in ("user", "context"):
                 dense[:, j] = (user if source == "user" else context).numeric.get(name, 0.0)
-        if not np.isfinite(dense).all():
-            raise FeatureError("features", "numeric features must be finite")
         return sparse, dense

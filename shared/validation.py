@@ -3,6 +3,14 @@ dead-letters with the same ones, so a reason means one thing everywhere.
 
 `check_event` returns None for a valid event, else ``(reason, detail)``.
 Reasons are stable, machine-readable strings (listed in `REASONS`).
+
+An impression is checked for structure as well as size, so that no consumer
+trips on it later: every candidate feature column has one value per
+candidate (``misaligned_features``), ``ranking`` has one distinct index per
+shown candidate, each inside the candidates (``invalid_ranking``), and no
+number a consumer computes with is NaN or infinite (``non_finite_number``:
+scores, numeric features, the representation's scales). The finiteness and
+column checks are those of `loopwise.features`, which `Rank` applies.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from loopwise.features import all_finite, misaligned_column, non_finite
 from loopwise.v1 import events_pb2
 
 REASONS = (
@@ -17,7 +26,7 @@ REASONS = (
     "missing_timestamp", "timestamp_in_future", "timestamp_too_old", "field_too_long",
     "missing_request_id", "missing_candidate_id", "missing_user_id", "empty_utterance",
     "utterance_too_long", "empty_impression", "too_many_candidates", "misaligned_scores",
-    "invalid_propensity", "event_too_large",
+    "invalid_propensity", "event_too_large", "misaligned_features", "invalid_ranking", "non_finite_number",
 )
 
 
@@ -84,10 +93,35 @@ def check_event(event: events_pb2.Event, *, tenants: Collection[str], now_ms: in
             return "misaligned_scores", f"{len(imp.propensities)} propensities for {n} candidates"
         if any(not 0.0 < p <= 1.0 for p in imp.propensities):
             return "invalid_propensity", "propensities must be in (0, 1]"
-        return None
+        return _check_structure(imp)
     body = getattr(event, kind)
     if not body.candidate_id:
         return "missing_candidate_id", f"{kind}.candidate_id is required"
     if len(body.candidate_id) > limits.max_field_chars:
         return "field_too_long", f"candidate_id longer than {limits.max_field_chars} characters"
+    return None
+
+
+def _check_structure(imp: events_pb2.Impression) -> tuple[str, str] | None:
+    """Columns aligned with the candidates, a ranking inside them, finite numbers."""
+    n, cands = len(imp.candidate_ids), imp.candidates
+    misaligned = misaligned_column(cands)
+    if misaligned is not None:
+        name, length = misaligned
+        return "misaligned_features", f"candidates.{name[:64]} has {length} values for {len(cands.ids)} candidates"
+    if imp.ranking:
+        # indices into the candidates (or into candidate_ids when no candidates are given)
+        bound = len(cands.ids) or n
+        if len(imp.ranking) != n:
+            return "invalid_ranking", f"{len(imp.ranking)} ranking entries for {n} shown candidates"
+        if max(imp.ranking) >= bound:
+            return "invalid_ranking", f"ranking index {max(imp.ranking)} past the {bound} candidates"
+        if len(set(imp.ranking)) != n:
+            return "invalid_ranking", "ranking names a candidate twice"
+    bad = non_finite(imp.user, imp.context, cands)
+    if bad is not None:
+        return "non_finite_number", f"{bad[:80]} holds NaN or an infinity"
+    for name in ("scores", "representation_scale"):
+        if not all_finite(getattr(imp, name)):
+            return "non_finite_number", f"{name} holds NaN or an infinity"
     return None

@@ -14,7 +14,9 @@ replayed log is attributed exactly like live traffic:
   candidate already emitted as a negative yields a correction record;
 - feedback may precede its impression: it waits in the state for one window
   (from its own timestamp), then is dead-lettered as ``unknown_request``;
-- an event id seen before is a duplicate and changes nothing.
+- an event id seen before is a duplicate and changes nothing;
+- a state that raises when closed (poison stored before validation) is
+  dead-lettered as ``processing_error`` and forgotten, never retried.
 
 So after its window every shown candidate has exactly one (non-correction)
 example, whatever the arrival order and duplication (property-tested).
@@ -23,6 +25,7 @@ example, whatever the arrival order and duplication (property-tested).
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Protocol
@@ -34,6 +37,7 @@ from loopwise.v1 import events_pb2, features_pb2, learning_pb2
 
 from .debias import ExposureCounter, clipped_weight, position_propensity
 
+log = logging.getLogger(__name__)
 FEEDBACK = ("click", "accept", "reject")
 SOURCE = {"click": learning_pb2.LABEL_SOURCE_CLICK, "accept": learning_pb2.LABEL_SOURCE_ACCEPT,
           "reject": learning_pb2.LABEL_SOURCE_REJECT}
@@ -180,7 +184,21 @@ class Attribution:
         return state, out
 
     def close(self, state: learning_pb2.AttributionState) -> tuple[learning_pb2.AttributionState | None, Outputs]:
-        """The window ended (watermark >= deadline): negatives, pairs; or dead letters."""
+        """The window ended (watermark >= deadline): negatives, pairs; or dead letters.
+
+        A state that cannot be closed (its impression stored before it was validated,
+        recovered from the changelog) would fail again at every attempt and after every
+        restart: its events are dead-lettered (``processing_error``) and it is forgotten."""
+        try:
+            return self._close(state)
+        except Exception as exc:  # noqa: BLE001 - poison must not stop the window timer
+            log.warning("window could not be closed, dead-lettered", exc_info=exc,
+                        extra={"tenant": state.impression.tenant, "request_id": state.impression.request_id})
+            detail = f"closing the window failed: {type(exc).__name__}: {exc}"[:500]
+            events = [state.impression] if state.HasField("impression") else []
+            return None, Outputs(dead=[("processing_error", detail, ev) for ev in [*events, *state.feedback]])
+
+    def _close(self, state: learning_pb2.AttributionState) -> tuple[learning_pb2.AttributionState | None, Outputs]:
         out = Outputs()
         if state.closed:
             return None, out  # retention over: forget

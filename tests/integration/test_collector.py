@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from loopwise.client import AsyncClient, Client
-from loopwise.client.build import EventFactory
+from loopwise.client.build import EventFactory, candidates
 from loopwise.collector.servicer import MAX_LISTED_REJECTIONS, Answer
 from loopwise.errors import details_of
 from loopwise.grpcserver import MAX_MESSAGE_BYTES
@@ -63,6 +63,33 @@ def test_bad_events_are_rejected_with_reasons_and_good_ones_kept(start_collector
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{collector.grpc.metrics_port}/metrics").read().decode()
     assert 'loopwise_collector_events_rejected_total{reason="unknown_tenant"} 1.0' in metrics
     assert 'loopwise_collector_events_accepted_total{kind="click",tenant="default"} 1.0' in metrics
+
+
+def test_structurally_inconsistent_impressions_are_rejected_with_reasons(start_collector, broker, topics):
+    """What crashed the miner or reached training examples never gets onto the topic."""
+    collector = start_collector()
+    with Client(target(collector)) as lw:
+        def impression(columns, ranking=()):
+            imp = lw.events.impression(f"r{len(ranking)}", ["a", "b"], user_id="u1")
+            imp.impression.candidates.CopyFrom(candidates(["a", "b"], columns))
+            imp.impression.ranking.extend(ranking)
+            return imp
+
+        short = impression({"pop": [0.1, 0.2]})
+        short.impression.candidates.numeric[0].values.pop()
+        past = impression({"pop": [0.1, 0.2]}, ranking=[1, 2])
+        nan = impression({"pop": [0.1, float("nan")]})
+        inf_context = impression({"pop": [0.1, 0.2]})
+        inf_context.impression.context.numeric["hour"] = float("inf")
+        good = impression({"pop": [0.1, 0.2]}, ranking=[1, 0])
+        response = lw.report([short, past, nan, inf_context, good])
+    assert [(r.accepted, r.reason) for r in response.results] == [
+        (False, "misaligned_features"), (False, "invalid_ranking"), (False, "non_finite_number"),
+        (False, "non_finite_number"), (True, "")]
+    assert all(r.detail for r in response.results[:4])
+    assert [e.event_id for e in read_events(broker, topics.impressions, want=1)] == [good.event_id]
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{collector.grpc.metrics_port}/metrics").read().decode()
+    assert 'loopwise_collector_events_rejected_total{reason="non_finite_number"} 2.0' in metrics
 
 
 def test_oversized_batch_is_invalid_argument_with_details(start_collector):

@@ -209,3 +209,24 @@ def test_async_client_ranks_rewrites_and_reports(start_inference, start_collecto
     assert ranked.top(1) == ["b"] and not rewrite.rewritten and response.accepted == 1
     [click] = read_events(broker, topics.events, want=1)
     assert click.request_id == ranked.request_id and click.click.candidate_id == "b"
+
+
+def test_non_finite_features_are_invalid_argument_even_those_the_model_does_not_read(start_inference):
+    """They would travel on in the impression to the training examples (issue 13, item 4)."""
+    inference = start_inference()
+    wait_serving(target(inference))
+    nan, inf = float("nan"), float("inf")
+    with grpc.insecure_channel(target(inference)) as ch:
+        stub = inference_pb2_grpc.InferenceServiceStub(ch)
+        for request, field in [
+            (inference_pb2.RankRequest(tenant="default", candidates={
+                "ids": ["a", "b"], "numeric": [{"name": "unread", "values": [0.5, nan]}]}), "candidates.unread"),
+            (inference_pb2.RankRequest(tenant="default", context={"numeric": {"unread": inf}},
+                                       candidates={"ids": ["a"]}), "context.unread"),
+            (inference_pb2.RankRequest(tenant="default", user={"numeric": {"unread": -inf}},
+                                       candidates={"ids": ["a"]}), "user.unread"),
+        ]:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Rank(request, timeout=5)
+            details = details_of(err.value)
+            assert details["code"] == "INVALID_ARGUMENT" and details["violations"][0][0] == field

@@ -130,3 +130,92 @@ def test_a_killed_worker_recovers_its_windows_without_losing_examples(start_mine
     assert by_label == {("a", 0.0): n, ("b", 1.0): n, ("c", 0.0): n}
     duplicates = sum(c - 1 for c in ids.values())
     assert duplicates <= n  # at-least-once: only re-sent records, all with the ids consumers dedupe on
+
+
+def poison_impression(f: EventFactory, request_id: str):
+    """A client's impression whose feature column is one value short of its candidates: it
+    passed every check once, and crashed the attribution of any feedback on it."""
+    imp = f.impression(request_id, ["a", "b", "c"])
+    imp.impression.candidates.CopyFrom(candidates(["a", "b", "c"], {"pop": [0.1, 0.2, 0.3]}))
+    imp.impression.candidates.numeric[0].values.pop()
+    return imp
+
+
+def send(producer, topic, event):
+    producer.send(topic, key=codec.record_key(event), value=codec.encode(event))
+
+
+def good_request(producer, topics, f, request_id):
+    imp = f.impression(request_id, ["a", "b"])
+    imp.impression.candidates.CopyFrom(candidates(["a", "b"], {"pop": [0.1, 0.2]}))
+    send(producer, topics.impressions, imp)
+    send(producer, topics.events, f.click(request_id, "b", position=2))
+
+
+def test_a_poison_impression_is_dead_lettered_and_never_crash_loops_the_miner(start_miner, broker, topics):
+    """Produced straight to the topic (no collector in front): dead-lettered with its reason,
+    later requests are attributed, and a killed and restarted miner does not die on it."""
+    proc, app_id, url = start_miner()
+    f = EventFactory("default")
+    producer = KafkaProducer(bootstrap_servers=broker)
+    send(producer, topics.impressions, poison_impression(f, "r-poison"))
+    send(producer, topics.events, f.click("r-poison", "c", position=3))
+    good_request(producer, topics, f, "r-good")
+    producer.flush()
+    dead = decode(read_records(broker, topics.deadletter, want=1, timeout=20), learning_pb2.DeadLetter)
+    assert [d.reason for d in dead][:1] == ["misaligned_features"]
+    examples = decode(read_records(broker, topics.examples, want=2, timeout=30), learning_pb2.Example)
+    assert {(e.request_id, e.candidate_id, e.label) for e in examples} >= {("r-good", "b", 1.0),
+                                                                          ("r-good", "a", 0.0)}
+    assert proc.alive() and procs.metric_value(url, "loopwise_miner_deadlettered_total",
+                                               {"reason": "misaligned_features"}) == 1.0
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.popen.wait(5)
+    proc, _, url = start_miner(app_id)
+    good_request(producer, topics, f, "r-after")
+    producer.flush()
+    examples = decode(read_records(broker, topics.examples, want=4, timeout=30), learning_pb2.Example)
+    assert ("r-after", "b", 1.0) in {(e.request_id, e.candidate_id, e.label) for e in examples}
+    assert proc.alive() and procs.readyz(url)
+
+
+def test_a_poison_state_recovered_from_the_changelog_is_dead_lettered_not_fatal(start_miner, broker, topics):
+    """A state a former version stored (its impression never checked) fails when its window
+    closes: dead-lettered and dropped, the restarted miner lives on and attributes."""
+    proc, app_id, _ = start_miner()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.popen.wait(5)
+    f = EventFactory("default")
+    state = learning_pb2.AttributionState(partition=0, deadline_ms=stamps.now_ms())
+    state.impression.CopyFrom(poison_impression(f, "r-old"))
+    producer = KafkaProducer(bootstrap_servers=broker)
+    key = codec.record_key(state.impression)
+    producer.send(f"{app_id}-attribution-changelog", key=key, value=state.SerializeToString(), partition=0)
+    producer.flush()
+    proc, _, url = start_miner(app_id)
+    dead = decode(read_records(broker, topics.deadletter, want=1, timeout=30), learning_pb2.DeadLetter)
+    assert [(d.reason, codec.decode(d.payload).request_id) for d in dead] == [("processing_error", "r-old")]
+    assert "IndexError" in dead[0].detail
+    good_request(producer, topics, f, "r-good")
+    producer.flush()
+    examples = decode(read_records(broker, topics.examples, want=2, timeout=30), learning_pb2.Example)
+    assert {(e.request_id, e.candidate_id) for e in examples} == {("r-good", "a"), ("r-good", "b")}
+    assert proc.alive() and procs.metric_value(url, "loopwise_miner_deadlettered_total",
+                                               {"reason": "processing_error"}) == 1.0
+
+
+def test_a_tombstone_is_dead_lettered_and_the_rest_of_its_batch_attributed(start_miner, broker, topics):
+    proc, _, url = start_miner()
+    f = EventFactory("default")
+    imp = f.impression("r-next", ["a"])
+    producer = KafkaProducer(bootstrap_servers=broker)
+    key = codec.record_key(imp)  # same key, same partition: one batch for the agent
+    producer.send(topics.events, key=key, value=None)
+    producer.send(topics.impressions, key=key, value=codec.encode(imp))
+    producer.flush()
+    dead = decode(read_records(broker, topics.deadletter, want=1, timeout=20), learning_pb2.DeadLetter)
+    assert [(d.reason, d.topic, d.payload) for d in dead] == [("empty_record", topics.events, b"")]
+    examples = decode(read_records(broker, topics.examples, want=1, timeout=30), learning_pb2.Example)
+    assert [(e.request_id, e.candidate_id) for e in examples] == [("r-next", "a")]
+    assert proc.alive() and procs.metric_value(url, "loopwise_miner_deadlettered_total",
+                                               {"reason": "empty_record"}) == 1.0

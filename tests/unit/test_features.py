@@ -56,6 +56,19 @@ def test_non_finite_numbers_are_rejected():
         InputBuilder(SPEC).build("u", build.features({}), build.features({}), cands)
 
 
+@pytest.mark.parametrize("user,context,column,field", [
+    ({"unread": float("nan")}, {}, None, "user.unread"),
+    ({}, {"unread": float("inf")}, None, "context.unread"),
+    ({}, {}, [1.0, float("-inf")], "candidates.unread"),
+])
+def test_non_finite_numbers_the_model_does_not_read_are_rejected_too(user, context, column, field):
+    """They would travel on, in the impression, to the training examples."""
+    cands = build.candidates(["a", "b"], {"unread": column} if column else {})
+    with pytest.raises(FeatureError) as err:
+        InputBuilder(SPEC).build("u", build.features(user), build.features(context), cands)
+    assert err.value.field == field
+
+
 def test_overlong_values_are_rejected():
     cands = build.candidates(["a"], {"genre": ["x" * 300]})
     with pytest.raises(FeatureError):

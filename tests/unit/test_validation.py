@@ -1,6 +1,6 @@
 import pytest
 
-from loopwise.client.build import EventFactory, event
+from loopwise.client.build import EventFactory, candidates, event
 from loopwise.v1 import events_pb2
 from loopwise.validation import REASONS, Limits, check_event
 
@@ -64,3 +64,49 @@ def test_size_limit():
     ev = event("default", request_id="r", at_ms=NOW,
                impression=events_pb2.Impression(candidate_ids=["x" * 100] * 50))
     assert check(ev, limits=Limits(max_event_bytes=1000))[0] == "event_too_large"
+
+
+def impression_with_features(**columns):
+    ev = F.impression("r", ["a", "b", "c"], scores=[0.3, 0.2, 0.1], at_ms=NOW)
+    ev.impression.candidates.CopyFrom(candidates(["c", "a", "b"], columns or {"pop": [0.1, 0.2, 0.3]}))
+    ev.impression.ranking.extend([1, 2, 0])
+    return ev
+
+
+def test_an_impression_with_features_and_a_ranking_passes():
+    assert check(impression_with_features(genre=["x", "y", "z"], pop=[1.0, 2.0, 3.0])) is None
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    # a feature column shorter or longer than the candidates
+    (lambda i: i.candidates.numeric[0].values.pop(), "misaligned_features"),
+    (lambda i: i.candidates.categorical.add(name="g", values=["x"]), "misaligned_features"),
+    (lambda i: i.candidates.numeric.add(name="q", values=[1.0, 2.0, 3.0, 4.0]), "misaligned_features"),
+    # columns without ids
+    (lambda i: i.candidates.ClearField("ids"), "misaligned_features"),
+    # the ranking: past the candidates, a position twice, not one entry per shown candidate
+    (lambda i: i.ranking.__setitem__(2, 3), "invalid_ranking"),
+    (lambda i: i.ranking.__setitem__(2, 1), "invalid_ranking"),
+    (lambda i: i.ranking.pop(), "invalid_ranking"),
+    # non-finite numbers anywhere
+    (lambda i: i.candidates.numeric[0].values.__setitem__(1, float("nan")), "non_finite_number"),
+    (lambda i: i.candidates.numeric[0].values.__setitem__(0, float("inf")), "non_finite_number"),
+    (lambda i: i.context.numeric.__setitem__("hour", float("-inf")), "non_finite_number"),
+    (lambda i: i.user.numeric.__setitem__("age", float("nan")), "non_finite_number"),
+    (lambda i: i.scores.__setitem__(0, float("nan")), "non_finite_number"),
+    (lambda i: i.representation_scale.extend([float("inf")] * 3), "non_finite_number"),
+])
+def test_structurally_inconsistent_impressions_are_refused(mutate, reason):
+    ev = impression_with_features()
+    mutate(ev.impression)
+    problem = check(ev)
+    assert problem is not None and problem[0] == reason, problem
+    assert reason in REASONS and problem[1]
+
+
+def test_a_ranking_without_candidate_features_indexes_the_shown_candidates():
+    ev = F.impression("r", ["a", "b"], at_ms=NOW)
+    ev.impression.ranking.extend([1, 0])
+    assert check(ev) is None
+    ev.impression.ranking[0] = 2
+    assert check(ev)[0] == "invalid_ranking"

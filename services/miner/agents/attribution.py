@@ -4,8 +4,10 @@
   (co-partitioned by request), keeps one ``AttributionState`` per request in
   the table ``attribution`` (`attribution_windows.Windows`) and produces
   examples, preference pairs and prediction errors; records it cannot use are
-  dead-lettered with a reason; valid turns are forwarded to the turns topic
-  for reformulation mining.
+  dead-lettered with a reason (a tombstone: ``empty_record``; an invalid event:
+  its `loopwise.validation` reason; a record that raised while processed:
+  ``processing_error``) and the batch goes on; valid turns are forwarded to the
+  turns topic for reformulation mining.
 - ``close_windows`` closes the windows the watermarks have passed, in chunks,
   and refreshes the gauges.
 
@@ -18,6 +20,7 @@ id for consumers that see one twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -37,6 +40,7 @@ from ..settings import MinerSettings
 from ..tables import MinerTables
 from ..topics import MinerTopics, turn_key
 
+log = logging.getLogger(__name__)
 ATTRIBUTED = ("impression", "click", "accept", "reject")
 
 
@@ -87,16 +91,22 @@ class AttributionAgents:
             for event in events:
                 message = event.message
                 key = event.key or b""
-                outputs = self._handle(key, event.value, message.topic, message.partition, message.offset)
-                if outputs is not None:
-                    self._emit(key, outputs)
+                try:
+                    outputs = self._handle(key, event.value, message.topic, message.partition, message.offset)
+                    if outputs is not None:
+                        self._emit(key, outputs)
+                except Exception as exc:  # noqa: BLE001 - one poison record must not stop the worker
+                    self._failed(key, event.value, message.topic, message.partition, message.offset, exc)
             # The table's changelog and the outputs are on the broker before
             # these offsets can be committed: a crash re-reads, never skips.
             await self.outbox.flush()
             await self.app.producer.flush()
 
-    def _handle(self, key: bytes, value: bytes, topic: str, partition: int, offset: int) -> Outputs | None:
+    def _handle(self, key: bytes, value: bytes | None, topic: str, partition: int, offset: int) -> Outputs | None:
         self.positions.record(topic, partition, offset)
+        if not value:  # a tombstone (or an empty record): nothing to decode, nothing to attribute
+            self.dead.send(key, b"", topic, partition, offset, "empty_record", "a record without a value")
+            return None
         try:
             ev = codec.decode(value)
         except ValueError as exc:
@@ -120,6 +130,17 @@ class AttributionAgents:
             self.dead.send(key, bad.SerializeToString(), topic, partition, offset, reason, detail)
         out.dead = []
         return out
+
+    def _failed(self, key: bytes, value: bytes | None, topic: str, partition: int, offset: int,
+                exc: Exception) -> None:
+        """A record that raised while being processed: dead-lettered, the batch goes on.
+        The table keeps the request's state as it was before the record (`Windows.process`
+        stores only after the transition succeeded); its offset is committed with the batch,
+        so a restarted worker does not read it again."""
+        log.warning("record failed, dead-lettered", exc_info=exc,
+                    extra={"topic": topic, "partition": partition, "offset": offset})
+        self.dead.send(key, value or b"", topic, partition, offset, "processing_error",
+                       f"{type(exc).__name__}: {exc}"[:500])
 
     def _forward_turn(self, event: events_pb2.Event, value: bytes) -> None:
         """To the turns topic, re-keyed by user (sent with the batch's outputs)."""
