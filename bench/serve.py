@@ -133,7 +133,7 @@ async def _serve_echo(port: int, response: bytes, mode: str) -> None:
                        ) -> inference_pb2.RankResponse:
             return canned
 
-    service = GrpcService(host="127.0.0.1", port=port, metrics_port=-1, registry=CollectorRegistry(),
+    service = GrpcService(host="127.0.0.1", port=port, metrics_host="127.0.0.1", metrics_port=-1, registry=CollectorRegistry(),
                           service_names=[SERVICE])
     add_service(service.server, CannedServicer(), inference_pb2.DESCRIPTOR.services_by_name["InferenceService"])
     await service.start()
