@@ -1,7 +1,7 @@
 """``loopwise``: the local stack and the tools around it.
 
-    loopwise up [--root .loopwise]      start broker, Redis and the services
-    loopwise status                      what is running and healthy
+    loopwise up [--root .loopwise]      start broker, Redis, the services and their supervisor
+    loopwise status                      what is running and healthy, restarts per service
     loopwise down                        stop everything started by `up`
     loopwise demo [--requests N] [--keep]
                                          sample traffic from MovieLens-100K
@@ -57,7 +57,8 @@ def _status(args: argparse.Namespace) -> int:
             state = "UNHEALTHY"
         ok &= state == "up"
         if not args.json:
-            print(f"{name:10} {state:10} pid {entry['pid']:<8} {entry['endpoint']}")
+            restarts = f"restarts {entry['restarts']}" if "restarts" in entry else ""
+            print(f"{name:10} {state:10} pid {entry['pid']:<8} {restarts:12} {entry['endpoint']}")
     return 0 if ok else 1
 
 

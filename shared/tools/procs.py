@@ -138,10 +138,10 @@ def start_redis(port: int, workdir: Path, log: Path | None = None, timeout: floa
                             log, port, timeout)
 
 
-def start_service(module: str, env: dict[str, str], log: Path | None = None) -> Proc:
-    """``python -m loopwise.<service>`` with LOOPWISE_* settings in ``env``."""
+def start_service(module: str, env: dict[str, str], log: Path | None = None, args: tuple[str, ...] = ()) -> Proc:
+    """``python -m loopwise.<service> [args]`` with LOOPWISE_* settings in ``env``, in its own session."""
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    return _spawn(module.rsplit(".", 1)[-1], [sys.executable, "-m", module], log, full_env)
+    return _spawn(module.rsplit(".", 1)[-1], [sys.executable, "-m", module, *args], log, full_env)
 
 
 def wait_healthy(target: str, timeout: float = 60.0, proc: Proc | None = None) -> None:

@@ -2,9 +2,12 @@
 
 `up` starts the Tansu broker (memory storage), a real redis-server, seeds the
 model store with the cold-start model, starts the services as local
-processes on free ports, waits until each is healthy, and writes
-``{root}/stack.json`` with every endpoint; logs go to ``{root}/logs/``.
-`down` stops everything by PID; `status` reports what is alive and healthy.
+processes on free ports, waits until each is healthy, starts the supervisor
+(`loopwise.tools.supervise`: a service that exits is started again, with
+backoff, and counted in ``restarts``) and writes ``{root}/stack.json`` with
+every endpoint and pid; logs go to ``{root}/logs/``. `down` stops the
+supervisor first, then everything else by PID; `status` reports what is
+alive and healthy, and how often each service was restarted.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,7 @@ GRPC_SERVICES = ("collector", "inference")
 WORKERS = ("miner", "trainer")  # no gRPC: ready is their HTTP /readyz
 # The local stack retrains often, on little data (about every 100 MovieLens requests of 20
 # candidates): production defaults are 10 min / 50,000 examples.
+SPECS_FILE = "supervise.json"  # how the supervisor starts each service again
 LOCAL_TRAINER_ENV = {"LOOPWISE_TRAINER_INTERVAL_S": "60", "LOOPWISE_TRAINER_EVERY_N": "2000",
                      "LOOPWISE_TRAINER_MIN_EXAMPLES": "1000"}
 
@@ -51,9 +56,16 @@ class StackInfo:
     tenants: list[str]
     topics: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    restarts: dict[str, int] = field(default_factory=dict)  # service -> restarts by the supervisor
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
+
+    def write(self, root: Path) -> None:
+        """``{root}/stack.json``, replaced whole (a reader never sees half a file)."""
+        tmp = root / f"stack.json.{os.getpid()}.tmp"
+        tmp.write_text(self.to_json())
+        os.replace(tmp, root / "stack.json")
 
     @classmethod
     def read(cls, root: Path) -> StackInfo | None:
@@ -72,7 +84,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int = 4,
        attribution_window_ms: int = 60_000, extra_env: dict[str, str] | None = None,
-       timeout: float = 90.0) -> StackInfo:
+       timeout: float = 90.0, supervise: bool = True) -> StackInfo:
     root = root.resolve()
     current = StackInfo.read(root)
     if current is not None and any(procs.pid_alive(p) for p in current.pids.values()):
@@ -103,6 +115,7 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
         }
         endpoints: dict[str, str] = {}
         metrics: dict[str, str] = {}
+        specs: dict[str, dict[str, Any]] = {}
         # the miner re-reads its changelog after recovery: Tansu under-reports end offsets
         own_env = {"miner": {"LOOPWISE_DATA_DIR": str(root / "miner"), "LOOPWISE_CHANGELOG_CATCH_UP": "true"},
                    "trainer": {"LOOPWISE_DATA_DIR": str(root / "trainer"), **LOCAL_TRAINER_ENV}}
@@ -112,6 +125,7 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
                            "LOOPWISE_METRICS_PORT": str(mport)}
             proc = procs.start_service(f"loopwise.{name}", service_env, logs_dir / f"{name}.log")
             started.append(proc)
+            specs[name] = {"module": f"loopwise.{name}", "env": service_env, "log": str(proc.log)}
             endpoints[name] = f"127.0.0.1:{port}"
             metrics[name] = f"http://127.0.0.1:{mport}/metrics"
         for proc in started[2:]:
@@ -120,12 +134,18 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
             except (TimeoutError, RuntimeError) as exc:
                 raise StackError(f"{proc.name} did not become healthy: {exc}\n--- {proc.log}\n{_tail(proc.log)}"
                                  ) from None
+        if supervise:
+            (root / SPECS_FILE).write_text(json.dumps(specs, indent=2))
+            supervisor = procs.start_service("loopwise.tools.supervise", {}, logs_dir / "supervisor.log",
+                                             args=("--root", str(root)))
+            supervisor.name = "supervisor"
+            started.append(supervisor)
         info = StackInfo(root=str(root), kafka=bootstrap, redis=redis_url, collector=endpoints["collector"],
                          inference=endpoints["inference"], metrics=metrics,
                          pids={p.name: p.pid for p in started},
                          logs={p.name: str(p.log) for p in started}, model_store=str(store_path),
                          tenants=list(tenants), topics=dataclasses.asdict(topics))
-        (root / "stack.json").write_text(info.to_json())
+        info.write(root)
         return info
     except BaseException:
         for proc in reversed(started):
@@ -147,18 +167,25 @@ def down(root: Path) -> list[str]:
     if info is None:
         return []
     stopped = []
-    order = [n for n in info.pids if n not in ("kafka", "redis")] + ["redis", "kafka"]
+    supervisor = info.pids.get("supervisor")
+    if supervisor is not None and procs.pid_alive(supervisor):  # first: nothing is restarted from here on
+        procs.stop_pid(supervisor, timeout=15.0)
+        stopped.append("supervisor")
+        info = StackInfo.read(root) or info  # the pids of the services it restarted
+    order = [n for n in info.pids if n not in ("kafka", "redis", "supervisor")] + ["redis", "kafka"]
     for name in order:
         pid = info.pids.get(name)
         if pid is not None and procs.pid_alive(pid):
             procs.stop_pid(pid, timeout=15.0)
             stopped.append(name)
     (root / "stack.json").unlink(missing_ok=True)
+    (root / SPECS_FILE).unlink(missing_ok=True)
     return stopped
 
 
 def status(root: Path) -> dict[str, Any]:
-    """{part: {"pid", "alive", "healthy"?, "endpoint"}} for a stack, or {} if none."""
+    """{part: {"pid", "alive", "healthy"?, "restarts"?, "endpoint"}} for a stack, or {} if none
+    (``restarts``: how often the supervisor started a service again)."""
     info = StackInfo.read(root.resolve())
     if info is None:
         return {}
@@ -168,6 +195,8 @@ def status(root: Path) -> dict[str, Any]:
                  "trainer": info.metrics.get("trainer", "")}
     for name, pid in info.pids.items():
         entry: dict[str, Any] = {"pid": pid, "alive": procs.pid_alive(pid), "endpoint": endpoints.get(name, "")}
+        if name in SERVICES:
+            entry["restarts"] = info.restarts.get(name, 0)
         if name in SERVICES and entry["alive"]:
             try:
                 _wait_ready(name, endpoints.get(name, ""), info.metrics.get(name, ""), timeout=2.0)

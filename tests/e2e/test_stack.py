@@ -16,6 +16,7 @@ import pytest
 
 from loopwise.client import Client
 from loopwise.tools import procs
+from loopwise.tools import stack as stack_tool
 from tests.integration.kafka_read import read_events
 
 pytestmark = pytest.mark.slow
@@ -33,10 +34,17 @@ def stack(tmp_path_factory):
     assert up.returncode == 0, up.stdout + up.stderr
     info = json.loads((root / "stack.json").read_text())
     yield root, info
+    current = current_pids(root)
     cli(root, "down")
-    for pid in info["pids"].values():
+    for pid in {*info["pids"].values(), *current.values()}:
         if procs.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def current_pids(root) -> dict[str, int]:
+    """The stack's pids now (the supervisor rewrites them when it restarts a service)."""
+    path = root / "stack.json"
+    return json.loads(path.read_text())["pids"] if path.exists() else {}
 
 
 def test_stack_json_names_every_endpoint(stack):
@@ -49,7 +57,8 @@ def test_stack_json_names_every_endpoint(stack):
     assert (root / "logs" / "collector.log").exists()
     status = cli(root, "status")
     assert status.returncode == 0, status.stdout
-    assert status.stdout.count(" up ") == 6
+    assert status.stdout.count(" up ") == 7  # broker, Redis, four services, the supervisor
+    assert status.stdout.count("restarts 0") == 4
 
 
 def test_traffic_flows_through_the_stack(stack):
@@ -72,8 +81,30 @@ def test_second_up_refuses(stack):
     assert again.returncode == 1 and "already running" in again.stderr
 
 
+def test_killed_services_are_restarted_with_backoff_and_counted(stack):
+    root, info = stack
+    killed = ("inference", "miner")
+    for name in killed:
+        os.kill(info["pids"][name], signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while True:
+        parts = stack_tool.status(root)
+        if all(parts[n]["alive"] and parts[n].get("healthy") and parts[n]["restarts"] == 1 for n in killed):
+            break
+        assert time.monotonic() < deadline, f"not restarted and healthy within 90 s: {parts}"
+        time.sleep(0.5)
+    assert all(parts[n]["pid"] != info["pids"][n] for n in killed)
+    assert parts["collector"]["restarts"] == parts["trainer"]["restarts"] == 0
+    with Client(info["collector"], info["inference"]) as lw:  # the same endpoints as before
+        assert lw.rank(["m1", "m2"], features={"popularity": [0.1, 0.9]}).top(1) == ["m2"]
+    status = cli(root, "status")
+    assert status.returncode == 0 and status.stdout.count("restarts 1") == 2, status.stdout
+    assert (root / "logs" / "supervisor.log").read_text().count("service restarted") == 2
+
+
 def test_sigterm_drains_without_failing_in_flight_calls(stack):
-    _, info = stack
+    root, info = stack
+    info = {**info, "pids": current_pids(root)}
     calls: list[tuple[float, str]] = []  # (start time, outcome)
     stop = threading.Event()
 
@@ -115,7 +146,9 @@ def test_sigterm_drains_without_failing_in_flight_calls(stack):
 
 def test_down_stops_everything(stack):
     root, info = stack
+    current = current_pids(root)
+    assert "supervisor" in current
     down = cli(root, "down")
     assert down.returncode == 0
-    assert not any(procs.pid_alive(p) for p in info["pids"].values())
+    assert not any(procs.pid_alive(p) for p in [*info["pids"].values(), *current.values()])
     assert cli(root, "status").returncode == 1
