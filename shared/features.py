@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 
 from loopwise.hashing import field_seed, hash_strings
+from loopwise.limits import MAX_CANDIDATES, MAX_VALUE_CHARS
 
 SOURCES = ("request", "user", "context", "candidate")
-MAX_CANDIDATES = 10_000
-MAX_VALUE_CHARS = 256
 
 
 class FeatureError(ValueError):

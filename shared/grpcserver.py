@@ -26,11 +26,11 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from loopwise.errors import InvalidArgument, LoopwiseError
+from loopwise.limits import MAX_MESSAGE_BYTES
 from loopwise.runtime import MetricsServer
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.5, 1, 2, 5)
 
 

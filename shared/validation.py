@@ -19,6 +19,13 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from loopwise.features import all_finite, misaligned_column, non_finite
+from loopwise.limits import (
+    MAX_CANDIDATES,
+    MAX_EVENT_BYTES,
+    MAX_FIELD_CHARS,
+    MAX_ID_CHARS,
+    MAX_UTTERANCE_CHARS,
+)
 from loopwise.v1 import events_pb2
 
 REASONS = (
@@ -32,11 +39,13 @@ REASONS = (
 
 @dataclass(frozen=True)
 class Limits:
-    max_event_bytes: int = 256 * 1024
-    max_id_chars: int = 128
-    max_field_chars: int = 256
-    max_utterance_chars: int = 1_000
-    max_candidates: int = 10_000
+    """The limits one check applies: by default those of `loopwise.limits` (every service's)."""
+
+    max_event_bytes: int = MAX_EVENT_BYTES
+    max_id_chars: int = MAX_ID_CHARS
+    max_field_chars: int = MAX_FIELD_CHARS
+    max_utterance_chars: int = MAX_UTTERANCE_CHARS
+    max_candidates: int = MAX_CANDIDATES
     # Clock sanity: events from further ahead than this are refused ...
     max_future_ms: int = 5 * 60 * 1000
     # ... and so are events older than this (a replay tool sets it wide).

@@ -38,6 +38,8 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka import errors as kerr
 
+from loopwise.limits import MAX_RECORD_BYTES
+
 log = logging.getLogger(__name__)
 
 # Refusals of a batch's own records: the broker is fine, retrying will not help.
@@ -98,6 +100,7 @@ def producer_config(bootstrap: str, *, compression: str = "zstd", linger_ms: int
         linger_ms=linger_ms, batch_size=256 * 1024, max_in_flight_requests_per_connection=5,
         request_timeout_ms=5_000, delivery_timeout_ms=10_000, max_block_ms=5_000,
         retry_backoff_ms=100, reconnect_backoff_max_ms=1_000, bootstrap_timeout_ms=5_000,
+        max_request_size=MAX_RECORD_BYTES,
     )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2
 
 from loopwise import logs
 from loopwise.grpcserver import GrpcService, add_service
@@ -24,6 +25,9 @@ from .watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
 
+# gRPC health service name of the impression pipeline (degraded: NOT_SERVING).
+IMPRESSIONS_HEALTH = "loopwise.v1.InferenceService/impressions"
+
 
 class Inference:
     """Build with settings, `await start()`, `await stop()`.
@@ -31,6 +35,9 @@ class Inference:
     Health stays NOT_SERVING until at least one model of a served tenant has
     loaded and passed its warm-up; a missing or corrupt artifact is logged
     with its reason and the service keeps running, never crash-looping.
+    Impressions have their own gRPC health status, `IMPRESSIONS_HEALTH`:
+    NOT_SERVING while the emitter is degraded (Rank, and the service's
+    health and ``/readyz``, stay SERVING: serving works, learning is at risk).
     `ModelWatcher` loads the first versions and hot-swaps later ones;
     `RewriteTable` keeps the rewrite tables in memory.
     """
@@ -45,8 +52,10 @@ class Inference:
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0,
                                              socket_connect_timeout=1.0)
         self.emitter = (ImpressionEmitter(settings.kafka_bootstrap, settings.topics.impressions, self.metrics,
+                                          deadletter_topic=settings.topics.deadletter,
                                           buffer=settings.impression_buffer, batch=settings.impression_batch,
-                                          compression=settings.compression)
+                                          compression=settings.compression, retry_s=settings.impression_retry_s,
+                                          on_degraded=self._impressions_degraded)
                         if settings.emit_impressions else None)
         self.rewrites = RewriteTable(self.redis, settings.tenants, self.metrics, poll_s=settings.rewrite_poll_s,
                                      full_refresh_s=settings.rewrite_full_refresh_s)
@@ -66,7 +75,8 @@ class Inference:
 
     async def start(self) -> None:
         await self.grpc.start()
-        names = ([self.settings.topics.impressions] if self.emitter is not None else []) + (
+        names = ([self.settings.topics.impressions, self.settings.topics.deadletter]
+                 if self.emitter is not None else []) + (
             [self.settings.topics.models] if self.settings.watch_announcements else [])
         if names:
             try:
@@ -76,10 +86,15 @@ class Inference:
             except Exception as exc:  # noqa: BLE001 - impressions and announcements wait for the broker; Rank does not
                 log.warning("could not ensure the topics", extra={"topics": names, "error": repr(exc)})
         if self.emitter is not None:
+            await self._impressions_degraded(self.emitter.degraded)
             self.emitter.start()
         self.rewrites.start()
         self.watcher.start()
         log.info("inference started", extra={"port": self.grpc.port, "metrics_port": self.grpc.metrics_port})
+
+    async def _impressions_degraded(self, degraded: bool) -> None:
+        await self.grpc.health.set(IMPRESSIONS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING if degraded
+                                   else health_pb2.HealthCheckResponse.SERVING)
 
     async def _model_loaded(self) -> None:
         if not self._serving and len(self.model_registry):

@@ -18,11 +18,27 @@ class InferenceMetrics:
                                        buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.05))
         self.impressions_emitted = Counter("loopwise_inference_impressions_emitted_total",
                                            "Impressions acked by the broker", registry=r)
-        self.impressions_dropped = Counter("loopwise_inference_impressions_dropped_total",
-                                           "Impressions dropped (buffer full or shut down)", ["reason"],
-                                           registry=r)
+        self.impressions_dropped = Counter(
+            "loopwise_inference_impressions_dropped_total",
+            "Impressions not emitted, by reason: buffer_full, shutdown, abandoned (the call was cancelled "
+            "or past its deadline), undeliverable (not acked within the retry time), deadletter_failed",
+            ["reason"], registry=r)
         self.impression_errors = Counter("loopwise_inference_impression_errors_total",
-                                         "Failed impression produce attempts (retried)", registry=r)
+                                         "Failed impression produce attempts (retried within a bound)",
+                                         registry=r)
+        self.impressions_dead_lettered = Counter(
+            "loopwise_inference_impressions_dead_lettered_total",
+            "Impressions sent to the dead-letter topic instead, by reason (event_too_large, rejected_by_broker)",
+            ["reason"], registry=r)
+        self.impressions_trimmed = Counter("loopwise_inference_impressions_trimmed_total",
+                                           "Impressions emitted without a part to fit the event size limit",
+                                           ["part"], registry=r)
+        self.impressions_refused = Counter("loopwise_inference_impressions_too_large_total",
+                                           "Rank calls refused because their impression would exceed the "
+                                           "event size limit", registry=r)
+        self.impressions_degraded = Gauge("loopwise_inference_impressions_degraded",
+                                          "1 while impressions cannot be delivered (no producer, a batch "
+                                          "failing); Rank keeps serving", registry=r)
         self.impression_buffer = Gauge("loopwise_inference_impression_buffer",
                                        "Impressions waiting to be produced", registry=r)
         self.model_info = Info("loopwise_inference_model", "Model version serving", ["tenant", "model"],

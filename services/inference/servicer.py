@@ -1,4 +1,22 @@
-"""InferenceService: Rank with the serving model, Rewrite from the rule table."""
+"""InferenceService: Rank with the serving model, Rewrite from the rule table.
+
+Sizes are checked at the door (`loopwise.limits`): at most ``MAX_CANDIDATES``
+candidates, and a request whose impression could exceed ``MAX_EVENT_BYTES``
+is refused with INVALID_ARGUMENT (reason ``impression_too_large``), measured
+with a bound from the request's own byte size (no per-candidate work).
+
+Only what was delivered is logged: the impression is offered to the emitter
+from the call's done callback (after the answer was handed to the
+transport), and only when the call was not cancelled and its deadline was
+still at least ``impression_deadline_margin_ms`` away by then. The margin
+stands for the round trip the server cannot see: the client's deadline runs
+out before the server's (the request's transit) and the answer still has to
+travel back, and gRPC tells a server nothing when an answer it sent arrives
+too late. An abandoned call's impression is counted
+(``impressions_dropped_total{reason="abandoned"}``), never emitted: its
+candidates were not seen. The rule errs on the safe side: a call answered
+within the margin of its deadline loses its impression even if it arrived.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +29,14 @@ import numpy as np
 
 from loopwise import stamps
 from loopwise.errors import InvalidArgument, NotFound, UnknownTenant
-from loopwise.features import MAX_CANDIDATES, FeatureError
+from loopwise.features import FeatureError
 from loopwise.grpcserver import rpc
+from loopwise.limits import (
+    MAX_CANDIDATES,
+    MAX_EVENT_BYTES,
+    MAX_UTTERANCE_CHARS,
+    impression_bytes_bound,
+)
 from loopwise.v1 import inference_pb2, inference_pb2_grpc
 
 from .impressions import ImpressionEmitter
@@ -22,7 +46,26 @@ from .rewrites import RewriteTable
 from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
-MAX_UTTERANCE_CHARS = 1_000
+
+
+def impression_bound(request: inference_pb2.RankRequest) -> int:
+    """`loopwise.limits.impression_bytes_bound` of a request, without its
+    representation, from C-level sizes only: the request's (its ids counted
+    twice) when that is under the limit, else with the ids' own size (the
+    candidates less their feature columns)."""
+    request_bytes, n = request.ByteSize(), len(request.candidates.ids)
+    loose = impression_bytes_bound(request_bytes, request_bytes, n)
+    if loose <= MAX_EVENT_BYTES:
+        return loose
+    cands = request.candidates
+    columns = sum(c.ByteSize() + 6 for c in (*cands.categorical, *cands.numeric))
+    return impression_bytes_bound(request_bytes, max(cands.ByteSize() - columns, 0), n)
+
+
+def _expired(context, margin_s: float) -> bool:
+    """Whether the call's deadline (if any) is less than ``margin_s`` away."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining < margin_s
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -56,6 +99,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if n > MAX_CANDIDATES:
             raise InvalidArgument(f"{n} candidates, at most {MAX_CANDIDATES}",
                                   violations=[("candidates.ids", f"at most {MAX_CANDIDATES}")])
+        if (size := impression_bound(request)) > MAX_EVENT_BYTES:
+            self.metrics.impressions_refused.inc()
+            raise InvalidArgument(f"the impression of this request could take {size} bytes, at most "
+                                  f"{MAX_EVENT_BYTES}: fewer candidates or smaller features",
+                                  reason="impression_too_large",
+                                  violations=[("request", f"impression at most {MAX_EVENT_BYTES} bytes")])
         start = time.perf_counter()
         if n > self.settings.offload_candidates:
             prob, hidden = await asyncio.get_running_loop().run_in_executor(None, self._score, loaded, request)
@@ -66,10 +115,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.metrics.candidates.observe(n)
         request_id = request.request_id or uuid.uuid4().hex
         if self.emitter is not None:
-            self.emitter.offer((tenant, request, request_id, loaded.model, loaded.version, prob, ranking,
-                                hidden, stamps.now_ms()))
+            self._offer_when_delivered(context, (tenant, request, request_id, loaded.model, loaded.version,
+                                                 prob, ranking, hidden, stamps.now_ms()))
         return inference_pb2.RankResponse(request_id=request_id, model=loaded.model, version=loaded.version,
                                           scores=prob.tolist(), ranking=ranking.tolist())
+
+    def _offer_when_delivered(self, context, item: tuple) -> None:
+        """Offer the impression once the call is done, unless it was abandoned."""
+        margin = self.settings.impression_deadline_margin_ms / 1000
+        if _expired(context, margin):
+            self.metrics.impressions_dropped.labels("abandoned").inc()
+            return
+        emitter = self.emitter
+        assert emitter is not None
+
+        def done(ctx) -> None:  # after the answer was handed to the transport
+            if ctx.cancelled() or _expired(ctx, margin):
+                self.metrics.impressions_dropped.labels("abandoned").inc()
+            else:
+                emitter.offer(item)
+
+        context.add_done_callback(done)
 
     @staticmethod
     def _score(loaded: LoadedModel, request: inference_pb2.RankRequest) -> tuple[np.ndarray, np.ndarray]:

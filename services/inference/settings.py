@@ -21,6 +21,11 @@ class InferenceSettings(GrpcSettings):
     # Impressions waiting to be produced; beyond this they are dropped (counted).
     impression_buffer: int = 10_000
     impression_batch: int = 500
+    # A batch not acked is retried for at most this long, then dropped (counted).
+    impression_retry_s: float = 30.0
+    # No impression for a call whose deadline was less than this away when its
+    # answer left (a round trip: the client may have given up before it arrived).
+    impression_deadline_margin_ms: float = 5.0
     emit_impressions: bool = True
     compression: str = "zstd"
     # Hot swap: the Redis pointers of every served (tenant, model) are read

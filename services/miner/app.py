@@ -27,6 +27,7 @@ from typing import Any
 import faust
 
 from loopwise import logs, runtime
+from loopwise.limits import MAX_RECORD_BYTES
 
 from .agents import AttributionAgents, ReformulationAgents
 from .metrics import MinerMetrics
@@ -60,6 +61,7 @@ def faust_app(settings: MinerSettings) -> faust.App:
         topic_partitions=settings.topic_partitions, web_enabled=False,
         broker_session_timeout=settings.kafka_session_timeout_s, broker_heartbeat_interval=settings.kafka_session_timeout_s / 3,
         consumer_auto_offset_reset="earliest", producer_acks=-1, stream_wait_empty=False,
+        producer_max_request_size=MAX_RECORD_BYTES,
         broker_commit_every=1000, broker_commit_interval=1.0, table_standby_replicas=0,
         datadir=str(data_dir / f"{settings.app_id}-data"),
     )

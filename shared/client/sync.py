@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from loopwise.client import build
+from loopwise.limits import MAX_MESSAGE_BYTES
 from loopwise.v1 import (
     events_pb2,
     feedback_pb2,
@@ -20,7 +21,8 @@ from loopwise.v1 import (
 )
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
 
 
 class ReportError(Exception):
