@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from loopwise.v1 import features_pb2 as loopwise_dot_v1_dot_features__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18loopwise/v1/events.proto\x12\x0bloopwise.v1\x1a\x1aloopwise/v1/features.proto\"\xe1\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63lient_time_ms\x18\x06 \x01(\x03\x12\x18\n\x10received_time_ms\x18\x07 \x01(\x03\x12-\n\nimpression\x18\n \x01(\x0b\x32\x17.loopwise.v1.ImpressionH\x00\x12#\n\x05\x63lick\x18\x0b \x01(\x0b\x32\x12.loopwise.v1.ClickH\x00\x12%\n\x06\x61\x63\x63\x65pt\x18\x0c \x01(\x0b\x32\x13.loopwise.v1.AcceptH\x00\x12%\n\x06reject\x18\r \x01(\x0b\x32\x13.loopwise.v1.RejectH\x00\x12!\n\x04turn\x18\x0e \x01(\x0b\x32\x11.loopwise.v1.TurnH\x00\x42\x06\n\x04\x62ody\"\xec\x02\n\nImpression\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x15\n\rcandidate_ids\x18\x03 \x03(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x02\x12#\n\x04user\x18\x05 \x01(\x0b\x32\x15.loopwise.v1.Features\x12&\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x15.loopwise.v1.Features\x12+\n\ncandidates\x18\x07 \x01(\x0b\x32\x17.loopwise.v1.Candidates\x12\x14\n\x0c\x66\x65\x61tures_ref\x18\x08 \x01(\t\x12\x14\n\x0cpropensities\x18\t \x03(\x02\x12\x0e\n\x06source\x18\n \x01(\t\x12\x0f\n\x07ranking\x18\x0b \x03(\r\x12\x16\n\x0erepresentation\x18\x0c \x01(\x0c\x12\x1a\n\x12representation_dim\x18\r \x01(\r\x12\x1c\n\x14representation_scale\x18\x0e \x03(\x02\"A\n\x05\x43lick\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x10\n\x08\x64well_ms\x18\x03 \x01(\r\"0\n\x06\x41\x63\x63\x65pt\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\"@\n\x06Reject\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x95\x01\n\x0eInterpretation\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0e\n\x06intent\x18\x02 \x01(\t\x12\x35\n\x05slots\x18\x03 \x03(\x0b\x32&.loopwise.v1.Interpretation.SlotsEntry\x1a,\n\nSlotsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf0\x01\n\x04Turn\x12\x11\n\tutterance\x18\x01 \x01(\t\x12\x33\n\x0einterpretation\x18\x02 \x01(\x0b\x32\x1b.loopwise.v1.Interpretation\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.loopwise.v1.ResponseStatus\x12\x10\n\x08\x62\x61rge_in\x18\x04 \x01(\x08\x12\x12\n\nlatency_ms\x18\x05 \x01(\r\x12\x1b\n\x13rewritten_utterance\x18\x06 \x01(\t\x12\x17\n\x0frewrite_rule_id\x18\x07 \x01(\t\x12\x17\n\x0f\x65xplicit_reject\x18\x08 \x01(\x08*\xa2\x01\n\x0eResponseStatus\x12\x1f\n\x1bRESPONSE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RESPONSE_STATUS_OK\x10\x01\x12\x1d\n\x19RESPONSE_STATUS_UNHANDLED\x10\x02\x12\x19\n\x15RESPONSE_STATUS_ERROR\x10\x03\x12\x1d\n\x19RESPONSE_STATUS_CANCELLED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18loopwise/v1/events.proto\x12\x0bloopwise.v1\x1a\x1aloopwise/v1/features.proto\"\xe1\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63lient_time_ms\x18\x06 \x01(\x03\x12\x18\n\x10received_time_ms\x18\x07 \x01(\x03\x12-\n\nimpression\x18\n \x01(\x0b\x32\x17.loopwise.v1.ImpressionH\x00\x12#\n\x05\x63lick\x18\x0b \x01(\x0b\x32\x12.loopwise.v1.ClickH\x00\x12%\n\x06\x61\x63\x63\x65pt\x18\x0c \x01(\x0b\x32\x13.loopwise.v1.AcceptH\x00\x12%\n\x06reject\x18\r \x01(\x0b\x32\x13.loopwise.v1.RejectH\x00\x12!\n\x04turn\x18\x0e \x01(\x0b\x32\x11.loopwise.v1.TurnH\x00\x42\x06\n\x04\x62ody\"\x9d\x03\n\nImpression\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x15\n\rcandidate_ids\x18\x03 \x03(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x02\x12#\n\x04user\x18\x05 \x01(\x0b\x32\x15.loopwise.v1.Features\x12&\n\x07\x63ontext\x18\x06 \x01(\x0b\x32\x15.loopwise.v1.Features\x12+\n\ncandidates\x18\x07 \x01(\x0b\x32\x17.loopwise.v1.Candidates\x12\x14\n\x0c\x66\x65\x61tures_ref\x18\x08 \x01(\t\x12\x14\n\x0cpropensities\x18\t \x03(\x02\x12\x0e\n\x06source\x18\n \x01(\t\x12\x0f\n\x07ranking\x18\x0b \x03(\r\x12\x16\n\x0erepresentation\x18\x0c \x01(\x0c\x12\x1a\n\x12representation_dim\x18\r \x01(\r\x12\x1c\n\x14representation_scale\x18\x0e \x03(\x02\x12\x13\n\x0b\x62\x61se_scores\x18\x0f \x03(\x02\x12\x1a\n\x12\x63ompensated_scores\x18\x10 \x03(\x02\"A\n\x05\x43lick\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x10\n\x08\x64well_ms\x18\x03 \x01(\r\"0\n\x06\x41\x63\x63\x65pt\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\"@\n\x06Reject\x12\x14\n\x0c\x63\x61ndidate_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x95\x01\n\x0eInterpretation\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x0e\n\x06intent\x18\x02 \x01(\t\x12\x35\n\x05slots\x18\x03 \x03(\x0b\x32&.loopwise.v1.Interpretation.SlotsEntry\x1a,\n\nSlotsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf0\x01\n\x04Turn\x12\x11\n\tutterance\x18\x01 \x01(\t\x12\x33\n\x0einterpretation\x18\x02 \x01(\x0b\x32\x1b.loopwise.v1.Interpretation\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.loopwise.v1.ResponseStatus\x12\x10\n\x08\x62\x61rge_in\x18\x04 \x01(\x08\x12\x12\n\nlatency_ms\x18\x05 \x01(\r\x12\x1b\n\x13rewritten_utterance\x18\x06 \x01(\t\x12\x17\n\x0frewrite_rule_id\x18\x07 \x01(\t\x12\x17\n\x0f\x65xplicit_reject\x18\x08 \x01(\x08*\xa2\x01\n\x0eResponseStatus\x12\x1f\n\x1bRESPONSE_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RESPONSE_STATUS_OK\x10\x01\x12\x1d\n\x19RESPONSE_STATUS_UNHANDLED\x10\x02\x12\x19\n\x15RESPONSE_STATUS_ERROR\x10\x03\x12\x1d\n\x19RESPONSE_STATUS_CANCELLED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +34,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INTERPRETATION_SLOTSENTRY']._loaded_options = None
   _globals['_INTERPRETATION_SLOTSENTRY']._serialized_options = b'8\001'
-  _globals['_RESPONSESTATUS']._serialized_start=1371
-  _globals['_RESPONSESTATUS']._serialized_end=1533
+  _globals['_RESPONSESTATUS']._serialized_start=1420
+  _globals['_RESPONSESTATUS']._serialized_end=1582
   _globals['_EVENT']._serialized_start=70
   _globals['_EVENT']._serialized_end=423
   _globals['_IMPRESSION']._serialized_start=426
-  _globals['_IMPRESSION']._serialized_end=790
-  _globals['_CLICK']._serialized_start=792
-  _globals['_CLICK']._serialized_end=857
-  _globals['_ACCEPT']._serialized_start=859
-  _globals['_ACCEPT']._serialized_end=907
-  _globals['_REJECT']._serialized_start=909
-  _globals['_REJECT']._serialized_end=973
-  _globals['_INTERPRETATION']._serialized_start=976
-  _globals['_INTERPRETATION']._serialized_end=1125
-  _globals['_INTERPRETATION_SLOTSENTRY']._serialized_start=1081
-  _globals['_INTERPRETATION_SLOTSENTRY']._serialized_end=1125
-  _globals['_TURN']._serialized_start=1128
-  _globals['_TURN']._serialized_end=1368
+  _globals['_IMPRESSION']._serialized_end=839
+  _globals['_CLICK']._serialized_start=841
+  _globals['_CLICK']._serialized_end=906
+  _globals['_ACCEPT']._serialized_start=908
+  _globals['_ACCEPT']._serialized_end=956
+  _globals['_REJECT']._serialized_start=958
+  _globals['_REJECT']._serialized_end=1022
+  _globals['_INTERPRETATION']._serialized_start=1025
+  _globals['_INTERPRETATION']._serialized_end=1174
+  _globals['_INTERPRETATION_SLOTSENTRY']._serialized_start=1130
+  _globals['_INTERPRETATION_SLOTSENTRY']._serialized_end=1174
+  _globals['_TURN']._serialized_start=1177
+  _globals['_TURN']._serialized_end=1417
 # @@protoc_insertion_point(module_scope)

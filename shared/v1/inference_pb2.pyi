@@ -28,18 +28,24 @@ class RankRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., user: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., context: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Union[_features_pb2.Candidates, _Mapping]] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("request_id", "model", "version", "scores", "ranking")
+    __slots__ = ("request_id", "model", "version", "scores", "ranking", "base_scores", "compensated_scores", "memory_mode")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     RANKING_FIELD_NUMBER: _ClassVar[int]
+    BASE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    COMPENSATED_SCORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     version: str
     scores: _containers.RepeatedScalarFieldContainer[float]
     ranking: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., ranking: _Optional[_Iterable[int]] = ...) -> None: ...
+    base_scores: _containers.RepeatedScalarFieldContainer[float]
+    compensated_scores: _containers.RepeatedScalarFieldContainer[float]
+    memory_mode: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., ranking: _Optional[_Iterable[int]] = ..., base_scores: _Optional[_Iterable[float]] = ..., compensated_scores: _Optional[_Iterable[float]] = ..., memory_mode: _Optional[str] = ...) -> None: ...
 
 class RewriteRequest(_message.Message):
     __slots__ = ("tenant", "utterance", "user_id", "session_id", "context")
