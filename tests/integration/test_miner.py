@@ -27,16 +27,17 @@ WINDOW_MS = 2000
 
 @pytest.fixture
 def start_miner(broker, topics, workdir):
-    """``start_miner(app_id=None)`` -> a miner process on fresh topics (restartable by app id)."""
+    """``start_miner(app_id=None, window_ms=WINDOW_MS)`` -> a miner process on fresh topics
+    (restartable by app id)."""
     started = []
     ensure_topics(broker, topics.all(), 2)
 
-    def _start(app_id: str | None = None):
+    def _start(app_id: str | None = None, window_ms: int = WINDOW_MS):
         app_id = app_id or f"miner-{uuid.uuid4().hex[:8]}"
         mport = procs.free_port()
         env = {"LOOPWISE_KAFKA_BOOTSTRAP": broker, "LOOPWISE_APP_ID": app_id, "LOOPWISE_TOPIC_PARTITIONS": "2",
                "LOOPWISE_METRICS_PORT": str(mport), "LOOPWISE_GRPC_HOST": "127.0.0.1",
-               "LOOPWISE_ATTRIBUTION_WINDOW_MS": str(WINDOW_MS), "LOOPWISE_CLOSE_INTERVAL_S": "0.2",
+               "LOOPWISE_ATTRIBUTION_WINDOW_MS": str(window_ms), "LOOPWISE_CLOSE_INTERVAL_S": "0.2",
                "LOOPWISE_CHANGELOG_CATCH_UP": "true", **topics.env()}  # Tansu under-reports end offsets
         proc = procs.start_service("loopwise.miner", env, workdir / f"{app_id}-{len(started)}.log")
         started.append(proc)
@@ -82,6 +83,24 @@ def test_rank_and_feedback_become_examples_pairs_and_errors(start_miner, start_c
     assert len(errors) == 5 and all(len(e.key) == 64 for e in errors)
     dead = decode(read_records(broker, topics.deadletter, want=1, timeout=10), learning_pb2.DeadLetter)
     assert [d.reason for d in dead] == ["unknown_request"]
+
+
+def test_a_click_reaches_the_errors_topic_before_its_window_closes(start_miner, broker, topics):
+    """The error memory learns from a click at once: its positive PredictionError is on the
+    errors topic while the window (a minute) is still open; the negatives are not yet."""
+    start_miner(window_ms=60_000)
+    f = EventFactory("default")
+    producer = KafkaProducer(bootstrap_servers=broker)
+    imp = f.impression("r-now", ["a", "b", "c"], scores=[0.2, 0.7, 0.1])
+    imp.impression.candidates.CopyFrom(candidates(["a", "b", "c"]))
+    send(producer, topics.impressions, imp)
+    send(producer, topics.events, f.click("r-now", "b", position=2))
+    producer.flush()
+    started = time.monotonic()
+    errors = decode(read_records(broker, topics.errors, want=1, timeout=20, idle=1.0), learning_pb2.PredictionError)
+    assert time.monotonic() - started < 30  # well inside the 60 s window
+    assert [(e.candidate_id, e.label, e.request_id) for e in errors] == [("b", 1.0, "r-now")]
+    assert errors[0].served_score == pytest.approx(0.7)
 
 
 def test_malformed_and_invalid_records_are_dead_lettered_not_fatal(start_miner, broker, topics):

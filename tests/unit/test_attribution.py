@@ -337,3 +337,45 @@ def test_a_state_that_fails_to_close_is_dead_lettered_and_the_others_still_close
     assert sorted(e.candidate_id for e in out.examples if e.request_id == "r-good") == ["c0", "c1"]
     assert not any(e.request_id == "r-bad" for e in out.examples)
     assert b"k|r-bad" not in w.table and not w.more(T0 + 100 * WINDOW)
+
+
+# -- prediction errors: a label reaches the error memory as soon as it is known ---------------
+
+def test_a_click_makes_its_error_at_once_and_closing_never_repeats_it():
+    w = engine()
+    w.process(b"k", impression(3))
+    click = F.click("r1", "c1", position=2, at_ms=T0 + 5, user_id="u1")
+    clicked = w.process(b"k", click)
+    [err] = clicked.errors
+    assert (err.candidate_id, err.label, err.time_ms) == ("c1", 1.0, T0 + 5)
+    assert err.served_score == np.float32(0.9) and err.model == "ranker" and err.version == "v3"
+    accepted = w.process(b"k", F.accept("r1", "c2", at_ms=T0 + 6))
+    assert [(e.candidate_id, e.label) for e in accepted.errors] == [("c2", 1.0)]
+    assert not w.process(b"k", click).errors  # delivered again: a duplicate
+    assert not w.process(b"k", F.click("r1", "c1", at_ms=T0 + 7)).errors  # a second label: the first wins
+    assert not w.advance(T0 + WINDOW - 1).errors  # negatives wait for the window
+    closing = w.advance(T0 + WINDOW)
+    assert [(e.candidate_id, e.label) for e in closing.errors] == [("c0", 0.0)]
+    assert err.error_id not in {e.error_id for e in closing.errors}
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios())
+def test_errors_positives_at_once_one_per_candidate_same_ids_when_replayed(scenario):
+    """Every shown candidate gets exactly one error; an in-window click or accept gets it from
+    the feedback's own step (before any window closes); a worker that reads the same records
+    again after a crash (at-least-once) makes the same error ids, so consumers dedupe."""
+    n, feedback, events = scenario
+    w = engine()
+    before_close = [e for ev in events for e in w.process(b"k", ev).errors]
+    at_close = w.advance(T0 + 10 * WINDOW).errors
+    errors = before_close + at_close
+    assert sorted(e.candidate_id for e in errors) == [f"c{i}" for i in range(n)]
+    assert len({e.error_id for e in errors}) == n
+    positives = {getattr(ev, ev.WhichOneof("body")).candidate_id for ev, late in feedback
+                 if not late and ev.WhichOneof("body") in ("click", "accept")}
+    assert {e.candidate_id for e in before_close if e.label == 1.0} == positives
+    assert {e.candidate_id for e in errors if e.label == 1.0} == positives
+    replay = engine()
+    again = [e for ev in events for e in replay.process(b"k", ev).errors] + replay.advance(T0 + 10 * WINDOW).errors
+    assert sorted(e.error_id for e in again) == sorted(e.error_id for e in errors)
