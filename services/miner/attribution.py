@@ -15,6 +15,13 @@ replayed log is attributed exactly like live traffic:
 - feedback may precede its impression: it waits in the state for one window
   (from its own timestamp), then is dead-lettered as ``unknown_request``;
 - an event id seen before is a duplicate and changes nothing;
+- a prediction error (the error memory's input) is emitted with its label:
+  at once for a click, accept or reject, at close for a no-feedback
+  negative; one per shown candidate (id from tenant, request, candidate), so
+  a record read again after a crash repeats the id and consumers dedupe. Its
+  ``served_score`` is the model's own probability (the impression's
+  ``base_scores`` when serving logged them): what the memory compensates,
+  whether or not the memory's correction was served;
 - a state that raises when closed (poison stored before validation) is
   dead-lettered as ``processing_error`` and forgotten, never retried.
 
@@ -98,6 +105,9 @@ class _Shown:
         for i, cid in enumerate(self.ids):
             self.position.setdefault(cid, i + 1)  # a candidate shown twice counts where first shown
         self.scores = list(body.scores)
+        # The model's own probability (before the error memory) where serving logged it.
+        base = list(body.base_scores)
+        self.base = base if len(base) == len(self.ids) else self.scores
         self.logged = list(body.propensities)
         cands = body.candidates
         ranking = list(body.ranking)
@@ -321,7 +331,7 @@ class Attribution:
         return learning_pb2.PredictionError(
             error_id=stable_id(imp.tenant, imp.request_id, cid, "error"), tenant=imp.tenant,
             user_id=imp.user_id, request_id=imp.request_id, candidate_id=cid, label=label,
-            served_score=shown.scores[position - 1] if shown.scores else 0.0, key=shown.key(position),
+            served_score=shown.base[position - 1] if shown.base else 0.0, key=shown.key(position),
             model=imp.impression.model, version=imp.impression.version, time_ms=at_ms)
 
     def _pairs(self, shown: _Shown, labels: dict[str, tuple[str, events_pb2.Event]], at_ms: int

@@ -379,3 +379,16 @@ def test_errors_positives_at_once_one_per_candidate_same_ids_when_replayed(scena
     replay = engine()
     again = [e for ev in events for e in replay.process(b"k", ev).errors] + replay.advance(T0 + 10 * WINDOW).errors
     assert sorted(e.error_id for e in again) == sorted(e.error_id for e in errors)
+
+
+def test_an_error_carries_the_models_own_probability_when_the_memory_served():
+    """Mode "on": the impression's scores are compensated; the error memory compensates the
+    model's own probability, so that is the error's served_score (the example keeps the served one)."""
+    w = engine()
+    imp = impression(2)
+    imp.impression.base_scores[:] = [0.3, 0.2]
+    imp.impression.compensated_scores[:] = list(imp.impression.scores)
+    w.process(b"k", imp)
+    out = w.process(b"k", F.click("r1", "c1", at_ms=T0 + 1))
+    assert out.errors[0].served_score == np.float32(0.2) and out.examples[0].served_score == np.float32(0.9)
+    assert w.advance(T0 + WINDOW).errors[0].served_score == np.float32(0.3)
