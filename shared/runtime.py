@@ -7,6 +7,9 @@
   Prometheus registry (``/metrics``).
 - `ready_metric` makes a worker's readiness its ``loopwise_<name>_ready``
   gauge, so the probe and the metric never disagree.
+- `ConsumerLag`: a consumer's lag in records per (topic, partition), computed
+  when scraped from what the consumer already knows (its high-water marks and
+  the next offset it will hand over): nothing on the hot path.
 - `run_until_signal` builds a service inside the event loop, starts it and,
   on SIGTERM or SIGINT, stops it: the service's ``stop`` drains (readiness
   off, in-flight work finished within its grace period). A second signal
@@ -24,12 +27,13 @@ import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,37 @@ def _server_class(host: str, port: int) -> type[WSGIServer]:
 def ready_metric(registry: CollectorRegistry, name: str) -> Callable[[], bool]:
     """Readiness read from the 0/1 gauge ``name`` of ``registry``."""
     return lambda: registry.get_sample_value(name) == 1.0
+
+
+class ConsumerLag:
+    """Gauge ``name{topic,partition}``: records from the next one a consumer hands over to
+    its partition's high-water mark, read from `source` at each scrape (a partition not
+    read from yet in this process is absent; a negative difference reads 0).
+
+    >>> registry = CollectorRegistry()
+    >>> lag = ConsumerLag("example_consumer_lag_records", registry)
+    >>> lag.source = lambda: {("events", 0): 5, ("events", 1): -2}
+    >>> registry.get_sample_value("example_consumer_lag_records", {"topic": "events", "partition": "1"})
+    0.0
+    """
+
+    def __init__(self, name: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.source: Callable[[], Mapping[tuple[str, int], int]] = dict
+        registry.register(self)
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, "Records between what the consumer read and the partition's "
+                                 "high-water mark", labels=["topic", "partition"])
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = self._family()
+        for (topic, partition), lag in sorted(self.source().items()):
+            family.add_metric([topic, str(partition)], float(max(lag, 0)))
+        return [family]
 
 
 class MetricsServer:

@@ -43,6 +43,10 @@ class InferenceMetrics:
                                        "Impressions waiting to be produced", registry=r)
         self.model_info = Info("loopwise_inference_model", "Model version serving", ["tenant", "model"],
                                registry=r)
+        self.model_version = Gauge("loopwise_inference_model_version",
+                                   "Version number (v<N>: N) this replica serves (role serving) and the one "
+                                   "its pointer asks for (role wanted); they differ while a version is "
+                                   "loading or refused", ["tenant", "model", "role"], registry=r)
         self.model_loads = Counter("loopwise_inference_model_loads_total", "Model load attempts",
                                    ["tenant", "model", "result"], registry=r)
         self.models_serving = Gauge("loopwise_inference_models_serving", "Models loaded and serving",
@@ -78,3 +82,8 @@ class InferenceMetrics:
                                          ["result"], registry=r)
         self.rewrites = Counter("loopwise_inference_rewrites_total", "Rewrite calls by outcome",
                                 ["outcome"], registry=r)
+
+    def version(self, tenant: str, model: str, role: str, version: str) -> None:
+        """Set ``loopwise_inference_model_version`` (-1 for a version not of the form v<N>)."""
+        digits = version[1:] if version.startswith("v") else ""
+        self.model_version.labels(tenant, model, role).set(int(digits) if digits.isdigit() else -1)

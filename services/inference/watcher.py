@@ -139,6 +139,8 @@ class ModelWatcher:
         for key in keys:
             want = pointers.resolve(self._pointers.get(key), self._stored.get(key, (None, []))[0],
                                     self._latest.get(key))
+            if want is not None:
+                self.metrics.version(*key, "wanted", want)
             current = self.model_registry.get(*key)
             if want is None or (current is not None and current.version == want):
                 continue
@@ -210,6 +212,7 @@ class ModelWatcher:
             del self._seen[stale]
         self.metrics.model_loads.labels(tenant, model, "ok").inc()
         self.metrics.model_info.labels(tenant, model).info({"version": version})
+        self.metrics.version(tenant, model, "serving", version)
         self.metrics.models_serving.set(len(self.model_registry))
         took = time.monotonic() - seen if seen is not None else 0.0
         if old is not None:

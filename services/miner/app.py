@@ -74,6 +74,7 @@ def create_app(settings: MinerSettings | None = None) -> Miner:
     tables = create_tables(app, settings)
     metrics = MinerMetrics()
     positions = ReadPositions(consumer_highwater(app))
+    metrics.consumer_lag.source = positions.lag
     outbox = Outbox(settings.kafka_bootstrap)
     reformulation = ReformulationAgents(app, settings, metrics, topics, tables, positions)
     attribution = AttributionAgents(app, settings, metrics, topics, tables, positions, outbox,

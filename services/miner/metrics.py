@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from loopwise.runtime import ConsumerLag
+
 
 class MinerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.ready = Gauge("loopwise_miner_ready", "1 once the worker has its partitions", registry=r)
         self.records = Counter("loopwise_miner_records_total", "Records read", ["kind"], registry=r)
+        # per input (topic, partition): set its source to `recovery.ReadPositions.lag`
+        self.consumer_lag = ConsumerLag("loopwise_miner_consumer_lag_records", r)
         self.feedback_received = Counter("loopwise_miner_feedback_received_total",
                                          "Feedback events received (click, accept, reject)", registry=r)
         self.feedback_attributed = Counter("loopwise_miner_feedback_attributed_total",
@@ -50,6 +54,8 @@ class MinerMetrics:
         self.rules_created = Counter("loopwise_miner_rules_created_total", "Rewrite rules deployed", registry=r)
         self.rules_withdrawn = Counter("loopwise_miner_rules_withdrawn_total", "Rewrite rules withdrawn",
                                        ["reason"], registry=r)
+        for reason in ("rollback", "blocklisted", "superseded"):  # exported at 0 from the start (alerts)
+            self.rules_withdrawn.labels(reason)
         self.chain_states = Gauge("loopwise_miner_chain_states", "States of the reformulation chain", ["tenant"],
                                   registry=r)
         self.checkpoint_bytes = Gauge("loopwise_miner_reformulation_checkpoint_bytes",

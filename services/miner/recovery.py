@@ -36,8 +36,8 @@ class ReadPositions:
     >>> positions.caught_up("events", 0), positions.caught_up("events", 1)
     (False, True)
     >>> positions.record("events", 0, 9)
-    >>> positions.caught_up("events", 0)
-    True
+    >>> positions.caught_up("events", 0), positions.lag()
+    (True, {('events', 0): 0})
     """
 
     def __init__(self, highwater: Callable[[str, int], int | None]) -> None:
@@ -60,6 +60,19 @@ class ReadPositions:
             # its idle timeout decides, a stale high-water mark must not hold it forever
             return True
         return read >= high
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """{(topic, partition): high-water mark - next offset} of the inputs read in this run
+        and still assigned (the consumer's metric ``loopwise_miner_consumer_lag_records``)."""
+        out = {}
+        for (topic, partition), read in list(self._next.items()):
+            try:
+                high = self._highwater(topic, partition)
+            except Exception:  # noqa: BLE001 - no longer assigned, or no fetch yet
+                continue
+            if high is not None:
+                out[(topic, partition)] = high - read
+        return out
 
 
 def consumer_highwater(app: faust.App) -> Callable[[str, int], int | None]:

@@ -107,6 +107,7 @@ class Trainer:
         self._stopping = threading.Event()
         self._tasks: list[asyncio.Task] = []
         self._started = time.monotonic()
+        self.metrics.consumer_lag.source = self.lag
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -186,6 +187,19 @@ class Trainer:
             self.metrics.window_dropped.set(self.window.dropped_rows)
             for tenant, model in self.window.keys():
                 self._update_window_gauges(tenant, model)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """{(topic, partition): high-water mark - next offset} of the partitions read from and still
+        assigned (called from the metrics thread; reads only what the consumer last fetched)."""
+        consumer, out = self.consumer, {}
+        for tp, read in list(self._consumed.items()):
+            try:
+                high = consumer.highwater(tp) if consumer is not None else None
+            except Exception:  # noqa: BLE001 - revoked meanwhile
+                continue
+            if high is not None:
+                out[(tp.topic, tp.partition)] = high - read
+        return out
 
     async def _consume(self) -> None:
         assert self.consumer is not None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from loopwise.runtime import ConsumerLag
+
 
 class TrainerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -11,6 +13,8 @@ class TrainerMetrics:
         self.ready = Gauge("loopwise_trainer_ready", "1 once the consumer has its partitions", registry=r)
         self.records = Counter("loopwise_trainer_records_total", "Records read",
                                ["kind", "outcome"], registry=r)  # outcome: added, duplicate, other_tenant, dead
+        # per (topic, partition) of examples and preferences: its source is `Trainer.lag`
+        self.consumer_lag = ConsumerLag("loopwise_trainer_consumer_lag_records", r)
         self.commits = Counter("loopwise_trainer_commits_total", "Window flushes followed by an offset commit",
                                registry=r)
         self.window_rows = Gauge("loopwise_trainer_window_rows", "Rows in the replay window",
