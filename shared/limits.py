@@ -57,9 +57,10 @@ def impression_bytes_bound(request_bytes: int, ids_bytes: int, n: int, hidden_di
     """An upper bound of the serialised impression of a `Rank` request of
     ``request_bytes`` (``RankRequest.ByteSize()``) with ``n`` candidates whose
     ids take ``ids_bytes`` on the wire: the request's features and ids, the ids
-    again in served order, a float score and a ranking index per candidate and,
-    with ``hidden_dim``, the int8 representation and a float scale per row."""
-    per_candidate = 4 + _varint_bytes(max(n - 1, 0))
+    again in served order, three float scores (served, base, compensated) and
+    a ranking index per candidate and, with ``hidden_dim``, the int8
+    representation and a float scale per row."""
+    per_candidate = 12 + _varint_bytes(max(n - 1, 0))
     if hidden_dim:
         per_candidate += hidden_dim + 4
     return request_bytes + ids_bytes + n * per_candidate + IMPRESSION_OVERHEAD_BYTES

@@ -17,6 +17,7 @@ from loopwise.v1 import inference_pb2
 
 from . import models
 from .impressions import ImpressionEmitter
+from .memory import ErrorConsumer, MemoryBank
 from .metrics import InferenceMetrics
 from .rewrites import RewriteTable
 from .servicer import InferenceServicer
@@ -39,7 +40,9 @@ class Inference:
     NOT_SERVING while the emitter is degraded (Rank, and the service's
     health and ``/readyz``, stay SERVING: serving works, learning is at risk).
     `ModelWatcher` loads the first versions and hot-swaps later ones;
-    `RewriteTable` keeps the rewrite tables in memory.
+    `RewriteTable` keeps the rewrite tables in memory; `MemoryBank` holds the
+    error memories, fed by `ErrorConsumer` (every replica reads every error)
+    and reset by the watcher when a version starts serving.
     """
 
     def __init__(self, settings: InferenceSettings) -> None:
@@ -59,9 +62,16 @@ class Inference:
                         if settings.emit_impressions else None)
         self.rewrites = RewriteTable(self.redis, settings.tenants, self.metrics, poll_s=settings.rewrite_poll_s,
                                      full_refresh_s=settings.rewrite_full_refresh_s)
+        default, per_model = settings.memory_configs()
+        self.memory = MemoryBank(default, per_model, self.metrics, pending=settings.error_memory_pending)
+        self.errors = (ErrorConsumer(settings.kafka_bootstrap, settings.topics.errors, self.memory, self.metrics,
+                                     warmup_s=settings.error_memory_warmup_s,
+                                     warmup_records=settings.error_memory_warmup_records)
+                       if default.mode != "off" or any(c.mode != "off" for c in per_model.values()) else None)
         self.watcher = ModelWatcher(settings, self.store, self.model_registry, self.redis, self.metrics,
-                                    on_loaded=self._model_loaded)
-        self.servicer = InferenceServicer(settings, self.model_registry, self.emitter, self.rewrites, self.metrics)
+                                    on_loaded=self._model_loaded, on_swap=self._serving_version)
+        self.servicer = InferenceServicer(settings, self.model_registry, self.emitter, self.rewrites, self.metrics,
+                                          self.memory)
         service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
                                 metrics_host=settings.metrics_host, metrics_port=settings.metrics_port,
@@ -77,7 +87,8 @@ class Inference:
         await self.grpc.start()
         names = ([self.settings.topics.impressions, self.settings.topics.deadletter]
                  if self.emitter is not None else []) + (
-            [self.settings.topics.models] if self.settings.watch_announcements else [])
+            [self.settings.topics.models] if self.settings.watch_announcements else []) + (
+            [self.settings.topics.errors] if self.errors is not None else [])
         if names:
             try:
                 await asyncio.get_running_loop().run_in_executor(
@@ -89,12 +100,18 @@ class Inference:
             await self._impressions_degraded(self.emitter.degraded)
             self.emitter.start()
         self.rewrites.start()
+        if self.errors is not None:
+            self.errors.start()
         self.watcher.start()
         log.info("inference started", extra={"port": self.grpc.port, "metrics_port": self.grpc.metrics_port})
 
     async def _impressions_degraded(self, degraded: bool) -> None:
         await self.grpc.health.set(IMPRESSIONS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING if degraded
                                    else health_pb2.HealthCheckResponse.SERVING)
+
+    def _serving_version(self, loaded: models.LoadedModel) -> None:
+        """A version serves now: its error memory starts (fresh, or the one it had if it was just replaced)."""
+        self.memory.serve(loaded.tenant, loaded.model, loaded.version, loaded.manifest.hidden_dim)
 
     async def _model_loaded(self) -> None:
         if not self._serving and len(self.model_registry):
@@ -105,6 +122,8 @@ class Inference:
 
     async def stop(self) -> None:
         await self.watcher.stop()
+        if self.errors is not None:
+            await self.errors.stop()
         await self.rewrites.stop()
         await self.grpc.stop(self.settings.grace_s, self.settings.drain_s)
         if self.emitter is not None:

@@ -57,9 +57,11 @@ Record = tuple[bytes, bytes]
 
 def build_impression(tenant: str, request: Any, request_id: str, model: str, version: str,
                      scores: np.ndarray, ranking: np.ndarray, hidden: np.ndarray | None,
-                     at_ms: int) -> events_pb2.Event:
-    """The Impression of one Rank call: ids and scores in served order; the
-    request's features copied as they came (C-level copies), with `ranking`."""
+                     at_ms: int, base: np.ndarray | None = None,
+                     compensated: np.ndarray | None = None) -> events_pb2.Event:
+    """The Impression of one Rank call: ids and served scores in served order
+    (the model's own and the error memory's too, when given); the request's
+    features copied as they came (C-level copies), with `ranking`."""
     event = events_pb2.Event(event_id=stamps.new_event_id(), tenant=tenant, user_id=request.user_id,
                              session_id=request.session_id, request_id=request_id, client_time_ms=at_ms,
                              received_time_ms=at_ms)
@@ -69,6 +71,10 @@ def build_impression(tenant: str, request: Any, request_id: str, model: str, ver
     imp.source = "inference"
     imp.candidate_ids.extend(np.asarray(request.candidates.ids, dtype=object)[ranking].tolist())
     imp.scores.extend(scores[ranking].tolist())
+    if base is not None:
+        imp.base_scores.extend(base[ranking].tolist())
+    if compensated is not None:
+        imp.compensated_scores.extend(compensated[ranking].tolist())
     imp.ranking.extend(ranking.tolist())
     imp.user.CopyFrom(request.user)
     imp.context.CopyFrom(request.context)
@@ -85,7 +91,7 @@ def skeleton(event: events_pb2.Event) -> events_pb2.Event:
     out = events_pb2.Event()
     out.CopyFrom(event)
     imp = out.impression
-    for name in ("candidate_ids", "scores", "ranking", "user", "context", "candidates", "representation",
+    for name in ("candidate_ids", "scores", "base_scores", "compensated_scores", "ranking", "user", "context", "candidates", "representation",
                  "representation_dim", "representation_scale", "propensities"):
         imp.ClearField(name)
     return out
@@ -112,7 +118,8 @@ class ImpressionEmitter:
         metrics.impressions_degraded.set(1)
 
     def offer(self, item: tuple) -> None:
-        """Never blocks: (tenant, request, request_id, model, version, scores, ranking, hidden, at_ms)."""
+        """Never blocks: (tenant, request, request_id, model, version, scores, ranking, hidden, at_ms[,
+        base, compensated]) — the arguments of `build_impression`."""
         if self._closing:
             self.metrics.impressions_dropped.labels("shutdown").inc()
             return

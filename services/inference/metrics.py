@@ -82,6 +82,41 @@ class InferenceMetrics:
                                          ["result"], registry=r)
         self.rewrites = Counter("loopwise_inference_rewrites_total", "Rewrite calls by outcome",
                                 ["outcome"], registry=r)
+        # Error memory (memory/): fill, writes, lag, compensation, prequential scores.
+        self.memory_fill = Gauge("loopwise_inference_memory_fill",
+                                 "Fraction of the serving version's error sketch buckets holding anything",
+                                 ["tenant", "model"], registry=r)
+        self.memory_bytes = Gauge("loopwise_inference_memory_bytes", "Bytes of one version's error sketch",
+                                  ["tenant", "model"], registry=r)
+        self.memory_writes = Counter(
+            "loopwise_inference_memory_writes_total",
+            "Prediction errors read for the error memory, by result: written, pending (version not serving "
+            "here yet), ignored (mode off), malformed (undecodable, wrong key size, non-finite)",
+            ["tenant", "model", "result"], registry=r)
+        self.memory_resets = Counter("loopwise_inference_memory_resets_total",
+                                     "Error memories started fresh (a version started serving)",
+                                     ["tenant", "model"], registry=r)
+        self.memory_lag = Histogram("loopwise_inference_memory_lag_seconds",
+                                    "From a prediction error produced to written in the memory", registry=r,
+                                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 60))
+        self.memory_compensation = Histogram(
+            "loopwise_inference_memory_compensation",
+            "Mean |compensated - base| probability per Rank call, by mode (shadow: computed, not served)",
+            ["mode"], registry=r, buckets=(0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5))
+        self.memory_consumer_up = Gauge("loopwise_inference_memory_consumer_up",
+                                        "1 while the errors topic is read into the error memory", registry=r)
+        self.memory_scored = Counter("loopwise_inference_memory_scored_total",
+                                     "Prediction errors scored before being written (prequential)",
+                                     ["tenant", "model"], registry=r)
+        self.memory_squared_error = Counter(
+            "loopwise_inference_memory_squared_error_total",
+            "Sum of (score - label)^2 of the scored errors by scorer: base (served prediction) or memory "
+            "(compensated by the memory as it was before the error); / scored_total = Brier score",
+            ["tenant", "model", "scorer"], registry=r)
+        self.memory_score = Histogram(
+            "loopwise_inference_memory_score",
+            "Scores of the scored errors by scorer and label: the buckets give online AUC of base vs memory",
+            ["tenant", "model", "scorer", "label"], registry=r, buckets=tuple(i / 20 for i in range(1, 21)))
 
     def version(self, tenant: str, model: str, role: str, version: str) -> None:
         """Set ``loopwise_inference_model_version`` (-1 for a version not of the form v<N>)."""

@@ -16,6 +16,12 @@ too late. An abandoned call's impression is counted
 (``impressions_dropped_total{reason="abandoned"}``), never emitted: its
 candidates were not seen. The rule errs on the safe side: a call answered
 within the margin of its deadline loses its impression even if it arrived.
+
+The error memory (`memory.MemoryBank`) compensates the model's scores with
+one vectorised read per call, in the same step as the model (off the event
+loop with it for large calls): in mode ``on`` the compensated scores are
+served, in ``shadow`` they are computed and the base is served. The answer
+and the impression carry both (``base_scores``, ``compensated_scores``).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from loopwise.limits import (
 from loopwise.v1 import inference_pb2, inference_pb2_grpc
 
 from .impressions import ImpressionEmitter
+from .memory import MemoryBank, ModelMemory
 from .metrics import InferenceMetrics
 from .models import LoadedModel, ModelRegistry
 from .rewrites import RewriteTable
@@ -70,8 +77,9 @@ def _expired(context, margin_s: float) -> bool:
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, settings: InferenceSettings, model_registry: ModelRegistry, emitter: ImpressionEmitter | None,
-                 rewrites: RewriteTable, metrics: InferenceMetrics) -> None:
+                 rewrites: RewriteTable, metrics: InferenceMetrics, memory: MemoryBank | None = None) -> None:
         self.settings = settings
+        self.memory = memory
         self.model_registry = model_registry
         self.emitter = emitter
         self.rewrites = rewrites
@@ -105,20 +113,29 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                   f"{MAX_EVENT_BYTES}: fewer candidates or smaller features",
                                   reason="impression_too_large",
                                   violations=[("request", f"impression at most {MAX_EVENT_BYTES} bytes")])
+        memory = (self.memory.for_rank(tenant, loaded.model, loaded.version, loaded.manifest.hidden_dim)
+                  if self.memory is not None else None)
         start = time.perf_counter()
         if n > self.settings.offload_candidates:
-            prob, hidden = await asyncio.get_running_loop().run_in_executor(None, self._score, loaded, request)
+            base, hidden, compensated = await asyncio.get_running_loop().run_in_executor(
+                None, self._score, loaded, memory, request)
         else:
-            prob, hidden = self._score(loaded, request)
-        ranking = np.argsort(-prob, kind="stable")
+            base, hidden, compensated = self._score(loaded, memory, request)
+        served = compensated if compensated is not None and memory is not None and memory.serves else base
+        ranking = np.argsort(-served, kind="stable")
         self.metrics.score_seconds.observe(time.perf_counter() - start)
         self.metrics.candidates.observe(n)
+        mode = memory.config.mode if memory is not None else "off"
+        if compensated is not None:
+            self.metrics.memory_compensation.labels(mode).observe(float(np.abs(compensated - base).mean()))
         request_id = request.request_id or uuid.uuid4().hex
         if self.emitter is not None:
             self._offer_when_delivered(context, (tenant, request, request_id, loaded.model, loaded.version,
-                                                 prob, ranking, hidden, stamps.now_ms()))
-        return inference_pb2.RankResponse(request_id=request_id, model=loaded.model, version=loaded.version,
-                                          scores=prob.tolist(), ranking=ranking.tolist())
+                                                 served, ranking, hidden, stamps.now_ms(), base, compensated))
+        return inference_pb2.RankResponse(
+            request_id=request_id, model=loaded.model, version=loaded.version, scores=served.tolist(),
+            ranking=ranking.tolist(), base_scores=base.tolist(),
+            compensated_scores=compensated.tolist() if compensated is not None else (), memory_mode=mode)
 
     def _offer_when_delivered(self, context, item: tuple) -> None:
         """Offer the impression once the call is done, unless it was abandoned."""
@@ -138,13 +155,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context.add_done_callback(done)
 
     @staticmethod
-    def _score(loaded: LoadedModel, request: inference_pb2.RankRequest) -> tuple[np.ndarray, np.ndarray]:
+    def _score(loaded: LoadedModel, memory: ModelMemory | None, request: inference_pb2.RankRequest
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The model's probabilities, its hidden layer, and the memory's compensation (None without one)."""
         try:
             sparse, dense = loaded.builder.build(request.user_id, request.user, request.context,
                                                  request.candidates)
         except FeatureError as exc:
             raise InvalidArgument(str(exc), violations=[(exc.field, str(exc))]) from None
-        return loaded.score(sparse, dense)
+        prob, hidden = loaded.score(sparse, dense)
+        if memory is None or hidden.ndim != 2 or hidden.shape[1] != memory.dim:
+            return prob, hidden, None
+        return prob, hidden, memory.compensate(prob, hidden)
 
     @rpc("Rewrite")
     async def Rewrite(self, request: inference_pb2.RewriteRequest, context) -> inference_pb2.RewriteResponse:  # noqa: N802

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from loopwise.modelstore.contract import DEFAULT_MODEL
 from loopwise.settings import GrpcSettings
 
+from .memory.compensate import Params
+from .memory.config import MemoryConfig, per_model
+
 
 @dataclass(frozen=True)
 class InferenceSettings(GrpcSettings):
@@ -40,3 +43,29 @@ class InferenceSettings(GrpcSettings):
     rewrite_poll_s: float = 0.5
     # Full re-read of a rewrite table even when its counter did not move.
     rewrite_full_refresh_s: float = 30.0
+    # Error memory (memory/, docs/methods.md §1), per model: off | shadow (computed, the base is
+    # served) | on (the compensated probability is served). Defaults for every model, overridden per
+    # model by LOOPWISE_ERROR_MEMORY_MODELS ("ranker:mode=on,lambda=0.4;other:mode=off").
+    error_memory_mode: str = "shadow"
+    error_memory_k: int = 32  # K arrays
+    error_memory_bits: int = 12  # L: 2^L buckets per array
+    error_memory_lambda: float = 0.5
+    error_memory_tau: float = 1.0
+    error_memory_gamma: float = 1.0
+    error_memory_prior: float = 1.0  # pseudo-count shrinking thin buckets toward no correction
+    error_memory_half_life_s: float = 0.0  # decay in stream time; 0: none (reset on a version swap)
+    error_memory_seed: int = 0  # the hyperplanes: the same on every replica
+    error_memory_models: str = ""
+    # On start, errors of the last this many seconds are read (at most warmup_records per partition).
+    error_memory_warmup_s: float = 900.0
+    error_memory_warmup_records: int = 100_000
+    # Errors of a version not serving here yet, kept per (tenant, model) for when it does.
+    error_memory_pending: int = 50_000
+
+    def memory_configs(self) -> tuple[MemoryConfig, dict[str, MemoryConfig]]:
+        """The default error memory config and the per-model ones."""
+        default = MemoryConfig(mode=self.error_memory_mode, k=self.error_memory_k, bits=self.error_memory_bits,
+                               params=Params(lam=self.error_memory_lambda, tau=self.error_memory_tau,
+                                             gamma=self.error_memory_gamma, prior=self.error_memory_prior),
+                               half_life_s=self.error_memory_half_life_s, seed=self.error_memory_seed)
+        return default, per_model(default, self.error_memory_models)

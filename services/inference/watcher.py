@@ -57,8 +57,11 @@ MISSING_RETRY_S = 5.0
 class ModelWatcher:
     def __init__(self, settings: InferenceSettings, store: ModelStore, model_registry: models.ModelRegistry,
                  redis: aioredis.Redis, metrics: InferenceMetrics,
-                 on_loaded: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_loaded: Callable[[], Awaitable[None]] | None = None,
+                 on_swap: Callable[[models.LoadedModel], object] | None = None) -> None:
         self.settings = settings
+        # Called with each version as it starts serving (the error memory resets there).
+        self.on_swap = on_swap
         self.store = store
         self.model_registry = model_registry
         self.redis = redis
@@ -204,6 +207,8 @@ class ModelWatcher:
                 self._refuse(key, version, "error", repr(exc))
                 return False
         old = self.model_registry.put(loaded)
+        if self.on_swap is not None:
+            self.on_swap(loaded)
         if old is not None:
             self._previous[key] = old
         self._refused.pop((key, version), None)

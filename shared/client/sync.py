@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -42,11 +42,17 @@ class Ranked:
     candidate_ids: list[str]
     scores: list[float]
     ranking: list[int]
+    # The model's own scores and the error memory's (empty when its mode is off),
+    # aligned with candidate_ids; `scores` is one of them (see `memory_mode`).
+    base_scores: list[float] = field(default_factory=list)
+    compensated_scores: list[float] = field(default_factory=list)
+    memory_mode: str = ""
 
     @classmethod
     def of(cls, ids: Sequence[str], response: inference_pb2.RankResponse) -> Ranked:
         return cls(response.request_id, response.model, response.version, list(ids), list(response.scores),
-                   list(response.ranking))
+                   list(response.ranking), list(response.base_scores), list(response.compensated_scores),
+                   response.memory_mode)
 
     def top(self, k: int) -> list[str]:
         """The k best candidate ids, in served order."""

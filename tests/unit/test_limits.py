@@ -34,7 +34,7 @@ def impression_of(request: inference_pb2.RankRequest, hidden_dim: int = coldstar
     ranking = np.argsort(-scores, kind="stable")
     hidden = rng.standard_normal((n, hidden_dim), dtype=np.float32) if hidden_dim else None
     return build_impression("default", request, request.request_id, "ranker", "v12", scores, ranking, hidden,
-                            stamps.now_ms())
+                            stamps.now_ms(), scores, scores)  # served, base and compensated scores
 
 
 @pytest.mark.parametrize("n,id_len", [(1, 8), (100, 8), (2_900, 8), (10_000, 8), (10_000, 24)])

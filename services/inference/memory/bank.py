@@ -1,0 +1,199 @@
+"""Error memories per (tenant, model, version), fed by prediction errors, read by `Rank`.
+
+A memory belongs to one model version: when a version starts serving
+(`MemoryBank.serve`, called by the watcher on a swap, and lazily by the
+first `Rank` of a version) it gets a fresh sketch, warm-started from the
+errors of that version already read (errors of a version this replica does
+not serve yet wait in a bounded pending queue per (tenant, model): another
+replica may have swapped first). The replaced version's memory is kept
+until the next swap, so a rollback finds it; its errors are still written.
+
+Before a batch of errors is written, the memory's current compensation of
+each error's served prediction is scored against its label (prequential):
+squared error and a score histogram per scorer (``base``, ``memory``), from
+which online Brier score and AUC of base vs compensated follow in every
+mode but ``off``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+
+import numpy as np
+
+from loopwise.v1 import learning_pb2
+
+from ..metrics import InferenceMetrics
+from .compensate import compensate
+from .config import MemoryConfig
+from .sketch import Sketch, canonical
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+class ModelMemory:
+    """The error memory of one (tenant, model, version)."""
+
+    def __init__(self, tenant: str, model: str, version: str, dim: int, config: MemoryConfig) -> None:
+        self.tenant, self.model, self.version, self.dim = tenant, model, version, dim
+        self.config = config
+        self.sketch = Sketch(dim, config.k, config.bits, seed=config.seed, half_life_s=config.half_life_s)
+
+    @property
+    def serves(self) -> bool:
+        """Whether the compensated scores are served (mode ``on``) or only computed."""
+        return self.config.mode == "on"
+
+    def compensate(self, p_base: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+        """Compensated probabilities of one call (one vectorised read)."""
+        return compensate(p_base, self.sketch.read(canonical(hidden)), self.config.params)
+
+    def write(self, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray, times_s: np.ndarray) -> None:
+        self.sketch.write(canonical(keys), labels, preds, times_s)
+
+
+class MemoryBank:
+    def __init__(self, default: MemoryConfig, overrides: dict[str, MemoryConfig] | None = None,
+                 metrics: InferenceMetrics | None = None, *, pending: int = 50_000) -> None:
+        self.default = default
+        self.overrides = dict(overrides or {})
+        self.metrics = metrics
+        self.pending_max = pending
+        self._current: dict[Key, ModelMemory] = {}
+        self._previous: dict[Key, ModelMemory] = {}
+        self._pending: dict[Key, deque[learning_pb2.PredictionError]] = {}
+
+    def config(self, model: str) -> MemoryConfig:
+        return self.overrides.get(model, self.default)
+
+    def get(self, tenant: str, model: str, version: str) -> ModelMemory | None:
+        """The memory of a version this replica serves or just replaced, if any."""
+        for memories in (self._current, self._previous):
+            memory = memories.get((tenant, model))
+            if memory is not None and memory.version == version:
+                return memory
+        return None
+
+    def for_rank(self, tenant: str, model: str, version: str, dim: int) -> ModelMemory | None:
+        """The serving version's memory (None when its mode is ``off``): a dict lookup, or `serve` once."""
+        memory = self._current.get((tenant, model))
+        if memory is not None and memory.version == version:
+            return memory
+        return self.serve(tenant, model, version, dim)
+
+    def serve(self, tenant: str, model: str, version: str, dim: int) -> ModelMemory | None:
+        """``version`` serves now: its memory becomes current (fresh unless it was the one replaced)."""
+        config = self.config(model)
+        key = (tenant, model)
+        current = self._current.get(key)
+        if config.mode == "off" or dim <= 0:
+            return None
+        if current is not None and current.version == version:
+            return current
+        previous = self._previous.get(key)
+        if previous is not None and previous.version == version:
+            memory = previous
+        else:
+            memory = ModelMemory(tenant, model, version, dim, config)
+            waiting = self._pending.get(key)
+            if waiting:
+                mine = [e for e in waiting if e.version == version]
+                self._pending[key] = deque((e for e in waiting if e.version != version), maxlen=self.pending_max)
+                self._write(memory, mine, None)
+            if self.metrics is not None:
+                self.metrics.memory_resets.labels(tenant, model).inc()
+                self.metrics.memory_bytes.labels(tenant, model).set(memory.sketch.nbytes)
+            log.info("error memory started", extra={"tenant": tenant, "model": model, "version": version,
+                                                    "mode": config.mode, "k": config.k, "bits": config.bits,
+                                                    "warm_errors": memory.sketch.writes,
+                                                    "bytes": memory.sketch.nbytes})
+        if current is not None:
+            self._previous[key] = current
+        self._current[key] = memory
+        self._observe_fill(memory)
+        return memory
+
+    def write(self, errors: Iterable[learning_pb2.PredictionError], produced_ms: list[int] | None = None) -> int:
+        """Write a batch of errors to their versions' memories; returns how many were written.
+
+        ``produced_ms`` (aligned with ``errors``): when each record was produced, for the lag metric.
+        """
+        groups: dict[tuple[str, str, str], list[int]] = {}
+        errors = list(errors)
+        for i, e in enumerate(errors):
+            groups.setdefault((e.tenant, e.model, e.version), []).append(i)
+        written = 0
+        for (tenant, model, version), rows in groups.items():
+            batch = [errors[i] for i in rows]
+            memory = self.get(tenant, model, version)
+            if memory is None:
+                self._park(tenant, model, batch)
+                continue
+            lag = [produced_ms[i] for i in rows] if produced_ms is not None else None
+            written += self._write(memory, batch, lag)
+        return written
+
+    def _park(self, tenant: str, model: str, batch: list[learning_pb2.PredictionError]) -> None:
+        if self.config(model).mode == "off":
+            self._count(tenant, model, "ignored", len(batch))
+            return
+        queue = self._pending.setdefault((tenant, model), deque(maxlen=self.pending_max))
+        queue.extend(batch)
+        self._count(tenant, model, "pending", len(batch))
+
+    def _write(self, memory: ModelMemory, batch: list[learning_pb2.PredictionError],
+               produced_ms: list[int] | None) -> int:
+        ok = [e for e in batch if len(e.key) == memory.dim]
+        if len(ok) < len(batch):
+            self._count(memory.tenant, memory.model, "malformed", len(batch) - len(ok))
+        if not ok:
+            return 0
+        keys = np.array([e.key for e in ok], dtype=np.float32)
+        labels = np.array([e.label for e in ok], dtype=np.float32)
+        preds = np.array([e.served_score for e in ok], dtype=np.float32)
+        times = np.array([e.time_ms for e in ok], dtype=np.float64) / 1000.0
+        finite = np.isfinite(keys).all(axis=1) & np.isfinite(labels) & np.isfinite(preds)
+        if not finite.all():
+            self._count(memory.tenant, memory.model, "malformed", int((~finite).sum()))
+            keys, labels, preds, times = keys[finite], labels[finite], preds[finite], times[finite]
+        if len(keys) == 0:
+            return 0
+        preds = np.clip(preds, 0.0, 1.0)
+        self._score(memory, keys, labels, preds)
+        memory.write(keys, labels, preds, times)
+        self._count(memory.tenant, memory.model, "written", len(keys))
+        if self.metrics is not None and produced_ms is not None:
+            now_ms = time.time() * 1000
+            for at in produced_ms:
+                if at > 0:
+                    self.metrics.memory_lag.observe(max(now_ms - at, 0.0) / 1000.0)
+        self._observe_fill(memory)
+        return len(keys)
+
+    def _score(self, memory: ModelMemory, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> None:
+        """Prequential: base vs compensated prediction of each error before it is written."""
+        if self.metrics is None:
+            return
+        m = self.metrics
+        compensated = memory.compensate(preds, keys)
+        key = (memory.tenant, memory.model)
+        m.memory_scored.labels(*key).inc(len(labels))
+        for scorer, p in (("base", preds), ("memory", compensated)):
+            m.memory_squared_error.labels(*key, scorer).inc(float(((p - labels) ** 2).sum()))
+            positive = m.memory_score.labels(*key, scorer, "1")
+            negative = m.memory_score.labels(*key, scorer, "0")
+            for value, label in zip(p.tolist(), labels.tolist(), strict=True):
+                (positive if label >= 0.5 else negative).observe(value)
+
+    def _observe_fill(self, memory: ModelMemory) -> None:
+        if self.metrics is not None:
+            self.metrics.memory_fill.labels(memory.tenant, memory.model).set(memory.sketch.fill())
+
+    def _count(self, tenant: str, model: str, result: str, n: int) -> None:
+        if self.metrics is not None and n:
+            self.metrics.memory_writes.labels(tenant, model, result).inc(n)

@@ -1,0 +1,61 @@
+"""Per-model error memory configuration: defaults from the settings, overrides by model name.
+
+``LOOPWISE_ERROR_MEMORY_MODELS`` overrides the defaults for named models:
+``model:key=value,key=value;model2:...`` with keys ``mode`` (off | shadow |
+on), ``k``, ``bits`` (L), ``lambda``, ``tau``, ``gamma``, ``prior``,
+``half_life_s`` — e.g. ``ranker:mode=on,lambda=0.4;cold:mode=off``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .compensate import Params
+
+MODES = ("off", "shadow", "on")
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    mode: str = "shadow"
+    k: int = 32
+    bits: int = 12
+    params: Params = Params()
+    half_life_s: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"error memory mode {self.mode!r}: one of {', '.join(MODES)}")
+        p = self.params
+        if not (0 <= p.gamma <= 1 and p.tau > 0 and p.lam >= 0 and p.prior >= 0 and self.half_life_s >= 0):
+            raise ValueError(f"error memory parameters out of range: {self}")
+
+    def with_overrides(self, spec: str) -> MemoryConfig:
+        """This config with ``key=value,...`` applied."""
+        config, params = {}, {}
+        for item in filter(None, (x.strip() for x in spec.split(","))):
+            key, _, value = item.partition("=")
+            key, value = key.strip(), value.strip()
+            if key == "mode":
+                config["mode"] = value
+            elif key in ("k", "bits", "seed"):
+                config[key] = int(value)
+            elif key == "half_life_s":
+                config[key] = float(value)
+            elif key in ("lambda", "tau", "gamma", "prior"):
+                params["lam" if key == "lambda" else key] = float(value)
+            else:
+                raise ValueError(f"unknown error memory setting {key!r}")
+        return replace(self, params=replace(self.params, **params), **config)
+
+
+def per_model(default: MemoryConfig, spec: str) -> dict[str, MemoryConfig]:
+    """{model: config} from ``model:key=value,...;model2:...``."""
+    out = {}
+    for part in filter(None, (x.strip() for x in spec.split(";"))):
+        model, sep, rest = part.partition(":")
+        if not sep or not model.strip():
+            raise ValueError(f"error memory override {part!r}: expected model:key=value,...")
+        out[model.strip()] = default.with_overrides(rest)
+    return out

@@ -1,0 +1,118 @@
+"""The locality-sensitive error sketch (RACE; docs/methods.md §1, item 7).
+
+K arrays of 2^L buckets; each bucket keeps (count, sum of labels, sum of
+served predictions) and the time of its last write. A key (the model's
+hidden representation) falls in one bucket per array: the L signs of its
+projections on L fixed random hyperplanes (sign random projection), so keys
+at a small angle share buckets. Memory is constant (``nbytes``), a write and
+a read touch K buckets per key, and both are vectorised over a whole batch:
+one matrix product, one gather (read) or ``np.add.at`` (write), no Python
+loop per key.
+
+Keys are hashed as they travel: `loopwise.representation` int8 with a scale
+per row (`canonical`), so a read at `Rank` (float32 from the model) and a
+write from a `PredictionError` (decoded from the impression) land in the
+same buckets. The hyperplanes come from ``seed``: every replica builds the
+same sketch.
+
+Decay (``half_life_s`` > 0): a bucket's sums are scaled by
+``0.5 ** (dt / half_life_s)`` since its last write, in the stream's time
+(the newest error written so far), so replays and live traffic decay alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from loopwise import representation
+
+from .compensate import Neighbours
+
+
+def canonical(keys: np.ndarray) -> np.ndarray:
+    """Keys as an impression carries them (int8 with a per-row scale), decoded."""
+    keys = np.asarray(keys, dtype=np.float32)
+    data, scale = representation.encode(keys)
+    return representation.decode(data, scale, keys.shape[1])
+
+
+class Sketch:
+    def __init__(self, dim: int, k: int = 32, bits: int = 12, *, seed: int = 0, half_life_s: float = 0.0) -> None:
+        if not (1 <= bits <= 24 and k >= 1 and dim >= 1):
+            raise ValueError(f"sketch needs dim >= 1, k >= 1, 1 <= L <= 24 (got {dim}, {k}, {bits})")
+        self.dim, self.k, self.bits = dim, k, bits
+        self.half_life_s = half_life_s
+        rng = np.random.default_rng(seed)
+        self.planes = rng.standard_normal((dim, k * bits)).astype(np.float32)
+        self._powers = (1 << np.arange(bits, dtype=np.int64))
+        self._offsets = np.arange(k, dtype=np.int64) << bits
+        size = k << bits
+        self.count = np.zeros(size, dtype=np.float32)
+        self.sum_y = np.zeros(size, dtype=np.float32)
+        self.sum_pred = np.zeros(size, dtype=np.float32)
+        self.stamp = np.zeros(size, dtype=np.float64)
+        self.clock = 0.0  # the newest write's time, seconds
+        self.writes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return (self.count.nbytes + self.sum_y.nbytes + self.sum_pred.nbytes + self.stamp.nbytes
+                + self.planes.nbytes)
+
+    def fill(self) -> float:
+        """Fraction of buckets holding anything."""
+        return float(np.count_nonzero(self.count)) / self.count.size
+
+    def buckets(self, keys: np.ndarray) -> np.ndarray:
+        """[n, K] flat bucket indices of ``keys`` [n, dim] (hashed as given: see `canonical`)."""
+        bits = (np.asarray(keys, dtype=np.float32) @ self.planes) > 0
+        codes = bits.reshape(len(bits), self.k, self.bits).astype(np.int64) @ self._powers
+        return codes + self._offsets
+
+    def _decay(self, idx: np.ndarray, now: float) -> np.ndarray:
+        """Factor per bucket in ``idx`` from its last write to ``now``."""
+        if self.half_life_s <= 0:
+            return np.ones(idx.shape, dtype=np.float32)
+        dt = np.maximum(now - self.stamp[idx], 0.0)
+        return (0.5 ** (dt / self.half_life_s)).astype(np.float32)
+
+    def write(self, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray,
+              times_s: np.ndarray | None = None) -> None:
+        """Add a batch of errors: keys [n, dim], labels and served predictions [n], times (s) [n]."""
+        keys = np.asarray(keys, dtype=np.float32)
+        n = len(keys)
+        if n == 0:
+            return
+        idx = self.buckets(keys)
+        y = np.repeat(np.asarray(labels, dtype=np.float32), self.k)
+        p = np.repeat(np.asarray(preds, dtype=np.float32), self.k)
+        flat = idx.reshape(-1)
+        if self.half_life_s > 0:
+            t = np.full(n, self.clock) if times_s is None else np.asarray(times_s, dtype=np.float64)
+            now = max(self.clock, float(t.max()))
+            touched = np.unique(flat)
+            factor = self._decay(touched, now)
+            for arr in (self.count, self.sum_y, self.sum_pred):
+                arr[touched] *= factor
+            self.stamp[touched] = now
+            self.clock = now
+            w = np.repeat((0.5 ** ((now - t) / self.half_life_s)).astype(np.float32), self.k)
+        else:
+            if times_s is not None:
+                self.clock = max(self.clock, float(np.max(times_s)))
+            w = np.ones(len(flat), dtype=np.float32)
+        np.add.at(self.count, flat, w)
+        np.add.at(self.sum_y, flat, w * y)
+        np.add.at(self.sum_pred, flat, w * p)
+        self.writes += n
+
+    def read(self, keys: np.ndarray) -> Neighbours:
+        """One pseudo-neighbour per array: similarity = the bucket's count over the
+        fullest of the key's K buckets (in [0, 1]), and the bucket's sums."""
+        idx = self.buckets(keys)
+        factor = self._decay(idx, self.clock)
+        count = self.count[idx] * factor
+        top = count.max(axis=1, keepdims=True)
+        sim = np.divide(count, top, out=np.zeros_like(count), where=top > 0)
+        return Neighbours(sim=sim, count=count, sum_y=self.sum_y[idx] * factor,
+                          sum_pred=self.sum_pred[idx] * factor)

@@ -1,0 +1,87 @@
+"""The error memory on the real stack: prediction errors on the errors topic move
+`Rank`'s scores on every replica, in the region of representation space they
+came from and not elsewhere; shadow mode computes and does not serve."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from kafka import KafkaProducer
+
+from loopwise import representation
+from loopwise.client import Client
+from loopwise.v1 import learning_pb2
+
+from .kafka_read import read_events
+from .test_inference import target, wait_serving
+
+# Region A: popular candidates (the cold-start model's hidden layer points along its
+# popularity unit); elsewhere: unpopular ones (hidden orthogonal to it).
+POPULAR = [f"p{i}" for i in range(10)]
+UNPOPULAR = [f"u{i}" for i in range(10)]
+IDS = POPULAR + UNPOPULAR
+FEATURES = {"popularity": [0.9] * 10 + [0.0] * 10, "genre": ["Drama", "Comedy"] * 10}
+
+
+def rank(service):
+    with Client(inference=target(service)) as lw:
+        return lw.rank(IDS, user_id="u1", request_id=f"r{time.monotonic_ns()}", features=FEATURES)
+
+
+def wait_ready(services, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    for service in services:
+        wait_serving(target(service))
+        while not service.errors.ready.is_set():
+            assert time.monotonic() < deadline, "the errors topic was never assigned"
+            time.sleep(0.05)
+
+
+def test_errors_in_one_region_shift_rank_there_and_not_elsewhere_on_both_replicas(start_inference, broker,
+                                                                                   topics):
+    on = {"error_memory_models": "ranker:mode=on,lambda=1.0", "error_memory_warmup_s": 0.0}
+    replicas = [start_inference(**on), start_inference(**on)]
+    shadow = start_inference(error_memory_mode="shadow", error_memory_lambda=1.0, emit_impressions=False)
+    wait_ready([*replicas, shadow])
+    before = [rank(r) for r in replicas]
+    assert before[0].memory_mode == "on"
+    assert before[0].scores == before[0].base_scores == before[0].compensated_scores  # nothing learnt yet
+    base = np.array(before[0].base_scores)
+
+    # The keys of region A as the impression carries them (what the miner writes into errors).
+    imp = read_events(broker, topics.impressions, want=1)[0].impression
+    hidden = representation.decode(imp.representation, imp.representation_scale, imp.representation_dim)
+    producer = KafkaProducer(bootstrap_servers=broker)
+    for i in range(5):  # clicks on half the popular candidates: the model under-predicts them
+        producer.send(topics.errors, learning_pb2.PredictionError(
+            error_id=f"e{i}", tenant="default", model="ranker", version=imp.version, request_id="r",
+            candidate_id=IDS[i], label=1.0, served_score=float(base[i]), key=hidden[i].tolist(),
+            time_ms=int(time.time() * 1000)).SerializeToString())
+    producer.flush()
+    sent = time.monotonic()
+
+    deadline = sent + 15.0
+    pending = list(replicas)
+    while pending:
+        assert time.monotonic() < deadline, "the errors never reached every replica's memory"
+        pending = [r for r in pending if min(np.array(rank(r).scores)[:10] - base[:10]) < 0.2]
+        time.sleep(0.05)
+    for r in replicas:
+        ranked = rank(r)
+        scores = np.array(ranked.scores)
+        assert (scores[:10] - base[:10] > 0.2).all()  # the whole region moved, not just the clicked five
+        assert np.abs(scores[10:] - base[10:]).max() < 0.01  # elsewhere unchanged
+        assert np.array(ranked.base_scores) == pytest.approx(base, abs=1e-6)
+        assert set(ranked.top(10)) == set(POPULAR)
+
+    # Shadow: the same errors are in its memory; it computes the compensation and serves the base.
+    while True:
+        ranked = rank(shadow)
+        if min(np.array(ranked.compensated_scores)[:10] - base[:10]) > 0.2:
+            break
+        assert time.monotonic() < deadline, "the shadow replica's memory never filled"
+        time.sleep(0.05)
+    assert ranked.memory_mode == "shadow"
+    assert np.array(ranked.scores) == pytest.approx(base, abs=1e-6)
