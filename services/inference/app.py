@@ -7,6 +7,7 @@ import logging
 
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
+from threadpoolctl import threadpool_limits
 
 from loopwise import logs
 from loopwise.grpcserver import GrpcService, add_service
@@ -84,6 +85,10 @@ class Inference:
         return self.grpc.port
 
     async def start(self) -> None:
+        # numpy's BLAS serves only the error memory's per-call products (100 x 64 by 64 x K*L):
+        # one thread; a thread pool handing off such small products costs more than it saves
+        # (measured on 2 busy cores: 1.5 ms instead of 0.08 ms for 100 candidates).
+        threadpool_limits(limits=1, user_api="blas")
         await self.grpc.start()
         names = ([self.settings.topics.impressions, self.settings.topics.deadletter]
                  if self.emitter is not None else []) + (

@@ -12,6 +12,7 @@ from kafka import KafkaProducer
 
 from loopwise import representation
 from loopwise.client import Client
+from loopwise.modelstore import coldstart
 from loopwise.v1 import learning_pb2
 
 from .kafka_read import read_events
@@ -39,6 +40,27 @@ def wait_ready(services, timeout: float = 20.0) -> None:
             time.sleep(0.05)
 
 
+def produce_errors(broker: str, topic: str, version: str, keys: np.ndarray, base: np.ndarray) -> None:
+    producer = KafkaProducer(bootstrap_servers=broker)
+    for i, key in enumerate(keys):
+        producer.send(topic, learning_pb2.PredictionError(
+            error_id=f"e{version}{i}", tenant="default", model="ranker", version=version, request_id="r",
+            candidate_id=IDS[i], label=1.0, served_score=float(base[i]), key=key.tolist(),
+            time_ms=int(time.time() * 1000)).SerializeToString())
+    producer.flush()
+    producer.close()
+
+
+def wait_shifted(service, base: np.ndarray, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        ranked = rank(service)
+        if min(np.array(ranked.compensated_scores)[:10] - base[:10]) > 0.2:
+            return ranked
+        assert time.monotonic() < deadline, "the errors never reached the memory"
+        time.sleep(0.05)
+
+
 def test_errors_in_one_region_shift_rank_there_and_not_elsewhere_on_both_replicas(start_inference, broker,
                                                                                    topics):
     on = {"error_memory_models": "ranker:mode=on,lambda=1.0", "error_memory_warmup_s": 0.0}
@@ -53,21 +75,10 @@ def test_errors_in_one_region_shift_rank_there_and_not_elsewhere_on_both_replica
     # The keys of region A as the impression carries them (what the miner writes into errors).
     imp = read_events(broker, topics.impressions, want=1)[0].impression
     hidden = representation.decode(imp.representation, imp.representation_scale, imp.representation_dim)
-    producer = KafkaProducer(bootstrap_servers=broker)
-    for i in range(5):  # clicks on half the popular candidates: the model under-predicts them
-        producer.send(topics.errors, learning_pb2.PredictionError(
-            error_id=f"e{i}", tenant="default", model="ranker", version=imp.version, request_id="r",
-            candidate_id=IDS[i], label=1.0, served_score=float(base[i]), key=hidden[i].tolist(),
-            time_ms=int(time.time() * 1000)).SerializeToString())
-    producer.flush()
-    sent = time.monotonic()
+    produce_errors(broker, topics.errors, imp.version, hidden[:5], base)  # clicks the model under-predicted
 
-    deadline = sent + 15.0
-    pending = list(replicas)
-    while pending:
-        assert time.monotonic() < deadline, "the errors never reached every replica's memory"
-        pending = [r for r in pending if min(np.array(rank(r).scores)[:10] - base[:10]) < 0.2]
-        time.sleep(0.05)
+    for r in replicas:
+        wait_shifted(r, base)
     for r in replicas:
         ranked = rank(r)
         scores = np.array(ranked.scores)
@@ -77,11 +88,36 @@ def test_errors_in_one_region_shift_rank_there_and_not_elsewhere_on_both_replica
         assert set(ranked.top(10)) == set(POPULAR)
 
     # Shadow: the same errors are in its memory; it computes the compensation and serves the base.
-    while True:
-        ranked = rank(shadow)
-        if min(np.array(ranked.compensated_scores)[:10] - base[:10]) > 0.2:
-            break
-        assert time.monotonic() < deadline, "the shadow replica's memory never filled"
-        time.sleep(0.05)
+    ranked = wait_shifted(shadow, base)
     assert ranked.memory_mode == "shadow"
     assert np.array(ranked.scores) == pytest.approx(base, abs=1e-6)
+
+
+def test_a_replica_started_later_warms_up_and_a_new_version_starts_empty(start_inference, broker, topics,
+                                                                         model_store, coldstart_onnx):
+    on = {"error_memory_mode": "on", "error_memory_lambda": 1.0, "store_scan_s": 0.2}
+    first = start_inference(**on)
+    wait_ready([first])
+    base = np.array(rank(first).base_scores)
+    imp = read_events(broker, topics.impressions, want=1)[0].impression
+    hidden = representation.decode(imp.representation, imp.representation_scale, imp.representation_dim)
+    produce_errors(broker, topics.errors, "v1", hidden[:5], base)
+    wait_shifted(first, base)
+
+    later = start_inference(**on, error_memory_warmup_s=300.0)  # the errors are already on the topic
+    wait_ready([later])
+    assert wait_shifted(later, base).version == "v1"
+    metrics = later.metrics
+    assert metrics.memory_writes.labels("default", "ranker", "written")._value.get() == 5
+    assert metrics.memory_fill.labels("default", "ranker")._value.get() > 0
+
+    # v2 (the same network) starts serving: its memory is empty, v1's errors do not apply
+    model_store.publish("default", "ranker", coldstart_onnx, feature_spec=coldstart.DEFAULT_SPEC,
+                        hidden_dim=coldstart.HIDDEN_DIM, source="test")
+    deadline = time.monotonic() + 15.0
+    while (ranked := rank(later)).version != "v2":
+        assert time.monotonic() < deadline, "v2 never served"
+        time.sleep(0.05)
+    assert ranked.scores == ranked.base_scores == ranked.compensated_scores
+    assert ranked.base_scores == pytest.approx(list(base), abs=1e-6)
+    assert metrics.memory_resets.labels("default", "ranker")._value.get() == 2

@@ -49,19 +49,18 @@ class Neighbours:
 
 def error(p_base: np.ndarray, nb: Neighbours, params: Params) -> np.ndarray:
     """``y_err`` per candidate (0 where no neighbour holds anything)."""
-    logits = nb.sim / params.tau
-    w = np.exp(logits - logits.max(axis=1, keepdims=True))
-    a = w / w.sum(axis=1, keepdims=True)
-    denom = nb.count + params.prior
+    w = np.exp((nb.sim - nb.sim.max(axis=1, keepdims=True)) / params.tau)
     p = p_base.reshape(-1, 1)
-    per = (params.gamma * (nb.sum_y - nb.count * p) + (1.0 - params.gamma) * (nb.sum_y - nb.sum_pred))
-    per = np.divide(per, denom, out=np.zeros_like(per), where=denom > 0)
-    return (a * per).sum(axis=1)
+    per = nb.sum_y - nb.count * p if params.gamma == 1.0 else (
+        params.gamma * (nb.sum_y - nb.count * p) + (1.0 - params.gamma) * (nb.sum_y - nb.sum_pred))
+    # an empty neighbour (count 0) has per = 0; the floor only keeps 0 / 0 out
+    per /= np.maximum(nb.count + params.prior, 1e-12)
+    return (w * per).sum(axis=1) / w.sum(axis=1)
 
 
 def compensate(p_base: np.ndarray, nb: Neighbours, params: Params) -> np.ndarray:
     """``clamp(p_base + lambda * y_err, 0, 1)``, float32 like the model's output."""
-    p = np.asarray(p_base, dtype=np.float64).reshape(-1)
+    p = np.asarray(p_base, dtype=np.float32).reshape(-1)
     if params.lam == 0.0:
-        return np.asarray(p_base, dtype=np.float32).reshape(-1)
-    return np.clip(p + params.lam * error(p, nb, params), 0.0, 1.0).astype(np.float32)
+        return p
+    return np.clip(p + np.float32(params.lam) * error(p, nb, params), 0.0, 1.0).astype(np.float32)

@@ -3,7 +3,7 @@
 ``LOOPWISE_ERROR_MEMORY_MODELS`` overrides the defaults for named models:
 ``model:key=value,key=value;model2:...`` with keys ``mode`` (off | shadow |
 on), ``k``, ``bits`` (L), ``lambda``, ``tau``, ``gamma``, ``prior``,
-``half_life_s`` — e.g. ``ranker:mode=on,lambda=0.4;cold:mode=off``.
+``half_life_s``, ``seed`` — e.g. ``ranker:mode=on,lambda=0.4;cold:mode=off``.
 """
 
 from __future__ import annotations

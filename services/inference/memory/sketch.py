@@ -9,10 +9,10 @@ a read touch K buckets per key, and both are vectorised over a whole batch:
 one matrix product, one gather (read) or ``np.add.at`` (write), no Python
 loop per key.
 
-Keys are hashed as they travel: `loopwise.representation` int8 with a scale
-per row (`canonical`), so a read at `Rank` (float32 from the model) and a
-write from a `PredictionError` (decoded from the impression) land in the
-same buckets. The hyperplanes come from ``seed``: every replica builds the
+Keys are hashed as they travel: the int8 codes of `loopwise.representation`
+(`canonical`), so a read at `Rank` (float32 from the model) and a write
+from a `PredictionError` (decoded from the impression) land in the same
+buckets. The hyperplanes come from ``seed``: every replica builds the
 same sketch.
 
 Decay (``half_life_s`` > 0): a bucket's sums are scaled by
@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from loopwise import representation
-
 from .compensate import Neighbours
 
 
 def canonical(keys: np.ndarray) -> np.ndarray:
-    """Keys as an impression carries them (int8 with a per-row scale), decoded."""
+    """Keys as an impression carries them: the int8 codes of `loopwise.representation`
+    (as float32; the per-row scale, positive, changes no projection's sign). A key
+    decoded from an impression gives back the same codes."""
     keys = np.asarray(keys, dtype=np.float32)
-    data, scale = representation.encode(keys)
-    return representation.decode(data, scale, keys.shape[1])
+    top = np.abs(keys).max(axis=1, keepdims=True)
+    return np.rint(keys * np.divide(127.0, top, out=np.zeros_like(top), where=top > 0))
 
 
 class Sketch:
@@ -44,13 +44,15 @@ class Sketch:
         self.half_life_s = half_life_s
         rng = np.random.default_rng(seed)
         self.planes = rng.standard_normal((dim, k * bits)).astype(np.float32)
-        self._powers = (1 << np.arange(bits, dtype=np.int64))
+        # bit j of an array's code weighs 2^j; float32 holds codes below 2^24 exactly
+        self._powers = (2.0 ** np.arange(bits)).astype(np.float32)
         self._offsets = np.arange(k, dtype=np.int64) << bits
         size = k << bits
         self.count = np.zeros(size, dtype=np.float32)
         self.sum_y = np.zeros(size, dtype=np.float32)
         self.sum_pred = np.zeros(size, dtype=np.float32)
-        self.stamp = np.zeros(size, dtype=np.float64)
+        # last write per bucket, kept only with decay
+        self.stamp = np.zeros(size if half_life_s > 0 else 0, dtype=np.float64)
         self.clock = 0.0  # the newest write's time, seconds
         self.writes = 0
 
@@ -66,13 +68,11 @@ class Sketch:
     def buckets(self, keys: np.ndarray) -> np.ndarray:
         """[n, K] flat bucket indices of ``keys`` [n, dim] (hashed as given: see `canonical`)."""
         bits = (np.asarray(keys, dtype=np.float32) @ self.planes) > 0
-        codes = bits.reshape(len(bits), self.k, self.bits).astype(np.int64) @ self._powers
-        return codes + self._offsets
+        codes = bits.reshape(len(bits), self.k, self.bits).astype(np.float32) @ self._powers
+        return codes.astype(np.int64) + self._offsets
 
     def _decay(self, idx: np.ndarray, now: float) -> np.ndarray:
-        """Factor per bucket in ``idx`` from its last write to ``now``."""
-        if self.half_life_s <= 0:
-            return np.ones(idx.shape, dtype=np.float32)
+        """Factor per bucket in ``idx`` from its last write to ``now`` (with decay only)."""
         dt = np.maximum(now - self.stamp[idx], 0.0)
         return (0.5 ** (dt / self.half_life_s)).astype(np.float32)
 
@@ -110,9 +110,10 @@ class Sketch:
         """One pseudo-neighbour per array: similarity = the bucket's count over the
         fullest of the key's K buckets (in [0, 1]), and the bucket's sums."""
         idx = self.buckets(keys)
-        factor = self._decay(idx, self.clock)
-        count = self.count[idx] * factor
+        count, sum_y, sum_pred = self.count[idx], self.sum_y[idx], self.sum_pred[idx]
+        if self.half_life_s > 0:
+            factor = self._decay(idx, self.clock)
+            count, sum_y, sum_pred = count * factor, sum_y * factor, sum_pred * factor
         top = count.max(axis=1, keepdims=True)
-        sim = np.divide(count, top, out=np.zeros_like(count), where=top > 0)
-        return Neighbours(sim=sim, count=count, sum_y=self.sum_y[idx] * factor,
-                          sum_pred=self.sum_pred[idx] * factor)
+        sim = count / np.maximum(top, np.float32(1e-30))
+        return Neighbours(sim=sim, count=count, sum_y=sum_y, sum_pred=sum_pred)
