@@ -113,10 +113,10 @@ class InferenceMetrics:
             "Sum of (score - label)^2 of the scored errors by scorer: base (served prediction) or memory "
             "(compensated by the memory as it was before the error); / scored_total = Brier score",
             ["tenant", "model", "scorer"], registry=r)
-        self.memory_score = Histogram(
-            "loopwise_inference_memory_score",
-            "Scores of the scored errors by scorer and label: the buckets give online AUC of base vs memory",
-            ["tenant", "model", "scorer", "label"], registry=r, buckets=tuple(i / 20 for i in range(1, 21)))
+        self.memory_score_bins = Counter(
+            "loopwise_inference_memory_score_bin_total",
+            "Scored errors by scorer, label (0/1) and score bin (upper edge, 0.05 wide): the bins give "
+            "online AUC of base vs memory", ["tenant", "model", "scorer", "label", "bin"], registry=r)
 
     def version(self, tenant: str, model: str, role: str, version: str) -> None:
         """Set ``loopwise_inference_model_version`` (-1 for a version not of the form v<N>)."""

@@ -86,6 +86,14 @@ def test_errors_in_one_region_shift_rank_there_and_not_elsewhere_on_both_replica
         assert np.abs(scores[10:] - base[10:]).max() < 0.01  # elsewhere unchanged
         assert np.array(ranked.base_scores) == pytest.approx(base, abs=1e-6)
         assert set(ranked.top(10)) == set(POPULAR)
+        sample = r.metrics.registry.get_sample_value
+        assert sample("loopwise_inference_memory_lag_seconds_count") == 5  # produced live: lag measured
+        assert sample("loopwise_inference_memory_scored_total", {"tenant": "default", "model": "ranker"}) == 5
+        bins = [sample("loopwise_inference_memory_score_bin_total", {"tenant": "default", "model": "ranker",
+                                                                      "scorer": "base", "label": "1",
+                                                                      "bin": f"{(b + 1) / 20:.2f}"}) or 0
+                for b in range(20)]
+        assert sum(bins) == 5
 
     # Shadow: the same errors are in its memory; it computes the compensation and serves the base.
     ranked = wait_shifted(shadow, base)
@@ -109,6 +117,7 @@ def test_a_replica_started_later_warms_up_and_a_new_version_starts_empty(start_i
     assert wait_shifted(later, base).version == "v1"
     metrics = later.metrics
     assert metrics.memory_writes.labels("default", "ranker", "written")._value.get() == 5
+    assert metrics.registry.get_sample_value("loopwise_inference_memory_lag_seconds_count") == 0  # warm-up
     assert metrics.memory_fill.labels("default", "ranker")._value.get() > 0
 
     # v2 (the same network) starts serving: its memory is empty, v1's errors do not apply

@@ -10,9 +10,9 @@ until the next swap, so a rollback finds it; its errors are still written.
 
 Before a batch of errors is written, the memory's current compensation of
 each error's served prediction is scored against its label (prequential):
-squared error and a score histogram per scorer (``base``, ``memory``), from
-which online Brier score and AUC of base vs compensated follow in every
-mode but ``off``.
+squared error and counts per score bin per scorer (``base``, ``memory``),
+from which online Brier score and AUC of base vs compensated follow in
+every mode but ``off``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from .sketch import Sketch, canonical
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+# Score bins of the prequential metrics: [0, 0.05), ..., [0.95, 1], named by their upper edge.
+SCORE_BINS = 20
+BIN_EDGES = [f"{(b + 1) / SCORE_BINS:.2f}" for b in range(SCORE_BINS)]
 
 
 class ModelMemory:
@@ -121,7 +124,8 @@ class MemoryBank:
     def write(self, errors: Iterable[learning_pb2.PredictionError], produced_ms: list[int] | None = None) -> int:
         """Write a batch of errors to their versions' memories; returns how many were written.
 
-        ``produced_ms`` (aligned with ``errors``): when each record was produced, for the lag metric.
+        ``produced_ms`` (aligned with ``errors``): when each record was produced, for the lag
+        metric (0: not measured, e.g. a record read in the warm-up).
         """
         groups: dict[tuple[str, str, str], list[int]] = {}
         errors = list(errors)
@@ -183,12 +187,14 @@ class MemoryBank:
         compensated = memory.compensate(preds, keys)
         key = (memory.tenant, memory.model)
         m.memory_scored.labels(*key).inc(len(labels))
+        positive = labels >= 0.5
         for scorer, p in (("base", preds), ("memory", compensated)):
             m.memory_squared_error.labels(*key, scorer).inc(float(((p - labels) ** 2).sum()))
-            positive = m.memory_score.labels(*key, scorer, "1")
-            negative = m.memory_score.labels(*key, scorer, "0")
-            for value, label in zip(p.tolist(), labels.tolist(), strict=True):
-                (positive if label >= 0.5 else negative).observe(value)
+            bins = np.minimum((p * SCORE_BINS).astype(np.int64), SCORE_BINS - 1)
+            for label, rows in (("1", positive), ("0", ~positive)):
+                counts = np.bincount(bins[rows], minlength=SCORE_BINS)
+                for b in np.flatnonzero(counts):
+                    m.memory_score_bins.labels(*key, scorer, label, BIN_EDGES[b]).inc(int(counts[b]))
 
     def _observe_fill(self, memory: ModelMemory) -> None:
         if self.metrics is not None:
