@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# checkov lives in a virtual env of its own: installed next to the project it downgrades packages.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION ?= 3.3.30
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -15,7 +18,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/.installed ## virtual env with the project and its dev tools
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+setup: $(BIN)/.installed $(CHECKOV_VENV)/.installed ## virtual envs with the project and its dev tools (checkov apart)
 
 protos: setup ## regenerate shared/v1 from protos/ (committed; a test fails when stale)
 	$(BIN)/python scripts/gen_protos.py
@@ -62,4 +70,4 @@ bench-learning: setup ## MovieLens progressive AUC: Loopwise retraining vs cold 
 bench: bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning ## every benchmark
 
 clean: ## remove the virtual env and local state
-	rm -rf $(VENV) .loopwise .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .loopwise .pytest_cache
