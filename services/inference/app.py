@@ -64,7 +64,8 @@ class Inference:
         self.rewrites = RewriteTable(self.redis, settings.tenants, self.metrics, poll_s=settings.rewrite_poll_s,
                                      full_refresh_s=settings.rewrite_full_refresh_s)
         default, per_model = settings.memory_configs()
-        self.memory = MemoryBank(default, per_model, self.metrics, pending=settings.error_memory_pending)
+        self.memory = MemoryBank(default, per_model, self.metrics, pending=settings.error_memory_pending,
+                                 tenants=settings.tenants)
         self.errors = (ErrorConsumer(settings.kafka_bootstrap, settings.topics.errors, self.memory, self.metrics,
                                      warmup_s=settings.error_memory_warmup_s,
                                      warmup_records=settings.error_memory_warmup_records)

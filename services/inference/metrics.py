@@ -91,7 +91,7 @@ class InferenceMetrics:
         self.memory_writes = Counter(
             "loopwise_inference_memory_writes_total",
             "Prediction errors read for the error memory, by result: written, pending (version not serving "
-            "here yet), ignored (mode off), malformed (undecodable, wrong key size, non-finite)",
+            "here yet), ignored (mode off, a tenant not served here), malformed (undecodable, wrong key size, non-finite)",
             ["tenant", "model", "result"], registry=r)
         self.memory_resets = Counter("loopwise_inference_memory_resets_total",
                                      "Error memories started fresh (a version started serving)",

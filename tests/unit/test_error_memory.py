@@ -183,6 +183,16 @@ def test_errors_of_a_version_not_serving_yet_wait_for_it():
     assert v2.compensate(np.full(10, 0.1, dtype=np.float32), keys).min() > 0.5
 
 
+def test_errors_of_tenants_not_served_here_are_ignored():
+    metrics = InferenceMetrics()
+    bank = MemoryBank(MemoryConfig(mode="on"), metrics=metrics, tenants=["default"])
+    other = error("v1", np.ones(DIM))
+    other.tenant = "acme"
+    assert bank.write([other]) == 0
+    assert metrics.memory_writes.labels("acme", "ranker", "ignored")._value.get() == 1
+    assert bank.serve("acme", "ranker", "v1", DIM).sketch.writes == 0
+
+
 def test_mode_off_has_no_memory_and_shadow_does_not_serve():
     bank = MemoryBank(MemoryConfig(mode="shadow"), per_model(MemoryConfig(mode="shadow"), "cold:mode=off"))
     assert bank.for_rank("default", "cold", "v1", DIM) is None

@@ -62,8 +62,11 @@ class ModelMemory:
 
 class MemoryBank:
     def __init__(self, default: MemoryConfig, overrides: dict[str, MemoryConfig] | None = None,
-                 metrics: InferenceMetrics | None = None, *, pending: int = 50_000) -> None:
+                 metrics: InferenceMetrics | None = None, *, pending: int = 50_000,
+                 tenants: Iterable[str] | None = None) -> None:
         self.default = default
+        # errors of other tenants are ignored (None: every tenant's are kept)
+        self.tenants = frozenset(tenants) if tenants is not None else None
         self.overrides = dict(overrides or {})
         self.metrics = metrics
         self.pending_max = pending
@@ -143,7 +146,7 @@ class MemoryBank:
         return written
 
     def _park(self, tenant: str, model: str, batch: list[learning_pb2.PredictionError]) -> None:
-        if self.config(model).mode == "off":
+        if self.config(model).mode == "off" or (self.tenants is not None and tenant not in self.tenants):
             self._count(tenant, model, "ignored", len(batch))
             return
         queue = self._pending.setdefault((tenant, model), deque(maxlen=self.pending_max))
