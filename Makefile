@@ -6,9 +6,11 @@ BIN := $(VENV)/bin
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_VERSION ?= 3.3.30
 PYTEST_ARGS ?=
+# promtool and prometheus (tests/observability): Debian's prometheus package, installed when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning clean
+.PHONY: help setup prometheus-tools dashboards protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -23,10 +25,18 @@ $(CHECKOV_VENV)/.installed:
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check 'checkov==$(CHECKOV_VERSION)'
 	touch $@
 
-setup: $(BIN)/.installed $(CHECKOV_VENV)/.installed ## virtual envs with the project and its dev tools (checkov apart)
+prometheus-tools:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus package (promtool, prometheus) for tests/observability"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+
+setup: $(BIN)/.installed $(CHECKOV_VENV)/.installed prometheus-tools ## virtual envs with the project and its dev tools (checkov apart), promtool
 
 protos: setup ## regenerate shared/v1 from protos/ (committed; a test fails when stale)
 	$(BIN)/python scripts/gen_protos.py
+
+dashboards: setup ## regenerate the Grafana dashboards and alert rules (observability/, helm/loopwise/files/; committed, a test fails when stale)
+	$(BIN)/python observability/dashboards.py
 
 lint: setup ## ruff
 	$(BIN)/ruff check .
