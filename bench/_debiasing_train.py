@@ -1,0 +1,87 @@
+"""Training on the semi-synthetic clicks through the trainer's pure API, with the miner's weights.
+
+- `pair_inputs`: every (user, item) pair's hashed ids through the serving path's
+  own `InputBuilder` (one request per user with the whole catalogue as candidates);
+- `weights`: the IPS weight of each clicked pair by the miner's own function
+  (`loopwise.miner.debias.clipped_weight`, clip ``ips_clip``) for a method:
+  ``naive`` (1), ``miner`` (the miner's default exposure propensity,
+  `ExposureCounter` at ``exposure_eta`` fed the clicked items) or ``oracle``
+  (the true ``theta``);
+- `fit`: `loopwise.trainer.train.train_once` (fresh start, no holdout) on a
+  uniform subsample of the pairs; the scores of every pair of the evaluated users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+from _debiasing_world import Truth
+
+from loopwise.features import FeatureSpec, InputBuilder
+from loopwise.miner.debias import ExposureCounter, clipped_weight
+from loopwise.miner.settings import MinerSettings
+from loopwise.trainer import train
+from loopwise.trainer.data import WindowData
+from loopwise.trainer.settings import TrainerSettings
+from loopwise.v1 import features_pb2
+
+SPEC = FeatureSpec(sparse=("request.user_id", "candidate.id"), dense=("context.constant",), buckets=1 << 18)
+METHODS = ("naive", "miner", "oracle")
+
+
+def pair_inputs(truth: Truth, spec: FeatureSpec = SPEC) -> np.ndarray:
+    """int64 [users, items, fields] hashed ids, as `Rank` builds them."""
+    builder = InputBuilder(spec)
+    out = np.zeros((len(truth.user_ids), len(truth.item_ids), len(spec.sparse)), dtype=np.int64)
+    candidates = features_pb2.Candidates(ids=truth.item_ids)
+    empty = features_pb2.Features()
+    for a, uid in enumerate(truth.user_ids):
+        out[a], _ = builder.build(uid, empty, empty, candidates)
+    return out
+
+
+def miner_propensity(truth: Truth, clicks: np.ndarray, eta: float) -> np.ndarray:
+    """[items] the miner's default exposure propensity after counting every click."""
+    counter = ExposureCounter(eta=eta)
+    users, items = np.nonzero(clicks)
+    counter.add([truth.item_ids[i] for i in items.tolist()])
+    return np.asarray([counter.propensity(x) for x in truth.item_ids])
+
+
+def weights(method: str, truth: Truth, clicks: np.ndarray, theta: np.ndarray, miner: MinerSettings,
+            exposure: np.ndarray | None = None) -> np.ndarray:
+    """float32 [users, items]: the clicked pairs' IPS weights for ``method`` (1 elsewhere)."""
+    w = np.ones(clicks.shape, dtype=np.float32)
+    users, items = np.nonzero(clicks)
+    if method == "naive":
+        return w
+    if method == "miner":
+        prop = miner_propensity(truth, clicks, miner.exposure_eta)[items] if exposure is None else exposure[users, items]
+    elif method == "oracle":
+        prop = theta[users, items]
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    w[users, items] = [clipped_weight(float(x), miner.ips_clip) for x in prop]
+    return w
+
+
+def settings(overrides: dict[str, Any], seed: int) -> TrainerSettings:
+    base = TrainerSettings()
+    return dataclasses.replace(base, trainer_holdout_fraction=0.0, trainer_min_holdout=0, attribution_window_ms=0,
+                               trainer_seed=seed, trainer_device="cpu", **overrides)
+
+
+def fit(ids: np.ndarray, clicks: np.ndarray, w: np.ndarray, rows: np.ndarray, eval_users: np.ndarray,
+        config: TrainerSettings) -> np.ndarray:
+    """Train on the flat pair indices ``rows``; scores [eval users, items]."""
+    n_u, n_i, f = ids.shape
+    flat = ids.reshape(-1, f)
+    rng = np.random.default_rng(config.trainer_seed)
+    data = WindowData(flat[rows], np.zeros((len(rows), 1), dtype=np.float32),
+                      clicks.reshape(-1)[rows].astype(np.float32), w.reshape(-1)[rows],
+                      rng.permutation(len(rows)).astype(np.int64), (rows // n_i).astype(np.int64))
+    candidate = train.train_once(data, None, SPEC, config)
+    sel = ids[eval_users].reshape(-1, f)
+    return candidate.predict(sel, np.zeros((len(sel), 1), dtype=np.float32)).reshape(len(eval_users), n_i)
