@@ -61,7 +61,8 @@ def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int, assista
     print(f"replaying {min(requests, len(data))} of {len(data)} MovieLens-100K ratings "
           f"(tenant {tenant!r}, {CANDIDATES} candidates per Rank)")
     with Client(info.collector, info.inference, tenant=tenant) as client:
-        stats = replay(client, data, requests, rate)
+        # Halfway, one segment of users starts preferring other movies: the error memory's moment.
+        stats = replay(client, data, requests, rate, shift_at=min(requests, len(data)) // 2)
     show_replay(stats)
     rounds = assistant_loop(info, tenant, assistant_rounds, assistant_users, assistant_minutes) \
         if assistant_rounds > 0 else []

@@ -3,7 +3,10 @@ online AUC of the scores served (each scored before its feedback was known).
 
 For each rating in timestamp order the rated movie is ranked among movies the
 user never rated (drawn by popularity); a Click on it at its served position
-follows when the rating is 4 or 5, else a Reject of it.
+follows when the rating is 4 or 5, else a Reject of it. From ``shift_at`` on,
+one segment of users prefers other movies (`shift`): the error memory's
+compensated scores (in Rank's answer whenever the memory is not off) are
+scored beside the model's own, slice by slice.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from loopwise.ranking_metrics import auc
 from loopwise.tools import datasets
 from loopwise.tools.demo.common import SEED, DemoError
 from loopwise.tools.demo.plot import plot_learning
-from loopwise.v1 import events_pb2, feedback_pb2
+from loopwise.tools.demo.shift import in_segment, shifted_choice
+from loopwise.v1 import feedback_pb2
 
 if TYPE_CHECKING:
     from loopwise.tools.demo.assistant import AssistantRound
@@ -64,10 +68,16 @@ class ReplayStats:
     request_ids: set[str] = field(default_factory=set)
     seconds: float = 0.0
     # Progressive (score-then-learn) evaluation: per Rank call, the version that
-    # scored it, its scores and the labels the feedback then gave.
+    # scored it, its served scores, the model's own and the error memory's
+    # (empty when the memory is off) and the labels the feedback then gave.
     versions: list[str] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
+    base: list[np.ndarray] = field(default_factory=list)
+    compensated: list[np.ndarray] = field(default_factory=list)
     labels: list[np.ndarray] = field(default_factory=list)
+    # The preference shift: the first Rank call after it, segment calls after it.
+    shift_at: int | None = None
+    shifted: int = 0
 
     def add(self, response: feedback_pb2.ReportResponse) -> None:
         self.accepted += response.accepted
@@ -75,31 +85,40 @@ class ReplayStats:
         self.reasons.update(r.reason for r in response.results if not r.accepted)
 
 
-def feedback_event(client: Client, data: datasets.MovieLens, row: int, request_id: str, position: int
-                   ) -> events_pb2.Event:
-    """A Click on the rated item if it was liked, else a Reject; ``position`` is 1-based."""
-    user, item = str(data.user[row]), str(data.item[row])
-    if data.rating[row] >= LIKED:
-        return client.events.click(request_id, item, user_id=user, position=position)
-    return client.events.reject(request_id, item, user_id=user, position=position, reason="rated_low")
+def feedback(data: datasets.MovieLens, row: int, ids: list[str], shifted: bool) -> tuple[int, bool]:
+    """(index of the candidate the feedback is on, whether it is a click rather than a reject):
+    the rated movie, clicked if liked; a shifted user clicks `shifted_choice` instead, and
+    rejects the rated movie when there is none."""
+    rated = ids.index(str(data.item[row]))
+    if shifted:
+        choice = shifted_choice([data.items[i].genre for i in ids])
+        return (rated, False) if choice is None else (choice, True)
+    return rated, bool(data.rating[row] >= LIKED)
 
 
 def replay_one(client: Client, data: datasets.MovieLens, sampler: NegativeSampler, row: int,
-               stats: ReplayStats) -> None:
-    """Rank the rated item among never-rated ones and buffer the feedback on it."""
-    user, item = str(data.user[row]), str(data.item[row])
-    ids = [item, *sampler.draw(user, CANDIDATES - 1)]
+               stats: ReplayStats, shift: bool = False) -> None:
+    """Rank the rated item among never-rated ones and buffer the feedback on it (after the
+    shift, a segment user's feedback is on the movie they now prefer)."""
+    user = str(data.user[row])
+    ids = [str(data.item[row]), *sampler.draw(user, CANDIDATES - 1)]
     ids = [ids[i] for i in sampler.rng.permutation(len(ids))]
     inputs = datasets.rank_inputs(data.users[user], [data.items[i] for i in ids],
                                   timestamp=float(data.timestamp[row]))
     ranked = client.rank(ids, **inputs)
-    position = ranked.ranking.index(ids.index(item)) + 1
-    event = feedback_event(client, data, row, ranked.request_id, position)
+    shifted = shift and in_segment(data.users[user].occupation)
+    stats.shifted += shifted
+    target, click = feedback(data, row, ids, shifted)
+    position = ranked.ranking.index(target) + 1
+    event = client.events.click(ranked.request_id, ids[target], user_id=user, position=position) if click else \
+        client.events.reject(ranked.request_id, ids[target], user_id=user, position=position, reason="rated_low")
     client.send(event)
     label = np.zeros(len(ids), dtype=np.int8)
-    label[ids.index(item)] = 1 if data.rating[row] >= LIKED else 0
+    label[target] = 1 if click else 0
     stats.versions.append(ranked.version)
     stats.scores.append(np.asarray(ranked.scores, dtype=np.float32))
+    stats.base.append(np.asarray(ranked.base_scores or ranked.scores, dtype=np.float32))
+    stats.compensated.append(np.asarray(ranked.compensated_scores, dtype=np.float32))
     stats.labels.append(label)
     stats.requests += 1
     stats.sent += 1
@@ -118,11 +137,13 @@ def flush(client: Client, stats: ReplayStats) -> None:
         raise DemoError(f"the collector did not acknowledge {len(exc.events)} events: {exc}") from exc
 
 
-def replay(client: Client, data: datasets.MovieLens, requests: int, rate: float = 0.0) -> ReplayStats:
+def replay(client: Client, data: datasets.MovieLens, requests: int, rate: float = 0.0,
+           shift_at: int | None = None) -> ReplayStats:
     """``rate`` > 0: at most that many Rank calls per second (live-looking traffic, so
-    attribution windows close and the trainer publishes versions while the replay runs)."""
+    attribution windows close and the trainer publishes versions while the replay runs);
+    ``shift_at``: the preference shift starts at this Rank call (0-based; None: never)."""
     sampler = NegativeSampler(data)
-    stats = ReplayStats()
+    stats = ReplayStats(shift_at=shift_at)
     total = min(requests, len(data))
     every = max(1, total // PROGRESS_LINES)
     start = time.monotonic()
@@ -131,7 +152,7 @@ def replay(client: Client, data: datasets.MovieLens, requests: int, rate: float 
             ahead = row / rate - (time.monotonic() - start)
             if ahead > 0:
                 time.sleep(ahead)
-        replay_one(client, data, sampler, row, stats)
+        replay_one(client, data, sampler, row, stats, shift=shift_at is not None and row >= shift_at)
         progress = stats.requests % every == 0 or stats.requests == total
         if progress or stats.requests % FLUSH_EVERY == 0:
             flush(client, stats)
@@ -150,6 +171,9 @@ def show_replay(stats: ReplayStats) -> None:
     print(f"feedback: {stats.clicks} clicks, {stats.rejects} rejects; collector accepted "
           f"{stats.accepted}/{stats.sent}" + (f", rejected {dict(stats.reasons)}" if stats.rejected else ""))
     print(f"liked movies were served at mean position {mean:.1f} of {CANDIDATES}")
+    if stats.shift_at is not None:
+        print(f"preference shift from Rank call {stats.shift_at + 1}: {stats.shifted} calls of the segment "
+              "(students) clicked horror, thriller, sci-fi or crime instead")
 
 
 # -- learning while serving ---------------------------------------------------------------
@@ -159,12 +183,15 @@ def show_replay(stats: ReplayStats) -> None:
 class Bucket:
     first: int
     last: int
-    auc: float
+    auc: float  # the served scores
     versions: Counter[str]
+    auc_base: float = float("nan")  # the model's own scores (the memory off)
+    auc_memory: float | None = None  # the memory's compensated scores; None where it was off
 
 
 def online_auc(stats: ReplayStats, buckets: int = 10) -> list[Bucket]:
-    """AUC of the served scores over consecutive slices of the Rank calls, with the versions that served."""
+    """AUC of the served, the model's own and the compensated scores over consecutive slices of
+    the Rank calls, with the versions that served."""
     n = len(stats.scores)
     if n == 0:
         return []
@@ -173,9 +200,11 @@ def online_auc(stats: ReplayStats, buckets: int = 10) -> list[Bucket]:
     for a, b in zip(edges[:-1], edges[1:], strict=True):
         if b <= a:
             continue
-        out.append(Bucket(int(a) + 1, int(b), auc(np.concatenate(stats.labels[a:b]),
-                                                  np.concatenate(stats.scores[a:b])),
-                          Counter(stats.versions[a:b])))
+        labels = np.concatenate(stats.labels[a:b])
+        memory = stats.compensated[a:b]
+        out.append(Bucket(int(a) + 1, int(b), auc(labels, np.concatenate(stats.scores[a:b])),
+                          Counter(stats.versions[a:b]), auc(labels, np.concatenate(stats.base[a:b])),
+                          auc(labels, np.concatenate(memory)) if all(len(m) for m in memory) else None))
     return out
 
 
@@ -183,10 +212,14 @@ def show_learning(stats: ReplayStats, png: Path | None, rounds: list[AssistantRo
     table = online_auc(stats)
     if not table:
         return
-    print("online AUC of the served scores (scored before the feedback was known), by slice of Rank calls:")
+    print("online AUC (scored before the feedback was known), by slice of Rank calls: served, the model "
+          "alone, the model + error memory")
     for bucket in table:
         versions = ", ".join(f"{v} x{n}" for v, n in bucket.versions.most_common())
-        print(f"  calls {bucket.first:>6}-{bucket.last:<6} AUC {bucket.auc:6.3f}   served by {versions}")
+        memory = f"{bucket.auc_memory:6.3f}" if bucket.auc_memory is not None else "     -"
+        shift = stats.shift_at is not None and bucket.first <= stats.shift_at + 1 <= bucket.last
+        print(f"  calls {bucket.first:>6}-{bucket.last:<6} AUC {bucket.auc:6.3f}  model {bucket.auc_base:6.3f}  "
+              f"memory {memory}   served by {versions}" + ("   <- preference shift" if shift else ""))
     served = list(dict.fromkeys(stats.versions))
     print(f"model versions that served: {', '.join(served)}")
     if png is not None:

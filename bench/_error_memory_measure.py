@@ -1,0 +1,163 @@
+"""Speed and size of the error memory on a running stack (bench/error_memory.py).
+
+Two more inference replicas are started beside the stack's (its settings,
+its broker, Redis and model store, the memory mode changed): ``on`` (a
+second replica with the memory on: click-to-effect must hold on every
+replica) and ``off`` (the baseline for latency). Then:
+
+- Rank latency: ``LATENCY_CALLS`` calls of 100 candidates to each replica,
+  in turn: the stack's (memory on, filled by the replay), the second
+  memory-on one and the ``off`` one; the overhead is median(on) /
+  median(off) - 1.
+- Click-to-effect (first: the latency calls' impressions soon make enough
+  examples for the trainer service to publish a version, and a new version
+  starts with a fresh memory): for each of ``TRIALS`` probes (a user never
+  seen, five random movies), Rank on both replicas, report a click on one
+  candidate through the collector, then Rank the same request on both
+  replicas every ``POLL_S`` until its compensated probability moved up on
+  each; the effect time is the latest replica's first such answer minus the
+  moment the collector acknowledged the click.
+- Bytes per model: the replica's ``loopwise_inference_memory_bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loopwise.client import Client
+from loopwise.client.sync import rank_request
+from loopwise.modelstore.contract import DEFAULT_MODEL
+from loopwise.tools import datasets, procs, stack
+
+LATENCY_CALLS = 300
+LATENCY_CANDIDATES = 100
+TRIALS = 30
+POLL_S = 0.02
+EFFECT_TIMEOUT_S = 10.0
+PROBE_CANDIDATES = 5
+MODEL = DEFAULT_MODEL
+
+
+def start_replica(info: stack.StackInfo, mode: str, name: str) -> tuple[procs.Proc, str, str]:
+    """Another inference process with the stack's settings and memory ``mode``: (proc, endpoint, metrics)."""
+    specs = json.loads((Path(info.root) / stack.SPECS_FILE).read_text())
+    port, mport = procs.free_port(), procs.free_port()
+    env = {**specs["inference"]["env"], "LOOPWISE_GRPC_PORT": str(port), "LOOPWISE_METRICS_PORT": str(mport),
+           "LOOPWISE_ERROR_MEMORY_MODE": mode}
+    proc = procs.start_service("loopwise.inference", env, Path(info.root) / "logs" / f"{name}.log")
+    endpoint = f"127.0.0.1:{port}"
+    procs.wait_healthy(endpoint, 60, proc)
+    return proc, endpoint, f"http://127.0.0.1:{mport}/metrics"
+
+
+def _request(data: datasets.MovieLens, user_id: str, items: list[str], tenant: str) -> Any:
+    user = data.users[str(data.user[0])]
+    inputs = datasets.rank_inputs(user, [data.items[i] for i in items])
+    inputs["user_id"] = user_id
+    return rank_request(tenant, items, **inputs)
+
+
+def rank_latency(on: list[Client], off: Client, data: datasets.MovieLens, tenant: str, seed: int
+                 ) -> dict[str, float]:
+    """Rank of 100 candidates, in turn on each memory-on replica and the memory-off one."""
+    rng = random.Random(seed)
+    ids = list(data.items)
+    clients = [("on", client) for client in on] + [("off", off)]
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    for call in range(LATENCY_CALLS * len(clients) + 20):
+        request = _request(data, f"latency-{call % 50}", rng.sample(ids, LATENCY_CANDIDATES), tenant)
+        mode, client = clients[call % len(clients)]
+        t = time.perf_counter()
+        answer = client.rank_raw(request)
+        if call >= 20:  # the first calls warm them up
+            times[mode].append(time.perf_counter() - t)
+        if (answer.memory_mode or "off") != mode:
+            raise RuntimeError(f"a memory-{mode} replica answers with memory mode {answer.memory_mode!r}")
+    on_ms, off_ms = np.median(times["on"]) * 1000, np.median(times["off"]) * 1000
+    return {"rank_ms_p50_memory_on": round(float(on_ms), 3), "rank_ms_p50_memory_off": round(float(off_ms), 3),
+            "rank_ms_p99_memory_on": round(float(np.percentile(times["on"], 99) * 1000), 3),
+            "rank_ms_p99_memory_off": round(float(np.percentile(times["off"], 99) * 1000), 3),
+            "rank_latency_overhead": round(float(on_ms / off_ms - 1.0), 4)}
+
+
+def click_to_effect(collector: Client, replicas: list[Client], data: datasets.MovieLens, tenant: str, seed: int,
+                    say: Callable[[str], None]) -> dict[str, Any]:
+    """Seconds from a click acknowledged to its compensation visible on every replica. A trial
+    during which a new version starts serving is not counted (the memory starts afresh with it:
+    ``swapped``); one not visible within ``EFFECT_TIMEOUT_S`` is ``missed`` and counts as that long."""
+    rng = random.Random(seed + 1)
+    ids = list(data.items)
+    effects: list[float] = []
+    missed = swapped = 0
+    for trial in range(TRIALS):
+        items = rng.sample(ids, PROBE_CANDIDATES)
+        request = _request(data, f"probe-{seed}-{trial}", items, tenant)
+        shown = replicas[0].rank_raw(request)
+        before = [r.rank_raw(request) for r in replicas]
+        j = rng.randrange(PROBE_CANDIDATES)
+        collector.report([collector.events.click(shown.request_id, items[j], user_id=request.user_id,
+                                                 position=list(shown.ranking).index(j) + 1)])
+        acked = time.monotonic()
+        seen: dict[int, float] = {}
+        moved = False
+        while len(seen) < len(replicas) and time.monotonic() - acked < EFFECT_TIMEOUT_S and not moved:
+            for r, client in enumerate(replicas):
+                if r in seen:
+                    continue
+                now = client.rank_raw(request)
+                if now.version != before[r].version or now.version != shown.version:
+                    moved = True
+                    break
+                if now.compensated_scores[j] > before[r].compensated_scores[j] + 1e-6:
+                    seen[r] = time.monotonic() - acked
+            time.sleep(POLL_S)
+        if moved:
+            swapped += 1
+        elif len(seen) == len(replicas):
+            effects.append(max(seen.values()))
+        else:
+            missed += 1
+            effects.append(EFFECT_TIMEOUT_S)
+    say(f"click-to-effect: {len(effects) - missed} of {TRIALS} clicks visible on {len(replicas)} replicas"
+        + (f", {missed} not within {EFFECT_TIMEOUT_S:.0f}s (counted as {EFFECT_TIMEOUT_S:.0f}s)" if missed else "")
+        + (f", {swapped} not counted (a new version started serving)" if swapped else ""))
+    if not effects:
+        return {"click_to_effect_p50_s": None, "click_to_effect_p99_s": None, "click_to_effect_swapped": swapped}
+    return {"click_to_effect_p50_s": round(float(np.median(effects)), 3),
+            "click_to_effect_p99_s": round(float(np.percentile(effects, 99)), 3),
+            "click_to_effect_max_s": round(float(max(effects)), 3), "click_to_effect_trials": len(effects),
+            "click_to_effect_missed": missed, "click_to_effect_swapped": swapped}
+
+
+def measure(info: stack.StackInfo, data: datasets.MovieLens, seed: int, say: Callable[[str], None]
+            ) -> dict[str, Any]:
+    """Latency, click-to-effect and bytes on the running stack ``info`` (its memory on)."""
+    tenant = info.tenants[0]
+    started = []
+    out: dict[str, Any] = {}
+    try:
+        second, second_at, second_metrics = start_replica(info, "on", "inference-memory-on")
+        started.append(second)
+        off, off_at, _ = start_replica(info, "off", "inference-memory-off")
+        started.append(off)
+        say(f"replicas: {info.inference} (the stack's, memory on), {second_at} (memory on), {off_at} (memory off)")
+        with Client(info.collector, info.inference, tenant=tenant) as main, \
+                Client(None, second_at, tenant=tenant) as other, Client(None, off_at, tenant=tenant) as base:
+            # Clicks first: the latency calls' impressions become enough examples to retrain on.
+            out.update(click_to_effect(main, [main, other], data, tenant, seed, say))
+            out.update(rank_latency([main, other], base, data, tenant, seed))
+            say(f"Rank, {LATENCY_CANDIDATES} candidates: p50 {out['rank_ms_p50_memory_on']} ms memory on, "
+                f"{out['rank_ms_p50_memory_off']} ms off (overhead {out['rank_latency_overhead']:+.1%})")
+        out["bytes_per_model"] = procs.metric_value(second_metrics, "loopwise_inference_memory_bytes",
+                                                    {"tenant": tenant, "model": MODEL})
+    finally:
+        for proc in started:
+            proc.stop()
+    return out

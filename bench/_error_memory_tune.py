@@ -1,0 +1,115 @@
+"""Tuning the error memory of bench/error_memory.py on a prefix of the stream only.
+
+The prefix (``--tune-fraction`` of the requests, the first 10% by default:
+the span the cold-start model serves before the first retrain, and the
+prefix bench/learning.py tunes its peers on) is scored in-process with the
+cold-start ONNX model: its probability and its hidden layer, the memory's
+key, hashed as it travels (int8, `canonical`). The inference service's own
+memory (`loopwise.inference.memory`: `Sketch` and `compensate`) then replays
+it progressively for each point of a grid over K, L, lambda and tau (and
+gamma: 1, the paper's, pulls a prediction toward its neighbours' labels; 0
+shifts it by their mean error, which keeps the model's ranking inside a
+coarse bucket):
+each block of ``BLOCK`` requests is read (compensated) before it is written,
+a click's error is written at once and the negatives ``lag`` requests later
+(the miner's window). The point with the best gAUC of the compensated scores
+over the prefix wins; nothing after the prefix is looked at.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from _learning_stream import Stream
+
+from loopwise.modelstore.contract import HIDDEN_OUTPUT, PROB_OUTPUT, feeds
+from loopwise.ranking_metrics import gauc
+
+GRID = {"k": (16, 32, 64), "bits": (8, 10, 12, 14), "lam": (0.1, 0.25, 0.5, 1.0), "tau": (0.1, 0.5, 1.0),
+        "gamma": (1.0, 0.0)}
+QUICK_GRID = {"k": (16, 32, 64), "bits": (8, 10, 12), "lam": (0.1, 0.25, 0.5, 1.0), "tau": (0.1, 0.5),
+              "gamma": (1.0, 0.0)}
+BLOCK = 10  # requests read together before their labels are written
+LAG = 100  # requests between a request and its negatives (2 s window at ~50 requests/s)
+
+
+@dataclass(frozen=True)
+class Tuned:
+    k: int
+    bits: int
+    lam: float
+    tau: float
+    gamma: float
+    gauc_base: float
+    gauc_memory: float
+    grid: list[dict[str, float]]
+    rows: int
+
+    def describe(self) -> str:
+        return (f"K={self.k} L={self.bits} lambda={self.lam} tau={self.tau} gamma={self.gamma}: prefix gAUC {self.gauc_base:.4f} -> "
+                f"{self.gauc_memory:.4f} ({len(self.grid)} points, {self.rows} rows)")
+
+
+def score_with_keys(artifact: bytes, sparse: np.ndarray, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model's probability [n] and hidden layer [n, dim] (hashed as an impression carries it)."""
+    import onnxruntime as ort
+
+    from loopwise.inference.memory.sketch import canonical
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(artifact, options, providers=["CPUExecutionProvider"])
+    prob, hidden = session.run([PROB_OUTPUT, HIDDEN_OUTPUT], feeds(sparse.astype(np.int64), dense.astype(np.float32)))
+    return np.asarray(prob, dtype=np.float64), canonical(np.asarray(hidden, dtype=np.float32))
+
+
+def replay(prob: np.ndarray, keys: np.ndarray, y: np.ndarray, k_rows: int, *, k: int, bits: int, lam: float,
+           tau: float, gamma: float = 1.0, lag: int = LAG, seed: int = 0) -> np.ndarray:
+    """Progressive compensated scores of ``prob`` (rows request-major, ``k_rows`` per request)."""
+    from loopwise.inference.memory.compensate import Params, compensate
+    from loopwise.inference.memory.sketch import Sketch
+
+    memory = Sketch(keys.shape[1], k=k, bits=bits, seed=seed)
+    params = Params(lam=lam, tau=tau, gamma=gamma)
+    n = len(prob) // k_rows
+    out = np.empty_like(prob)
+    written_neg = 0  # requests whose negatives are in memory
+    for a in range(0, n, BLOCK):
+        b = min(a + BLOCK, n)
+        rows = slice(a * k_rows, b * k_rows)
+        out[rows] = compensate(prob[rows], memory.read(keys[rows]), params)
+        pos = np.flatnonzero(y[rows] > 0) + a * k_rows
+        if len(pos):
+            memory.write(keys[pos], y[pos], prob[pos])
+        due = max(b - lag, 0)
+        if due > written_neg:
+            span = slice(written_neg * k_rows, due * k_rows)
+            neg = np.flatnonzero(y[span] <= 0) + written_neg * k_rows
+            memory.write(keys[neg], y[neg], prob[neg])
+            written_neg = due
+    return out
+
+
+def tune(stream: Stream, parent: bytes, prefix: int, quick: bool = False,
+         say: Callable[[str], None] = print) -> Tuned:
+    """The grid point with the best progressive gAUC on the first ``prefix`` requests."""
+    assert stream.sparse is not None and stream.dense is not None
+    k_rows = stream.k
+    rows = slice(0, prefix * k_rows)
+    prob, keys = score_with_keys(parent, stream.sparse[rows], stream.dense[rows])
+    y = stream.label.reshape(-1)[rows]
+    users = stream.row_users()[rows]
+    base = gauc(y, prob, users)
+    grid = QUICK_GRID if quick else GRID
+    results = []
+    for k, bits, lam, tau, gamma in itertools.product(*grid.values()):
+        g = gauc(y, replay(prob, keys, y, k_rows, k=k, bits=bits, lam=lam, tau=tau, gamma=gamma), users)
+        results.append({"k": k, "bits": bits, "lam": lam, "tau": tau, "gamma": gamma, "gauc": round(float(g), 5)})
+    best = max(results, key=lambda r: r["gauc"])
+    tuned = Tuned(k=int(best["k"]), bits=int(best["bits"]), lam=float(best["lam"]), tau=float(best["tau"]),
+                  gamma=float(best["gamma"]), gauc_base=float(base), gauc_memory=float(best["gauc"]), grid=results, rows=len(y))
+    say(f"memory tuned on the first {prefix} requests: {tuned.describe()}")
+    return tuned

@@ -1,0 +1,198 @@
+"""Does the error memory correct the served model between two versions? (docs/methods.md §1)
+
+The replay of bench/learning.py (MovieLens-100K in time order, 20 candidates
+per request, the same seeds; ``--quick`` is the same prefix as
+``bench/learning.py --quick``) runs through the real local stack with the
+stack's trainer service retraining on the same schedule, and the inference
+service's error memory on (``LOOPWISE_ERROR_MEMORY_MODE=on``). Every Rank
+answer carries the model's own probability (``base_scores``: the memory
+off) and the compensated one (served), so memory off and on are scored on
+the same requests of one run: AUC and gAUC (per user), overall and per time
+slice, progressive (`_learning_eval`).
+
+K, L, lambda, tau (and gamma) are tuned before the stack starts, on the first
+``--tune-fraction`` of the stream only (`_error_memory_tune`: the
+inference service's own sketch replayed over the cold-start model's scores
+and hidden layer).
+
+Then, on the same stack (`_error_memory_measure`): Rank latency with 100
+candidates, memory on vs off (a second replica with the memory off);
+click-to-effect (a click acknowledged by the collector until the
+compensation moved in Rank on both of two memory-on replicas); bytes of one
+model's memory.
+
+A second replay (``--no-shift`` skips it) injects a preference shift
+(`_error_memory_shift`: from the middle of a retraining interval after
+``--shift-at`` of the stream, students click horror, thriller, sci-fi and
+crime movies instead of what they rated): the gAUC gain after the shift, and
+the seconds until the compensated AUC of the segment is back at its level
+before the shift (the base's too, for comparison).
+
+Usage: python bench/error_memory.py [--quick] [--requests N] [--no-shift]
+The last line printed is one JSON object: gauc_base, gauc_memory, gauc_gain_points, auc_base, auc_memory,
+shift_recovery_s, rank_latency_overhead, click_to_effect_p50_s, click_to_effect_p99_s, bytes_per_model,
+and extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import _common as c
+import numpy as np
+from _error_memory_measure import measure
+from _error_memory_shift import inject_shift, recovery_s
+from _error_memory_stack import memory_env, replay
+from _error_memory_tune import tune
+from _learning_eval import bucket_ids, summarize
+from _learning_loopwise import make_trainer
+from _learning_stream import Stream, build_stream, featurize
+from learning import (
+    BUCKETS,
+    QUICK_BUCKETS,
+    QUICK_REQUESTS,
+    QUICK_RETRAINS,
+    RETRAINS,
+    bucket_edges,
+    fmt,
+)
+
+from loopwise.modelstore import coldstart
+from loopwise.ranking_metrics import auc, gauc
+from loopwise.tools import datasets
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"replay the first {QUICK_REQUESTS} ratings")
+    p.add_argument("--requests", type=int, default=None, help="ratings to replay (default all 100,000)")
+    p.add_argument("--retrain-every", type=int, default=None,
+                   help=f"requests between two training triggers (default requests / {RETRAINS}, --quick: / "
+                        f"{QUICK_RETRAINS})")
+    p.add_argument("--buckets", type=int, default=None, help=f"time slices (default {BUCKETS}, quick {QUICK_BUCKETS})")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--attribution-window-ms", type=int, default=2_000, help="the miner's window")
+    p.add_argument("--tune-fraction", type=float, default=0.1, help="stream prefix the memory is tuned on")
+    p.add_argument("--shift-at", type=float, default=0.5,
+                   help="the shift starts half a retraining interval after this fraction of the stream")
+    p.add_argument("--no-shift", action="store_true", help="skip the replay with the injected shift")
+    return p.parse_args(argv)
+
+
+def scored(stream: Stream, base: np.ndarray, memory: np.ndarray, buckets: int, rows: np.ndarray | None = None
+           ) -> dict[str, dict[str, Any]]:
+    """AUC, gAUC and the per-slice curve of the base and the compensated scores (rows: a mask)."""
+    y = stream.label.reshape(-1)
+    users = stream.row_users()
+    req = np.repeat(np.arange(stream.n), stream.k)
+    bucket = bucket_ids(stream.n, stream.k, buckets)
+    both = np.isfinite(base) & np.isfinite(memory) & (rows if rows is not None else True)
+    return {name: summarize(y, s, users, req, bucket, buckets, rows=both)
+            for name, s in (("base", base), ("memory", memory))}
+
+
+def rounded(x: Any, digits: int = 4) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), digits)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    requests = args.requests or (QUICK_REQUESTS if args.quick else None)
+    buckets = args.buckets or (QUICK_BUCKETS if args.quick else BUCKETS)
+    data = datasets.movielens_100k()
+    n = min(requests or len(data), len(data))
+    every = args.retrain_every or max(n // (QUICK_RETRAINS if args.quick else RETRAINS), 1)
+    c.say(f"MovieLens-100K: replaying {n} of {len(data)} ratings, 20 candidates each, retrain every {every} "
+          f"requests (bench/learning.py's stream and schedule), {buckets} time slices")
+    stream = featurize(build_stream(data, n, seed=args.seed))
+    parent = coldstart.build_onnx(stream.spec)
+    y = stream.label.reshape(-1)
+
+    prefix = max(int(args.tune_fraction * n), 1)
+    tuned = tune(stream, parent, prefix, quick=args.quick, say=c.say)
+    env = memory_env("on", tuned.k, tuned.bits, tuned.lam, tuned.tau, tuned.gamma)
+    trainer = make_trainer("auto", parent, stream.spec, seed=args.seed, say=c.say,
+                           overrides={"attribution_window_ms": str(args.attribution_window_ms)})
+
+    c.say("replay 1: the stream as it is, memory on; then latency, click-to-effect and size on the same stack")
+    loop, answers, measured = replay(stream, parent, every, trainer, env, window_ms=args.attribution_window_ms,
+                                     after=lambda info: measure(info, data, args.seed, c.say), say=c.say)
+    base, memory, _ = answers.arrays(stream.n, stream.k)
+    modes = sorted(set(answers.modes))
+    res = scored(stream, base, memory, buckets)
+    edges = bucket_edges(stream, buckets)
+    c.say(f"memory modes answered: {modes}; versions served: {loop.extra.get('versions_served')}")
+    c.say(f"{'':10} {'AUC':>7} {'gAUC':>7}")
+    for name in ("base", "memory"):
+        c.say(f"{name:10} {fmt(res[name]['auc']):>7} {fmt(res[name]['gauc']):>7}")
+    c.say("AUC per time slice (slice ends):  base  memory")
+    for j, edge in enumerate(edges):
+        c.say(f"{edge:>12}  {fmt(res['base']['curve'][j])}  {fmt(res['memory']['curve'][j])}")
+
+    shift_out: dict[str, Any] = {}
+    if not args.no_shift:
+        at = min(int(args.shift_at * n) // every * every + every // 2, n - 1)
+        shifted, shift = inject_shift(stream, at)
+        c.say(f"replay 2: preference shift {shift.describe()}")
+        trainer2 = make_trainer("auto", parent, stream.spec, seed=args.seed, say=c.say,
+                                overrides={"attribution_window_ms": str(args.attribution_window_ms)})
+        _, answers2, _ = replay(shifted, parent, every, trainer2, env, window_ms=args.attribution_window_ms,
+                                say=c.say)
+        b2, m2, sent2 = answers2.arrays(shifted.n, shifted.k)
+        y2 = shifted.label.reshape(-1)
+        after = np.repeat(np.arange(shifted.n) >= at, shifted.k)
+        seg_after = after & shift.rows(shifted.k)
+        users2 = shifted.row_users()
+        for label, rows in (("after", after), ("segment_after", seg_after)):
+            ok = rows & np.isfinite(b2) & np.isfinite(m2)
+            for name, s in (("base", b2), ("memory", m2)):
+                shift_out[f"shift_{label}_gauc_{name}"] = rounded(gauc(y2[ok], s[ok], users2[ok]))
+                shift_out[f"shift_{label}_auc_{name}"] = rounded(auc(y2[ok], s[ok]))
+        for name, s in (("memory", m2), ("base", b2)):
+            rec = recovery_s(y2, s, shifted.k, shift, sent2)
+            shift_out.update({f"shift_{key}_{name}": value for key, value in rec.items()})
+        gain = (shift_out["shift_after_gauc_memory"] or 0) - (shift_out["shift_after_gauc_base"] or 0)
+        shift_out["shift_gauc_gain_points"] = round(100 * gain, 3)
+        shift_out["shift_at_request"] = at
+        c.say("after the shift: " + ", ".join(f"{k.removeprefix('shift_')}={v}" for k, v in shift_out.items()))
+
+    size = measured.get("bytes_per_model")
+    if size is None:  # the replica's gauge missing: the sketch's own size at the service's defaults
+        from loopwise.inference.memory.sketch import Sketch
+        from loopwise.inference.settings import InferenceSettings
+
+        defaults = InferenceSettings()
+        size = Sketch(64, defaults.error_memory_k, defaults.error_memory_bits).nbytes
+    result = {
+        "gauc_base": rounded(res["base"]["gauc"]), "gauc_memory": rounded(res["memory"]["gauc"]),
+        "gauc_gain_points": rounded(100 * (res["memory"]["gauc"] - res["base"]["gauc"]), 3),
+        "auc_base": rounded(res["base"]["auc"]), "auc_memory": rounded(res["memory"]["auc"]),
+        "shift_recovery_s": shift_out.get("shift_recovery_s_memory"),
+        "rank_latency_overhead": measured.get("rank_latency_overhead"),
+        "click_to_effect_p50_s": measured.get("click_to_effect_p50_s"),
+        "click_to_effect_p99_s": measured.get("click_to_effect_p99_s"),
+        "bytes_per_model": int(size) if size is not None else None,
+        "tuned": {"k": tuned.k, "bits": tuned.bits, "lambda": tuned.lam, "tau": tuned.tau, "gamma": tuned.gamma,
+                  "prefix_requests": prefix, "prefix_gauc_base": rounded(tuned.gauc_base),
+                  "prefix_gauc_memory": rounded(tuned.gauc_memory), "grid_points": len(tuned.grid)},
+        "curve_base": [rounded(x) for x in res["base"]["curve"]],
+        "curve_memory": [rounded(x) for x in res["memory"]["curve"]], "slice_ends": edges,
+        "request_auc_base": rounded(res["base"]["request_auc"]),
+        "request_auc_memory": rounded(res["memory"]["request_auc"]),
+        "memory_modes": modes, "versions_served": loop.extra.get("versions_served"),
+        **{k: v for k, v in measured.items() if k not in ("bytes_per_model",)}, **shift_out,
+        "requests": stream.n, "rows": int(len(y)), "retrain_every": every, "cpus": os.cpu_count(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    c.emit_result(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
