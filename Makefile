@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup prometheus-tools dashboards protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing clean
+.PHONY: help setup prometheus-tools dashboards protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing bench-error-memory clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -80,7 +80,10 @@ bench-learning: setup ## MovieLens progressive AUC: Loopwise retraining vs cold 
 bench-debiasing: setup ## Rel-MF semi-synthetic MovieLens-100K (naive vs miner IPS vs true theta) and the OBD off-policy check
 	$(BIN)/python bench/debiasing.py
 
-bench: bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing ## every benchmark
+bench-error-memory: setup ## MovieLens replay with the error memory on vs off: gAUC, shift recovery, Rank overhead, click-to-effect
+	$(BIN)/python bench/error_memory.py
+
+bench: bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing bench-error-memory ## every benchmark
 
 clean: ## remove the virtual env and local state
 	rm -rf $(VENV) $(CHECKOV_VENV) .loopwise .pytest_cache
