@@ -54,6 +54,8 @@ def test_every_service_is_there() -> None:
     assert set(SERVICES) == {*LOOPWISE, *PULLED, "models-init"}
     kafka = SERVICES["kafka"]["environment"]
     assert "controller" in kafka["KAFKA_PROCESS_ROLES"] and not any("ZOOKEEPER" in k for k in kafka)
+    assert f"kafka:{kafka['KAFKA_LOG_DIRS']}" in SERVICES["kafka"]["volumes"]  # the data on the volume
+    assert SERVICES["collector"]["environment"]["LOOPWISE_KAFKA_BOOTSTRAP"] in kafka["KAFKA_ADVERTISED_LISTENERS"]
 
 
 @pytest.mark.parametrize("name", sorted(PULLED))
