@@ -49,6 +49,14 @@ def _dead_share(dead: str, read: str) -> str:
     return f"sum(rate({dead}[5m])) / clamp_min(sum(rate({read}[5m])), 1)"
 
 
+def _published(hours: int) -> str:
+    """(tenant, model) with a version published in the last ``hours``: the counter grew, or its
+    series is new (a trainer's first publish since it started creates it; increase() misses that)."""
+    published = 'loopwise_trainer_runs_total{outcome="published"}'
+    return (f"sum by (tenant, model) (increase({published}[{hours}h])) > 0"
+            f" or sum by (tenant, model) ({published} unless {published} offset {hours}h)")
+
+
 ALERTS: tuple[Alert, ...] = (
     _lag("miner", "add miner replicas (at most the topics' partition count) or look for a slow or stuck one."),
     _lag("trainer", "look for a stuck consumer, a slow disk under its window, or runs that hold the CPU."),
@@ -105,8 +113,7 @@ ALERTS: tuple[Alert, ...] = (
         "time() - max by (tenant, model) (loopwise_trainer_last_run_timestamp_seconds)",
         f"(time() - max by (tenant, model) (loopwise_trainer_last_run_timestamp_seconds) > {NO_MODEL_HOURS * 3600})"
         f" or (sum by (tenant, model) (increase(loopwise_trainer_runs_total[{NO_MODEL_HOURS}h])) > 0"
-        f" unless on (tenant, model)"
-        f' sum by (tenant, model) (increase(loopwise_trainer_runs_total{{outcome="published"}}[{NO_MODEL_HOURS}h])) > 0)',
+        f" unless on (tenant, model) ({_published(NO_MODEL_HOURS)}))",
         "0m", "warning",
         f"No new model for {{{{ $labels.tenant }}}}/{{{{ $labels.model }}}} in {NO_MODEL_HOURS} hours",
         f"In {NO_MODEL_HOURS} h the trainer either ran no training run or published none of them "
