@@ -5,10 +5,12 @@ that returns a series whenever the services run and see traffic) and its
 ``expr`` (the signal compared with its threshold). ``rule_file`` renders the
 Prometheus rule file; `observability/dashboards.py` writes it, with the
 dashboards, to ``observability/prometheus/alerts.yml`` (Docker Compose) and
-``helm/loopwise/files/alerts.yml`` (the chart's PrometheusRule). The test
-(``tests/observability/test_prometheus.py``) evaluates every signal and every
-expression against a real Prometheus scraping the local stack, and renders the
-file with ``for: 0s`` to drive one alert to firing.
+``helm/loopwise/files/alerts.yml`` (the chart's PrometheusRule).
+``tests/observability/test_alert_logic.py`` checks the rules on synthetic
+series (``promtool test rules``); ``tests/observability/test_prometheus.py``
+evaluates every signal and every expression against a real Prometheus
+scraping the local stack, with the file rendered with ``for: 0s``, and drives
+alerts to firing.
 
 Metric names are those of ``services/*/metrics.py`` and
 ``shared/grpcserver.py`` (``loopwise_<service>_rpc_*``).
