@@ -26,7 +26,7 @@ def test_reported_events_are_on_the_topic(start_collector, broker, topics):
     collector = start_collector()
     with Client(target(collector)) as lw:
         sent = [lw.events.click("r1", "m1", user_id="u1", position=2),
-                lw.events.turn("play heat", user_id="u1", session_id="s1"),
+                lw.events.turn("play heat", user_id="u1", session_id="s1", status=1),
                 lw.events.accept("r2", "m9", user_id="u2")]
         response = lw.report(sent)
     assert response.accepted == 3 and response.rejected == 0

@@ -23,7 +23,7 @@ def test_keys_copartition_requests_and_sessions():
     click = F.click("r1", "m1", user_id="u1")
     imp = F.impression("r1", ["m1"], user_id="u2")
     assert codec.record_key(click) == codec.record_key(imp) == b"t1|r|r1"
-    turn = F.turn("hello", user_id="u1", request_id="r9")
+    turn = F.turn("hello", user_id="u1", request_id="r9", status=1)
     assert codec.record_key(turn) == b"t1|u|u1"
 
 

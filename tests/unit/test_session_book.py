@@ -146,3 +146,66 @@ def test_a_user_with_a_fast_clock_does_not_close_other_users_sessions():
     fresh = book(table)
     fresh.rebuild(now=0.0)
     assert fresh.watermark(0, now=0.0) <= T0 + 1500 + GAP + 1
+
+
+def sturn(ms: int, sid: str, text: str = "play heet") -> TurnRecord:
+    return TurnRecord(time_ms=T0 + ms, utterance=text, user_id="ann", tenant="t", session_id=sid)
+
+
+def test_the_clients_session_id_splits_sessions_the_gap_would_join():
+    b = book()
+    assert b.add(key(), "e1", sturn(0, "s1"), 0).closed is None
+    closed = b.add(key(), "e2", sturn(1000, "s2", "play heat"), 0).closed  # 1 s later: the gap would join them
+    assert [t.utterance for t in closed.turns] == ["play heet"] and closed.turns[0].session_id == "s1"
+
+
+def test_the_clients_session_id_joins_turns_the_gap_would_split():
+    b = book()
+    b.add(key(), "e1", sturn(0, "s1"), 0)
+    assert b.add(key(), "e2", sturn(GAP + 5000, "s1", "play heat"), 0).closed is None  # same client session
+    closed = b.add(key(), "e3", sturn(GAP + 6000, "s2", "stop"), 0).closed
+    assert [t.utterance for t in closed.turns] == ["play heet", "play heat"]
+
+
+def test_a_late_turn_of_an_earlier_client_session_is_dropped():
+    from loopwise.miner.reformulation.sessions import SessionState
+
+    s = SessionState()
+    s.add(sturn(0, "s1"), gap_ms=GAP)
+    s.add(sturn(5000, "s2"), gap_ms=GAP)
+    assert s.add(sturn(1000, "s1"), gap_ms=GAP) is None and s.dropped == 1
+    assert [t.session_id for t in s.turns] == ["s2"]
+
+
+def test_without_a_session_id_the_gap_decides_and_offline_matches_live():
+    from loopwise.miner.reformulation.sessions import sessionize
+
+    turns = [sturn(0, "s1"), sturn(GAP + 1, "s1", "play heat"), sturn(GAP + 2, "s2"),
+             turn(10 * GAP), turn(10 * GAP + 1000)]
+    assert [len(s) for s in sessionize(turns, gap_ms=GAP)] == [1, 1, 1, 2]  # idle > gap closes s1
+
+
+def test_the_session_id_survives_the_event_and_the_table():
+    from loopwise.v1 import events_pb2
+
+    ev = events_pb2.Event(event_id="e", tenant="t", user_id="ann", session_id="s9", client_time_ms=T0,
+                          turn=events_pb2.Turn(utterance="play heat", status=1))
+    rec = TurnRecord.from_event(ev)
+    assert rec.session_id == "s9"
+    b = book()
+    b.add(key(), "e1", rec, 0)
+    b.rebuild()
+    closed = b.close(now=10**9)[0]
+    assert closed.turns[0].session_id == "s9"
+
+
+def test_closed_sessions_carry_the_frontier_every_session_before_it_is_closed_by():
+    b = book()
+    b.add(key("ann"), "e1", turn(0, user="ann"), 0, now=0.0)
+    b.add(key("bob"), "e2", turn(10_000, user="bob"), 0, now=0.0)
+    assert b.frontier(now=0.0) == T0 + 10_000 - GAP  # the watermark less the gap
+    closed = b.add(key("bob"), "e3", turn(10_000 + GAP + 1, user="bob"), 0, now=0.0).closed
+    assert closed.through_ms == T0  # ann's session, open since T0, holds it back
+    assert Session.from_bytes(closed.to_bytes()).through_ms == closed.through_ms
+    later = b.close(now=0.0)
+    assert [s.turns[0].user_id for s in later] == ["ann"] and later[0].through_ms > T0

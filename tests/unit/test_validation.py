@@ -18,7 +18,7 @@ def ok_click(**kw):
 
 def test_valid_events_pass():
     assert check(ok_click()) is None
-    assert check(F.turn("play heat", user_id="u1", at_ms=NOW)) is None
+    assert check(F.turn("play heat", user_id="u1", status=1, at_ms=NOW)) is None
     assert check(F.impression("r1", ["a", "b"], scores=[0.2, 0.1], propensities=[0.5, 1.0], at_ms=NOW)) is None
     assert check(F.accept("r1", "m1", at_ms=NOW)) is None
     assert check(F.reject("r1", "m1", at_ms=NOW)) is None
@@ -47,9 +47,9 @@ def test_bad_clicks(mutate, reason):
 
 
 def test_bad_turns():
-    assert check(F.turn("  ", user_id="u1", at_ms=NOW))[0] == "empty_utterance"
-    assert check(F.turn("x" * 2000, user_id="u1", at_ms=NOW))[0] == "utterance_too_long"
-    assert check(F.turn("hi", user_id="", at_ms=NOW))[0] == "missing_user_id"
+    assert check(F.turn("  ", user_id="u1", status=1, at_ms=NOW))[0] == "empty_utterance"
+    assert check(F.turn("x" * 2000, user_id="u1", status=1, at_ms=NOW))[0] == "utterance_too_long"
+    assert check(F.turn("hi", user_id="", status=1, at_ms=NOW))[0] == "missing_user_id"
 
 
 def test_bad_impressions():

@@ -8,8 +8,9 @@ turn is a duplicate, not a repeat), the id of the session's first event (the
 closed session's deterministic id derives from it) and the partition it was
 read from.
 
-A session closes when a turn arrives more than ``gap_ms`` after the previous
-one (`SessionBook.add`), or when its partition's watermark passes its last
+A session closes when a turn starts a new one (`SessionBook.add`: another
+client ``session_id``, or, for turns without one, more than ``gap_ms`` after
+the previous turn; see `sessions`), or when its partition's watermark passes its last
 turn by the gap (`SessionBook.close`). A partition's watermark is the newest
 arrival time read from it (a turn's own time, clamped to when the collector
 received it: a user whose clock runs minutes fast cannot close the other
@@ -17,6 +18,10 @@ users' sessions), advanced by wall-clock time once the partition has
 delivered nothing for ``idle_s`` and has no backlog (``caught_up``). After
 recovery, `SessionBook.rebuild` re-indexes the table and resumes each
 partition's watermark from the arrival times its values hold (``r``).
+
+`SessionBook.frontier` is the event time before which every session of the
+book's partitions has been closed: each closed `Session` carries it
+(``through_ms``), so the mining side knows how far it has caught up.
 
 >>> book = SessionBook({}, gap_ms=30_000)
 >>> def turn(ms, text):
@@ -32,6 +37,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -56,16 +62,19 @@ class Session:
     id: str
     tenant: str
     turns: list[TurnRecord]
+    through_ms: int = 0  # `SessionBook.frontier` when it was closed (0: unknown)
 
     def to_bytes(self) -> bytes:
-        record = {"id": self.id, "tenant": self.tenant, "turns": [t.to_dict() for t in self.turns]}
+        record = {"id": self.id, "tenant": self.tenant, "turns": [t.to_dict() for t in self.turns],
+                  "through_ms": self.through_ms}
         return json.dumps(record, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Session:
         """Raises ValueError, KeyError or TypeError on a record that is not a session."""
         record = json.loads(raw)
-        return cls(id=record["id"], tenant=record["tenant"], turns=[TurnRecord(**t) for t in record["turns"]])
+        return cls(id=record["id"], tenant=record["tenant"], turns=[TurnRecord(**t) for t in record["turns"]],
+                   through_ms=int(record.get("through_ms", 0)))
 
 
 @dataclass(slots=True)
@@ -115,7 +124,7 @@ class SessionBook:
         turns = state.add(turn, gap_ms=self.gap_ms, max_turns=self.max_turns)
         closed = None
         if turns:
-            closed = self._session(turn.tenant, turn.user_id, data.get("first", ""), turns)
+            closed = [turn.tenant, turn.user_id, data.get("first", ""), turns]
             data["first"] = event_id
         elif not data.get("first"):
             data["first"] = event_id
@@ -129,7 +138,9 @@ class SessionBook:
         stream = self._streams.setdefault(partition, [arrived, now])
         stream[0] = max(stream[0], arrived)
         stream[1] = now
-        return Added(closed=closed)
+        if closed is None:
+            return Added()
+        return Added(closed=self._session(*closed, through_ms=self.frontier(now)))
 
     def watermark(self, partition: int, now: float | None = None) -> float:
         """The partition's watermark, on arrival times (0 before it has delivered anything)."""
@@ -141,6 +152,17 @@ class SessionBook:
         if idle > 0 and (self.caught_up is None or self.caught_up(partition)):
             return newest + idle * 1000
         return newest
+
+    def frontier(self, now: float | None = None) -> int:
+        """The event time before which every session of this book's partitions is closed: per
+        partition the watermark, or the last turn of its oldest open session if earlier, less
+        the gap; the least over partitions (0 before any turn)."""
+        marks = []
+        for partition in self._streams:
+            due = self._due.get(partition)
+            mark = self.watermark(partition, now)
+            marks.append(min(mark, due[0][0]) if due else mark)
+        return max(0, int(min(marks)) - self.gap_ms) if marks else 0
 
     def close(self, limit: int | None = None, now: float | None = None) -> list[Session]:
         """Close (and forget) the sessions their partition's watermark has passed by the gap;
@@ -161,8 +183,12 @@ class SessionBook:
                 tenant, _, user = key.decode().partition("|u|")
                 out.append(self._session(tenant, user, data.get("first", ""), turns))
                 self.table.pop(key, None)
+        if out:
+            through = self.frontier(now)
+            out = [dataclasses.replace(s, through_ms=through) for s in out]
         return out
 
     @staticmethod
-    def _session(tenant: str, user: str, first: str, turns: list[TurnRecord]) -> Session:
-        return Session(id=session_id(tenant, user, first or f"{turns[0].time_ms}"), tenant=tenant, turns=turns)
+    def _session(tenant: str, user: str, first: str, turns: list[TurnRecord], through_ms: int = 0) -> Session:
+        return Session(id=session_id(tenant, user, first or f"{turns[0].time_ms}"), tenant=tenant, turns=turns,
+                       through_ms=through_ms)

@@ -1,9 +1,17 @@
-"""Sessions: consecutive turns of one (tenant, user) with gaps below ``gap_ms``.
+"""Sessions: the client's own sessions, else consecutive turns of one (tenant,
+user) with gaps below ``gap_ms``.
 
 A `TurnRecord` is the part of a `Turn` event the miner needs. A `SessionState`
 (one per (tenant, user), a Faust table value via `to_bytes`/`from_bytes`)
-collects turns; `add` returns the previous session once a turn arrives more
-than ``gap_ms`` after the last one, and `flush` closes an idle session.
+collects turns; `add` returns the previous session once a turn starts a new
+one, and `flush` closes a session idle for more than ``gap_ms``.
+
+A turn starts a new session when its ``session_id`` (the event's, set by the
+client) differs from the open session's. When neither carries one, the gap
+decides: a turn more than ``gap_ms`` after the last one starts a new session.
+Turns of one client session stay together whatever their gaps until the
+session is idle for ``gap_ms`` (`flush`); a late turn of an earlier client
+session is dropped.
 
 >>> s = SessionState()
 >>> s.add(TurnRecord(time_ms=0, utterance="play toy story"), gap_ms=30_000)
@@ -54,6 +62,7 @@ class TurnRecord:
     rule_id: str = ""
     user_id: str = ""
     tenant: str = ""
+    session_id: str = ""  # the client's session (Event.session_id); "" when it set none
     text: str = field(default="")  # normalize(utterance); filled in when empty
 
     def __post_init__(self) -> None:
@@ -78,7 +87,8 @@ class TurnRecord:
         return cls(time_ms=int(event.client_time_ms or event.received_time_ms), utterance=turn.utterance,
                    interpretation=interp, status=int(turn.status), barge_in=turn.barge_in,
                    explicit_reject=turn.explicit_reject, rewritten=turn.rewritten_utterance,
-                   rule_id=turn.rewrite_rule_id, user_id=event.user_id, tenant=event.tenant)
+                   rule_id=turn.rewrite_rule_id, user_id=event.user_id, tenant=event.tenant,
+                   session_id=event.session_id)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,15 +109,28 @@ class SessionState:
             max_turns: int = DEFAULT_MAX_TURNS) -> list[TurnRecord] | None:
         """Add ``turn``; the closed previous session if ``turn`` starts a new one, else None.
 
-        A turn older than the open session's first turn by more than ``gap_ms``
-        (a late event from a closed session) is dropped.
+        With a client session id on either side, a different id starts a new
+        session (a late turn of an earlier client session, older than the open
+        session's first turn, is dropped instead). Without, a turn more than
+        ``gap_ms`` after the last one starts a new session, and one older than
+        the open session's first turn by more than ``gap_ms`` (a late event
+        from a closed session) is dropped.
         """
         closed = None
-        if self.turns and turn.time_ms - self.turns[-1].time_ms > gap_ms:
-            closed, self.turns, self.dropped = self.turns, [], 0
-        elif self.turns and self.turns[0].time_ms - turn.time_ms > gap_ms:
-            self.dropped += 1
-            return None
+        if self.turns:
+            last = self.turns[-1]
+            if turn.session_id or last.session_id:
+                late = turn.time_ms < self.turns[0].time_ms
+                new = turn.session_id != last.session_id and not late
+                stale = turn.session_id != last.session_id and late
+            else:
+                new = turn.time_ms - last.time_ms > gap_ms
+                stale = self.turns[0].time_ms - turn.time_ms > gap_ms
+            if new:
+                closed, self.turns, self.dropped = self.turns, [], 0
+            elif stale:
+                self.dropped += 1
+                return None
         times = [t.time_ms for t in self.turns]
         self.turns.insert(bisect.bisect_right(times, turn.time_ms), turn)
         if len(self.turns) > max_turns:
@@ -139,7 +162,8 @@ class SessionState:
 
 def sessionize(turns: Iterable[TurnRecord], *, gap_ms: int = DEFAULT_GAP_MS,
                max_turns: int = DEFAULT_MAX_TURNS) -> list[list[TurnRecord]]:
-    """Offline: all sessions of ``turns`` (any order), grouped per (tenant, user) by event time."""
+    """Offline: all sessions of ``turns`` (any order), grouped per (tenant, user) by event time,
+    as the live book makes them (a session idle for ``gap_ms`` closes, as its watermark would)."""
     by_user: dict[tuple[str, str], list[TurnRecord]] = {}
     for t in turns:
         by_user.setdefault((t.tenant, t.user_id), []).append(t)
@@ -147,9 +171,9 @@ def sessionize(turns: Iterable[TurnRecord], *, gap_ms: int = DEFAULT_GAP_MS,
     for user_turns in by_user.values():
         state = SessionState()
         for t in sorted(user_turns, key=lambda r: r.time_ms):
-            closed = state.add(t, gap_ms=gap_ms, max_turns=max_turns)
-            if closed:
-                out.append(closed)
+            for closed in (state.flush(t.time_ms, gap_ms=gap_ms), state.add(t, gap_ms=gap_ms, max_turns=max_turns)):
+                if closed:
+                    out.append(closed)
         if state.turns:
             out.append(state.turns)
     return out
