@@ -4,9 +4,9 @@
   own `InputBuilder` (one request per user with the whole catalogue as candidates);
 - `weights`: the IPS weight of each clicked pair by the miner's own function
   (`loopwise.miner.debias.clipped_weight`, clip ``ips_clip``) for a method:
-  ``naive`` (1), ``miner`` (the miner's default exposure propensity,
-  `ExposureCounter` at ``exposure_eta`` fed the clicked items) or ``oracle``
-  (the true ``theta``);
+  ``naive`` (1), ``miner`` (the miner's default exposure model, `ImpressionExposure`
+  fed each user's exposed items), ``popularity`` (`ExposureCounter`, Rel-MF's proxy,
+  fed the clicks) or ``oracle`` (the true ``theta``);
 - `fit`: `loopwise.trainer.train.train_once` (fresh start, no holdout) on a
   uniform subsample of the pairs; the scores of every pair of the evaluated users.
 """
@@ -20,7 +20,7 @@ import numpy as np
 from _debiasing_world import Truth
 
 from loopwise.features import FeatureSpec, InputBuilder
-from loopwise.miner.debias import ExposureCounter, clipped_weight
+from loopwise.miner.debias import ExposureCounter, ExposureModel, ImpressionExposure, clipped_weight
 from loopwise.miner.settings import MinerSettings
 from loopwise.trainer import train
 from loopwise.trainer.data import WindowData
@@ -42,27 +42,39 @@ def pair_inputs(truth: Truth, spec: FeatureSpec = SPEC) -> np.ndarray:
     return out
 
 
-def miner_propensity(truth: Truth, clicks: np.ndarray, eta: float) -> np.ndarray:
-    """[items] the miner's default exposure propensity after counting every click."""
-    counter = ExposureCounter(eta=eta)
-    users, items = np.nonzero(clicks)
-    counter.add([truth.item_ids[i] for i in items.tolist()])
-    return np.asarray([counter.propensity(x) for x in truth.item_ids])
+def exposure_propensity(truth: Truth, clicks: np.ndarray, exposed: np.ndarray, model: str, eta: float
+                        ) -> np.ndarray:
+    """[items] the miner's item exposure propensity (`loopwise.miner.debias`) after the
+    whole log: ``impressions`` sees one impression per user listing the items exposed to
+    them (exposure is observed for served items); ``popularity`` counts the clicks."""
+    tenant = "bench"
+    if model == "impressions":
+        estimator: ExposureModel = ImpressionExposure({})
+        for row in exposed:
+            estimator.shown(tenant, [truth.item_ids[i] for i in np.flatnonzero(row).tolist()])
+    elif model == "popularity":
+        estimator = ExposureCounter(eta=eta)
+        for i in np.nonzero(clicks)[1].tolist():
+            estimator.clicked(tenant, truth.item_ids[i])
+    else:
+        raise ValueError(f"unknown exposure model {model!r}")
+    return np.asarray([estimator.propensity(tenant, x) for x in truth.item_ids])
 
 
-def weights(method: str, truth: Truth, clicks: np.ndarray, theta: np.ndarray, miner: MinerSettings,
-            exposure: np.ndarray | None = None) -> np.ndarray:
-    """float32 [users, items]: the clicked pairs' IPS weights for ``method`` (1 elsewhere)."""
+def weights(method: str, truth: Truth, clicks: np.ndarray, exposed: np.ndarray, theta: np.ndarray,
+            miner: MinerSettings) -> np.ndarray:
+    """float32 [users, items]: the clicked pairs' IPS weights for ``method`` (1 elsewhere):
+    ``naive``, ``miner`` (the miner's default exposure model), ``popularity`` or
+    ``impressions`` (that exposure model) or ``oracle`` (the true theta)."""
     w = np.ones(clicks.shape, dtype=np.float32)
     users, items = np.nonzero(clicks)
     if method == "naive":
         return w
-    if method == "miner":
-        prop = miner_propensity(truth, clicks, miner.exposure_eta)[items] if exposure is None else exposure[users, items]
-    elif method == "oracle":
+    if method == "oracle":
         prop = theta[users, items]
     else:
-        raise ValueError(f"unknown method {method!r}")
+        model = miner.exposure_model if method == "miner" else method
+        prop = exposure_propensity(truth, clicks, exposed, model, miner.exposure_eta)[items]
     w[users, items] = [clipped_weight(float(x), miner.ips_clip) for x in prop]
     return w
 

@@ -36,13 +36,14 @@ import _common as c
 import _debiasing_obd as obd
 import _debiasing_world as world
 import numpy as np
-from _debiasing_train import METHODS, fit, pair_inputs, settings, weights
+from _debiasing_train import METHODS, exposure_propensity, fit, pair_inputs, settings, weights
 
 from loopwise.miner.settings import MinerSettings
 from loopwise.tools.datasets.fetch import default_cache_dir
 
 PS = (0.5, 1.0, 2.0, 3.0, 4.0)
 TRUTH_FILE = "debiasing-truth-v1.npz"
+NAMES = {"miner": "ips"}  # the result's name of a method (others keep theirs)
 
 
 def truth() -> world.Truth:
@@ -86,31 +87,47 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
     ids = pair_inputs(t)
     n_u, n_i = t.gamma.shape
     eval_users = np.arange(0, n_u, args.eval_every)
-    runs: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in METHODS}
+    runs: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in args.methods}
+    quality: dict[str, dict[str, list[float]]] = {"popularity": {}, "impressions": {}}
     for p in args.p:
         theta = t.theta(p)
         for seed in range(args.seeds):
             rng = np.random.default_rng(1000 * seed + int(10 * p))
-            clicks = (rng.random(theta.shape) < theta) & (rng.random(theta.shape) < t.gamma)
+            exposed = rng.random(theta.shape) < theta
+            clicks = exposed & (rng.random(theta.shape) < t.gamma)
             relevant = rng.random(theta.shape) < t.gamma
             rows = np.sort(rng.choice(n_u * n_i, int(args.fraction * n_u * n_i), replace=False))
-            for method in METHODS:
-                w = weights(method, t, clicks, theta, miner)
+            users, items = np.nonzero(clicks)
+            for model, by_p in quality.items():
+                prop = exposure_propensity(t, clicks, exposed, model, miner.exposure_eta)[items]
+                by_p.setdefault(str(p), []).append(spearman(prop, theta[users, items]))
+            for method in args.methods:
+                w = weights(method, t, clicks, exposed, theta, miner)
                 scores = fit(ids, clicks, w, rows, eval_users, settings(config, seed))
                 for key, value in world.metrics(t, scores, relevant, eval_users).items():
                     runs[method].setdefault(key, {}).setdefault(str(p), []).append(value)
             c.say(f"  p={p} seed={seed}: " + ", ".join(
-                f"{m} {runs[m]['dcg'][str(p)][-1]:.4f}" for m in METHODS) + f"  (clicks {clicks.mean():.4f})")
+                f"{m} {runs[m]['dcg'][str(p)][-1]:.4f}" for m in args.methods) + f"  (clicks {clicks.mean():.4f})")
     out: dict[str, Any] = {}
-    names = {"naive": "naive", "miner": "ips", "oracle": "oracle"}
-    for method, key in names.items():
+    for method in args.methods:
+        key = NAMES.get(method, method)
         for metric, label in (("dcg", "dcg"), ("recall", "recall"), ("rare_dcg", "rare_dcg")):
             stats = {p: summary(v) for p, v in runs[method][metric].items()}
             out[f"{label}_{key}"] = {p: m for p, (m, _) in stats.items()}
             out[f"{label}_{key}_std"] = {p: s for p, (_, s) in stats.items()}
-    for key in ("ips", "oracle"):
-        out[f"dcg_gain_{key}"] = {p: round(out[f"dcg_{key}"][p] / out["dcg_naive"][p] - 1, 4) for p in out["dcg_naive"]}
+    for method in args.methods:
+        key = NAMES.get(method, method)
+        if key != "naive" and "naive" in args.methods:
+            out[f"dcg_gain_{key}"] = {p: round(out[f"dcg_{key}"][p] / out["dcg_naive"][p] - 1, 4)
+                                      for p in out["dcg_naive"]}
+    for model, by_p in quality.items():  # how well each exposure estimator ranks the clicked pairs' theta
+        out[f"exposure_spearman_{model}"] = {p: summary(v)[0] for p, v in by_p.items()}
     return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def off_policy(args: argparse.Namespace, config: dict[str, Any], miner: MinerSettings) -> dict[str, Any]:
@@ -142,6 +159,9 @@ def main() -> None:
     parser.add_argument("--p", type=float, nargs="+", default=list(PS), help="exposure skews")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="TrainerSettings override for every model (repeatable)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        choices=[*METHODS, "popularity", "impressions"],
+                        help="naive, miner (its default exposure model), oracle (true theta), popularity, impressions")
     parser.add_argument("--no-obd", action="store_true", help="skip the off-policy check")
     args = parser.parse_args()
     args.seeds = args.seeds or (2 if args.quick else 5)
@@ -157,7 +177,7 @@ def main() -> None:
         result.update(off_policy(args, config, miner))
     result.update(seeds=args.seeds, fraction=args.fraction, eval_every=args.eval_every,
                   trainer_overrides={k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
-                  ips_clip=miner.ips_clip, exposure_eta=miner.exposure_eta,
+                  ips_clip=miner.ips_clip, exposure_eta=miner.exposure_eta, exposure_model=miner.exposure_model,
                   seconds=round(time.monotonic() - started, 1))
     c.emit_result(result)
 

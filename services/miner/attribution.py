@@ -42,7 +42,7 @@ import numpy as np
 from loopwise import representation
 from loopwise.v1 import events_pb2, features_pb2, learning_pb2
 
-from .debias import ExposureCounter, clipped_weight, position_propensity
+from .debias import ExposureModel, clipped_weight, position_propensity
 
 log = logging.getLogger(__name__)
 FEEDBACK = ("click", "accept", "reject")
@@ -156,7 +156,7 @@ class _Shown:
 class Attribution:
     """The attribution rules, with the debiasing estimators they share across requests."""
 
-    def __init__(self, config: AttributionConfig, positions: PositionModel, exposure: ExposureCounter) -> None:
+    def __init__(self, config: AttributionConfig, positions: PositionModel, exposure: ExposureModel) -> None:
         self.config = config
         self.positions = positions
         self.exposure = exposure
@@ -176,6 +176,7 @@ class Attribution:
                 out.dead.append(("duplicate_request_id", "a second impression for this request id", event))
                 return state, out
             state.impression.CopyFrom(event)
+            self.exposure.shown(event.tenant, event.impression.candidate_ids)
             state.deadline_ms = event.client_time_ms + self.config.window_ms
             waiting = list(state.feedback)
             del state.feedback[:]
@@ -270,7 +271,7 @@ class Attribution:
         out.attributed += 1
         label = 0.0 if kind == "reject" else 1.0
         if label:
-            self.exposure.add([body.candidate_id])
+            self.exposure.clicked(event.tenant, body.candidate_id)
         state.emitted.append(body.candidate_id)
         out.examples.append(self._example(shown, position, label, SOURCE[kind], event.client_time_ms))
         out.errors.append(self._error(shown, position, label, event.client_time_ms))
@@ -311,7 +312,7 @@ class Attribution:
         cid = shown.ids[position - 1]
         pos_p = position_propensity(self.positions.propensities(), position)
         logged = shown.logged[position - 1] if len(shown.logged) == len(shown.ids) else 0.0
-        exposure = logged if logged > 0 else self.exposure.propensity(cid)
+        exposure = logged if logged > 0 else self.exposure.propensity(imp.tenant, cid)
         propensity = pos_p * exposure
         weight = clipped_weight(propensity, self.config.clip) if label > 0 else 1.0
         return learning_pb2.Example(

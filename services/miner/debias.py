@@ -6,17 +6,32 @@ unlikely stands for many unseen ones: its weight is ``1 / max(theta, M)``
 ``theta`` = per-position examination propensity x item exposure propensity,
 or x the logged propensity when the client sent one (bring-your-own serving).
 
+Item exposure, per tenant (the same candidate id in two tenants is two items):
+
+- `ImpressionExposure` (the default): exposure is observed for served items,
+  so ``theta_i`` = the share of the tenant's requests whose impression showed
+  ``i``; its counts live in a mapping (the miner's changelog-backed table
+  ``exposure``), so a restarted worker starts from them;
+- `ExposureCounter`: Rel-MF's popularity proxy when nothing is logged,
+  ``(n_i / max_j n_j) ** eta`` from positive counts (in memory).
+
 >>> clipped_weight(0.05, clip=0.1)
 10.0
 >>> counter = ExposureCounter(eta=0.5)
->>> counter.add(["a", "a", "a", "a", "b"])
->>> round(counter.propensity("b"), 3), counter.propensity("a")
-(0.5, 1.0)
+>>> for item in ["a", "a", "a", "a", "b"]:
+...     counter.clicked("t1", item)
+>>> round(counter.propensity("t1", "b"), 3), counter.propensity("t1", "a"), counter.propensity("t2", "a")
+(0.5, 1.0, 1.0)
+>>> seen = ImpressionExposure({})
+>>> seen.shown("t1", ["a", "b"]); seen.shown("t1", ["a", "c"])
+>>> seen.propensity("t1", "a"), seen.propensity("t1", "b"), seen.propensity("t2", "a")
+(1.0, 0.6, 1.0)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
+from typing import Protocol
 
 import numpy as np
 
@@ -27,34 +42,124 @@ def clipped_weight(propensity: float, clip: float) -> float:
     return 1.0 / p if p > 0 else 1.0
 
 
-class ExposureCounter:
-    """Item exposure propensity ``(n_i / max_j n_j) ** eta`` from positive counts.
+class ExposureModel(Protocol):
+    """What attribution asks of an item exposure estimator."""
 
-    Bounded: beyond ``max_items`` the least-counted half is forgotten.
+    def shown(self, tenant: str, items: Iterable[str]) -> None: ...
+
+    def clicked(self, tenant: str, item: str) -> None: ...
+
+    def propensity(self, tenant: str, item: str) -> float: ...
+
+
+class ExposureCounter:
+    """Item exposure propensity ``(n_i / max_j n_j) ** eta`` from positive counts, per tenant.
+
+    Bounded: beyond ``max_items`` items of a tenant the least-counted half is forgotten.
     An item never seen positive counts as 1 (its propensity is small, not zero).
     """
 
     def __init__(self, eta: float = 0.5, max_items: int = 1_000_000) -> None:
         self.eta = eta
         self.max_items = max_items
-        self.counts: dict[str, int] = {}
-        self.max_count = 0
+        self.counts: dict[str, dict[str, int]] = {}
+        self.max_count: dict[str, int] = {}
 
-    def add(self, items: Iterable[str]) -> None:
-        counts = self.counts
-        for item in items:
-            n = counts.get(item, 0) + 1
-            counts[item] = n
-            if n > self.max_count:
-                self.max_count = n
+    def shown(self, tenant: str, items: Iterable[str]) -> None:
+        """Impressions are not what this proxy counts."""
+
+    def clicked(self, tenant: str, item: str) -> None:
+        counts = self.counts.setdefault(tenant, {})
+        n = counts.get(item, 0) + 1
+        counts[item] = n
+        if n > self.max_count.get(tenant, 0):
+            self.max_count[tenant] = n
         if len(counts) > self.max_items:
             keep = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[: self.max_items // 2]
-            self.counts = dict(keep)
+            self.counts[tenant] = dict(keep)
 
-    def propensity(self, item: str) -> float:
-        if self.max_count == 0:
+    def propensity(self, tenant: str, item: str) -> float:
+        top = self.max_count.get(tenant, 0)
+        if top == 0:
             return 1.0
-        return (max(self.counts.get(item, 0), 1) / self.max_count) ** self.eta
+        return (max(self.counts[tenant].get(item, 0), 1) / top) ** self.eta
+
+
+class ImpressionExposure:
+    """Item exposure propensity per tenant from impressions: ``theta_i`` = (impressions
+    showing ``i`` + ``prior``) / (the tenant's impressions + ``prior``), at most 1; 1 before
+    the tenant's first impression.
+
+    The counts are kept in memory and mirrored into ``store`` (bytes keys
+    ``tenant|x|item`` -> shown count, ``tenant|n`` -> impressions, ASCII numbers) by
+    `flush`; `rebuild` reloads them from it (after a restart or a rebalance). With
+    several workers each counts the impressions of its own partitions (a request is in
+    one partition, so each share estimates the same rate) and a key holds the last
+    flushed value of whichever worker wrote it. Bounded: beyond ``max_items`` items of a
+    tenant the least-shown half is forgotten (and deleted from the store).
+    """
+
+    def __init__(self, store: MutableMapping[bytes, bytes], prior: float = 0.5, max_items: int = 1_000_000
+                 ) -> None:
+        self.store = store
+        self.prior = prior
+        self.max_items = max_items
+        self.counts: dict[str, dict[str, int]] = {}
+        self.requests: dict[str, int] = {}
+        self.dirty: set[tuple[str, str | None]] = set()
+
+    def shown(self, tenant: str, items: Iterable[str]) -> None:
+        """One impression of ``tenant`` showed ``items``."""
+        counts = self.counts.setdefault(tenant, {})
+        self.requests[tenant] = self.requests.get(tenant, 0) + 1
+        self.dirty.add((tenant, None))
+        for item in set(items):
+            counts[item] = counts.get(item, 0) + 1
+            self.dirty.add((tenant, item))
+        if len(counts) > self.max_items:
+            self._forget(tenant, counts)
+
+    def clicked(self, tenant: str, item: str) -> None:
+        """Clicks are not what this estimator counts (exposure is observed)."""
+
+    def propensity(self, tenant: str, item: str) -> float:
+        n = self.requests.get(tenant, 0)
+        if n == 0:
+            return 1.0
+        return min((self.counts[tenant].get(item, 0) + self.prior) / (n + self.prior), 1.0)
+
+    # -- the store ------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Write the counts changed since the last flush to the store; how many keys."""
+        dirty, self.dirty = self.dirty, set()
+        for tenant, item in dirty:
+            if item is None:
+                self.store[f"{tenant}|n".encode()] = str(self.requests[tenant]).encode()
+            elif item in self.counts.get(tenant, {}):
+                self.store[f"{tenant}|x|{item}".encode()] = str(self.counts[tenant][item]).encode()
+        return len(dirty)
+
+    def rebuild(self) -> None:
+        """Reload every count from the store (what this worker holds of it)."""
+        self.counts, self.requests, self.dirty = {}, {}, set()
+        for key, value in list(self.store.items()):
+            if value is None:
+                continue
+            text = bytes(key).decode()
+            tenant, sep, rest = text.partition("|")
+            if rest == "n":
+                self.requests[tenant] = int(value)
+            elif sep and rest.startswith("x|"):
+                self.counts.setdefault(tenant, {})[rest[2:]] = int(value)
+        for tenant in self.counts:
+            self.requests.setdefault(tenant, max(self.counts[tenant].values(), default=0))
+
+    def _forget(self, tenant: str, counts: dict[str, int]) -> None:
+        keep = dict(sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[: self.max_items // 2])
+        for item in counts.keys() - keep.keys():
+            self.dirty.discard((tenant, item))
+            self.store.pop(f"{tenant}|x|{item}".encode(), None)
+        self.counts[tenant] = keep
 
 
 class FixedPositions:

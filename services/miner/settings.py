@@ -30,6 +30,9 @@ class MinerSettings(BaseSettings):
     # Clip M of the inverse-propensity weights; eta of the exposure propensity.
     ips_clip: float = 0.05
     exposure_eta: float = 0.5
+    # Item exposure: "impressions" (share of the tenant's impressions that showed the item,
+    # kept in the table ``exposure``) or "popularity" ((positives / max)^eta, in memory).
+    exposure_model: str = "impressions"
     # Position examination model: "em" (position-based click model fit by EM on
     # the stream) or "fixed" (1/sqrt(position)).
     position_model: str = "em"

@@ -8,6 +8,9 @@ the deployment (a renamed table starts empty). Keys and values are bytes.
   (`attribution_windows.Windows`), partitioned like the inputs;
 - ``sessions``: ``tenant|u|user_id`` -> the user's open session
   (`reformulation.session_book.SessionBook`), partitioned like the turns;
+- ``exposure``: ``tenant|x|candidate_id`` -> impressions that showed it and
+  ``tenant|n`` -> the tenant's impressions (`debias.ImpressionExposure`), one
+  partition, written on the close timer;
 - ``reformulation``: ``tenant|<chunk>`` and ``tenant|meta`` -> each tenant's
   mining checkpoint (`agents.reformulation`), one partition.
 """
@@ -27,6 +30,7 @@ class MinerTables:
     attribution: TableT
     sessions: TableT
     checkpoints: TableT
+    exposure: TableT
 
 
 def create_tables(app: faust.App, settings: MinerSettings) -> MinerTables:
@@ -36,4 +40,4 @@ def create_tables(app: faust.App, settings: MinerSettings) -> MinerTables:
 
     return MinerTables(attribution=table("attribution", settings.topic_partitions),
                        sessions=table("sessions", settings.topic_partitions),
-                       checkpoints=table("reformulation", 1))
+                       checkpoints=table("reformulation", 1), exposure=table("exposure", 1))

@@ -32,7 +32,7 @@ from loopwise.validation import Limits, check_event
 
 from ..attribution import Attribution, AttributionConfig, Outputs
 from ..attribution_windows import Windows
-from ..debias import ExposureCounter, FixedPositions
+from ..debias import ExposureCounter, ExposureModel, FixedPositions, ImpressionExposure
 from ..metrics import MinerMetrics
 from ..outputs import DeadLetters, Outbox
 from ..recovery import ChangelogCatchUp, ReadPositions, RecoveryGate
@@ -55,6 +55,14 @@ def position_model(settings: MinerSettings) -> Any:
     raise ValueError(f"LOOPWISE_POSITION_MODEL={settings.position_model!r}: expected em or fixed")
 
 
+def exposure_model(settings: MinerSettings, tables: MinerTables) -> ExposureModel:
+    if settings.exposure_model == "impressions":
+        return ImpressionExposure(tables.exposure)
+    if settings.exposure_model == "popularity":
+        return ExposureCounter(eta=settings.exposure_eta)
+    raise ValueError(f"LOOPWISE_EXPOSURE_MODEL={settings.exposure_model!r}: expected impressions or popularity")
+
+
 class AttributionAgents:
     """``attribute`` and ``close_windows`` over the table ``attribution``."""
 
@@ -69,16 +77,25 @@ class AttributionAgents:
         self.dead = dead
         self.attribution = Attribution(
             AttributionConfig(window_ms=settings.attribution_window_ms, clip=settings.ips_clip),
-            position_model(settings), ExposureCounter(eta=settings.exposure_eta))
+            position_model(settings), exposure_model(settings, tables))
         self.windows = Windows(self.attribution, tables.attribution, topics=topics.inputs,
                                idle_s=settings.idle_s, caught_up=positions.caught_up,
                                on_ahead=lambda _ms: metrics.clock_ahead.inc())
         catch_up = ChangelogCatchUp(app, tables.attribution, topics.inputs, settings.kafka_bootstrap,
                                     settings.catch_up_idle_s) if settings.changelog_catch_up else None
-        self.recovery = RecoveryGate(app, self.windows.rebuild, catch_up, on_ready=lambda: metrics.ready.set(1))
+        self.recovery = RecoveryGate(app, self._rebuild, catch_up, on_ready=lambda: metrics.ready.set(1))
         self.limits = Limits(max_future_ms=settings.max_future_s * 1000, max_age_ms=settings.max_age_s * 1000)
         self.tenants = frozenset(settings.tenants)
         self.turns = topics.turns.get_topic_name()
+
+    def _rebuild(self) -> None:
+        """The states and the exposure counts from their tables (after recovery)."""
+        self.windows.rebuild()
+        exposure = self.attribution.exposure
+        if isinstance(exposure, ImpressionExposure):
+            exposure.rebuild()
+            log.info("exposure counts recovered", extra={"tenants": len(exposure.requests),
+                                                         "items": sum(map(len, exposure.counts.values()))})
 
     async def on_rebalance(self, sender: Any = None, **kwargs: Any) -> None:
         self.recovery.reset()
@@ -157,6 +174,9 @@ class AttributionAgents:
                     self.dead.send(codec.record_key(bad), bad.SerializeToString(), "", -1, -1, reason, detail)
                 out.dead = []
                 self._emit(None, out)
+                flush = getattr(self.attribution.exposure, "flush", None)
+                if flush is not None:
+                    flush()
             await self.outbox.flush()
             await self.app.producer.flush()
             if not self.windows.more() or not self.recovery.done:

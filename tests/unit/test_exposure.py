@@ -1,0 +1,72 @@
+"""Item exposure propensities per tenant, kept in the miner's table (issue 16)."""
+
+from __future__ import annotations
+
+from loopwise.miner.attribution import Attribution, AttributionConfig
+from loopwise.miner.debias import ExposureCounter, FixedPositions, ImpressionExposure
+from loopwise.v1 import events_pb2
+
+
+def impression(tenant: str, request: str, ids: list[str]) -> events_pb2.Event:
+    return events_pb2.Event(event_id=f"{tenant}-{request}", tenant=tenant, request_id=request, user_id="u",
+                            client_time_ms=1_000, impression=events_pb2.Impression(candidate_ids=ids))
+
+
+def test_tenants_do_not_share_exposure():
+    seen = ImpressionExposure({})
+    for r in range(4):
+        seen.shown("a", ["x", "y"] if r % 2 else ["x"])
+    seen.shown("b", ["y"])
+    assert seen.propensity("a", "x") == 1.0
+    assert seen.propensity("a", "y") == (2 + 0.5) / (4 + 0.5)
+    assert seen.propensity("b", "x") == 0.5 / 1.5  # "x" of tenant b was never shown
+    assert seen.propensity("c", "x") == 1.0  # a tenant without impressions yet
+    counter = ExposureCounter()
+    for _ in range(4):
+        counter.clicked("a", "x")
+    counter.clicked("b", "x")
+    counter.clicked("b", "y")
+    assert counter.propensity("b", "x") == 1.0  # the maximum is per tenant
+
+
+def test_counts_survive_a_rebuild_from_the_table_mapping():
+    table: dict[bytes, bytes] = {}
+    seen = ImpressionExposure(table)
+    for r in range(10):
+        seen.shown("a", ["x"] if r < 7 else ["y"])
+    seen.shown("b", ["x"])
+    assert seen.flush() > 0 and table[b"a|n"] == b"10" and table[b"a|x|x"] == b"7"
+    restarted = ImpressionExposure(table)
+    assert restarted.propensity("a", "x") == 1.0  # nothing before the rebuild
+    restarted.rebuild()
+    for tenant, item in (("a", "x"), ("a", "y"), ("b", "x"), ("b", "z")):
+        assert restarted.propensity(tenant, item) == seen.propensity(tenant, item)
+    restarted.shown("a", ["y"])  # and it goes on counting from there
+    assert restarted.propensity("a", "y") == (4 + 0.5) / (11 + 0.5)
+
+
+def test_forgetting_deletes_from_the_table():
+    table: dict[bytes, bytes] = {}
+    seen = ImpressionExposure(table, max_items=4)
+    seen.shown("a", ["p", "q"])
+    seen.shown("a", ["p"])
+    seen.flush()
+    seen.shown("a", ["r", "s", "t"])
+    seen.flush()
+    assert len(seen.counts["a"]) <= 4 and b"a|x|p" in table
+    assert all(k.decode().split("|")[2] in seen.counts["a"] for k in table if k.startswith(b"a|x|"))
+
+
+def test_attribution_weighs_a_click_by_its_tenants_exposure():
+    seen = ImpressionExposure({})
+    attribution = Attribution(AttributionConfig(window_ms=10_000, clip=0.05), FixedPositions(power=0.0), seen)
+    for r in range(9):
+        attribution.on_event(None, impression("a", f"r{r}", ["common"]))
+    state, _ = attribution.on_event(None, impression("a", "r9", ["common", "rare"]))
+    click = events_pb2.Event(event_id="c", tenant="a", request_id="r9", user_id="u", client_time_ms=2_000,
+                             click=events_pb2.Click(candidate_id="rare"))
+    _, out = attribution.on_event(state, click)
+    (example,) = out.examples
+    theta = seen.propensity("a", "rare")
+    assert theta < 0.2 and abs(example.exposure_propensity - theta) < 1e-6
+    assert abs(example.weight - 1 / theta) < 1e-4
