@@ -82,7 +82,8 @@ def record_of(turn: SimTurn, tenant: str = "default") -> TurnRecord:
     interp = interpretation_key(INTENT, {"item": turn.item}, DOMAIN) if turn.item else ""
     return TurnRecord(time_ms=turn.time_ms, utterance=turn.utterance, interpretation=interp,
                       status=turn.status, barge_in=turn.barge_in, explicit_reject=turn.explicit_reject,
-                      rewritten=turn.rewritten, rule_id=turn.rule_id, user_id=turn.user_id, tenant=tenant)
+                      rewritten=turn.rewritten, rule_id=turn.rule_id, user_id=turn.user_id, tenant=tenant,
+                      session_id=turn.session_id)
 
 
 def mine(turns: Sequence[SimTurn], *, tenant: str = "default", gap_ms: int = DEFAULT_GAP_MS,

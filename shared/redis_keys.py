@@ -54,3 +54,11 @@ def rewrite_blocklist(tenant: str, kind: str) -> str:
     if kind not in ("sources", "targets"):
         raise ValueError(f"blocklist kind {kind!r}: expected sources or targets")
     return f"{PREFIX}:{tenant}:rewrites:blocklist:{kind}"
+
+
+def rules_caught_up(tenant: str) -> str:
+    """String, JSON ``{"through_ms": int, "refreshed_ms": int}``: written by the miner after each
+    rules refresh of ``tenant``; every session whose turns all came before ``through_ms`` (event
+    time) was mined and the rewrite table refreshed from it at ``refreshed_ms`` (``loopwise rules
+    status``)."""
+    return f"{PREFIX}:{tenant}:rewrites:caught_up"

@@ -58,6 +58,9 @@ class MinerMetrics:
             self.rules_withdrawn.labels(reason)
         self.chain_states = Gauge("loopwise_miner_chain_states", "States of the reformulation chain", ["tenant"],
                                   registry=r)
+        self.rules_caught_up = Gauge("loopwise_miner_rules_caught_up_seconds",
+                                     "Event time (Unix seconds) before which every session is mined and the "
+                                     "rewrite rules refreshed from it", ["tenant"], registry=r)
         self.checkpoint_bytes = Gauge("loopwise_miner_reformulation_checkpoint_bytes",
                                       "Size of the last reformulation checkpoint", registry=r)
         self.rewrite_restored = Counter("loopwise_miner_rewrite_table_restored_total",

@@ -1,6 +1,8 @@
 """``loopwise``: the local stack and the tools around it.
 
-    loopwise up [--root .loopwise]      start broker, Redis, the services and their supervisor
+    loopwise up [--root .loopwise] [--only collector,inference,miner]
+                                         start broker, Redis, the services (all, or --only these) and
+                                         their supervisor
     loopwise status                      what is running and healthy, restarts per service
     loopwise down                        stop everything started by `up`
     loopwise demo [--requests N] [--keep]
@@ -9,8 +11,13 @@
                                          model versions: list, manifest, move the serving pointer
     loopwise replay obd [--policy bts|random] [--campaign all|men|women] [--rounds N] [--speedup X]
                                          the Open Bandit sample through a running stack
+    loopwise rules list|status|block|unblock [--tenant T] [--source S] [--target S]
+                                         live rewrite rules, how far mining has caught up, the blocklist
+    loopwise rules evaluate FILE.jsonl   the offline miner on a file of Turn events (JSON lines)
     loopwise simulate assistant --users N --minutes M --seed S [--time-scale X] [--no-pace] [--tenant T]
                                          voice-assistant users through a running stack (Rewrite, Turn events)
+
+``--root`` (default ``$LOOPWISE_HOME`` or ``.loopwise``) goes before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -30,13 +37,14 @@ DEFAULT_ROOT = Path(os.environ.get("LOOPWISE_HOME", ".loopwise"))
 def _up(args: argparse.Namespace) -> int:
     try:
         info = stack.up(args.root, tenants=tuple(args.tenants.split(",")), partitions=args.partitions,
-                        attribution_window_ms=int(args.attribution_window_s * 1000))
+                        attribution_window_ms=int(args.attribution_window_s * 1000), only=args.only)
     except stack.StackError as exc:
         print(f"loopwise up: {exc}", file=sys.stderr)
         return 1
     print(f"stack up ({info.root}/stack.json)")
     for key in ("collector", "inference", "kafka", "redis"):
-        print(f"  {key:10} {getattr(info, key)}")
+        if getattr(info, key):
+            print(f"  {key:10} {getattr(info, key)}")
     for name, url in info.metrics.items():
         print(f"  {name + ' metrics':10} {url}")
     print(f"  logs       {info.root}/logs/")
@@ -100,8 +108,28 @@ def _rules(args: argparse.Namespace) -> int:
     return rules_cmd.run(args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def _services(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = sorted(set(names) - set(stack.SERVICES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected some of {','.join(stack.SERVICES)}")
+    return names
+
+
+def _root_after_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand (nested too) also takes ``--root``; it overrides the top-level one only
+    when given (its default is suppressed)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if not any("--root" in a.option_strings for a in sub._actions):
+                    sub.add_argument("--root", type=Path, default=argparse.SUPPRESS,
+                                     help="stack folder (default .loopwise)")
+                _root_after_subcommands(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``loopwise`` argument parser (every subcommand, ``--root`` before or after it)."""
     parser = argparse.ArgumentParser(prog="loopwise", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="stack folder (default .loopwise)")
@@ -111,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--attribution-window-s", type=float, default=60.0,
                    help="the miner's attribution window (short locally; production default 30 min)")
+    p.add_argument("--only", type=_services, default=stack.SERVICES, metavar="collector,inference,...",
+                   help="start only these services (e.g. collector,inference,miner: an assistant stack "
+                        "without the trainer); default: all")
     p.set_defaults(func=_up)
     p = sub.add_parser("status", help="show the local stack")
     p.add_argument("--json", action="store_true")
@@ -157,7 +188,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="send as fast as possible (time stamps ending now) instead of in real time")
     p.add_argument("--tenant", default=None, help="tenant (default: the stack's first)")
     p.set_defaults(func=_simulate)
-    args = parser.parse_args(argv)
+    _root_after_subcommands(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 

@@ -1,10 +1,11 @@
 """The local stack: broker, Redis and every service on one machine, no Docker.
 
 `up` starts the Tansu broker (memory storage), a real redis-server, seeds the
-model store with the cold-start model, starts the services as local
-processes on free ports, waits until each is healthy, starts the supervisor
+model store with the cold-start model, starts the services (all of them, or
+``only`` some: ``("collector", "inference", "miner")`` is an assistant stack
+without the trainer) as local processes on free ports, waits until each is healthy, starts the supervisor
 (`loopwise.tools.supervise`: a service that exits is started again, with
-backoff, and counted in ``restarts``) and writes ``{root}/stack.json`` with
+backoff, and counted in ``restarts``; only the services started here) and writes ``{root}/stack.json`` with
 every endpoint and pid; logs go to ``{root}/logs/``. `down` stops the
 supervisor first, then everything else by PID; `status` reports what is
 alive and healthy, and how often each service was restarted.
@@ -84,7 +85,10 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int = 4,
        attribution_window_ms: int = 60_000, extra_env: dict[str, str] | None = None,
-       timeout: float = 90.0, supervise: bool = True) -> StackInfo:
+       timeout: float = 90.0, supervise: bool = True, only: tuple[str, ...] = SERVICES) -> StackInfo:
+    unknown = sorted(set(only) - set(SERVICES))
+    if unknown or not only:
+        raise StackError(f"unknown services {unknown} (expected some of {', '.join(SERVICES)})")
     root = root.resolve()
     current = StackInfo.read(root)
     if current is not None and any(procs.pid_alive(p) for p in current.pids.values()):
@@ -119,7 +123,7 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
         # the miner re-reads its changelog after recovery: Tansu under-reports end offsets
         own_env = {"miner": {"LOOPWISE_DATA_DIR": str(root / "miner"), "LOOPWISE_CHANGELOG_CATCH_UP": "true"},
                    "trainer": {"LOOPWISE_DATA_DIR": str(root / "trainer"), **LOCAL_TRAINER_ENV}}
-        for name in SERVICES:
+        for name in (n for n in SERVICES if n in only):
             port, mport = procs.free_port(), procs.free_port()
             service_env = {**own_env.get(name, {}), **env, "LOOPWISE_GRPC_PORT": str(port),
                            "LOOPWISE_METRICS_PORT": str(mport)}
@@ -140,8 +144,9 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
                                              args=("--root", str(root)))
             supervisor.name = "supervisor"
             started.append(supervisor)
-        info = StackInfo(root=str(root), kafka=bootstrap, redis=redis_url, collector=endpoints["collector"],
-                         inference=endpoints["inference"], metrics=metrics,
+        info = StackInfo(root=str(root), kafka=bootstrap, redis=redis_url,
+                         collector=endpoints.get("collector", ""), inference=endpoints.get("inference", ""),
+                         metrics=metrics,
                          pids={p.name: p.pid for p in started},
                          logs={p.name: str(p.log) for p in started}, model_store=str(store_path),
                          tenants=list(tenants), topics=dataclasses.asdict(topics))

@@ -14,7 +14,9 @@ backoff: ``backoff_s`` doubled for every exit in a row that came less than
 slows down; a service that ran ``stable_s`` starts counting afresh). Each
 restart writes the new pid and the service's restart count (``restarts``)
 to ``stack.json`` and logs one line; ``loopwise status`` shows the counts.
-The broker and Redis are not restarted (their data lives in memory).
+The broker and Redis are not restarted (their data lives in memory), and
+only the services `up` started are supervised (``loopwise up --only``): a
+service without a pid in ``stack.json`` is never started from here.
 
 On SIGTERM (``loopwise down`` stops the supervisor first) it finishes the
 step in progress, so a service it just started is in ``stack.json`` before
@@ -85,6 +87,8 @@ class Supervisor:
         changed = False
         for name, spec in self.specs.items():
             pid = info.pids.get(name)
+            if pid is None:  # not started by `up` (--only): not ours to start
+                continue
             if name not in self._due:
                 if pid is not None and self.alive(name, pid):
                     continue

@@ -160,3 +160,34 @@ def test_rules_lost_with_redis_are_restored_from_the_miner_at_once(start_miner, 
         assert r.get(redis_keys.rewrite_version("default")) is not None
         wait_rewrite(lw, "play heet", True, timeout=5)
     assert procs.metric_value(url, "loopwise_miner_rewrite_table_restored_total") >= 1.0
+
+
+def test_the_clients_sessions_are_mined_and_caught_up_is_signalled(start_miner, start_collector, start_inference,
+                                                                   redis_url, capsys):
+    """Each user rephrases 6 s after the failure, past the 5 s gap: only the client's
+    session_id joins the two turns into one session, so only it makes the rule."""
+    r = redis.Redis.from_url(redis_url)
+    r.flushall()
+    _, _, url = start_miner()
+    collector, inference = start_collector(), start_inference()
+    with Client(f"127.0.0.1:{collector.port}", f"127.0.0.1:{inference.port}") as lw:
+        f, t0 = lw.events, stamps.now_ms() - 60_000
+        events = []
+        for u in range(10):
+            sid = f"s{u}"
+            events.append(f.turn("play heet", user_id=f"u{u}", session_id=sid, status=UNHANDLED, at_ms=t0 + u))
+            events.append(f.turn("play heat", user_id=f"u{u}", session_id=sid, status=OK, interpretation=play("7"),
+                                 at_ms=t0 + u + 6000))
+        last = max(e.client_time_ms for e in events)
+        assert lw.report(events).accepted == 20
+        rule = wait_rewrite(lw, "play heet", True)
+        assert rule.utterance == "play heat"
+    deadline = time.monotonic() + 20
+    while (procs.metric_value(url, "loopwise_miner_rules_caught_up_seconds", {"tenant": "default"}) or 0) < last / 1000:
+        assert time.monotonic() < deadline, "the caught-up signal did not pass the last event"
+        time.sleep(0.2)
+    from loopwise.tools import cli
+
+    assert cli.main(["rules", "status", "--redis", redis_url]) == 0
+    out = capsys.readouterr().out
+    assert "1 live rules" in out and "caught up through" in out

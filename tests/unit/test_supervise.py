@@ -36,3 +36,20 @@ def test_an_exited_service_is_started_again_after_its_backoff_and_counted(tmp_pa
     assert sup.step(101.0) and started == ["loopwise.miner"]  # alive now: left alone
     after = StackInfo.read(tmp_path)
     assert after.pids["miner"] == 4242 and after.restarts == {"miner": 1}
+
+
+def test_only_the_services_up_started_are_supervised(tmp_path, monkeypatch):
+    from loopwise.tools import procs
+    from loopwise.tools.stack import StackInfo
+    from loopwise.tools.supervise import Supervisor
+
+    StackInfo(root=str(tmp_path), kafka="", redis="", collector="", inference="", metrics={},
+              pids={"miner": 4242}, logs={}, model_store="", tenants=[]).write(tmp_path)
+    started = []
+    monkeypatch.setattr(procs, "start_service", lambda module, env, log: started.append(module))
+    monkeypatch.setattr(procs, "pid_alive", lambda pid: pid == 4242)
+    specs = {n: {"module": f"loopwise.{n}", "env": {}, "log": str(tmp_path / f"{n}.log")} for n in ("miner", "trainer")}
+    sup = Supervisor(tmp_path, specs)
+    for now in (100.0, 101.0, 200.0):
+        assert sup.step(now)
+    assert started == []  # the trainer was not started by `up --only`: never started here

@@ -8,7 +8,8 @@ Three steps, each on its own topic so each keeps its state where its records are
    ``tenant|u|user_id``: a user's turns meet on one partition.
 2. ``sessions`` feeds them to the `SessionBook` over the changelog-backed
    table ``sessions`` (duplicates by event id; a session closes when a turn
-   arrives more than ``LOOPWISE_SESSION_GAP_MS`` after the last one), and the
+   carries another client ``session_id``, or, for turns without one, arrives
+   more than ``LOOPWISE_SESSION_GAP_MS`` after the last one), and the
    timer ``close_sessions`` closes the sessions their partition's watermark
    (event time clamped to the collector's received time, so one fast client
    clock cannot close everyone's sessions; wall clock once the partition is
@@ -32,6 +33,13 @@ Three steps, each on its own topic so each keeps its state where its records are
    are live, as after a Redis restarted empty or a ``FLUSHALL``) and rewrites
    the whole table at once when it does not
    (``loopwise_miner_rewrite_table_restored_total``, a warning in the log).
+
+Caught up: each closed session carries its book's frontier (``through_ms``:
+every session that ended before it is closed). After a refresh has deployed
+what the sessions mined so far produced, the least frontier mined is
+published per tenant: ``loopwise_miner_rules_caught_up_seconds{tenant}`` and
+`redis_keys.rules_caught_up` (``loopwise rules status``). A backfill is mined
+and its rules live once that passes its last event time.
 
 A manual blocklist (``loopwise rules block``) lives in the Redis sets
 `redis_keys.rewrite_blocklist`; it is read on every refresh: a blocked
@@ -102,6 +110,7 @@ class ReformulationAgents:
         self._dirty: set[str] = set()  # tenants whose state changed since the last checkpoint
         self._resync: set[str] = set()  # tenants whose Redis table must be rewritten whole
         self._written: dict[str, int] = {}  # tenant -> the version counter after the miner's last write
+        self._through: dict[str, int] = {}  # tenant -> the newest frontier of the sessions mined
         self._loaded = False
         self._rebuilt_sessions = False
         self._defects: deque[int] = deque(maxlen=settings.defect_rate_turns)  # 1 per defective turn
@@ -178,6 +187,7 @@ class ReformulationAgents:
                           extra={"tenant": tenant, "error": repr(exc)})
                 continue
             self.seen[tenant] = deque(info.get("seen", []), maxlen=SEEN_SESSIONS)
+            self._through[tenant] = int(info.get("through_ms", 0))
             self._resync.add(tenant)
         self._loaded = True
         log.info("reformulation state loaded", extra={"tenants": sorted(self.miners)})
@@ -194,7 +204,8 @@ class ReformulationAgents:
         n = max(1, -(-len(blob) // CHUNK))
         for i in range(n):
             self.checkpoints[f"{tenant}|{i}".encode()] = blob[i * CHUNK:(i + 1) * CHUNK]
-        meta = {"chunks": n, "bytes": len(blob), "seen": list(self.seen.get(tenant, ())), "time_ms": stamps.now_ms()}
+        meta = {"chunks": n, "bytes": len(blob), "seen": list(self.seen.get(tenant, ())), "time_ms": stamps.now_ms(),
+                "through_ms": self._through.get(tenant, 0)}
         self.checkpoints[f"{tenant}|meta".encode()] = json.dumps(meta, separators=(",", ":")).encode()
         self.metrics.checkpoint_bytes.set(len(blob))
 
@@ -216,6 +227,7 @@ class ReformulationAgents:
                     self.metrics.duplicates.inc()
                     continue
                 seen.append(session.id)
+                self._through[session.tenant] = max(self._through.get(session.tenant, 0), session.through_ms)
                 self._observe_defects(session.turns, miner.observe_session(session.turns))
                 self._dirty.add(session.tenant)
             for tenant in sorted(self._dirty):
@@ -246,6 +258,8 @@ class ReformulationAgents:
         if not self._loaded:
             self._load()
         await self._check_redis()
+        through = dict(self._through)  # what the rules refreshed below are made of
+        refreshed: dict[str, int] = {}
         for tenant, miner in list(self.miners.items()):
             try:
                 sources, targets = await self._blocklist(tenant)
@@ -278,6 +292,24 @@ class ReformulationAgents:
                 await self.app.producer.flush()
             self.metrics.rules_live.labels(tenant).set(len(miner.rules))
             self.metrics.chain_states.labels(tenant).set(len(miner.chain))
+            if tenant not in self._resync and through.get(tenant):
+                refreshed[tenant] = through[tenant]
+        await self._publish_caught_up(refreshed, stamps.now_ms())
+
+    async def _publish_caught_up(self, through: dict[str, int], now_ms: int) -> None:
+        """The caught-up signal of each tenant just refreshed: the metric, and Redis for the CLI."""
+        if not through:
+            return
+        for tenant, ms in through.items():
+            self.metrics.rules_caught_up.labels(tenant).set(ms / 1000)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for tenant, ms in through.items():
+                    pipe.set(redis_keys.rules_caught_up(tenant),
+                             json.dumps({"through_ms": ms, "refreshed_ms": now_ms}))
+                await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - written again at the next refresh
+            log.warning("caught-up signal not written to Redis", extra={"error": repr(exc)})
 
     async def _check_redis(self) -> None:
         """Mark for a whole rewrite every table Redis lost since the miner wrote it."""
