@@ -152,3 +152,26 @@ def test_down_stops_everything(stack):
     assert down.returncode == 0
     assert not any(procs.pid_alive(p) for p in [*info["pids"].values(), *current.values()])
     assert cli(root, "status").returncode == 1
+
+
+def test_up_only_starts_an_assistant_stack_without_the_trainer(tmp_path):
+    """`loopwise up --root R --only collector,inference,miner` (``--root`` after the subcommand, as
+    the README writes it): those services, supervised; no trainer anywhere."""
+    run = [sys.executable, "-m", "loopwise.tools.cli"]
+    up = subprocess.run([*run, "up", "--root", str(tmp_path), "--only", "collector,inference,miner"],
+                        capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        info = json.loads((tmp_path / "stack.json").read_text())
+        assert set(info["pids"]) == {"kafka", "redis", "collector", "inference", "miner", "supervisor"}
+        assert set(json.loads((tmp_path / stack_tool.SPECS_FILE).read_text())) == {"collector", "inference", "miner"}
+        status = subprocess.run([*run, "status", "--root", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "trainer" not in status.stdout, status.stdout
+        with Client(info["collector"], info["inference"]) as lw:
+            assert not lw.rewrite("play heet").rewritten
+    finally:
+        info = json.loads((tmp_path / "stack.json").read_text()) if (tmp_path / "stack.json").exists() else {}
+        subprocess.run([*run, "down", "--root", str(tmp_path)], capture_output=True, timeout=120)
+        for pid in info.get("pids", {}).values():
+            if procs.pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
