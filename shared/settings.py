@@ -6,6 +6,10 @@ gRPC services (collector, inference) read.
 | variable | default | meaning |
 |---|---|---|
 | LOOPWISE_KAFKA_BOOTSTRAP | 127.0.0.1:9092 | Kafka bootstrap servers, comma separated |
+| LOOPWISE_KAFKA_SECURITY_PROTOCOL | PLAINTEXT | PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (loopwise.kafka_security) |
+| LOOPWISE_KAFKA_SASL_MECHANISM | PLAIN | PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 |
+| LOOPWISE_KAFKA_SASL_USERNAME / LOOPWISE_KAFKA_SASL_PASSWORD | empty | SASL credentials |
+| LOOPWISE_KAFKA_SSL_CAFILE | empty | CA bundle of the brokers (empty: the system's CAs) |
 | LOOPWISE_REDIS_URL | redis://127.0.0.1:6379/0 | Redis URL |
 | LOOPWISE_TENANTS | default | tenants this deployment serves, comma separated |
 | LOOPWISE_MODEL_STORE | .loopwise/models | model store: a directory or an fsspec URL |
@@ -30,7 +34,7 @@ service only (its README and settings module).
 
 | shared on purpose | collector | inference | miner | trainer |
 |---|---|---|---|---|
-| LOOPWISE_KAFKA_BOOTSTRAP, LOOPWISE_TENANTS, LOOPWISE_TOPIC_*, LOOPWISE_TOPIC_PARTITIONS | x | x | x | x |
+| LOOPWISE_KAFKA_BOOTSTRAP, LOOPWISE_KAFKA_SECURITY_PROTOCOL, LOOPWISE_KAFKA_SASL_*, LOOPWISE_KAFKA_SSL_CAFILE, LOOPWISE_TENANTS, LOOPWISE_TOPIC_*, LOOPWISE_TOPIC_PARTITIONS | x | x | x | x |
 | LOOPWISE_REDIS_URL | | x | x | x |
 | LOOPWISE_MODEL_STORE | | x | | x |
 | LOOPWISE_DEFAULT_MODEL (the model of a request or record naming none) | | x | | x |
@@ -81,6 +85,12 @@ def _convert(raw: str, default: Any) -> Any:
 @dataclass(frozen=True)
 class BaseSettings:
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # TLS and SASL of every Kafka client (loopwise.kafka_security turns them into client arguments).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     tenants: tuple[str, ...] = ("default",)
     model_store: str = ".loopwise/models"

@@ -54,12 +54,14 @@ def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 4, timeou
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+    from loopwise.kafka_security import kafka_python_security
+
     deadline = time.monotonic() + timeout
     while True:
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="loopwise-admin",
                                      request_timeout_ms=10_000,
-                                     bootstrap_timeout_ms=int(max(timeout, 1.0) * 1000))
+                                     bootstrap_timeout_ms=int(max(timeout, 1.0) * 1000), **kafka_python_security())
             break
         except KafkaError:
             if time.monotonic() > deadline:

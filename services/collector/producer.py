@@ -38,6 +38,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka import errors as kerr
 
+from loopwise.kafka_security import kafka_python_security
 from loopwise.limits import MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class AckedProducer:
     # -- executor thread ----------------------------------------------------------
     def _get(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = KafkaProducer(**self._config)
+            self._producer = KafkaProducer(**self._config, **kafka_python_security())
             self._generation += 1
         return self._producer
 

@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kerr
 
 from loopwise import codec, representation, stamps
+from loopwise.kafka_security import aiokafka_security
 from loopwise.limits import MAX_EVENT_BYTES, MAX_RECORD_BYTES
 from loopwise.v1 import events_pb2, learning_pb2
 
@@ -158,7 +159,8 @@ class ImpressionEmitter:
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
                                         compression_type=self.compression, linger_ms=5,
                                         enable_idempotence=False, request_timeout_ms=10_000,
-                                        max_request_size=MAX_RECORD_BYTES, client_id="loopwise-inference")
+                                        max_request_size=MAX_RECORD_BYTES, client_id="loopwise-inference",
+                                        **aiokafka_security())
             try:
                 await producer.start()
                 return producer

@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf.message import DecodeError
 
 from loopwise.errors import ModelError
+from loopwise.kafka_security import aiokafka_security
 from loopwise.modelstore import ModelStore, pointers
 from loopwise.v1 import learning_pb2
 
@@ -273,7 +274,7 @@ class ModelWatcher:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.settings.kafka_bootstrap, group_id=None, auto_offset_reset="latest",
                 enable_auto_commit=False, request_timeout_ms=10_000, metadata_max_age_ms=10_000,
-                retry_backoff_ms=200, client_id="loopwise-inference-models")
+                retry_backoff_ms=200, client_id="loopwise-inference-models", **aiokafka_security(self.settings))
             try:
                 await consumer.start()
                 # Assign every partition and resolve the end offsets now, so

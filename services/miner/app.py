@@ -27,6 +27,7 @@ from typing import Any
 import faust
 
 from loopwise import logs, runtime
+from loopwise.kafka_security import faust_credentials
 from loopwise.limits import MAX_RECORD_BYTES
 
 from .agents import AttributionAgents, ReformulationAgents
@@ -63,7 +64,7 @@ def faust_app(settings: MinerSettings) -> faust.App:
         consumer_auto_offset_reset="earliest", producer_acks=-1, stream_wait_empty=False,
         producer_max_request_size=MAX_RECORD_BYTES,
         broker_commit_every=1000, broker_commit_interval=1.0, table_standby_replicas=0,
-        datadir=str(data_dir / f"{settings.app_id}-data"),
+        datadir=str(data_dir / f"{settings.app_id}-data"), broker_credentials=faust_credentials(settings),
     )
 
 

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from loopwise import stamps
+from loopwise.kafka_security import aiokafka_security
 from loopwise.v1 import learning_pb2
 
 from .metrics import MinerMetrics
@@ -49,7 +50,7 @@ class Outbox:
 
     async def start(self) -> AIOKafkaProducer:
         if self.producer is None:
-            self.producer = AIOKafkaProducer(**self._config)
+            self.producer = AIOKafkaProducer(**self._config, **aiokafka_security())
         if not self._started:
             await self.producer.start()
             self._started = True

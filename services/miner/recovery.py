@@ -25,6 +25,8 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, TableT
 
+from loopwise.kafka_security import aiokafka_security
+
 log = logging.getLogger(__name__)
 
 
@@ -110,7 +112,7 @@ class ChangelogCatchUp:
         if not partitions:
             return
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    group_id=None, auto_offset_reset="earliest")
+                                    group_id=None, auto_offset_reset="earliest", **aiokafka_security())
         await consumer.start()
         applied = 0
         try:

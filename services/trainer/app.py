@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError
 
 from loopwise import logs, runtime, stamps
 from loopwise.features import InputBuilder
+from loopwise.kafka_security import aiokafka_security
 from loopwise.modelstore import ModelStore, StoreError, coldstart, pointers, version_number
 from loopwise.topics import ensure_topics
 from loopwise.v1 import learning_pb2
@@ -127,11 +128,11 @@ class Trainer:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=session_ms, heartbeat_interval_ms=max(session_ms // 3, 100),
-            max_poll_records=s.poll_records, client_id="loopwise-trainer")
+            max_poll_records=s.poll_records, client_id="loopwise-trainer", **aiokafka_security(s))
         self.consumer.subscribe([s.topics.examples, s.topics.preferences], listener=_Revoked(self))
         await self.consumer.start()
         self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all",
-                                         client_id="loopwise-trainer")
+                                         client_id="loopwise-trainer", **aiokafka_security(s))
         await self.producer.start()
         self._started = time.monotonic()
         self._tasks = [asyncio.create_task(self._consume(), name="trainer-consume"),

@@ -62,6 +62,7 @@ def announce(bootstrap: str, topic: str, tenant: str, model: str, version: str, 
     from aiokafka import AIOKafkaProducer
 
     from loopwise import stamps
+    from loopwise.kafka_security import aiokafka_security
     from loopwise.v1 import learning_pb2
 
     ann = learning_pb2.ModelAnnouncement(event_id=stamps.new_event_id(), tenant=tenant, model=model,
@@ -70,7 +71,8 @@ def announce(bootstrap: str, topic: str, tenant: str, model: str, version: str, 
 
     async def _send() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
-                                    request_timeout_ms=int(timeout * 1000), client_id="loopwise-cli")
+                                    request_timeout_ms=int(timeout * 1000), client_id="loopwise-cli",
+                                    **aiokafka_security())
         await asyncio.wait_for(producer.start(), timeout)
         try:
             await asyncio.wait_for(producer.send_and_wait(topic, ann.SerializeToString(),

@@ -22,6 +22,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf.message import DecodeError
 
+from loopwise.kafka_security import aiokafka_security
 from loopwise.v1 import learning_pb2
 
 from ..metrics import InferenceMetrics
@@ -56,7 +57,8 @@ class ErrorConsumer:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                 auto_offset_reset="latest", request_timeout_ms=10_000, metadata_max_age_ms=10_000,
-                retry_backoff_ms=200, fetch_max_wait_ms=100, client_id="loopwise-inference-errors")
+                retry_backoff_ms=200, fetch_max_wait_ms=100, client_id="loopwise-inference-errors",
+                **aiokafka_security())
             try:
                 await consumer.start()
                 await self._assign(consumer)

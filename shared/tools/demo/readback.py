@@ -98,9 +98,12 @@ def _count(out: ReadBack, topic: str, value: bytes, request_ids: set[str], examp
 async def _read_back(bootstrap: str, want: dict[str, int], request_ids: set[str], examples: str) -> ReadBack:
     from aiokafka import AIOKafkaConsumer
 
+    from loopwise.kafka_security import aiokafka_security
+
     out = ReadBack({t: TopicCount() for t in want})
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", client_id="loopwise-demo")
+                                auto_offset_reset="earliest", client_id="loopwise-demo",
+                                **aiokafka_security())
     await consumer.start()
     start = last = time.monotonic()
     try:
