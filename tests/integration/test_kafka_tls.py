@@ -5,7 +5,8 @@ create a SCRAM user before authentication is required; so the test puts a
 TLS-terminating proxy (certificates from a throwaway CA made with ``openssl``) in
 front of Tansu, which advertises the proxy's address. Every connection the clients
 open, bootstrap and partition leaders alike, is then TLS verified against the CA
-file of ``LOOPWISE_KAFKA_SSL_CAFILE``. SASL is covered by the unit tests of
+file of ``LOOPWISE_KAFKA_SSL_CAFILE``: kafka-python (topic creation, the collector's
+producer), aiokafka and the miner's Faust app. SASL is covered by the unit tests of
 `loopwise.kafka_security` (the arguments) and the contract test (every client gets them).
 """
 
@@ -180,3 +181,25 @@ def test_a_client_that_does_not_trust_the_ca_is_refused(tls_broker):
 
     with pytest.raises(KafkaConnectionError):
         asyncio.run(connect())
+
+
+def test_the_miners_faust_app_produces_over_tls(tls_broker, tls_env, tmp_path):
+    """The miner's Faust app (its `broker_credentials`) reaches the broker through TLS."""
+    from loopwise.miner.app import faust_app
+    from loopwise.miner.settings import MinerSettings
+
+    bootstrap, _, proxy = tls_broker
+    ensure_topics(bootstrap, ["tls.faust"], 1, timeout=20)
+    app = faust_app(MinerSettings.from_env(kafka_bootstrap=bootstrap, data_dir=str(tmp_path)))
+    before = proxy.handshakes
+
+    async def produce() -> None:
+        await app.producer.start()
+        try:
+            await app.producer.send_and_wait("tls.faust", b"k", b"from faust", partition=0,
+                                             timestamp=None, headers=None)
+        finally:
+            await app.producer.stop()
+
+    asyncio.run(asyncio.wait_for(produce(), 30))
+    assert proxy.handshakes > before
