@@ -57,8 +57,9 @@ def start_replica(info: stack.StackInfo, mode: str, name: str) -> tuple[procs.Pr
     return proc, endpoint, f"http://127.0.0.1:{mport}/metrics"
 
 
-def _request(data: datasets.MovieLens, user_id: str, items: list[str], tenant: str) -> Any:
-    user = data.users[str(data.user[0])]
+def _request(data: datasets.MovieLens, user_id: str, items: list[str], tenant: str, profile: str = "") -> Any:
+    """A Rank request for ``items`` by ``user_id``, with the features of MovieLens user ``profile``."""
+    user = data.users[profile or str(data.user[0])]
     inputs = datasets.rank_inputs(user, [data.items[i] for i in items])
     inputs["user_id"] = user_id
     return rank_request(tenant, items, **inputs)
@@ -88,17 +89,21 @@ def rank_latency(on: list[Client], off: Client, data: datasets.MovieLens, tenant
 
 
 def click_to_effect(collector: Client, replicas: list[Client], data: datasets.MovieLens, tenant: str, seed: int,
-                    say: Callable[[str], None]) -> dict[str, Any]:
+                    settle_s: float, say: Callable[[str], None]) -> dict[str, Any]:
     """Seconds from a click acknowledged to its compensation visible on every replica. A trial
     during which a new version starts serving is not counted (the memory starts afresh with it:
-    ``swapped``); one not visible within ``EFFECT_TIMEOUT_S`` is ``missed`` and counts as that long."""
+    ``swapped``); one not visible within ``EFFECT_TIMEOUT_S`` is ``missed`` and counts as that long.
+    Each probe has the features of another MovieLens user, and the next waits ``settle_s`` (the
+    attribution window and then some), so the negatives of one probe's windows (every Rank call
+    is an impression) do not land in the next probe's buckets while it is watched."""
     rng = random.Random(seed + 1)
     ids = list(data.items)
+    profiles = sorted(data.users)
     effects: list[float] = []
     missed = swapped = 0
     for trial in range(TRIALS):
         items = rng.sample(ids, PROBE_CANDIDATES)
-        request = _request(data, f"probe-{seed}-{trial}", items, tenant)
+        request = _request(data, f"probe-{seed}-{trial}", items, tenant, rng.choice(profiles))
         shown = replicas[0].rank_raw(request)
         before = [r.rank_raw(request) for r in replicas]
         j = rng.randrange(PROBE_CANDIDATES)
@@ -118,6 +123,7 @@ def click_to_effect(collector: Client, replicas: list[Client], data: datasets.Mo
                 if now.compensated_scores[j] > before[r].compensated_scores[j] + 1e-6:
                     seen[r] = time.monotonic() - acked
             time.sleep(POLL_S)
+        time.sleep(settle_s)
         if moved:
             swapped += 1
         elif len(seen) == len(replicas):
@@ -140,6 +146,8 @@ def measure(info: stack.StackInfo, data: datasets.MovieLens, seed: int, say: Cal
             ) -> dict[str, Any]:
     """Latency, click-to-effect and bytes on the running stack ``info`` (its memory on)."""
     tenant = info.tenants[0]
+    window_s = int(json.loads((Path(info.root) / stack.SPECS_FILE).read_text())["miner"]["env"]
+                   ["LOOPWISE_ATTRIBUTION_WINDOW_MS"]) / 1000
     started = []
     out: dict[str, Any] = {}
     try:
@@ -151,7 +159,7 @@ def measure(info: stack.StackInfo, data: datasets.MovieLens, seed: int, say: Cal
         with Client(info.collector, info.inference, tenant=tenant) as main, \
                 Client(None, second_at, tenant=tenant) as other, Client(None, off_at, tenant=tenant) as base:
             # Clicks first: the latency calls' impressions become enough examples to retrain on.
-            out.update(click_to_effect(main, [main, other], data, tenant, seed, say))
+            out.update(click_to_effect(main, [main, other], data, tenant, seed, window_s + 2.0, say))
             out.update(rank_latency([main, other], base, data, tenant, seed))
             say(f"Rank, {LATENCY_CANDIDATES} candidates: p50 {out['rank_ms_p50_memory_on']} ms memory on, "
                 f"{out['rank_ms_p50_memory_off']} ms off (overhead {out['rank_latency_overhead']:+.1%})")

@@ -19,7 +19,7 @@ Then, on the same stack (`_error_memory_measure`): Rank latency with 100
 candidates, memory on vs off (a second replica with the memory off);
 click-to-effect (a click acknowledged by the collector until the
 compensation moved in Rank on both of two memory-on replicas); bytes of one
-model's memory.
+model's memory at the service's default K and L (and at the tuned ones).
 
 A second replay (``--no-shift`` skips it) injects a preference shift
 (`_error_memory_shift`: from the middle of a retraining interval after
@@ -162,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         shift_out["shift_at_request"] = at
         c.say("after the shift: " + ", ".join(f"{k.removeprefix('shift_')}={v}" for k, v in shift_out.items()))
 
-    size = measured.get("bytes_per_model")
-    if size is None:  # the replica's gauge missing: the sketch's own size at the service's defaults
-        from loopwise.inference.memory.sketch import Sketch
-        from loopwise.inference.settings import InferenceSettings
+    # Bytes at the service's default K and L (the sketch's own count, as its gauge reports it);
+    # the tuned sketch's are what the replica's loopwise_inference_memory_bytes said.
+    from loopwise.inference.memory.sketch import Sketch
+    from loopwise.inference.settings import InferenceSettings
 
-        defaults = InferenceSettings()
-        size = Sketch(64, defaults.error_memory_k, defaults.error_memory_bits).nbytes
+    defaults = InferenceSettings()
+    size = Sketch(coldstart.HIDDEN_DIM, defaults.error_memory_k, defaults.error_memory_bits).nbytes
     result = {
         "gauc_base": rounded(res["base"]["gauc"]), "gauc_memory": rounded(res["memory"]["gauc"]),
         "gauc_gain_points": rounded(100 * (res["memory"]["gauc"] - res["base"]["gauc"]), 3),
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         "rank_latency_overhead": measured.get("rank_latency_overhead"),
         "click_to_effect_p50_s": measured.get("click_to_effect_p50_s"),
         "click_to_effect_p99_s": measured.get("click_to_effect_p99_s"),
-        "bytes_per_model": int(size) if size is not None else None,
+        "bytes_per_model": int(size), "bytes_per_model_tuned": measured.get("bytes_per_model"),
+        "default_k_bits": [defaults.error_memory_k, defaults.error_memory_bits],
         "tuned": {"k": tuned.k, "bits": tuned.bits, "lambda": tuned.lam, "tau": tuned.tau, "gamma": tuned.gamma,
                   "prefix_requests": prefix, "prefix_gauc_base": rounded(tuned.gauc_base),
                   "prefix_gauc_memory": rounded(tuned.gauc_memory), "grid_points": len(tuned.grid)},
