@@ -8,6 +8,12 @@
 - ``logloss``: mean binary cross-entropy, probabilities clipped to [1e-7, 1 - 1e-7];
 - ``ece``: expected calibration error over equal-width probability bins.
 
+``logloss`` and ``ece`` are self-normalised by the examples' IPS weights when
+given (``sum(w * loss) / sum(w)``; all weights 1: the plain figures): the
+trainer weighs a positive ``w`` times, so its probabilities estimate the
+weighted click rate, and the gate judges them against that, not against the
+observed (exposure-biased) rate.
+
 >>> y = np.array([0, 0, 1, 1.]); p = np.array([0.1, 0.4, 0.35, 0.8])
 >>> auc(y, p)
 0.75
@@ -32,21 +38,26 @@ METRICS = ("auc", "gauc", "logloss", "ece")
 REQUIRED = ("auc", "logloss")
 
 
-def logloss(label: np.ndarray, prob: np.ndarray) -> float:
+def _weights(label: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
+    return np.ones(len(label)) if weight is None else np.asarray(weight, dtype=np.float64)
+
+
+def logloss(label: np.ndarray, prob: np.ndarray, weight: np.ndarray | None = None) -> float:
     p = np.clip(np.asarray(prob, dtype=np.float64), 1e-7, 1 - 1e-7)
     y = np.asarray(label, dtype=np.float64)
-    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else float("nan")
+    w = _weights(y, weight)
+    return float(-(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum()) if len(y) else float("nan")
 
 
-def ece(label: np.ndarray, prob: np.ndarray, bins: int = 15) -> float:
+def ece(label: np.ndarray, prob: np.ndarray, bins: int = 15, weight: np.ndarray | None = None) -> float:
     p = np.asarray(prob, dtype=np.float64)
     y = np.asarray(label, dtype=np.float64)
     if not len(y):
         return float("nan")
+    w = _weights(y, weight)
     which = np.minimum((p * bins).astype(np.int64), bins - 1)
-    count = np.bincount(which, minlength=bins)
-    gap = np.abs(np.bincount(which, p, bins) - np.bincount(which, y, bins))
-    return float(gap.sum() / len(y)) if count.sum() else float("nan")
+    gap = np.abs(np.bincount(which, w * p, bins) - np.bincount(which, w * y, bins))
+    return float(gap.sum() / w.sum())
 
 
 def auc_se(label: np.ndarray, value: float) -> float:
@@ -62,7 +73,8 @@ def auc_se(label: np.ndarray, value: float) -> float:
 
 
 def difference_se(label: np.ndarray, cand: dict[str, float], cand_prob: np.ndarray,
-                  prod: dict[str, float], prod_prob: np.ndarray) -> dict[str, float]:
+                  prod: dict[str, float], prod_prob: np.ndarray, weight: np.ndarray | None = None
+                  ) -> dict[str, float]:
     """Standard errors of candidate - production on the same holdout: logloss from the
     paired per-row differences; auc (and gauc, by the same figure) from Hanley-McNeil on
     each side combined as if independent (the two models' errors correlate, so this errs
@@ -74,16 +86,20 @@ def difference_se(label: np.ndarray, cand: dict[str, float], cand_prob: np.ndarr
             p = np.clip(np.asarray(prob, dtype=np.float64), 1e-7, 1 - 1e-7)
             return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
-        out["logloss"] = float(np.std(rows(cand_prob) - rows(prod_prob), ddof=1) / math.sqrt(len(y)))
+        w = _weights(y, weight)
+        diff = w * (rows(cand_prob) - rows(prod_prob)) / w.mean()
+        out["logloss"] = float(np.std(diff, ddof=1) / math.sqrt(len(y)))
     se = math.hypot(auc_se(y, cand.get("auc", float("nan"))), auc_se(y, prod.get("auc", float("nan"))))
     if not math.isnan(se):
         out["auc"] = out["gauc"] = se
     return out
 
 
-def evaluate(label: np.ndarray, prob: np.ndarray, user: np.ndarray, bins: int = 15) -> dict[str, float]:
-    return {"auc": auc(label, prob), "gauc": gauc(label, prob, user), "logloss": logloss(label, prob),
-            "ece": ece(label, prob, bins)}
+def evaluate(label: np.ndarray, prob: np.ndarray, user: np.ndarray, bins: int = 15,
+             weight: np.ndarray | None = None) -> dict[str, float]:
+    """The holdout figures (``weight``: the examples' IPS weights, for logloss and ece)."""
+    return {"auc": auc(label, prob), "gauc": gauc(label, prob, user), "logloss": logloss(label, prob, weight),
+            "ece": ece(label, prob, bins, weight)}
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ Losses:
   ``l_neg = -log(1 - p)``; ``w`` is the example's clipped inverse-propensity
   weight (1 for negatives), so with all weights 1 this is plain BCE. Its
   gradient in the logit is ``p - y*w``, bounded by the weight clip.
+  With ``trainer_weighting=sample`` rows are drawn in
+  proportion to their weights and `sampled_ips_loss` (the same objective in
+  expectation, gradients bounded by 1) is applied instead.
 - preference pairs: Bradley-Terry ``-strength * log sigmoid(z_pref - z_other)``.
 """
 
@@ -163,11 +166,15 @@ class Ranker(nn.Module):
 
 
 @torch.no_grad()
-def adagrad_step(weight: nn.Parameter, acc: torch.Tensor, lr: float, eps: float = 1e-10) -> None:
+def adagrad_step(weight: nn.Parameter, acc: torch.Tensor, lr: float, eps: float = 1e-10,
+                 initial: float = 0.0) -> None:
     """One row-wise Adagrad step on a [rows, dim] table (sparse or dense gradient) with a
-    persistent accumulator ``acc`` [rows]: ``acc += mean_dim(g^2); w -= lr * g / sqrt(acc)``
+    persistent accumulator ``acc`` [rows]: ``acc += mean_dim(g^2); w -= lr * g / sqrt(initial + acc)``
     (VW's adaptive per-feature rate; for dim 1 plain Adagrad; rows without a gradient do
-    not move)."""
+    not move). ``initial`` is the accumulator's starting value: with 0 a row's first step
+    is ``lr * g / |g|``, the same whatever the gradient's size (an importance weight on
+    that row's only example would be ignored); with ``initial`` well above a gradient's
+    square the first steps scale with the gradient, hence with the example's weight."""
     g = weight.grad
     if g is None:
         return
@@ -175,10 +182,10 @@ def adagrad_step(weight: nn.Parameter, acc: torch.Tensor, lr: float, eps: float 
         g = g.coalesce()
         idx, val = g.indices()[0], g.values().reshape(len(g.indices()[0]), -1)
         acc.index_add_(0, idx, (val * val).mean(dim=1))
-        weight.index_add_(0, idx, -lr * val / (acc[idx].sqrt().unsqueeze(1) + eps))
+        weight.index_add_(0, idx, -lr * val / ((acc[idx] + initial).sqrt().unsqueeze(1) + eps))
     else:
         acc.add_((g * g).mean(dim=1))
-        weight.sub_(lr * g / (acc.sqrt().unsqueeze(1) + eps))
+        weight.sub_(lr * g / ((acc + initial).sqrt().unsqueeze(1) + eps))
     weight.grad = None
 
 
@@ -186,6 +193,17 @@ def ips_loss(logit: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> 
     """Mean of ``y*w*(-log p) + (1 - y*w)*(-log(1 - p))`` (numerically stable in the logit)."""
     yw = label * weight
     return (yw * F.softplus(-logit) + (1.0 - yw) * F.softplus(logit)).mean()
+
+
+def sampled_ips_loss(logit: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`ips_loss` for rows drawn in proportion to their weight: mean of
+    ``y*(l_pos - (1 - 1/w)*l_neg) + (1 - y)*l_neg``. Drawing row i ``w_i`` times as often
+    makes its expectation `ips_loss`'s (up to a constant factor), while every row's
+    gradient in the logit stays in [-1, 1] (``p/w - 1`` for a positive), so an adaptive
+    optimiser sees the weight as how often a row comes, not as a gradient size it
+    normalises away."""
+    keep = label * (1.0 - 1.0 / weight.clamp(min=1.0))
+    return (label * F.softplus(-logit) + (1.0 - label - keep) * F.softplus(logit)).mean()
 
 
 def bradley_terry_loss(logit_pref: torch.Tensor, logit_other: torch.Tensor, strength: torch.Tensor

@@ -23,6 +23,8 @@
 | LOOPWISE_ATTRIBUTION_WINDOW_MS | 1800000 | examples this close to the window's newest impression wait for the next run |
 | LOOPWISE_TRAINER_BT_WEIGHT | 1.0 | weight of the Bradley-Terry term on preference pairs |
 | LOOPWISE_TRAINER_MAX_WEIGHT | 100.0 | extra clip on the examples' IPS weights |
+| LOOPWISE_TRAINER_WEIGHTING | loss | IPS weights as loss factors (loss) or sampling frequencies (sample) |
+| LOOPWISE_TRAINER_ADAGRAD_INITIAL / _CROSS_ADAGRAD_INITIAL | 0 / 0 | starting value of the tables' / cross table's Adagrad accumulators |
 | LOOPWISE_TRAINER_HOLDOUT_FRACTION | 0.1 | most recent slice (by time) held out for the gate |
 | LOOPWISE_TRAINER_TOLERANCE_* | see below | how much worse than production a candidate may be |
 | LOOPWISE_TRAINER_TOLERANCE_SE | 1.0 | ... or that many standard errors of the paired difference, if larger |
@@ -89,11 +91,19 @@ class TrainerSettings(BaseSettings):
     # the weights) at trainer_embedding_lr, or "adam" (SparseAdam at trainer_lr, restarted each run).
     trainer_embedding_optimizer: str = "adagrad"
     trainer_embedding_lr: float = 0.03
+    # Starting value of the Adagrad accumulators (tables / cross table): above a gradient's
+    # square, a row's first steps scale with its gradient, so with the example's IPS weight.
+    trainer_adagrad_initial: float = 0.0
+    trainer_cross_adagrad_initial: float = 0.0
     trainer_weight_decay: float = 0.0
     # Sparse gradients + SparseAdam for the embedding table (lazy Adam), Adam for the rest.
     trainer_sparse_embedding: bool = True
     trainer_bt_weight: float = 1.0
     trainer_max_weight: float = 100.0
+    # How the examples' IPS weights are applied: "loss" (every row once, the loss scaled)
+    # or "sample" (rows drawn in proportion to their weights, bounded gradients: the
+    # weights fully respected; measured worse on bench/debiasing.py, see the trainer README).
+    trainer_weighting: str = "loss"
     trainer_seed: int = 0
     trainer_device: str = "auto"
     trainer_threads: int = 0

@@ -44,6 +44,7 @@ from .model import (
     from_state_bytes,
     init_from_coldstart,
     ips_loss,
+    sampled_ips_loss,
 )
 from .settings import TrainerSettings
 
@@ -190,6 +191,11 @@ def crosses_of(spec: FeatureSpec, settings: TrainerSettings) -> list[list[int]]:
     return out
 
 
+def n_weighted(weight: np.ndarray) -> int:
+    """How many examples carry a weight other than 1."""
+    return int(np.count_nonzero(weight != 1.0))
+
+
 def layers_of(settings: TrainerSettings) -> tuple[int, ...]:
     raw: Any = getattr(settings, "trainer_layers", ())
     return tuple(int(x) for x in raw)
@@ -271,6 +277,9 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
     if model.cross is not None and settings.trainer_cross_lr > 0:
         rates[id(model.cross.weight)] = settings.trainer_cross_lr
     rates.update({id(w): settings.trainer_embedding_lr or settings.trainer_lr for w, _ in model.factor_tables()})
+    initial = {id(w): settings.trainer_adagrad_initial for w, _ in adagrad}
+    if model.cross is not None:
+        initial[id(model.cross.weight)] = settings.trainer_cross_adagrad_initial
     optimizers: list[torch.optim.Optimizer] = []
     if tables and settings.trainer_sparse_embedding:
         optimizers.append(torch.optim.SparseAdam(tables, lr=lr))
@@ -284,6 +293,13 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
 
     sparse, dense, label = t(train.sparse), t(train.dense), t(train.label)
     weight = t(np.minimum(train.weight, settings.trainer_max_weight).astype(np.float32))
+    if settings.trainer_weighting not in ("loss", "sample"):
+        raise ValueError(f"trainer_weighting {settings.trainer_weighting!r}: loss or sample")
+    # "loss": the Rel-MF loss, every row once, scaled by its weight; "sample": rows drawn in
+    # proportion to their weights with `sampled_ips_loss` (gradients bounded, so row-wise
+    # Adagrad cannot normalise a weight away).
+    sample = settings.trainer_weighting == "sample" and n_weighted(train.weight) > 0
+    loss_fn = sampled_ips_loss if sample else ips_loss
     ps, pd, os_, od, strength = (t(train.pref_sparse), t(train.pref_dense), t(train.other_sparse),
                                  t(train.other_dense), t(train.strength))
     n, n_pairs = len(train), train.n_pairs
@@ -294,7 +310,10 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
     started = time.perf_counter()
     final_loss, epochs_done, stopped = float("nan"), 0, False
     for _ in range(settings.trainer_epochs):
-        perm = torch.randperm(n, generator=gen).to(device) if n else None
+        if sample:
+            perm = torch.multinomial(weight.cpu(), n, replacement=True, generator=gen).to(device)
+        else:
+            perm = torch.randperm(n, generator=gen).to(device) if n else None
         pperm = torch.randperm(n_pairs, generator=gen).to(device) if n_pairs else None
         total = 0.0
         for step in range(steps):
@@ -306,7 +325,7 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
                 if perm is not None:
                     rows = perm[step * batch:(step + 1) * batch]
                     logit, _ = model.logits(sparse[rows], dense[rows])
-                    loss = loss + ips_loss(logit.float(), label[rows], weight[rows])
+                    loss = loss + loss_fn(logit.float(), label[rows], weight[rows])
                 if pperm is not None and settings.trainer_bt_weight > 0:
                     prow = pperm[step * pair_batch:(step + 1) * pair_batch]
                     if len(prow):
@@ -322,7 +341,7 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
             for optimizer in optimizers:
                 optimizer.step()
             for table, acc in adagrad:
-                adagrad_step(table, acc, rates[id(table)])
+                adagrad_step(table, acc, rates[id(table)], initial=initial[id(table)])
             total += float(loss.detach())
         if stopped:
             break
@@ -344,16 +363,19 @@ def evaluate(candidate: Candidate, production: Production | None, settings: Trai
     """Candidate and production on the same holdout, and the gate's decision."""
     h = candidate.holdout
     bins = settings.trainer_ece_bins
+    # The loss the candidate minimised weighs a positive by its IPS weight: so do the gate's
+    # log loss and calibration (self-normalised), else they judge it on the biased click rate.
+    weight = np.minimum(h.weight, settings.trainer_max_weight)
     cand_prob = candidate.predict(h.sparse, h.dense)
-    cand = ev.evaluate(h.label, cand_prob, h.user, bins)
+    cand = ev.evaluate(h.label, cand_prob, h.user, bins, weight)
     prod = None
     se: dict[str, float] = {}
     if production is not None:
         try:
             prob, _ = predict_onnx(session(production.onnx, threads=max(settings.trainer_threads, 1)),
                                    h.sparse, h.dense)
-            prod = ev.evaluate(h.label, prob, h.user, bins)
-            se = ev.difference_se(h.label, cand, cand_prob, prod, prob)
+            prod = ev.evaluate(h.label, prob, h.user, bins, weight)
+            se = ev.difference_se(h.label, cand, cand_prob, prod, prob, weight)
         except Exception as exc:  # noqa: BLE001 - a production model that cannot score is no bar
             log.error("production model could not score the holdout",
                       extra={"version": production.version, "error": repr(exc)})

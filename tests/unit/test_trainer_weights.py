@@ -1,0 +1,93 @@
+"""The trainer respects importance weights (issue 16): a weighted example moves the model
+in proportion to its weight, however adaptive the optimiser."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from loopwise.features import FeatureSpec  # noqa: E402
+from loopwise.trainer.data import WindowData  # noqa: E402
+from loopwise.trainer.model import adagrad_step, ips_loss, sampled_ips_loss  # noqa: E402
+from loopwise.trainer.settings import TrainerSettings  # noqa: E402
+from loopwise.trainer.train import train_once  # noqa: E402
+
+SPEC = FeatureSpec(sparse=("request.user_id", "candidate.id"), dense=("context.x",), buckets=1 << 12)
+RARE = 4000  # the hashed id of the one clicked item (no other row has it)
+
+
+def one_click(weight: float, n: int = 2000) -> WindowData:
+    """``n - 1`` negatives on common items and one positive, of weight ``weight``, on item RARE."""
+    rng = np.random.default_rng(0)
+    sparse = np.stack([rng.integers(1, 500, n), rng.integers(500, 600, n)], axis=1).astype(np.int64)
+    sparse[0] = [7, RARE]
+    label = np.zeros(n, dtype=np.float32)
+    label[0] = 1.0
+    w = np.ones(n, dtype=np.float32)
+    w[0] = weight
+    return WindowData(sparse, np.zeros((n, 1), dtype=np.float32), label, w, np.arange(n, dtype=np.int64),
+                      sparse[:, 0].copy())
+
+
+def rare_bias(weight: float, **overrides: object) -> float:
+    settings = dataclasses.replace(TrainerSettings(), trainer_holdout_fraction=0.0, trainer_min_holdout=0,
+                                   attribution_window_ms=0, trainer_device="cpu", trainer_crosses=(), **overrides)
+    model = train_once(one_click(weight), None, SPEC, settings).model
+    assert model.bias is not None
+    return float(model.bias.weight[RARE, 0])
+
+
+def test_adagrad_first_step_scales_with_the_gradient_once_the_accumulator_starts_positive():
+    def first_step(g: float, initial: float) -> float:
+        w = torch.nn.Parameter(torch.zeros(2, 1))
+        w.grad = torch.tensor([[0.0], [g]])
+        adagrad_step(w, torch.zeros(2), 0.1, initial=initial)
+        return -float(w.detach()[1, 0])
+
+    assert first_step(0.01, 0.0) == pytest.approx(first_step(0.2, 0.0))  # scale-free: the weight is lost
+    assert first_step(0.2, 1.0) / first_step(0.01, 1.0) == pytest.approx(20, rel=0.05)
+
+
+def test_sampled_ips_loss_is_the_ips_loss_in_expectation():
+    logit = torch.tensor([0.3, -1.2, 2.0])
+    label = torch.tensor([1.0, 0.0, 1.0])
+    weight = torch.tensor([4.0, 1.0, 2.5])
+    # Drawing rows in proportion to w: E[sampled] = sum_i w_i * sampled_i / sum(w).
+    per_row = torch.stack([sampled_ips_loss(logit[i:i + 1], label[i:i + 1], weight[i:i + 1]) for i in range(3)])
+    expected = float((weight * per_row).sum() / weight.sum())
+    assert expected == pytest.approx(float(ips_loss(logit, label, weight)) * 3 / float(weight.sum()), rel=1e-5)
+    assert float(sampled_ips_loss(logit, label, torch.ones(3))) == pytest.approx(
+        float(ips_loss(logit, label, torch.ones(3))))
+
+
+def test_weight_ignored_when_it_only_scales_the_loss_of_an_adagrad_row():
+    """The default (weights scale the loss, accumulators start at 0): the clicked item's
+    first-order weight moves by the same amount for weight 1 and 8."""
+    plain, weighted = rare_bias(1.0, trainer_weighting="loss"), rare_bias(8.0, trainer_weighting="loss")
+    assert weighted == pytest.approx(plain, rel=0.05)
+
+
+def test_weighted_example_moves_its_row_in_proportion_to_its_weight():
+    plain, weighted = rare_bias(1.0, trainer_weighting="sample"), rare_bias(8.0, trainer_weighting="sample")
+    assert plain >= 0 and weighted > 2.0 * max(plain, 1e-3)
+    ratio = rare_bias(8.0, trainer_weighting="loss", trainer_adagrad_initial=1.0) / \
+        rare_bias(1.0, trainer_weighting="loss", trainer_adagrad_initial=1.0)
+    assert ratio > 4.0  # a positive starting accumulator: the first step scales with the weight
+
+
+def test_gate_figures_self_normalised_by_the_ips_weights():
+    from loopwise.trainer import evaluation as ev
+
+    y = np.array([1.0, 0.0, 0.0, 0.0])
+    p = np.array([0.5, 0.1, 0.1, 0.1])
+    assert ev.logloss(y, p, np.ones(4)) == pytest.approx(ev.logloss(y, p))
+    assert ev.ece(y, p, 10, np.ones(4)) == pytest.approx(ev.ece(y, p, 10))
+    w = np.array([3.0, 1.0, 1.0, 1.0])  # the positive stands for three
+    expected = -(3 * np.log(0.5) + 3 * np.log(0.9)) / 6
+    assert ev.logloss(y, p, w) == pytest.approx(expected)
+    # Bins: 0.1 holds the negatives (gap 0.3), 0.5 the positive (3 * |0.5 - 1| = 1.5); over sum(w) = 6.
+    assert ev.ece(y, p, 10, w) == pytest.approx((0.3 + 1.5) / 6)
