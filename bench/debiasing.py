@@ -40,6 +40,7 @@ from _debiasing_train import METHODS, exposure_propensity, fit, pair_inputs, set
 
 from loopwise.miner.settings import MinerSettings
 from loopwise.tools.datasets.fetch import default_cache_dir
+from loopwise.trainer import evaluation as ev
 
 PS = (0.5, 1.0, 2.0, 3.0, 4.0)
 TRUTH_FILE = "debiasing-truth-v1.npz"
@@ -97,6 +98,9 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
             clicks = exposed & (rng.random(theta.shape) < t.gamma)
             relevant = rng.random(theta.shape) < t.gamma
             rows = np.sort(rng.choice(n_u * n_i, int(args.fraction * n_u * n_i), replace=False))
+            trained = np.zeros(n_u * n_i, dtype=bool)
+            trained[rows] = True
+            trained = trained.reshape(n_u, n_i)
             users, items = np.nonzero(clicks)
             for model, by_p in quality.items():
                 prop = exposure_propensity(t, clicks, exposed, model, miner.exposure_eta)[items]
@@ -104,14 +108,17 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
             for method in args.methods:
                 w = weights(method, t, clicks, exposed, theta, miner)
                 scores = fit(ids, clicks, w, rows, eval_users, settings(config, seed))
-                for key, value in world.metrics(t, scores, relevant, eval_users).items():
+                figures = world.metrics(t, scores, relevant, eval_users)
+                figures.update(gate_figures(scores, clicks[eval_users], w[eval_users], trained[eval_users]))
+                for key, value in figures.items():
                     runs[method].setdefault(key, {}).setdefault(str(p), []).append(value)
             c.say(f"  p={p} seed={seed}: " + ", ".join(
                 f"{m} {runs[m]['dcg'][str(p)][-1]:.4f}" for m in args.methods) + f"  (clicks {clicks.mean():.4f})")
     out: dict[str, Any] = {}
     for method in args.methods:
         key = NAMES.get(method, method)
-        for metric, label in (("dcg", "dcg"), ("recall", "recall"), ("rare_dcg", "rare_dcg")):
+        for metric, label in (("dcg", "dcg"), ("recall", "recall"), ("rare_dcg", "rare_dcg"),
+                              ("ece_observed", "ece_observed"), ("ece_weighted", "ece_weighted")):
             stats = {p: summary(v) for p, v in runs[method][metric].items()}
             out[f"{label}_{key}"] = {p: m for p, (m, _) in stats.items()}
             out[f"{label}_{key}_std"] = {p: s for p, (_, s) in stats.items()}
@@ -123,6 +130,14 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
     for model, by_p in quality.items():  # how well each exposure estimator ranks the clicked pairs' theta
         out[f"exposure_spearman_{model}"] = {p: summary(v)[0] for p, v in by_p.items()}
     return out
+
+
+def gate_figures(prob: np.ndarray, clicks: np.ndarray, w: np.ndarray, trained: np.ndarray) -> dict[str, float]:
+    """The gate's calibration on the pairs not trained on: against the observed clicks, and
+    self-normalised by the IPS weights (`loopwise.trainer.evaluation`)."""
+    held = ~trained
+    y, p, weight = clicks[held].astype(np.float64), prob[held], w[held]
+    return {"ece_observed": ev.ece(y, p), "ece_weighted": ev.ece(y, p, weight=weight)}
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
