@@ -20,7 +20,8 @@ Data: MovieLens-100K from the ``recbole`` wheel and the OBD sample from the
 the semi-synthetic truth (two matrix factorisations, ~30 s) is cached there too.
 
 Usage: python bench/debiasing.py [--quick] [--seeds N] [--fraction F] [--set name=value ...]
-``--set`` overrides a `TrainerSettings` field for every model (an ablation).
+``--set`` overrides a `TrainerSettings` field for every model (an ablation); the miner's
+settings come from the environment (e.g. LOOPWISE_IPS_CLIP, LOOPWISE_EXPOSURE_MODEL).
 The last line is one JSON object: dcg_naive, dcg_ips (the miner's
 propensities), dcg_oracle (maps p -> mean DCG@5), obd_ctr_naive, obd_ctr_ips,
 seeds, and the rest of the figures.
@@ -184,7 +185,7 @@ def main() -> None:
     args.eval_every = args.eval_every or (5 if args.quick else 1)
     started = time.monotonic()
     config = overrides(args.set)
-    miner = MinerSettings()
+    miner = MinerSettings.from_env()  # LOOPWISE_IPS_CLIP, LOOPWISE_EXPOSURE_MODEL, ... ablate the miner
     c.say(f"Semi-synthetic MovieLens-100K: p {args.p}, {args.seeds} seeds, {args.fraction:.3f} of the pairs, "
           f"trainer overrides {config or 'none'}, miner clip {miner.ips_clip} eta {miner.exposure_eta}")
     result = semi_synthetic(args, config, miner)
