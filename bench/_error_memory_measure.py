@@ -14,8 +14,9 @@ replica) and ``off`` (the baseline for latency). Then:
   starts with a fresh memory): for each of ``TRIALS`` probes (a user never
   seen, five random movies), Rank on both replicas, report a click on one
   candidate through the collector, then Rank the same request on both
-  replicas every ``POLL_S`` until its compensated probability moved up on
-  each; the effect time is the latest replica's first such answer minus the
+  replicas every ``POLL_S`` until its compensated probability changed on
+  each (not necessarily up: a sketch read weighs the key's buckets by their
+  counts, and the click adds to every one of them); the effect time is the latest replica's first such answer minus the
   moment the collector acknowledged the click.
 - Bytes per model: the replica's ``loopwise_inference_memory_bytes``.
 """
@@ -120,7 +121,7 @@ def click_to_effect(collector: Client, replicas: list[Client], data: datasets.Mo
                 if now.version != before[r].version or now.version != shown.version:
                     moved = True
                     break
-                if now.compensated_scores[j] > before[r].compensated_scores[j] + 1e-6:
+                if abs(now.compensated_scores[j] - before[r].compensated_scores[j]) > 1e-6:
                     seen[r] = time.monotonic() - acked
             time.sleep(POLL_S)
         time.sleep(settle_s)
