@@ -10,8 +10,16 @@
   Tansu broker does, by whole batches, and Faust's recovery stops at the end
   offsets reported): off by default (``LOOPWISE_CHANGELOG_CATCH_UP``), on in
   the local stack and in the tests that run a miner on Tansu.
-- `RecoveryGate`: once per assignment, after Faust's recovery, the catch-up
-  (when on) and the caller's re-index, under a lock its users share.
+- `InputRewind`: seeks the inputs back to their committed offsets once Faust's
+  recovery is over. Faust (0.15) starts fetching the stream partitions while it
+  completes the recovery and then clears its stream queues
+  (``flow_control.resume()`` in ``on_recovery_completed``): records fetched in
+  between are dropped while the consumer's position is already past them, so
+  the agent never reads them (a loaded worker hits this after a restart: its
+  inputs never catch up, its windows never close). Re-reading from the
+  committed offsets restores them (delivery is at least once anyway).
+- `RecoveryGate`: once per assignment, after Faust's recovery, the rewind, the
+  catch-up (when on) and the caller's re-index, under a lock its users share.
 """
 
 from __future__ import annotations
@@ -135,18 +143,42 @@ class ChangelogCatchUp:
         log.info("changelog caught up", extra={"records": applied, "partitions": partitions})
 
 
+class InputRewind:
+    """Seek this worker's partitions of ``inputs`` to their committed offsets (to the
+    beginning where none is committed), so that no record Faust dropped while it
+    recovered is skipped. Call it after Faust's recovery, before any record of the
+    assignment is processed (`RecoveryGate` does)."""
+
+    def __init__(self, app: faust.App, inputs: tuple[str, ...]) -> None:
+        self.app = app
+        self.inputs = inputs
+
+    async def __call__(self) -> None:
+        consumer = self.app.consumer
+        # Faust's own record of the committed offsets, read at its seek to them just
+        # before the recovery completed (None: nothing committed, read from the start).
+        committed = consumer._committed_offset
+        offsets = {tp: committed.get(tp) or 0 for tp in consumer.assignment() if tp.topic in self.inputs}
+        if offsets:
+            await consumer.seek_wait(offsets)
+            log.info("inputs rewound to their committed offsets",
+                     extra={"offsets": {f"{tp.topic}/{tp.partition}": o for tp, o in sorted(offsets.items())}})
+
+
 class RecoveryGate:
-    """After each rebalance (`reset`): once Faust's recovery is complete, ``catch_up`` (if
-    any), then ``rebuild``, then ``on_ready`` — once, while no holder of `lock` touches
-    the table."""
+    """After each rebalance (`reset`): once Faust's recovery is complete, ``rewind`` (if
+    any), ``catch_up`` (if any), then ``rebuild``, then ``on_ready`` — once, while no
+    holder of `lock` touches the table."""
 
     def __init__(self, app: faust.App, rebuild: Callable[[], None],
                  catch_up: Callable[[], Awaitable[None]] | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None,
+                 rewind: Callable[[], Awaitable[None]] | None = None) -> None:
         self.app = app
         self.rebuild = rebuild
         self.catch_up = catch_up
         self.on_ready = on_ready
+        self.rewind = rewind
         self.lock = asyncio.Lock()
         self.done = False
 
@@ -163,6 +195,8 @@ class RecoveryGate:
                 return True
             if not recovered(self.app):
                 return False
+            if self.rewind is not None:
+                await self.rewind()
             if self.catch_up is not None:
                 await self.catch_up()
             self.rebuild()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import defaultdict
+from types import SimpleNamespace
 
 import numpy as np
+from faust.types import TP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +16,7 @@ from loopwise.client.build import EventFactory, candidates, features
 from loopwise.miner.attribution import Attribution, AttributionConfig, Outputs
 from loopwise.miner.attribution_windows import Windows
 from loopwise.miner.debias import ExposureCounter, FixedPositions
-from loopwise.miner.recovery import ReadPositions
+from loopwise.miner.recovery import InputRewind, ReadPositions, RecoveryGate
 from loopwise.v1 import learning_pb2
 
 WINDOW = 60_000
@@ -275,6 +279,59 @@ def test_read_positions_answer_caught_up_against_the_high_water_mark():
     w.observe("events", 0, T0, now=100.0)
     high[("events", 0)] = 20  # more arrived: the partition has a backlog, its watermark holds
     assert w.watermark(0, now=100.0 + 2 * WINDOW / 1000) == T0
+
+
+class DroppingConsumer:
+    """Faust's consumer after a recovery that dropped records it had fetched: its position
+    is past them, its committed offsets are not."""
+
+    def __init__(self, committed: dict, position: dict, high: dict) -> None:
+        self._committed_offset = defaultdict(lambda: None, committed)
+        self.position = dict(position)
+        self.high = high
+        self.seeks: list[dict] = []
+
+    def assignment(self):
+        return set(self.position)
+
+    def highwater(self, tp):
+        return self.high[tp]
+
+    async def seek_wait(self, offsets) -> None:
+        self.seeks.append(dict(offsets))
+        self.position.update(offsets)
+
+
+def test_records_faust_dropped_after_recovery_are_read_again_and_the_windows_close():
+    """The stuck restart: records the consumer fetched were dropped before the agent read
+    them, so its read offset stays below the high-water mark and the partition's watermark
+    never moves on by the clock. The gate rewinds the inputs to their committed offsets
+    (the beginning where none), the records are read again and the window closes."""
+    events, imps, turns = TP("events", 0), TP("impressions", 0), TP("turns", 0)
+    consumer = DroppingConsumer(committed={events: 2}, position={events: 4, imps: 3, turns: 7},
+                                high={events: 4, imps: 3, turns: 7})
+    completed = asyncio.Event()
+    completed.set()
+    app = SimpleNamespace(consumer=consumer, rebalancing=False, in_recovery=False,
+                          tables=SimpleNamespace(recovery=SimpleNamespace(completed=completed)))
+    positions = ReadPositions(lambda topic, partition: consumer.highwater(TP(topic, partition)))
+    w = Windows(Attribution(AttributionConfig(window_ms=WINDOW), FixedPositions(), ExposureCounter()), {},
+                topics=("events", "impressions"), idle_s=2.0, caught_up=positions.caught_up)
+    f = EventFactory("t")
+    w.process(b"r", f.impression("r", ["a", "b"], at_ms=T0), topic="impressions", partition=0)
+    positions.record("impressions", 0, 2)
+    positions.record("events", 0, 1)  # offsets 2 and 3 were fetched, then dropped
+    later = time.monotonic() + 10 * WINDOW / 1000
+    assert w.watermark(0, now=later) == T0  # stuck: a backlog that is never read
+
+    gate = RecoveryGate(app, w.rebuild, rewind=InputRewind(app, ("events", "impressions")))
+    assert asyncio.run(gate.ensure())
+    assert consumer.seeks == [{events: 2, imps: 0}]  # other topics are not the agent's to rewind
+    for offset in range(consumer.position[events], consumer.high[events]):  # read again
+        positions.record("events", 0, offset)
+    assert positions.caught_up("events", 0)
+    assert w.watermark(0, now=later) > T0 + WINDOW
+    assert [e.label for e in w.advance(w.watermark(0, now=later)).examples] == [0.0, 0.0]
 
 
 def received(event, at_ms: int):

@@ -35,7 +35,7 @@ from ..attribution_windows import Windows
 from ..debias import ExposureCounter, ExposureModel, FixedPositions, ImpressionExposure
 from ..metrics import MinerMetrics
 from ..outputs import DeadLetters, Outbox
-from ..recovery import ChangelogCatchUp, ReadPositions, RecoveryGate
+from ..recovery import ChangelogCatchUp, InputRewind, ReadPositions, RecoveryGate
 from ..settings import MinerSettings
 from ..tables import MinerTables
 from ..topics import MinerTopics, turn_key
@@ -83,7 +83,8 @@ class AttributionAgents:
                                on_ahead=lambda _ms: metrics.clock_ahead.inc())
         catch_up = ChangelogCatchUp(app, tables.attribution, topics.inputs, settings.kafka_bootstrap,
                                     settings.catch_up_idle_s) if settings.changelog_catch_up else None
-        self.recovery = RecoveryGate(app, self._rebuild, catch_up, on_ready=lambda: metrics.ready.set(1))
+        self.recovery = RecoveryGate(app, self._rebuild, catch_up, on_ready=lambda: metrics.ready.set(1),
+                                     rewind=InputRewind(app, topics.inputs))
         self.limits = Limits(max_future_ms=settings.max_future_s * 1000, max_age_ms=settings.max_age_s * 1000)
         self.tenants = frozenset(settings.tenants)
         self.turns = topics.turns.get_topic_name()
