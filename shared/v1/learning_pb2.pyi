@@ -16,14 +16,23 @@ class LabelSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LABEL_SOURCE_CLICK: _ClassVar[LabelSource]
     LABEL_SOURCE_ACCEPT: _ClassVar[LabelSource]
     LABEL_SOURCE_REJECT: _ClassVar[LabelSource]
+
+class FeedbackMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEEDBACK_MODE_UNSPECIFIED: _ClassVar[FeedbackMode]
+    FEEDBACK_MODE_WINDOW: _ClassVar[FeedbackMode]
+    FEEDBACK_MODE_FAKE_NEGATIVE: _ClassVar[FeedbackMode]
 LABEL_SOURCE_UNSPECIFIED: LabelSource
 LABEL_SOURCE_NO_FEEDBACK: LabelSource
 LABEL_SOURCE_CLICK: LabelSource
 LABEL_SOURCE_ACCEPT: LabelSource
 LABEL_SOURCE_REJECT: LabelSource
+FEEDBACK_MODE_UNSPECIFIED: FeedbackMode
+FEEDBACK_MODE_WINDOW: FeedbackMode
+FEEDBACK_MODE_FAKE_NEGATIVE: FeedbackMode
 
 class Example(_message.Message):
-    __slots__ = ("example_id", "tenant", "user_id", "session_id", "request_id", "candidate_id", "label", "source", "weight", "propensity", "position_propensity", "exposure_propensity", "logged_propensity", "position", "served_score", "model", "version", "impression_time_ms", "label_time_ms", "user", "context", "candidate", "correction")
+    __slots__ = ("example_id", "tenant", "user_id", "session_id", "request_id", "candidate_id", "label", "source", "weight", "propensity", "position_propensity", "exposure_propensity", "logged_propensity", "position", "served_score", "model", "version", "impression_time_ms", "label_time_ms", "user", "context", "candidate", "correction", "feedback_mode")
     EXAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +56,7 @@ class Example(_message.Message):
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_MODE_FIELD_NUMBER: _ClassVar[int]
     example_id: str
     tenant: str
     user_id: str
@@ -70,7 +80,8 @@ class Example(_message.Message):
     context: _features_pb2.Features
     candidate: _features_pb2.Features
     correction: bool
-    def __init__(self, example_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., label: _Optional[float] = ..., source: _Optional[_Union[LabelSource, str]] = ..., weight: _Optional[float] = ..., propensity: _Optional[float] = ..., position_propensity: _Optional[float] = ..., exposure_propensity: _Optional[float] = ..., logged_propensity: _Optional[float] = ..., position: _Optional[int] = ..., served_score: _Optional[float] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., impression_time_ms: _Optional[int] = ..., label_time_ms: _Optional[int] = ..., user: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., context: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., candidate: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., correction: _Optional[bool] = ...) -> None: ...
+    feedback_mode: FeedbackMode
+    def __init__(self, example_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., label: _Optional[float] = ..., source: _Optional[_Union[LabelSource, str]] = ..., weight: _Optional[float] = ..., propensity: _Optional[float] = ..., position_propensity: _Optional[float] = ..., exposure_propensity: _Optional[float] = ..., logged_propensity: _Optional[float] = ..., position: _Optional[int] = ..., served_score: _Optional[float] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., impression_time_ms: _Optional[int] = ..., label_time_ms: _Optional[int] = ..., user: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., context: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., candidate: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., correction: _Optional[bool] = ..., feedback_mode: _Optional[_Union[FeedbackMode, str]] = ...) -> None: ...
 
 class PreferencePair(_message.Message):
     __slots__ = ("pair_id", "tenant", "user_id", "request_id", "preferred_id", "other_id", "preferred_position", "other_position", "strength", "kind", "model", "version", "time_ms", "user", "context", "preferred", "other")
@@ -157,7 +168,7 @@ class DeadLetter(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., payload: _Optional[bytes] = ..., time_ms: _Optional[int] = ..., service: _Optional[str] = ...) -> None: ...
 
 class AttributionState(_message.Message):
-    __slots__ = ("impression", "feedback", "deadline_ms", "closed", "expires_ms", "emitted", "handled", "partition")
+    __slots__ = ("impression", "feedback", "deadline_ms", "closed", "expires_ms", "emitted", "handled", "partition", "feedback_mode")
     IMPRESSION_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +177,7 @@ class AttributionState(_message.Message):
     EMITTED_FIELD_NUMBER: _ClassVar[int]
     HANDLED_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_MODE_FIELD_NUMBER: _ClassVar[int]
     impression: _events_pb2.Event
     feedback: _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]
     deadline_ms: int
@@ -174,7 +186,8 @@ class AttributionState(_message.Message):
     emitted: _containers.RepeatedScalarFieldContainer[str]
     handled: _containers.RepeatedScalarFieldContainer[str]
     partition: int
-    def __init__(self, impression: _Optional[_Union[_events_pb2.Event, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., closed: _Optional[bool] = ..., expires_ms: _Optional[int] = ..., emitted: _Optional[_Iterable[str]] = ..., handled: _Optional[_Iterable[str]] = ..., partition: _Optional[int] = ...) -> None: ...
+    feedback_mode: FeedbackMode
+    def __init__(self, impression: _Optional[_Union[_events_pb2.Event, _Mapping]] = ..., feedback: _Optional[_Iterable[_Union[_events_pb2.Event, _Mapping]]] = ..., deadline_ms: _Optional[int] = ..., closed: _Optional[bool] = ..., expires_ms: _Optional[int] = ..., emitted: _Optional[_Iterable[str]] = ..., handled: _Optional[_Iterable[str]] = ..., partition: _Optional[int] = ..., feedback_mode: _Optional[_Union[FeedbackMode, str]] = ...) -> None: ...
 
 class ModelAnnouncement(_message.Message):
     __slots__ = ("event_id", "tenant", "model", "version", "previous_version", "action", "reason", "metrics", "time_ms")
