@@ -50,7 +50,7 @@ class Event(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., client_time_ms: _Optional[int] = ..., received_time_ms: _Optional[int] = ..., impression: _Optional[_Union[Impression, _Mapping]] = ..., click: _Optional[_Union[Click, _Mapping]] = ..., accept: _Optional[_Union[Accept, _Mapping]] = ..., reject: _Optional[_Union[Reject, _Mapping]] = ..., turn: _Optional[_Union[Turn, _Mapping]] = ...) -> None: ...
 
 class Impression(_message.Message):
-    __slots__ = ("model", "version", "candidate_ids", "scores", "user", "context", "candidates", "features_ref", "propensities", "source", "ranking", "representation", "representation_dim", "representation_scale", "base_scores", "compensated_scores")
+    __slots__ = ("model", "version", "candidate_ids", "scores", "user", "context", "candidates", "features_ref", "propensities", "source", "ranking", "representation", "representation_dim", "representation_scale", "base_scores", "compensated_scores", "delta_sequence")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class Impression(_message.Message):
     REPRESENTATION_SCALE_FIELD_NUMBER: _ClassVar[int]
     BASE_SCORES_FIELD_NUMBER: _ClassVar[int]
     COMPENSATED_SCORES_FIELD_NUMBER: _ClassVar[int]
+    DELTA_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     candidate_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -83,7 +84,8 @@ class Impression(_message.Message):
     representation_scale: _containers.RepeatedScalarFieldContainer[float]
     base_scores: _containers.RepeatedScalarFieldContainer[float]
     compensated_scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., candidate_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., user: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., context: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Union[_features_pb2.Candidates, _Mapping]] = ..., features_ref: _Optional[str] = ..., propensities: _Optional[_Iterable[float]] = ..., source: _Optional[str] = ..., ranking: _Optional[_Iterable[int]] = ..., representation: _Optional[bytes] = ..., representation_dim: _Optional[int] = ..., representation_scale: _Optional[_Iterable[float]] = ..., base_scores: _Optional[_Iterable[float]] = ..., compensated_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    delta_sequence: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., candidate_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., user: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., context: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Union[_features_pb2.Candidates, _Mapping]] = ..., features_ref: _Optional[str] = ..., propensities: _Optional[_Iterable[float]] = ..., source: _Optional[str] = ..., ranking: _Optional[_Iterable[int]] = ..., representation: _Optional[bytes] = ..., representation_dim: _Optional[int] = ..., representation_scale: _Optional[_Iterable[float]] = ..., base_scores: _Optional[_Iterable[float]] = ..., compensated_scores: _Optional[_Iterable[float]] = ..., delta_sequence: _Optional[int] = ...) -> None: ...
 
 class Click(_message.Message):
     __slots__ = ("candidate_id", "position", "dwell_ms")

@@ -28,7 +28,7 @@ class RankRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., model: _Optional[str] = ..., request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., user: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., context: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Union[_features_pb2.Candidates, _Mapping]] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("request_id", "model", "version", "scores", "ranking", "base_scores", "compensated_scores", "memory_mode")
+    __slots__ = ("request_id", "model", "version", "scores", "ranking", "base_scores", "compensated_scores", "memory_mode", "delta_sequence")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class RankResponse(_message.Message):
     BASE_SCORES_FIELD_NUMBER: _ClassVar[int]
     COMPENSATED_SCORES_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MODE_FIELD_NUMBER: _ClassVar[int]
+    DELTA_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     version: str
@@ -45,7 +46,8 @@ class RankResponse(_message.Message):
     base_scores: _containers.RepeatedScalarFieldContainer[float]
     compensated_scores: _containers.RepeatedScalarFieldContainer[float]
     memory_mode: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., ranking: _Optional[_Iterable[int]] = ..., base_scores: _Optional[_Iterable[float]] = ..., compensated_scores: _Optional[_Iterable[float]] = ..., memory_mode: _Optional[str] = ...) -> None: ...
+    delta_sequence: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., scores: _Optional[_Iterable[float]] = ..., ranking: _Optional[_Iterable[int]] = ..., base_scores: _Optional[_Iterable[float]] = ..., compensated_scores: _Optional[_Iterable[float]] = ..., memory_mode: _Optional[str] = ..., delta_sequence: _Optional[int] = ...) -> None: ...
 
 class RewriteRequest(_message.Message):
     __slots__ = ("tenant", "utterance", "user_id", "session_id", "context")

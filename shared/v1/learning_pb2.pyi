@@ -251,3 +251,53 @@ class RewriteRuleRecord(_message.Message):
     success_after: float
     turns_after: int
     def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., rule_id: _Optional[str] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., rewrite: _Optional[str] = ..., support: _Optional[int] = ..., confidence: _Optional[float] = ..., source_success: _Optional[float] = ..., target_success: _Optional[float] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., time_ms: _Optional[int] = ..., success_after: _Optional[float] = ..., turns_after: _Optional[int] = ...) -> None: ...
+
+class SparseRows(_message.Message):
+    __slots__ = ("table", "ids", "values", "dim")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    ids: bytes
+    values: bytes
+    dim: int
+    def __init__(self, table: _Optional[str] = ..., ids: _Optional[bytes] = ..., values: _Optional[bytes] = ..., dim: _Optional[int] = ...) -> None: ...
+
+class SparseDelta(_message.Message):
+    __slots__ = ("event_id", "tenant", "model", "base_version", "stream", "sequence", "created_ms", "first_example_ms", "last_example_ms", "examples", "tables", "buckets", "fm_dim", "linear", "cross_a", "cross_b", "cross_buckets")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_EXAMPLE_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_EXAMPLE_MS_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    FM_DIM_FIELD_NUMBER: _ClassVar[int]
+    LINEAR_FIELD_NUMBER: _ClassVar[int]
+    CROSS_A_FIELD_NUMBER: _ClassVar[int]
+    CROSS_B_FIELD_NUMBER: _ClassVar[int]
+    CROSS_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    tenant: str
+    model: str
+    base_version: str
+    stream: str
+    sequence: int
+    created_ms: int
+    first_example_ms: int
+    last_example_ms: int
+    examples: int
+    tables: _containers.RepeatedCompositeFieldContainer[SparseRows]
+    buckets: int
+    fm_dim: int
+    linear: bool
+    cross_a: _containers.RepeatedScalarFieldContainer[int]
+    cross_b: _containers.RepeatedScalarFieldContainer[int]
+    cross_buckets: int
+    def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., base_version: _Optional[str] = ..., stream: _Optional[str] = ..., sequence: _Optional[int] = ..., created_ms: _Optional[int] = ..., first_example_ms: _Optional[int] = ..., last_example_ms: _Optional[int] = ..., examples: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[SparseRows, _Mapping]]] = ..., buckets: _Optional[int] = ..., fm_dim: _Optional[int] = ..., linear: _Optional[bool] = ..., cross_a: _Optional[_Iterable[int]] = ..., cross_b: _Optional[_Iterable[int]] = ..., cross_buckets: _Optional[int] = ...) -> None: ...
