@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from loopwise.v1 import features_pb2 as loopwise_dot_v1_dot_features__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bloopwise/v1/inference.proto\x12\x0bloopwise.v1\x1a\x1aloopwise/v1/features.proto\"\xdf\x01\n\x0bRankRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12#\n\x04user\x18\x06 \x01(\x0b\x32\x15.loopwise.v1.Features\x12&\n\x07\x63ontext\x18\x07 \x01(\x0b\x32\x15.loopwise.v1.Features\x12+\n\ncandidates\x18\x08 \x01(\x0b\x32\x17.loopwise.v1.Candidates\"\xc1\x01\n\x0cRankResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x02\x12\x0f\n\x07ranking\x18\x05 \x03(\r\x12\x13\n\x0b\x62\x61se_scores\x18\x06 \x03(\x02\x12\x1a\n\x12\x63ompensated_scores\x18\x07 \x03(\x02\x12\x13\n\x0bmemory_mode\x18\x08 \x01(\t\x12\x16\n\x0e\x64\x65lta_sequence\x18\t \x01(\x04\"\xc3\x01\n\x0eRewriteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tutterance\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x39\n\x07\x63ontext\x18\x05 \x03(\x0b\x32(.loopwise.v1.RewriteRequest.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\\\n\x0fRewriteResponse\x12\x11\n\trewritten\x18\x01 \x01(\x08\x12\x11\n\tutterance\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x0f\n\x07rule_id\x18\x04 \x01(\t2\x95\x01\n\x10InferenceService\x12;\n\x04Rank\x12\x18.loopwise.v1.RankRequest\x1a\x19.loopwise.v1.RankResponse\x12\x44\n\x07Rewrite\x12\x1b.loopwise.v1.RewriteRequest\x1a\x1c.loopwise.v1.RewriteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bloopwise/v1/inference.proto\x12\x0bloopwise.v1\x1a\x1aloopwise/v1/features.proto\"\xdf\x01\n\x0bRankRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12#\n\x04user\x18\x06 \x01(\x0b\x32\x15.loopwise.v1.Features\x12&\n\x07\x63ontext\x18\x07 \x01(\x0b\x32\x15.loopwise.v1.Features\x12+\n\ncandidates\x18\x08 \x01(\x0b\x32\x17.loopwise.v1.Candidates\"\xc1\x01\n\x0cRankResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0e\n\x06scores\x18\x04 \x03(\x02\x12\x0f\n\x07ranking\x18\x05 \x03(\r\x12\x13\n\x0b\x62\x61se_scores\x18\x06 \x03(\x02\x12\x1a\n\x12\x63ompensated_scores\x18\x07 \x03(\x02\x12\x13\n\x0bmemory_mode\x18\x08 \x01(\t\x12\x16\n\x0e\x64\x65lta_sequence\x18\t \x01(\x04\"\xc3\x01\n\x0eRewriteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x11\n\tutterance\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x39\n\x07\x63ontext\x18\x05 \x03(\x0b\x32(.loopwise.v1.RewriteRequest.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x01\n\x0fRewriteResponse\x12\x11\n\trewritten\x18\x01 \x01(\x08\x12\x11\n\tutterance\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x0f\n\x07rule_id\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12)\n\x05spans\x18\x06 \x03(\x0b\x32\x1a.loopwise.v1.RewrittenSpan\"N\n\rRewrittenSpan\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\x12\x10\n\x08original\x18\x03 \x01(\t\x12\x0f\n\x07rule_id\x18\x04 \x01(\t2\x95\x01\n\x10InferenceService\x12;\n\x04Rank\x12\x18.loopwise.v1.RankRequest\x1a\x19.loopwise.v1.RankResponse\x12\x44\n\x07Rewrite\x12\x1b.loopwise.v1.RewriteRequest\x1a\x1c.loopwise.v1.RewriteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,8 +42,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REWRITEREQUEST']._serialized_end=690
   _globals['_REWRITEREQUEST_CONTEXTENTRY']._serialized_start=644
   _globals['_REWRITEREQUEST_CONTEXTENTRY']._serialized_end=690
-  _globals['_REWRITERESPONSE']._serialized_start=692
-  _globals['_REWRITERESPONSE']._serialized_end=784
-  _globals['_INFERENCESERVICE']._serialized_start=787
-  _globals['_INFERENCESERVICE']._serialized_end=936
+  _globals['_REWRITERESPONSE']._serialized_start=693
+  _globals['_REWRITERESPONSE']._serialized_end=842
+  _globals['_REWRITTENSPAN']._serialized_start=844
+  _globals['_REWRITTENSPAN']._serialized_end=922
+  _globals['_INFERENCESERVICE']._serialized_start=925
+  _globals['_INFERENCESERVICE']._serialized_end=1074
 # @@protoc_insertion_point(module_scope)

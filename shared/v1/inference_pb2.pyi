@@ -71,13 +71,29 @@ class RewriteRequest(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., utterance: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RewriteResponse(_message.Message):
-    __slots__ = ("rewritten", "utterance", "confidence", "rule_id")
+    __slots__ = ("rewritten", "utterance", "confidence", "rule_id", "kind", "spans")
     REWRITTEN_FIELD_NUMBER: _ClassVar[int]
     UTTERANCE_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SPANS_FIELD_NUMBER: _ClassVar[int]
     rewritten: bool
     utterance: str
     confidence: float
     rule_id: str
-    def __init__(self, rewritten: _Optional[bool] = ..., utterance: _Optional[str] = ..., confidence: _Optional[float] = ..., rule_id: _Optional[str] = ...) -> None: ...
+    kind: str
+    spans: _containers.RepeatedCompositeFieldContainer[RewrittenSpan]
+    def __init__(self, rewritten: _Optional[bool] = ..., utterance: _Optional[str] = ..., confidence: _Optional[float] = ..., rule_id: _Optional[str] = ..., kind: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[RewrittenSpan, _Mapping]]] = ...) -> None: ...
+
+class RewrittenSpan(_message.Message):
+    __slots__ = ("start", "end", "original", "rule_id")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    RULE_ID_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    original: str
+    rule_id: str
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., original: _Optional[str] = ..., rule_id: _Optional[str] = ...) -> None: ...

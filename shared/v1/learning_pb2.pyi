@@ -219,7 +219,7 @@ class ModelAnnouncement(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., previous_version: _Optional[str] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., time_ms: _Optional[int] = ...) -> None: ...
 
 class RewriteRuleRecord(_message.Message):
-    __slots__ = ("event_id", "tenant", "rule_id", "source", "target", "rewrite", "support", "confidence", "source_success", "target_success", "action", "reason", "time_ms", "success_after", "turns_after")
+    __slots__ = ("event_id", "tenant", "rule_id", "source", "target", "rewrite", "support", "confidence", "source_success", "target_success", "action", "reason", "time_ms", "success_after", "turns_after", "kind", "canary_share", "canary_success", "control_success", "canary_turns", "control_turns")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +235,12 @@ class RewriteRuleRecord(_message.Message):
     TIME_MS_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_AFTER_FIELD_NUMBER: _ClassVar[int]
     TURNS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_TURNS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_TURNS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     tenant: str
     rule_id: str
@@ -250,7 +256,13 @@ class RewriteRuleRecord(_message.Message):
     time_ms: int
     success_after: float
     turns_after: int
-    def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., rule_id: _Optional[str] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., rewrite: _Optional[str] = ..., support: _Optional[int] = ..., confidence: _Optional[float] = ..., source_success: _Optional[float] = ..., target_success: _Optional[float] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., time_ms: _Optional[int] = ..., success_after: _Optional[float] = ..., turns_after: _Optional[int] = ...) -> None: ...
+    kind: str
+    canary_share: float
+    canary_success: float
+    control_success: float
+    canary_turns: int
+    control_turns: int
+    def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., rule_id: _Optional[str] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., rewrite: _Optional[str] = ..., support: _Optional[int] = ..., confidence: _Optional[float] = ..., source_success: _Optional[float] = ..., target_success: _Optional[float] = ..., action: _Optional[str] = ..., reason: _Optional[str] = ..., time_ms: _Optional[int] = ..., success_after: _Optional[float] = ..., turns_after: _Optional[int] = ..., kind: _Optional[str] = ..., canary_share: _Optional[float] = ..., canary_success: _Optional[float] = ..., control_success: _Optional[float] = ..., canary_turns: _Optional[int] = ..., control_turns: _Optional[int] = ...) -> None: ...
 
 class SparseRows(_message.Message):
     __slots__ = ("table", "ids", "values", "dim")
