@@ -27,6 +27,13 @@ replayed log is attributed exactly like live traffic:
 
 So after its window every shown candidate has exactly one (non-correction)
 example, whatever the arrival order and duplication (property-tested).
+
+That is the ``window`` mode. In ``fnw`` (fake negatives, docs/methods.md section 6) the
+impression emits at once a negative per shown candidate (``feedback_mode`` FAKE_NEGATIVE), a
+candidate's first click or accept a positive duplicate at once (IPS-weighted; also when late),
+a reject nothing. Closing emits only errors and pairs: the window decides when a negative is
+final. The mode is fixed in the state at its impression; a replayed event (duplicate id) emits
+nothing again (positives are marked in ``emitted``).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ from .debias import ExposureModel, clipped_weight, position_propensity
 
 log = logging.getLogger(__name__)
 FEEDBACK = ("click", "accept", "reject")
+FEEDBACK_MODES = {"window": learning_pb2.FEEDBACK_MODE_WINDOW, "fnw": learning_pb2.FEEDBACK_MODE_FAKE_NEGATIVE}
+FAKE = learning_pb2.FEEDBACK_MODE_FAKE_NEGATIVE
 SOURCE = {"click": learning_pb2.LABEL_SOURCE_CLICK, "accept": learning_pb2.LABEL_SOURCE_ACCEPT,
           "reject": learning_pb2.LABEL_SOURCE_REJECT}
 
@@ -65,6 +74,7 @@ class AttributionConfig:
     # counts as fully satisfied; unknown dwell counts as `unknown_dwell`.
     full_dwell_ms: int = 30_000
     unknown_dwell: float = 0.7
+    feedback_mode: str = "window"  # or "fnw": fake negatives at once, positive duplicates
 
 
 @dataclass
@@ -160,6 +170,8 @@ class Attribution:
         self.config = config
         self.positions = positions
         self.exposure = exposure
+        if config.feedback_mode not in FEEDBACK_MODES:
+            raise ValueError(f"feedback mode {config.feedback_mode!r}: expected one of {', '.join(FEEDBACK_MODES)}")
 
     # -- transitions --------------------------------------------------------------------
     def on_event(self, state: learning_pb2.AttributionState | None, event: events_pb2.Event
@@ -178,6 +190,12 @@ class Attribution:
             state.impression.CopyFrom(event)
             self.exposure.shown(event.tenant, event.impression.candidate_ids)
             state.deadline_ms = event.client_time_ms + self.config.window_ms
+            state.feedback_mode = FEEDBACK_MODES[self.config.feedback_mode]
+            if state.feedback_mode == FAKE:
+                shown = _Shown(event)
+                for position in shown.position.values():
+                    out.examples.append(self._example(shown, position, 0.0, learning_pb2.LABEL_SOURCE_NO_FEEDBACK,
+                                                      event.client_time_ms, fake=True))
             waiting = list(state.feedback)
             del state.feedback[:]
             for fb in waiting:  # feedback that came first
@@ -226,8 +244,9 @@ class Attribution:
                 continue
             emitted.add(cid)
             state.emitted.append(cid)
-            out.examples.append(self._example(shown, position, 0.0, learning_pb2.LABEL_SOURCE_NO_FEEDBACK,
-                                              state.deadline_ms))
+            if state.feedback_mode != FAKE:  # a fake negative went out with the impression
+                out.examples.append(self._example(shown, position, 0.0, learning_pb2.LABEL_SOURCE_NO_FEEDBACK,
+                                                  state.deadline_ms))
             out.errors.append(self._error(shown, position, 0.0, state.deadline_ms))
         out.pairs.extend(self._pairs(shown, labelled, state.deadline_ms))
         for fb in state.feedback:  # late by their own clock, arrived before closing
@@ -273,7 +292,13 @@ class Attribution:
         if label:
             self.exposure.clicked(event.tenant, body.candidate_id)
         state.emitted.append(body.candidate_id)
-        out.examples.append(self._example(shown, position, label, SOURCE[kind], event.client_time_ms))
+        if state.feedback_mode == FAKE:  # a positive duplicate; a reject's negative is out already
+            if label:
+                state.emitted.append("positive:" + body.candidate_id)
+                out.examples.append(self._example(shown, position, label, SOURCE[kind], event.client_time_ms,
+                                                  fake=True))
+        else:
+            out.examples.append(self._example(shown, position, label, SOURCE[kind], event.client_time_ms))
         out.errors.append(self._error(shown, position, label, event.client_time_ms))
         return out
 
@@ -295,19 +320,21 @@ class Attribution:
 
     def _correction(self, state: learning_pb2.AttributionState, shown: _Shown, event: events_pb2.Event
                     ) -> list[learning_pb2.Example]:
-        """A late positive on a candidate emitted as a no-feedback negative: once per candidate."""
+        """A late positive on a candidate emitted as a no-feedback negative: once per candidate
+        (fnw mode: the positive duplicate of its fake negative, which stays)."""
         kind = event.WhichOneof("body")
         cid = getattr(event, kind).candidate_id
-        marker = "correction:" + cid
+        fake = state.feedback_mode == FAKE
+        marker = ("positive:" if fake else "correction:") + cid
         if kind == "reject" or cid in self._labels(state) or marker in state.emitted:
             return []
         state.emitted.append(marker)
         return [self._example(shown, shown.position[cid], 1.0, SOURCE[kind], event.client_time_ms,
-                              correction=True)]
+                              correction=not fake, fake=fake)]
 
     # -- records ------------------------------------------------------------------------
     def _example(self, shown: _Shown, position: int, label: float, source: int, at_ms: int,
-                 correction: bool = False) -> learning_pb2.Example:
+                 correction: bool = False, fake: bool = False) -> learning_pb2.Example:
         imp = shown.event
         cid = shown.ids[position - 1]
         pos_p = position_propensity(self.positions.propensities(), position)
@@ -316,14 +343,16 @@ class Attribution:
         propensity = pos_p * exposure
         weight = clipped_weight(propensity, self.config.clip) if label > 0 else 1.0
         return learning_pb2.Example(
-            example_id=stable_id(imp.tenant, imp.request_id, cid, "correction" if correction else "label"),
+            example_id=stable_id(imp.tenant, imp.request_id, cid, ("fake_negative", "positive")[label > 0] if fake
+                                 else "correction" if correction else "label"),
             tenant=imp.tenant, user_id=imp.user_id, session_id=imp.session_id, request_id=imp.request_id,
             candidate_id=cid, label=label, source=source, weight=weight, propensity=propensity,
             position_propensity=pos_p, exposure_propensity=exposure, logged_propensity=logged,
             position=position, served_score=shown.scores[position - 1] if shown.scores else 0.0,
             model=imp.impression.model, version=imp.impression.version,
             impression_time_ms=imp.client_time_ms, label_time_ms=at_ms, user=imp.impression.user,
-            context=imp.impression.context, candidate=shown.features(position), correction=correction)
+            context=imp.impression.context, candidate=shown.features(position), correction=correction,
+            feedback_mode=FAKE if fake else learning_pb2.FEEDBACK_MODE_WINDOW)
 
     @staticmethod
     def _error(shown: _Shown, position: int, label: float, at_ms: int) -> learning_pb2.PredictionError:

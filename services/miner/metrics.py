@@ -24,6 +24,9 @@ class MinerMetrics:
         self.conflicts = Counter("loopwise_miner_label_conflicts_total",
                                  "A second label for one candidate (the first wins)", registry=r)
         self.emitted = Counter("loopwise_miner_emitted_total", "Records produced", ["topic"], registry=r)
+        self.fake_negatives = Counter("loopwise_miner_fake_negatives_total",
+                                      "Examples emitted at once as negatives (LOOPWISE_FEEDBACK_MODE=fnw)",
+                                      registry=r)
         self.dead = Counter("loopwise_miner_deadlettered_total", "Records dead-lettered", ["reason"], registry=r)
         self.backlog = Gauge("loopwise_miner_window_backlog", "Requests with an open or closed window kept",
                              registry=r)

@@ -14,6 +14,10 @@ class MinerSettings(BaseSettings):
     app_id: str = "loopwise-miner"
     # Attribution window, on the events' own clock.
     attribution_window_ms: int = 30 * 60 * 1000
+    # Delayed feedback: "window" (a shown candidate's example waits for its window: a
+    # negative when it closes) or "fnw" (fake negatives: every shown candidate at once as a
+    # negative, a click as a positive duplicate, weighed by the trainer with FNW weights).
+    feedback_mode: str = "window"
     # Records handled between two flushes of the changelog and outputs.
     batch_size: int = 1000
     batch_within_s: float = 0.05

@@ -30,7 +30,7 @@ from loopwise import codec, stamps
 from loopwise.v1 import events_pb2
 from loopwise.validation import Limits, check_event
 
-from ..attribution import Attribution, AttributionConfig, Outputs
+from ..attribution import FAKE, Attribution, AttributionConfig, Outputs
 from ..attribution_windows import Windows
 from ..debias import ExposureCounter, ExposureModel, FixedPositions, ImpressionExposure
 from ..metrics import MinerMetrics
@@ -76,7 +76,8 @@ class AttributionAgents:
         self.outbox = outbox
         self.dead = dead
         self.attribution = Attribution(
-            AttributionConfig(window_ms=settings.attribution_window_ms, clip=settings.ips_clip),
+            AttributionConfig(window_ms=settings.attribution_window_ms, clip=settings.ips_clip,
+                              feedback_mode=settings.feedback_mode),
             position_model(settings), exposure_model(settings, tables))
         self.windows = Windows(self.attribution, tables.attribution, topics=topics.inputs,
                                idle_s=settings.idle_s, caught_up=positions.caught_up,
@@ -218,3 +219,5 @@ class AttributionAgents:
         for example in out.examples:
             if example.label > 0:
                 m.propensity.observe(example.propensity)
+            elif example.feedback_mode == FAKE:
+                m.fake_negatives.inc()
