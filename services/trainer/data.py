@@ -8,7 +8,10 @@ missing candidate column is an empty string / 0.0, which the builder maps to
 the same id 0 / value 0.0 as an absent column).
 
 Late corrections (``Example.correction``) replace the no-feedback negative of
-the same (request, candidate).
+the same (request, candidate). Examples of the miner's fake-negative mode
+(``feedback_mode`` FAKE_NEGATIVE) are all kept: a fake negative and its
+positive duplicate are two rows (``fnw``), each at the time it was emitted
+(`example_time`: the label time), for the FNW loss.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ class WindowData:
     strength: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     pair_time_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     skipped: int = 0
+    # bool [n]: a fake-negative-mode row (FNW loss); int64 [n]: hash of (request, candidate).
+    # None: none of the rows / not known (arrays built outside `assemble`).
+    fnw: np.ndarray | None = None
+    key: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label)
@@ -60,7 +67,25 @@ class WindowData:
         return WindowData(self.sparse[rows], self.dense[rows], self.label[rows], self.weight[rows],
                           self.time_ms[rows], self.user[rows], self.pref_sparse[pair_rows],
                           self.pref_dense[pair_rows], self.other_sparse[pair_rows], self.other_dense[pair_rows],
-                          self.strength[pair_rows], self.pair_time_ms[pair_rows])
+                          self.strength[pair_rows], self.pair_time_ms[pair_rows],
+                          fnw=None if self.fnw is None else self.fnw[rows],
+                          key=None if self.key is None else self.key[rows])
+
+    def fnw_rows(self) -> np.ndarray:
+        """bool [n]: the rows of the fake-negative mode."""
+        return self.fnw if self.fnw is not None else np.zeros(len(self), dtype=bool)
+
+
+def final_labels(holdout: WindowData, data: WindowData) -> WindowData:
+    """``holdout`` without the fake negatives that a positive duplicate of the same (request,
+    candidate) in ``data`` contradicts: one row per candidate with its label so far, the
+    view the gate scores (the FNW weights are a training device, not labels)."""
+    fnw = holdout.fnw_rows()
+    if not fnw.any() or holdout.key is None or data.key is None:
+        return holdout
+    clicked = data.key[data.fnw_rows() & (data.label > 0)]
+    drop = fnw & (holdout.label <= 0) & np.isin(holdout.key, clicked)
+    return holdout.take(np.flatnonzero(~drop))
 
 
 def user_keys(user_ids: Sequence[str]) -> np.ndarray:
@@ -127,6 +152,7 @@ class ExamplePart:
     user: np.ndarray
     key: np.ndarray  # int64 hash of (request_id, candidate_id)
     correction: np.ndarray  # bool
+    fnw: np.ndarray  # bool: feedback_mode FAKE_NEGATIVE
     skipped: int = 0
 
 
@@ -142,6 +168,10 @@ class PairPart:
 
 
 def example_time(ex: learning_pb2.Example) -> int:
+    """A row's time: its impression's (a window-mode example is complete then), or for the
+    fake-negative mode when it was emitted (a positive duplicate: its click's)."""
+    if ex.feedback_mode == learning_pb2.FEEDBACK_MODE_FAKE_NEGATIVE:
+        return ex.label_time_ms or ex.impression_time_ms
     return ex.impression_time_ms or ex.label_time_ms
 
 
@@ -157,8 +187,10 @@ def build_example_part(builder: InputBuilder, examples: Sequence[bytes | learnin
     key = hash_ids(np.asarray([f"{e.request_id}\x00{e.candidate_id}" for e in exs], dtype=np.str_),
                    field="trainer.example_key", buckets=1 << 62) if n else np.zeros(0, dtype=np.int64)
     correction = np.fromiter((e.correction for e in exs), dtype=bool, count=n)
+    fnw = np.fromiter((e.feedback_mode == learning_pb2.FEEDBACK_MODE_FAKE_NEGATIVE for e in exs), dtype=bool,
+                      count=n)
     return ExamplePart(sparse[ok], dense[ok], label[ok], weight[ok], time_ms[ok], user[ok], key[ok],
-                       correction[ok], skipped=int((~ok).sum()))
+                       correction[ok], fnw[ok], skipped=int((~ok).sum()))
 
 
 def build_pair_part(builder: InputBuilder, pairs: Sequence[bytes | learning_pb2.PreferencePair]) -> PairPart:
@@ -194,7 +226,8 @@ def assemble(builder: InputBuilder, examples: Sequence[ExamplePart], pairs: Sequ
     data = WindowData(cat(examples, "sparse", (0, f), np.int64)[keep], cat(examples, "dense", (0, d), np.float32)[keep],
                       cat(examples, "label", (0,), np.float32)[keep], cat(examples, "weight", (0,), np.float32)[keep],
                       cat(examples, "time_ms", (0,), np.int64)[keep], cat(examples, "user", (0,), np.int64)[keep],
-                      skipped=sum(p.skipped for p in examples) + sum(p.skipped for p in pairs))
+                      skipped=sum(p.skipped for p in examples) + sum(p.skipped for p in pairs),
+                      fnw=cat(examples, "fnw", (0,), bool)[keep], key=key[keep])
     data.pref_sparse = cat(pairs, "pref_sparse", (0, f), np.int64)
     data.pref_dense = cat(pairs, "pref_dense", (0, d), np.float32)
     data.other_sparse = cat(pairs, "other_sparse", (0, f), np.int64)

@@ -30,6 +30,18 @@ Losses:
   With ``trainer_weighting=sample`` rows are drawn in
   proportion to their weights and `sampled_ips_loss` (the same objective in
   expectation, gradients bounded by 1) is applied instead.
+- fake-negative examples (the miner's ``fnw`` mode: every impression at once as a
+  negative, a click later as a positive duplicate): each row's loss above times its
+  FNW importance weight (`fnw_weights`, Ktena et al., RecSys 2019) from the model's
+  own current estimate ``f`` (no gradient through it): ``1 + f`` on a positive,
+  ``(1 - f)(1 + f)`` on a negative. The observed labels follow
+  ``b(y=1|x) = p/(1+p)`` (one negative per impression plus a positive per click), and
+  ``p(y|x)/b(y|x)`` is exactly these weights, so the expected weighted loss is that of
+  the true labels. With IPS weights the positive duplicate's Rel-MF loss
+  ``w*l_pos + (1 - w)*l_neg`` is weighed by ``1 + f``: in expectation
+  ``(1-p)*l_neg + p*(w*l_pos + (1-w)*l_neg)``, the window mode's IPS loss of the
+  same candidate. (As in the paper, the feature distribution of the biased stream is
+  taken as the true one; it weighs an x by ``1 + p(x)``, small at click rates ≪ 1.)
 - preference pairs: Bradley-Terry ``-strength * log sigmoid(z_pref - z_other)``.
 """
 
@@ -189,13 +201,29 @@ def adagrad_step(weight: nn.Parameter, acc: torch.Tensor, lr: float, eps: float 
     weight.grad = None
 
 
-def ips_loss(logit: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Mean of ``y*w*(-log p) + (1 - y*w)*(-log(1 - p))`` (numerically stable in the logit)."""
+def fnw_weights(logit: torch.Tensor, label: torch.Tensor, fnw: torch.Tensor | None) -> torch.Tensor | None:
+    """FNW importance weights of the fake-negative rows (``fnw``; 1 elsewhere): ``1 + f`` for
+    a positive, ``(1 - f)(1 + f)`` for a negative, ``f`` the model's own probability with
+    no gradient through it. None when no row is one."""
+    if fnw is None or not bool(fnw.any()):
+        return None
+    f = torch.sigmoid(logit.detach())
+    w = torch.where(label > 0, 1.0 + f, (1.0 - f) * (1.0 + f))
+    return torch.where(fnw, w, torch.ones_like(w))
+
+
+def ips_loss(logit: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
+             fnw: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``y*w*(-log p) + (1 - y*w)*(-log(1 - p))`` (numerically stable in the logit),
+    each fake-negative row (``fnw``) times its `fnw_weights`."""
     yw = label * weight
-    return (yw * F.softplus(-logit) + (1.0 - yw) * F.softplus(logit)).mean()
+    rows = yw * F.softplus(-logit) + (1.0 - yw) * F.softplus(logit)
+    factor = fnw_weights(logit, label, fnw)
+    return (rows if factor is None else rows * factor).mean()
 
 
-def sampled_ips_loss(logit: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def sampled_ips_loss(logit: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,
+                     fnw: torch.Tensor | None = None) -> torch.Tensor:
     """`ips_loss` for rows drawn in proportion to their weight: mean of
     ``y*(l_pos - (1 - 1/w)*l_neg) + (1 - y)*l_neg``. Drawing row i ``w_i`` times as often
     makes its expectation `ips_loss`'s (up to a constant factor), while every row's
@@ -203,7 +231,9 @@ def sampled_ips_loss(logit: torch.Tensor, label: torch.Tensor, weight: torch.Ten
     optimiser sees the weight as how often a row comes, not as a gradient size it
     normalises away."""
     keep = label * (1.0 - 1.0 / weight.clamp(min=1.0))
-    return (label * F.softplus(-logit) + (1.0 - label - keep) * F.softplus(logit)).mean()
+    rows = label * F.softplus(-logit) + (1.0 - label - keep) * F.softplus(logit)
+    factor = fnw_weights(logit, label, fnw)
+    return (rows if factor is None else rows * factor).mean()
 
 
 def bradley_terry_loss(logit_pref: torch.Tensor, logit_other: torch.Tensor, strength: torch.Tensor

@@ -20,7 +20,7 @@
 | LOOPWISE_TRAINER_WARM_LR | 1e-4 | Adam rate of the dense layers on an incremental warm start (0: _LR) |
 | LOOPWISE_TRAINER_EMBEDDING_OPTIMIZER / _EMBEDDING_LR | adagrad / 0.03 | embedding and FM tables (row-wise Adagrad, state kept with the weights; or adam) |
 | LOOPWISE_TRAINER_LINEAR_LR / _CROSS_LR | 0.3 / 3.0 | Adagrad rate of the first-order / cross tables (0: _LR / _LINEAR_LR) |
-| LOOPWISE_ATTRIBUTION_WINDOW_MS | 1800000 | examples this close to the window's newest impression wait for the next run |
+| LOOPWISE_ATTRIBUTION_WINDOW_MS | 1800000 | window-mode examples this close to the window's newest impression wait for the next run (fake-negative-mode ones train at once) |
 | LOOPWISE_TRAINER_BT_WEIGHT | 1.0 | weight of the Bradley-Terry term on preference pairs |
 | LOOPWISE_TRAINER_MAX_WEIGHT | 100.0 | extra clip on the examples' IPS weights |
 | LOOPWISE_TRAINER_WEIGHTING | loss | IPS weights as loss factors (loss) or sampling frequencies (sample) |

@@ -12,6 +12,9 @@ Usage (see the README)::
   trainer produced it, else the cold-start graph's prior when shapes match,
   else fresh), then epochs of clipped-IPS loss on examples plus the
   Bradley-Terry term on pairs; CUDA with bf16 autocast when available.
+  Rows of the miner's fake-negative mode (``WindowData.fnw``) train at once (the
+  settle filter waits out the window for the others only) with FNW weights
+  (`model.fnw_weights`); the gate sees their final labels (`final_labels`).
 - `evaluate`: candidate (torch) and production (onnxruntime) on the holdout,
   then the gate.
 - `run`: all of it plus ONNX export, parity and the serving contract (every weight finite).
@@ -34,7 +37,7 @@ from loopwise.modelstore import Manifest
 from loopwise.modelstore.contract import ContractError, check_finite_weights
 
 from . import evaluation as ev
-from .data import WindowData
+from .data import WindowData, final_labels
 from .export import ExportError, check_contract, export_onnx, parity, predict_onnx, session
 from .model import (
     Ranker,
@@ -164,11 +167,13 @@ def settle(data: WindowData, window_ms: int) -> WindowData:
     """The examples (and pairs) whose impression time is at least ``window_ms`` before the
     newest impression in the window: positives arrive at once but no-feedback negatives
     only when the attribution window closes, so the newest requests are incomplete (they
-    would look all-positive). They stay in the window for a later run."""
+    would look all-positive). They stay in the window for a later run. Fake-negative-mode
+    rows do not wait: every shown candidate is in as a negative from its impression on."""
     if window_ms <= 0 or not len(data):
         return data
     cutoff = int(data.time_ms.max()) - int(window_ms)
-    return data.take(np.flatnonzero(data.time_ms <= cutoff), np.flatnonzero(data.pair_time_ms <= cutoff))
+    return data.take(np.flatnonzero((data.time_ms <= cutoff) | data.fnw_rows()),
+                     np.flatnonzero(data.pair_time_ms <= cutoff))
 
 
 def after(data: WindowData, time_ms: int) -> WindowData:
@@ -253,6 +258,7 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
         lr = settings.trainer_warm_lr or lr
     train, holdout = split_holdout(data, settings.trainer_holdout_fraction, settings.trainer_min_holdout,
                                    int(seen) if seen is not None else None)
+    holdout = final_labels(holdout, data)
     device = pick_device(settings.trainer_device)
     model.to(device).train()
     # The tables (embedding, FM, first-order, cross) take row-wise Adagrad steps
@@ -293,6 +299,7 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
 
     sparse, dense, label = t(train.sparse), t(train.dense), t(train.label)
     weight = t(np.minimum(train.weight, settings.trainer_max_weight).astype(np.float32))
+    fnw = t(train.fnw_rows()) if train.fnw_rows().any() else None
     if settings.trainer_weighting not in ("loss", "sample"):
         raise ValueError(f"trainer_weighting {settings.trainer_weighting!r}: loss or sample")
     # "loss": the Rel-MF loss, every row once, scaled by its weight; "sample": rows drawn in
@@ -325,7 +332,8 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
                 if perm is not None:
                     rows = perm[step * batch:(step + 1) * batch]
                     logit, _ = model.logits(sparse[rows], dense[rows])
-                    loss = loss + loss_fn(logit.float(), label[rows], weight[rows])
+                    loss = loss + loss_fn(logit.float(), label[rows], weight[rows],
+                                          None if fnw is None else fnw[rows])
                 if pperm is not None and settings.trainer_bt_weight > 0:
                     prow = pperm[step * pair_batch:(step + 1) * pair_batch]
                     if len(prow):
