@@ -40,6 +40,7 @@ from loopwise.topics import ensure_topics
 from loopwise.v1 import learning_pb2
 
 from . import publish as pub
+from . import records
 from .data import PartCache, example_time
 from .metrics import TrainerMetrics
 from .replay_buffer import ReplayBuffer
@@ -248,6 +249,11 @@ class Trainer:
             return
         if not msg.tenant or msg.tenant not in self.tenants:
             self.metrics.records.labels(kind, "other_tenant").inc()
+            return
+        bad = records.problem(kind, msg)
+        if bad is not None:
+            self._dead(record, *bad)
+            self.metrics.records.labels(kind, "dead").inc()
             return
         model = msg.model or self.settings.default_model
         record_id = record_id or f"{record.topic}:{record.partition}:{record.offset}"
