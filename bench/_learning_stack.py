@@ -185,8 +185,12 @@ def _announce(bootstrap: str, topic: str, tenant: str, version: str, previous: s
 
 def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
               window_ms: int = 2_000, keep: bool = False, tenant: str = "default", partitions: int = 4,
-              training: str = "auto",
+              training: str = "auto", service_env: dict[str, str] | None = None,
               say: Callable[[str], None] = print) -> LoopRun:
+    """The replay through a local stack; ``service_env``: extra settings of its services (e.g.
+    ``LOOPWISE_FEEDBACK_MODE``; ``fnw``: the miner's examples are not held back as complete
+    requests in bench-triggered training, the fake negatives and positive duplicates go in as
+    they come)."""
     import redis
 
     from loopwise.client import Client
@@ -199,7 +203,8 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
     every_n = int(0.95 * every * stream.k) if training != "bench" else 1 << 60
     env = {"LOOPWISE_LOG_LEVEL": "WARNING", "LOOPWISE_IDLE_S": "1",
            "LOOPWISE_TRAINER_EVERY_N": str(every_n), "LOOPWISE_TRAINER_INTERVAL_S": str(1 << 30),
-           "LOOPWISE_TRAINER_CHECK_S": "0.5"}
+           "LOOPWISE_TRAINER_CHECK_S": "0.5", **(service_env or {})}
+    fake_negatives = env.get("LOOPWISE_FEEDBACK_MODE") == "fnw"
     info = stack.up(root, tenants=(tenant,), partitions=partitions, attribution_window_ms=window_ms,
                     extra_env=env)
     service = "trainer" in info.pids and training != "bench"
@@ -267,7 +272,7 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
                     deadline = trigger + max(DRAIN_S, 2 * window_ms / 1000)
                     while time.monotonic() < deadline and time.monotonic() - reader.last_arrival < 0.5:
                         time.sleep(0.05)  # let the batch in flight land (bounded)
-                    new = complete.add(reader.take())
+                    new = reader.take() if fake_negatives else complete.add(reader.take())
                     seen_examples.extend(new)
                     pairs = reader.take_pairs()
                     artifact, run_info = trainer.train_examples(new, pairs)

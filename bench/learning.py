@@ -38,13 +38,24 @@ Learners, all scored before they learn a request's labels (progressive):
   10% of the stream;
 - ``river``: River LogisticRegression (SGD), learning rate tuned likewise.
 
+Stack mode runs the stack once per configuration (`_learning_configs`): per feedback
+mode of the miner (``--feedback-mode both``: ``window`` and ``fnw``, fake negatives at
+once with FNW weights), plus deltas off (``loopwise_whole_versions``) when the trainer
+has sparse deltas; ``loopwise`` is the run of the services' default configuration. The
+in-process loop runs too at the same cadence (``inprocess``, labels at once: the bound
+the stack's delays are measured against; ``--no-inprocess-baseline`` skips it).
+
 Reported: AUC, gAUC (per user, weighted by rows), request AUC (per request),
 AUC per time bucket (table and bench/results/learning.png), throughput, and
 trainer examples/s and trigger-to-serving seconds.
 
 Usage: python bench/learning.py [--quick] [--requests N] [--loopwise stack|inprocess]
-The last line printed is one JSON object: auc_static, auc_loopwise, gauc_loopwise,
-auc_vw, auc_river, trainer_examples_per_s, trigger_to_serving_s, and extras.
+                                [--feedback-mode both|default|window|fnw]
+The last line printed is one JSON object: auc_static, auc_loopwise, gauc_loopwise (the
+default configuration), auc_vw, gauc_vw, auc_river, auc_whole_versions, auc_inprocess,
+auc_loopwise_<mode> per feedback mode, delta_to_serving_p50_s / _p99_s and
+delta_bytes_per_s (null while the stack has no deltas), trainer_examples_per_s,
+trigger_to_serving_s, and extras.
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ from typing import Any
 
 import _common as c
 import numpy as np
+from _learning_configs import Config, configurations, freshness_keys
 from _learning_eval import bucket_ids, summarize
 from _learning_loopwise import LoopRun, OnnxScorer, make_trainer, run_inprocess
 from _learning_peers import PeerRun, river_peer, vw_peer
@@ -73,7 +85,8 @@ QUICK_BUCKETS = 10
 RETRAINS = 20  # default: retrain this many times over the stream
 QUICK_RETRAINS = 10
 RESULTS = Path(__file__).resolve().parent / "results"
-LEARNERS = ("static", "loopwise", "shadow_loopwise", "vw", "river")
+LEARNERS = ("static", "loopwise", "loopwise_window", "loopwise_fnw", "loopwise_whole_versions", "inprocess",
+            "shadow_loopwise", "vw", "river")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,6 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(e.g. trainer_epochs=1; repeatable)")
     p.add_argument("--retrain-every", type=int, default=None,
                    help=f"requests between two training triggers (default requests / {RETRAINS}, --quick: / {QUICK_RETRAINS})")
+    p.add_argument("--feedback-mode", choices=("both", "default", "window", "fnw"), default="both",
+                   help="stack mode: the miner's LOOPWISE_FEEDBACK_MODE runs (both: a stack run per mode)")
+    p.add_argument("--whole-versions", action=argparse.BooleanOptionalAction, default=True,
+                   help="stack mode: also run the default configuration with sparse deltas off (when the "
+                        "trainer has them)")
+    p.add_argument("--inprocess-baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="stack mode: also run the in-process loop at the same cadence (auc_inprocess)")
     p.add_argument("--peers", default="vw,river", help="online peers to run (comma-separated; '' for none)")
     p.add_argument("--tune-fraction", type=float, default=0.1, help="stream prefix the peers are tuned on")
     p.add_argument("--buckets", type=int, default=None, help=f"time buckets (default {BUCKETS}, quick {QUICK_BUCKETS})")
@@ -181,36 +201,75 @@ def run_static(stream: Stream, parent: bytes) -> tuple[np.ndarray, float]:
     return scores, time.perf_counter() - t
 
 
-def run_loopwise(args: argparse.Namespace, stream: Stream, parent: bytes, every: int) -> tuple[LoopRun | None, str]:
-    if args.loopwise == "off":
+def run_loopwise(args: argparse.Namespace, stream: Stream, parent: bytes, every: int, mode: str | None = None,
+                 service_env: dict[str, str] | None = None) -> tuple[LoopRun | None, str]:
+    """One Loopwise loop: ``mode`` stack or inprocess (default ``--loopwise``); ``service_env``:
+    the stack's extra settings."""
+    mode = mode or args.loopwise
+    if mode == "off":
         return None, "--loopwise off"
     try:
         overrides = dict(kv.split("=", 1) for kv in args.trainer_set)
         # The trainer's settle filter waits out the miner's attribution window: the stack's
         # (--attribution-window-ms) in stack mode; in-process labels are complete at once.
         if args.trainer != "standin":
-            overrides.setdefault("attribution_window_ms",
-                                 str(args.attribution_window_ms if args.loopwise == "stack" else 0))
+            overrides.setdefault("attribution_window_ms", str(args.attribution_window_ms if mode == "stack" else 0))
         trainer = make_trainer(args.trainer, parent, stream.spec, threads=args.threads, seed=args.seed, say=c.say,
                                overrides=overrides)
     except Exception as exc:  # noqa: BLE001 - reported with its reason, the other learners still count
         c.say(f"loopwise trainer FAILED to start: {exc!r}")
         return None, f"trainer failed: {exc!r}"
-    c.say(f"loopwise: {args.loopwise} mode" + ("" if args.loopwise == "stack" and args.stack_training == "auto"
-                                                else f", trainer {trainer.name}"))
+    c.say(f"loopwise: {mode} mode" + ("" if mode == "stack" and args.stack_training == "auto"
+                                      else f", trainer {trainer.name}")
+          + (f", {' '.join(f'{k}={v}' for k, v in service_env.items())}" if service_env else ""))
     try:
-        if args.loopwise == "inprocess":
+        if mode == "inprocess":
             return run_inprocess(stream, parent, every, trainer, say=c.say), ""
         from _learning_stack import run_stack
 
         return run_stack(stream, parent, every, trainer, window_ms=args.attribution_window_ms, keep=args.keep,
-                         training=args.stack_training, say=c.say), ""
+                         training=args.stack_training, service_env=service_env, say=c.say), ""
     except Exception as exc:  # noqa: BLE001 - reported with its reason, the other learners still count
         import traceback
 
         traceback.print_exc()
-        c.say(f"loopwise ({args.loopwise}) FAILED: {exc!r}")
-        return None, f"{args.loopwise} mode failed: {exc!r}"
+        c.say(f"loopwise ({mode}) FAILED: {exc!r}")
+        return None, f"{mode} mode failed: {exc!r}"
+
+
+def run_all(args: argparse.Namespace, stream: Stream, parent: bytes, every: int, record: Any,
+            reasons: dict[str, str]) -> dict[str, LoopRun]:
+    """Every Loopwise configuration's run (stack mode: `configurations`, then the in-process
+    baseline), recorded as a learner; ``loopwise``: the default configuration's."""
+    if args.loopwise == "stack":
+        configs, main = configurations(args.feedback_mode, args.whole_versions)
+    else:
+        configs, main = [Config("loopwise")], "loopwise"
+    runs: dict[str, LoopRun] = {}
+    for cfg in configs:
+        name = "loopwise" if cfg.name == main else cfg.name
+        loop, why = run_loopwise(args, stream, parent, every, service_env=cfg.env or None)
+        if loop is None:
+            reasons[name] = why
+            continue
+        runs[name] = loop
+        trainer = "" if loop.trainer in loop.mode else f"; {loop.trainer}"
+        label = f"; {cfg.label}" if cfg.label else ""
+        record(name, loop.scores, config=f"{loop.mode}{trainer}{label}; every {every} requests",
+               versions=int(loop.version.max()))
+        for key, value in loop.extra.items():
+            if key.startswith("shadow_scores") and name == "loopwise":
+                record(key.replace("_scores", ""), value,
+                       config="each published version scored in-process from its trigger on")
+    if args.loopwise == "stack" and args.inprocess_baseline:
+        loop, why = run_loopwise(args, stream, parent, every, mode="inprocess")
+        if loop is None:
+            reasons["inprocess"] = why
+        else:
+            runs["inprocess"] = loop
+            record("inprocess", loop.scores, config=f"in-process {loop.trainer}, labels at once; every {every} "
+                                                    "requests", versions=int(loop.version.max()))
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,17 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     scores, secs = run_static(stream, parent)
     record("static", scores, rows_per_s=len(scores) / secs, config="cold-start ONNX, never retrained")
 
-    loop, why = run_loopwise(args, stream, parent, every)
-    if loop is not None:
-        trainer = "" if loop.trainer in loop.mode else f"; {loop.trainer}"
-        record("loopwise", loop.scores, config=f"{loop.mode}{trainer}; every {every} requests",
-               versions=int(loop.version.max()))
-        for key, value in loop.extra.items():
-            if key.startswith("shadow_scores"):
-                record(key.replace("_scores", ""), value,
-                       config="each published version scored in-process from its trigger on")
-    else:
-        reasons["loopwise"] = why
+    runs = run_all(args, stream, parent, every, record, reasons)
+    loop = runs.get("loopwise")
 
     tune = max(int(args.tune_fraction * stream.n), 1)
     peers = {"vw": vw_peer, "river": river_peer}
@@ -284,14 +334,15 @@ def main(argv: list[str] | None = None) -> int:
             swaps.append((r, f"v{int(loop.version[r])}"))
     plot(args.png, results, edges, title, stream.n, swaps)
     c.say(f"plot: {args.png}")
-    for name, why in reasons.items():
-        c.say(f"{name}: null ({why})")
 
     def get(name: str, key: str) -> float | None:
         v = results.get(name, {}).get(key)
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
 
     stats = loop.stats if loop else None
+    fresh = freshness_keys(args.loopwise, runs, get, reasons)
+    for name, why in reasons.items():
+        c.say(f"{name}: null ({why})")
     result = {
         "auc_static": get("static", "auc"),
         "auc_loopwise": get("loopwise", "auc"),
@@ -307,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": int(loop.version.max()) if loop else None,
         "vw_config": results.get("vw", {}).get("config"), "river_config": results.get("river", {}).get("config"),
         "cpus": os.cpu_count(), "seconds": round(time.perf_counter() - started, 1),
+        **fresh,
         "null_reasons": reasons or None,
     }
     if loop:

@@ -140,3 +140,36 @@ def test_complete_requests_hold_examples_until_every_candidate_has_one() -> None
     out = held.add([ex("r2", "b", 0.0), ex("r2", "a", 1.0, correction=True), ex("r2", "c", 0.0)])
     assert dict((e.candidate_id, e.label) for e in out) == {"a": 1.0, "b": 0.0, "c": 0.0}
     assert held.open == {}
+
+
+# -- the configurations (issue 11) ----------------------------------------------------------------
+
+
+def test_configurations_one_run_per_feedback_mode_and_the_default_is_loopwise() -> None:
+    from _learning_configs import configurations, default_feedback_mode, deltas_setting
+
+    runs, main = configurations("both", whole_versions=False)
+    assert [r.name for r in runs] == ["loopwise_window", "loopwise_fnw"]
+    assert [r.env["LOOPWISE_FEEDBACK_MODE"] for r in runs] == ["window", "fnw"]
+    assert main == f"loopwise_{default_feedback_mode()}"
+    runs, main = configurations("fnw", whole_versions=True)
+    assert runs[0].name == main == "loopwise_fnw"
+    assert ("loopwise_whole_versions" in [r.name for r in runs]) == bool(deltas_setting())
+
+
+def test_freshness_keys_name_every_issue_key() -> None:
+    from types import SimpleNamespace
+
+    from _learning_configs import freshness_keys
+
+    run = SimpleNamespace(version=np.array([1, 2, 3]), extra={"published_versions": ["v2", "v3"]})
+    figures = {("loopwise", "auc"): 0.7, ("loopwise_fnw", "auc"): 0.72, ("inprocess", "auc"): 0.8}
+    reasons: dict[str, str] = {}
+    out = freshness_keys("stack", {"loopwise": run, "loopwise_fnw": run, "inprocess": run},
+                         lambda name, key: figures.get((name, key)), reasons)
+    for key in ("auc_whole_versions", "auc_inprocess", "delta_to_serving_p50_s", "delta_to_serving_p99_s",
+                "delta_bytes_per_s", "auc_loopwise_window", "auc_loopwise_fnw"):
+        assert key in out
+    assert out["auc_inprocess"] == 0.8
+    assert out[f"auc_loopwise_{out['feedback_mode_default']}"] == 0.7
+    assert out["delta_to_serving_p50_s"] is None and "delta_to_serving_p50_s" in reasons
