@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup prometheus-tools dashboards protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing bench-error-memory clean
+.PHONY: help setup prometheus-tools dashboards protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing bench-error-memory bench-fuzz clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -83,7 +83,10 @@ bench-debiasing: setup ## Rel-MF semi-synthetic MovieLens-100K (naive vs miner I
 bench-error-memory: setup ## MovieLens replay with the error memory on vs off: gAUC, shift recovery, Rank overhead, click-to-effect
 	$(BIN)/python bench/error_memory.py
 
-bench: bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing bench-error-memory ## every benchmark
+bench-fuzz: setup ## coverage-guided fuzzing (atheris) of every gRPC method and record intake, 60 s per target
+	$(BIN)/python bench/fuzz.py
+
+bench: bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing bench-error-memory bench-fuzz ## every benchmark
 
 clean: ## remove the virtual env and local state
 	rm -rf $(VENV) $(CHECKOV_VENV) .loopwise .pytest_cache
