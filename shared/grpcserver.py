@@ -5,6 +5,12 @@
 process's HTTP endpoint (`loopwise.runtime.MetricsServer`: metrics on the
 service's own registry, ``/healthz``, ``/readyz`` following the gRPC health)
 and a graceful stop. Processes run with `loopwise.runtime.run_until_signal`.
+Its settings (`loopwise.settings.GrpcSettings`) add TLS or mutual TLS
+(`loopwise.tls`), API keys per tenant and the in-flight byte budget and
+stream deadline (`loopwise.guard`, the interceptor every call passes), and
+the limits of grpc core: concurrent calls (more are answered
+RESOURCE_EXHAUSTED), open connections, handshake, idle and age timeouts, and
+keep-alive pings that close dead connections (`server_options`).
 `rpc` wraps a servicer method: request count and latency by method and
 status code, and `LoopwiseError` -> gRPC status in one place.
 """
@@ -25,9 +31,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from loopwise import tls
+from loopwise.auth import KeyStore
 from loopwise.errors import InvalidArgument, LoopwiseError
+from loopwise.guard import Guard, GuardMetrics
 from loopwise.limits import MAX_MESSAGE_BYTES
 from loopwise.runtime import MetricsServer
+from loopwise.settings import GrpcSettings
 
 log = logging.getLogger(__name__)
 
@@ -127,32 +137,60 @@ def rpc(method: str) -> Callable:
     return deco
 
 
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def server_options(settings: GrpcSettings) -> list[tuple[str, int]]:
+    """grpc core's channel arguments for the settings' limits (a timeout of 0: none)."""
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.so_reuseport", 0),
+               ("grpc.max_allowed_incoming_connections", settings.max_connections),
+               ("grpc.server_handshake_timeout_ms", _ms(settings.handshake_timeout_s)),
+               ("grpc.keepalive_time_ms", _ms(settings.keepalive_s)),
+               ("grpc.keepalive_timeout_ms", _ms(settings.keepalive_timeout_s))]
+    if settings.max_connection_idle_s > 0:
+        options.append(("grpc.max_connection_idle_ms", _ms(settings.max_connection_idle_s)))
+    if settings.max_connection_age_s > 0:
+        options += [("grpc.max_connection_age_ms", _ms(settings.max_connection_age_s)),
+                    ("grpc.max_connection_age_grace_ms", _ms(settings.stream_deadline_s))]
+    return options
+
+
 class GrpcService:
     """A gRPC server with health, reflection and metrics.
 
     `service_names` are the full names of the services the caller registers
     on `server` (e.g. ``loopwise.v1.InferenceService``). The metrics and
     probe endpoint listens on ``metrics_host:metrics_port`` (0: any free
-    port; negative: none).
+    port; negative: none). ``settings``: TLS, keys and limits (default: from
+    the environment).
     """
 
     def __init__(self, *, host: str, port: int, metrics_host: str, metrics_port: int,
-                 registry: CollectorRegistry, service_names: list[str]) -> None:
-        self.server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ])
+                 registry: CollectorRegistry, service_names: list[str],
+                 settings: GrpcSettings | None = None) -> None:
+        settings = settings if settings is not None else GrpcSettings.from_env()
+        keys = KeyStore(settings.api_keys_file) if settings.api_keys_file else None
+        self.guard = Guard(keys=keys, inflight_bytes=settings.inflight_bytes,
+                           stream_deadline_s=settings.stream_deadline_s, metrics=GuardMetrics(registry))
+        self.server = grpc.aio.server(options=server_options(settings), interceptors=[self.guard],
+                                      maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = list(service_names)
         reflection.enable_server_reflection(
             [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        credentials = tls.server_credentials(settings.tls_cert_file, settings.tls_key_file,
+                                             settings.tls_client_ca_file)
+        self.tls = credentials is not None
+        self.port = (self.server.add_secure_port(f"{host}:{port}", credentials) if credentials is not None
+                     else self.server.add_insecure_port(f"{host}:{port}"))
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")
         self.serving = False
-        self.http = MetricsServer(registry, ready=lambda: self.serving)
+        self.http = MetricsServer(registry, ready=lambda: self.serving, token=settings.metrics_token)
         self._metrics_address = (metrics_host, metrics_port)
 
     @property

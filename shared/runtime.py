@@ -4,7 +4,10 @@
   ``/healthz`` (200 while the process is up), ``/readyz`` (200 when the
   process says it is ready, 503 before that and from the moment it drains,
   for Kubernetes HTTP probes) and, on every other path, the process's
-  Prometheus registry (``/metrics``).
+  Prometheus registry (``/metrics``). With a token (``LOOPWISE_METRICS_TOKEN``)
+  the metrics want ``Authorization: Bearer <token>`` (401 without it); the
+  probes stay open for the kubelet. ``LOOPWISE_METRICS_HOST`` can bind the
+  port to an interface of its own (a cluster-internal one, ``127.0.0.1``).
 - `ready_metric` makes a worker's readiness its ``loopwise_<name>_ready``
   gauge, so the probe and the metric never disagree.
 - `ConsumerLag`: a consumer's lag in records per (topic, partition), computed
@@ -23,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
 import signal
 import socket
 import threading
@@ -99,11 +104,14 @@ class MetricsServer:
 
     ``ready`` says whether the process is ready (called on every ``/readyz``);
     `drain` turns readiness off for good. `start` on a negative port serves
-    nothing (``port`` stays 0).
+    nothing (``port`` stays 0). ``token``: the bearer token ``/metrics`` wants
+    (None: ``LOOPWISE_METRICS_TOKEN``; empty: none).
     """
 
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool] = lambda: True,
+                 token: str | None = None) -> None:
         self.registry = registry
+        self.token = os.environ.get("LOOPWISE_METRICS_TOKEN", "") if token is None else token
         self.port = 0
         self.draining = False
         self._ready = ready
@@ -149,6 +157,9 @@ class MetricsServer:
         if path == "/readyz":
             ready, why = self.is_ready()
             return _plain(start_response, "200 OK" if ready else "503 Service Unavailable", why)
+        if self.token and not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", "").encode(),
+                                                  f"Bearer {self.token}".encode()):
+            return _plain(start_response, "401 Unauthorized", "a bearer token is required")
         return self._metrics(environ, start_response)
 
 

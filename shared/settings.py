@@ -15,6 +15,7 @@ gRPC services (collector, inference) read.
 | LOOPWISE_MODEL_STORE | .loopwise/models | model store: a directory or an fsspec URL |
 | LOOPWISE_METRICS_HOST | LOOPWISE_GRPC_HOST, else 0.0.0.0 | listen address of /metrics, /healthz, /readyz |
 | LOOPWISE_METRICS_PORT | per service | their port (0 = any free port, -1 = off) |
+| LOOPWISE_METRICS_TOKEN | empty | when set, ``/metrics`` wants ``Authorization: Bearer <token>`` (probes stay open) |
 | LOOPWISE_TOPIC_<NAME> | loopwise.<name>.v1 | topic names (see loopwise.topics) |
 | LOOPWISE_TOPIC_PARTITIONS | 4 | partitions for topics Loopwise creates |
 | LOOPWISE_LOG_LEVEL | INFO | log level |
@@ -25,6 +26,16 @@ gRPC services only:
 |---|---|---|
 | LOOPWISE_GRPC_HOST / LOOPWISE_GRPC_PORT | 0.0.0.0 / per service | gRPC listen address |
 | LOOPWISE_DRAIN_S / LOOPWISE_GRACE_S | 1 / 10 | on SIGTERM: NOT_SERVING while answering, then time for in-flight calls |
+| LOOPWISE_API_KEYS_FILE | empty | tenants' API key hashes (loopwise.auth); empty: no authentication |
+| LOOPWISE_TLS_CERT_FILE / LOOPWISE_TLS_KEY_FILE | empty | the server's certificate chain and key (PEM): TLS only, no plaintext port |
+| LOOPWISE_TLS_CLIENT_CA_FILE | empty | with TLS: clients must show a certificate signed by this CA (mutual TLS) |
+| LOOPWISE_MAX_CONCURRENT_RPCS | 1000 | calls in progress at once; more are answered RESOURCE_EXHAUSTED |
+| LOOPWISE_MAX_CONNECTIONS | 2000 | open client connections; more are refused |
+| LOOPWISE_INFLIGHT_BYTES | 268435456 | request bytes held by calls in progress; a message past it is refused RESOURCE_EXHAUSTED unparsed |
+| LOOPWISE_STREAM_DEADLINE_S | 300 | the server's deadline on a client stream (StreamReport) |
+| LOOPWISE_HANDSHAKE_TIMEOUT_S | 10 | a connection that has not finished its (TLS and HTTP/2) handshake is closed |
+| LOOPWISE_MAX_CONNECTION_IDLE_S / LOOPWISE_MAX_CONNECTION_AGE_S | 300 / 3600 | a connection without calls, or older, is closed (gracefully) |
+| LOOPWISE_KEEPALIVE_S / LOOPWISE_KEEPALIVE_TIMEOUT_S | 60 / 20 | the server pings idle connections and closes those that do not answer |
 
 Which service reads what. Names carry no service prefix except the trainer's
 ``LOOPWISE_TRAINER_*``. A name more than one service reads is either shared on
@@ -43,8 +54,9 @@ service only (its README and settings module).
 
 | per service | collector | inference | miner | trainer |
 |---|---|---|---|---|
-| LOOPWISE_METRICS_HOST, LOOPWISE_METRICS_PORT, LOOPWISE_LOG_LEVEL | x | x | x | x |
+| LOOPWISE_METRICS_HOST, LOOPWISE_METRICS_PORT, LOOPWISE_METRICS_TOKEN, LOOPWISE_LOG_LEVEL | x | x | x | x |
 | LOOPWISE_GRPC_HOST, LOOPWISE_GRPC_PORT, LOOPWISE_DRAIN_S, LOOPWISE_GRACE_S | x | x | | |
+| LOOPWISE_API_KEYS_FILE, LOOPWISE_TLS_*, the connection and call limits above | x | x | | |
 | LOOPWISE_COMPRESSION (the service's own producer) | x | x | | |
 | LOOPWISE_DATA_DIR (the process's local disk: Faust's folder, the replay buffer) | | | x | x |
 | LOOPWISE_KAFKA_SESSION_TIMEOUT_S (its consumer group; ``FALLBACK_ENV``: the old name) | | | x | x |
@@ -97,6 +109,7 @@ class BaseSettings:
     # Where /metrics, /healthz and /readyz listen (loopwise.runtime.MetricsServer).
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 0
+    metrics_token: str = field(default="", repr=False)
     topic_partitions: int = 4
     log_level: str = "INFO"
     topics: Topics = field(default_factory=Topics)
@@ -130,3 +143,18 @@ class GrpcSettings(BaseSettings):
     # seconds in-flight calls get to finish (grace).
     drain_s: float = 1.0
     grace_s: float = 10.0
+    # Authentication (loopwise.auth) and TLS (loopwise.tls); empty: off.
+    api_keys_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # Limits against exhaustion (loopwise.guard, loopwise.grpcserver).
+    max_concurrent_rpcs: int = 1000
+    max_connections: int = 2000
+    inflight_bytes: int = 256 * 1024 * 1024
+    stream_deadline_s: float = 300.0
+    handshake_timeout_s: float = 10.0
+    max_connection_idle_s: float = 300.0
+    max_connection_age_s: float = 3600.0
+    keepalive_s: float = 60.0
+    keepalive_timeout_s: float = 20.0

@@ -11,12 +11,21 @@ shown candidate, each inside the candidates (``invalid_ranking``), and no
 number a consumer computes with is NaN or infinite (``non_finite_number``:
 scores, numeric features, the representation's scales). The finiteness and
 column checks are those of `loopwise.features`, which `Rank` applies.
+
+`long_string` bounds every string of any message, however deep (ids, names,
+feature keys and values, utterances): the gRPC services refuse a request
+holding one too long before it reaches a handler (`loopwise.guard`), and
+`check_event` rejects such an event (``field_too_long``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from loopwise.features import all_finite, misaligned_column, non_finite
 from loopwise.limits import (
@@ -25,8 +34,14 @@ from loopwise.limits import (
     MAX_FIELD_CHARS,
     MAX_ID_CHARS,
     MAX_UTTERANCE_CHARS,
+    MAX_VALUE_CHARS,
 )
 from loopwise.v1 import events_pb2
+
+# The limit of a string field by its name; every other string field: MAX_FIELD_CHARS.
+STRING_LIMITS = {"event_id": MAX_ID_CHARS, "utterance": MAX_UTTERANCE_CHARS,
+                 "rewritten_utterance": MAX_UTTERANCE_CHARS, "values": MAX_VALUE_CHARS}
+MAP_VALUE_CHARS = MAX_VALUE_CHARS  # a string map's values (categorical features, Rewrite's context)
 
 REASONS = (
     "missing_event_id", "invalid_event_id", "missing_tenant", "unknown_tenant", "missing_body",
@@ -52,8 +67,43 @@ class Limits:
     max_age_ms: int = 30 * 24 * 3600 * 1000
 
 
+def _too_long(values: Any, limit: int) -> bool:
+    return bool(values) and max(map(len, values)) > limit
+
+
+def long_string(message: Message, path: str = "") -> tuple[str, int] | None:
+    """The first string field of ``message`` longer than its limit, as (path, limit), else None."""
+    for fd, value in message.ListFields():
+        name = f"{path}{fd.name}"
+        if fd.type == FieldDescriptor.TYPE_STRING:
+            limit = STRING_LIMITS.get(fd.name, MAX_FIELD_CHARS)
+            if _too_long(value if fd.is_repeated else (value,), limit):
+                return name, limit
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            if fd.message_type.GetOptions().map_entry:
+                if _too_long(value.keys(), MAX_FIELD_CHARS):
+                    return f"{name} (key)", MAX_FIELD_CHARS
+                value_field = fd.message_type.fields_by_name["value"]
+                if value_field.type == FieldDescriptor.TYPE_STRING and _too_long(value.values(), MAP_VALUE_CHARS):
+                    return f"{name} (value)", MAP_VALUE_CHARS
+                continue
+            for i, sub in enumerate(value if fd.is_repeated else (value,)):
+                found = long_string(sub, f"{name}[{i}]." if fd.is_repeated else f"{name}.")
+                if found is not None:
+                    return found
+    return None
+
+
 def check_event(event: events_pb2.Event, *, tenants: Collection[str], now_ms: int,
                 limits: Limits = Limits(), size: int | None = None) -> tuple[str, str] | None:
+    problem = _check_event(event, tenants, now_ms, limits, size)
+    if problem is None and (long := long_string(event)) is not None:
+        return "field_too_long", f"{long[0]} longer than {long[1]} characters"
+    return problem
+
+
+def _check_event(event: events_pb2.Event, tenants: Collection[str], now_ms: int, limits: Limits,
+                 size: int | None) -> tuple[str, str] | None:
     if not event.event_id:
         return "missing_event_id", "event_id is required (the idempotency key)"
     if len(event.event_id) > limits.max_id_chars or not event.event_id.isprintable():

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 
 from loopwise import codec, stamps
+from loopwise.auth import pseudonym
 from loopwise.errors import InvalidArgument, Unavailable
 from loopwise.grpcserver import check_parsed, rpc
 from loopwise.topics import Topics
@@ -76,6 +77,7 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
         self.tenants = frozenset(settings.tenants)
         self.topics: Topics = settings.topics
         self.limits = Limits(max_future_ms=settings.max_future_s * 1000, max_age_ms=settings.max_age_s * 1000)
+        self.pseudonym_key = settings.pseudonymise_key.encode()
 
     @rpc("Report")
     async def Report(self, request: feedback_pb2.ReportRequest, context) -> feedback_pb2.ReportResponse:  # noqa: N802
@@ -122,6 +124,8 @@ class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
                 continue
             written.add(event.event_id)
             event.received_time_ms = now
+            if self.pseudonym_key and event.user_id:
+                event.user_id = pseudonym(self.pseudonym_key, event.user_id)
             kind = event.WhichOneof("body")
             topic = self.topics.impressions if kind == "impression" else self.topics.events
             records.append((topic, codec.record_key(event), event.SerializeToString()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loopwise.settings import GrpcSettings
 
@@ -19,3 +19,6 @@ class CollectorSettings(GrpcSettings):
     linger_ms: int = 2
     max_future_s: int = 300
     max_age_s: int = 30 * 24 * 3600
+    # LOOPWISE_PSEUDONYMISE_KEY: when set, every event's user_id is replaced by its HMAC-SHA-256
+    # under this secret (loopwise.auth.pseudonym) before it reaches Kafka.
+    pseudonymise_key: str = field(default="", repr=False)

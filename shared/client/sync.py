@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -10,6 +11,7 @@ from typing import Any
 
 import grpc
 
+from loopwise import tls
 from loopwise.client import build
 from loopwise.limits import MAX_MESSAGE_BYTES
 from loopwise.v1 import (
@@ -85,10 +87,29 @@ def merge_into(total: feedback_pb2.ReportResponse, response: feedback_pb2.Report
 
 
 class ClientBase:
-    """What the sync and asyncio clients share: settings, channels, stubs, builders."""
+    """What the sync and asyncio clients share: settings, channels, stubs, builders.
+
+    ``api_key`` (default: ``LOOPWISE_API_KEY``) goes with every call as
+    ``authorization: Bearer <key>``. TLS: ``ca_file`` (the servers' CA; the
+    system's when empty), ``cert_file``/``key_file`` (a client certificate, for
+    mutual TLS); ``tls`` turns it on (default: when any of the three, or
+    ``LOOPWISE_TLS_CA_FILE`` / ``_CLIENT_CERT_FILE`` / ``_CLIENT_KEY_FILE``, is set).
+    """
 
     def __init__(self, collector: str | None, inference: str | None, *, tenant: str, batch_size: int,
-                 retries: int, timeout: float, channel: Any) -> None:
+                 retries: int, timeout: float, grpc_module: Any, api_key: str | None = None,
+                 tls_files: dict[str, str] | None = None, use_tls: bool | None = None) -> None:
+        key = os.environ.get("LOOPWISE_API_KEY", "") if api_key is None else api_key
+        self._metadata = (("authorization", f"Bearer {key}"),) if key else None
+        files = {k: v for k, v in (tls_files or {}).items() if v} or tls.client_tls_from_env()
+        if use_tls if use_tls is not None else bool(files):
+            credentials = tls.client_credentials(**files)
+
+            def channel(target: str, options: Any) -> Any:
+                return grpc_module.secure_channel(target, credentials, options=options)
+        else:
+            def channel(target: str, options: Any) -> Any:
+                return grpc_module.insecure_channel(target, options=options)
         self.tenant = tenant
         self.events = build.EventFactory(tenant)
         self.batch_size = batch_size
@@ -117,12 +138,15 @@ class ClientBase:
 
 
 class Client(ClientBase):
-    """``Client(collector_target, inference_target, tenant="default")``; either target may be None."""
+    """``Client(collector_target, inference_target, tenant="default")``; either target may be None.
+    Keys and TLS: see `ClientBase`."""
 
     def __init__(self, collector: str | None = None, inference: str | None = None, *, tenant: str = "default",
-                 batch_size: int = 1000, retries: int = 6, timeout: float = 30.0) -> None:
+                 batch_size: int = 1000, retries: int = 6, timeout: float = 30.0, api_key: str | None = None,
+                 tls: bool | None = None, ca_file: str = "", cert_file: str = "", key_file: str = "") -> None:
         super().__init__(collector, inference, tenant=tenant, batch_size=batch_size, retries=retries,
-                         timeout=timeout, channel=grpc.insecure_channel)
+                         timeout=timeout, grpc_module=grpc, api_key=api_key, use_tls=tls,
+                         tls_files={"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file})
         self._buffer: list[events_pb2.Event] = []
 
     # -- inference -----------------------------------------------------------------
@@ -130,15 +154,15 @@ class Client(ClientBase):
         """Score candidates; kwargs: model, user_id, session_id, request_id, user, context, features."""
         timeout = kwargs.pop("timeout", self.timeout)
         request = rank_request(self.tenant, candidate_ids, **kwargs)
-        return Ranked.of(candidate_ids, self._stub(self._inference).Rank(request, timeout=timeout))
+        return Ranked.of(candidate_ids, self._stub(self._inference).Rank(request, timeout=timeout, metadata=self._metadata))
 
     def rank_raw(self, request: inference_pb2.RankRequest, timeout: float | None = None) -> inference_pb2.RankResponse:
-        return self._stub(self._inference).Rank(request, timeout=timeout or self.timeout)
+        return self._stub(self._inference).Rank(request, timeout=timeout or self.timeout, metadata=self._metadata)
 
     def rewrite(self, utterance: str, *, user_id: str = "", session_id: str = "",
                 context: Mapping[str, str] | None = None) -> inference_pb2.RewriteResponse:
         request = self._rewrite_request(utterance, user_id, session_id, context)
-        return self._stub(self._inference).Rewrite(request, timeout=self.timeout)
+        return self._stub(self._inference).Rewrite(request, timeout=self.timeout, metadata=self._metadata)
 
     # -- feedback ------------------------------------------------------------------
     def report(self, events: Sequence[events_pb2.Event]) -> feedback_pb2.ReportResponse:
@@ -156,7 +180,7 @@ class Client(ClientBase):
         request = feedback_pb2.ReportRequest(events=batch)
         for attempt in range(self.retries + 1):
             try:
-                return stub.Report(request, timeout=self.timeout)
+                return stub.Report(request, timeout=self.timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
                 if exc.code() not in RETRYABLE or attempt == self.retries:
                     if exc.code() in RETRYABLE:

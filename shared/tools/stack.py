@@ -9,6 +9,14 @@ backoff, and counted in ``restarts``; only the services started here) and writes
 every endpoint and pid; logs go to ``{root}/logs/``. `down` stops the
 supervisor first, then everything else by PID; `status` reports what is
 alive and healthy, and how often each service was restarted.
+
+Redis always wants a password, generated here (``redis_password``; the Redis
+URL carries it). With ``auth`` (``loopwise up`` turns it on, ``--no-auth``
+off) the gRPC services also want an API key: one is generated for the
+stack's tenants, its hash written to ``{root}/keys.json`` (the services'
+``LOOPWISE_API_KEYS_FILE``) and the key itself to ``stack.json``
+(``api_key``, the file readable by its owner only), where the demo and the
+tools take it from.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ import dataclasses
 import json
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loopwise import auth
 from loopwise.modelstore import ModelStore, coldstart
 from loopwise.modelstore.contract import DEFAULT_MODEL
 from loopwise.tools import procs
@@ -58,13 +68,17 @@ class StackInfo:
     topics: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     restarts: dict[str, int] = field(default_factory=dict)  # service -> restarts by the supervisor
+    api_key: str = ""  # the key of every tenant of the stack ("": the services want none)
+    redis_password: str = ""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
 
     def write(self, root: Path) -> None:
-        """``{root}/stack.json``, replaced whole (a reader never sees half a file)."""
+        """``{root}/stack.json`` (mode 0600: it holds the secrets), replaced whole (a reader
+        never sees half a file)."""
         tmp = root / f"stack.json.{os.getpid()}.tmp"
+        tmp.touch(mode=0o600)
         tmp.write_text(self.to_json())
         os.replace(tmp, root / "stack.json")
 
@@ -85,7 +99,9 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int = 4,
        attribution_window_ms: int = 60_000, extra_env: dict[str, str] | None = None,
-       timeout: float = 90.0, supervise: bool = True, only: tuple[str, ...] = SERVICES) -> StackInfo:
+       timeout: float = 90.0, supervise: bool = True, only: tuple[str, ...] = SERVICES,
+       auth_keys: bool = False) -> StackInfo:
+    """Start the stack (see the module); ``auth_keys``: the gRPC services want the generated API key."""
     unknown = sorted(set(only) - set(SERVICES))
     if unknown or not only:
         raise StackError(f"unknown services {unknown} (expected some of {', '.join(SERVICES)})")
@@ -99,9 +115,16 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
     try:
         kafka_port, redis_port = procs.free_port(), procs.free_port()
         started.append(procs.start_broker(kafka_port, logs_dir / "kafka.log"))
-        started.append(procs.start_redis(redis_port, root / "redis", logs_dir / "redis.log"))
+        redis_password = secrets.token_urlsafe(24)
+        started.append(procs.start_redis(redis_port, root / "redis", logs_dir / "redis.log",
+                                         password=redis_password))
         bootstrap = f"127.0.0.1:{kafka_port}"
-        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        redis_url = f"redis://:{redis_password}@127.0.0.1:{redis_port}/0"
+        api_key = auth.new_key() if auth_keys else ""
+        security_env = {}
+        if api_key:
+            auth.write_keys(root / "keys.json", [(tenant, api_key) for tenant in tenants])
+            security_env["LOOPWISE_API_KEYS_FILE"] = str(root / "keys.json")
         topics = Topics.from_env()
         ensure_topics(bootstrap, topics.all(), partitions)
         store_path = root / "models"
@@ -115,7 +138,7 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
             "LOOPWISE_TENANTS": ",".join(tenants), "LOOPWISE_MODEL_STORE": str(store_path),
             "LOOPWISE_GRPC_HOST": "127.0.0.1", "LOOPWISE_TOPIC_PARTITIONS": str(partitions),
             "LOOPWISE_ATTRIBUTION_WINDOW_MS": str(attribution_window_ms),
-            **topics.env(), **(extra_env or {}),
+            **security_env, **topics.env(), **(extra_env or {}),
         }
         endpoints: dict[str, str] = {}
         metrics: dict[str, str] = {}
@@ -149,7 +172,8 @@ def up(root: Path, *, tenants: tuple[str, ...] = ("default",), partitions: int =
                          metrics=metrics,
                          pids={p.name: p.pid for p in started},
                          logs={p.name: str(p.log) for p in started}, model_store=str(store_path),
-                         tenants=list(tenants), topics=dataclasses.asdict(topics))
+                         tenants=list(tenants), topics=dataclasses.asdict(topics), api_key=api_key,
+                         redis_password=redis_password)
         info.write(root)
         return info
     except BaseException:
@@ -185,6 +209,7 @@ def down(root: Path) -> list[str]:
             stopped.append(name)
     (root / "stack.json").unlink(missing_ok=True)
     (root / SPECS_FILE).unlink(missing_ok=True)
+    (root / "keys.json").unlink(missing_ok=True)
     return stopped
 
 

@@ -63,7 +63,7 @@ def test_stack_json_names_every_endpoint(stack):
 
 def test_traffic_flows_through_the_stack(stack):
     _, info = stack
-    with Client(info["collector"], info["inference"]) as lw:
+    with Client(info["collector"], info["inference"], api_key=info["api_key"]) as lw:
         ranked = lw.rank(["m1", "m2", "m3"], user_id="u1", request_id="e2e-1",
                          features={"popularity": [0.1, 0.9, 0.5]})
         assert ranked.top(1) == ["m2"] and ranked.version == "v1"
@@ -95,7 +95,7 @@ def test_killed_services_are_restarted_with_backoff_and_counted(stack):
         time.sleep(0.5)
     assert all(parts[n]["pid"] != info["pids"][n] for n in killed)
     assert parts["collector"]["restarts"] == parts["trainer"]["restarts"] == 0
-    with Client(info["collector"], info["inference"]) as lw:  # the same endpoints as before
+    with Client(info["collector"], info["inference"], api_key=info["api_key"]) as lw:  # the same endpoints as before
         assert lw.rank(["m1", "m2"], features={"popularity": [0.1, 0.9]}).top(1) == ["m2"]
     status = cli(root, "status")
     assert status.returncode == 0 and status.stdout.count("restarts 1") == 2, status.stdout
@@ -109,7 +109,7 @@ def test_sigterm_drains_without_failing_in_flight_calls(stack):
     stop = threading.Event()
 
     def hammer():
-        with Client(inference=info["inference"], timeout=5) as lw:
+        with Client(inference=info["inference"], timeout=5, api_key=info["api_key"]) as lw:
             while not stop.is_set():
                 started = time.monotonic()
                 try:
@@ -167,7 +167,7 @@ def test_up_only_starts_an_assistant_stack_without_the_trainer(tmp_path):
         assert set(json.loads((tmp_path / stack_tool.SPECS_FILE).read_text())) == {"collector", "inference", "miner"}
         status = subprocess.run([*run, "status", "--root", str(tmp_path)], capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and "trainer" not in status.stdout, status.stdout
-        with Client(info["collector"], info["inference"]) as lw:
+        with Client(info["collector"], info["inference"], api_key=info["api_key"]) as lw:
             assert not lw.rewrite("play heet").rewritten
     finally:
         info = json.loads((tmp_path / "stack.json").read_text()) if (tmp_path / "stack.json").exists() else {}

@@ -45,7 +45,7 @@ def assistant_loop(info: stack.StackInfo, tenant: str, rounds: int, users: int, 
     out = []
     print(f"assistant loop: {rounds} rounds of {users} simulated users x {minutes:.0f} min "
           f"(time x{TIME_SCALE}: {minutes * 60 * TIME_SCALE:.0f} s each), Rewrite before the NLU")
-    with Client(info.collector, info.inference, tenant=tenant) as client:
+    with Client(info.collector, info.inference, tenant=tenant, api_key=info.api_key) as client:
         for r in range(rounds):
             live = rules_live(info, tenant)
             s = assistant.run(client, users=users, minutes=minutes, seed=SEED * 1000 + r, time_scale=TIME_SCALE,

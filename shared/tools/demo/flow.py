@@ -44,7 +44,7 @@ def acquire_stack(root: Path) -> tuple[stack.StackInfo, bool]:
     print(f"starting a local stack in {root.resolve()} ...")
     started = time.monotonic()
     # A short attribution window, so negatives (and retrained models) arrive while the demo runs.
-    info = stack.up(root, attribution_window_ms=DEMO_WINDOW_MS,
+    info = stack.up(root, attribution_window_ms=DEMO_WINDOW_MS, auth_keys=True,
                     extra_env={"LOOPWISE_SESSION_GAP_MS": str(DEMO_SESSION_GAP_MS), "LOOPWISE_IDLE_S": "0.5"})
     print(f"stack up in {time.monotonic() - started:.1f}s: inference {info.inference}, "
           f"collector {info.collector}, kafka {info.kafka}")
@@ -60,7 +60,7 @@ def demo(info: stack.StackInfo, data: datasets.MovieLens, requests: int, assista
     topics = Topics(**info.topics) if info.topics else Topics.from_env()
     print(f"replaying {min(requests, len(data))} of {len(data)} MovieLens-100K ratings "
           f"(tenant {tenant!r}, {CANDIDATES} candidates per Rank)")
-    with Client(info.collector, info.inference, tenant=tenant) as client:
+    with Client(info.collector, info.inference, tenant=tenant, api_key=info.api_key) as client:
         # Halfway, one segment of users starts preferring other movies: the error memory's moment.
         stats = replay(client, data, requests, rate, shift_at=min(requests, len(data)) // 2)
     show_replay(stats)

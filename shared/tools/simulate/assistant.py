@@ -80,7 +80,7 @@ def run(target: Any, *, users: int = 100, minutes: float = 10.0, seed: int = 7, 
         info = stack.StackInfo.read(Path(target).resolve())
         if info is None:
             raise RuntimeError(f"no stack running in {target}")
-        own = target = Client(info.collector, info.inference,
+        own = target = Client(info.collector, info.inference, api_key=info.api_key,
                               tenant=tenant or (info.tenants[0] if info.tenants else "default"))
     client = target  # anything with rewrite(), send(), flush() and an `events` EventFactory
     span_ms = int(minutes * 60_000 * world.time_scale)
