@@ -15,6 +15,13 @@ def model_pointer(tenant: str, model: str) -> str:
     return f"{PREFIX}:{tenant}:model:{model}:current"
 
 
+def delta_replica(tenant: str, model: str, replica: str) -> str:
+    """String with TTL, JSON ``{"replica", "version", "stream", "sequence", "rolled_back", "at_ms"}``:
+    what one inference replica serves for (tenant, model), rewritten every few seconds
+    (``loopwise model show`` lists them with ``SCAN``)."""
+    return f"{PREFIX}:{tenant}:model:{model}:replica:{replica}"
+
+
 def dedupe(scope: str, event_id: str) -> str:
     """String with TTL: an event id already processed by ``scope``."""
     return f"{PREFIX}:dedupe:{scope}:{event_id}"

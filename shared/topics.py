@@ -18,6 +18,7 @@ DEFAULTS = {
     "rewrites": "loopwise.rewrites.v1",
     "models": "loopwise.models.v1",
     "deadletter": "loopwise.deadletter.v1",
+    "deltas": "loopwise.deltas.v1",
 }
 
 
@@ -31,6 +32,7 @@ class Topics:
     rewrites: str = DEFAULTS["rewrites"]
     models: str = DEFAULTS["models"]
     deadletter: str = DEFAULTS["deadletter"]
+    deltas: str = DEFAULTS["deltas"]
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Topics:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
@@ -17,6 +19,9 @@ from loopwise.topics import ensure_topics
 from loopwise.v1 import inference_pb2
 
 from . import models
+from .deltas import DeltaRegistry
+from .deltas_consumer import DeltaConsumer, TopicReader, publish_status
+from .deltas_guard import DeltaGuard
 from .impressions import ImpressionEmitter
 from .memory import ErrorConsumer, MemoryBank
 from .metrics import InferenceMetrics
@@ -43,7 +48,10 @@ class Inference:
     `ModelWatcher` loads the first versions and hot-swaps later ones;
     `RewriteTable` keeps the rewrite tables in memory; `MemoryBank` holds the
     error memories, fed by `ErrorConsumer` (every replica reads every error)
-    and reset by the watcher when a version starts serving.
+    and reset by the watcher when a version starts serving. With ``LOOPWISE_DELTAS``,
+    `DeltaConsumer` reads the whole deltas topic into `DeltaRegistry` (Rank applies the
+    serving version's snapshot), `DeltaGuard` judges them on the errors topic's labels,
+    and the replica's applied sequence goes to Redis every ``delta_status_s``.
     """
 
     def __init__(self, settings: InferenceSettings) -> None:
@@ -72,13 +80,24 @@ class Inference:
                        if default.mode != "off" or any(c.mode != "off" for c in per_model.values()) else None)
         self.watcher = ModelWatcher(settings, self.store, self.model_registry, self.redis, self.metrics,
                                     on_loaded=self._model_loaded, on_swap=self._serving_version)
+        self.deltas = self.delta_consumer = self.delta_guard = self.delta_labels = None
+        if settings.deltas:
+            self.deltas = DeltaRegistry(settings.tenants, keep_bases=settings.delta_keep_bases,
+                                        max_pending=settings.delta_max_pending)
+            self.delta_consumer = DeltaConsumer(settings.kafka_bootstrap, settings.topics.deltas, self.deltas,
+                                                self.metrics)
+            self.delta_guard = DeltaGuard(self.deltas, self.metrics, margin=settings.delta_guard_margin,
+                                          min_labels=settings.delta_guard_min_labels,
+                                          window=settings.delta_guard_window, remember=settings.delta_guard_remember)
+            self.delta_labels = TopicReader(settings.kafka_bootstrap, settings.topics.errors, self.delta_guard.handle,
+                                            from_start=False, name="loopwise-inference-delta-guard")
+        self._status_task: asyncio.Task | None = None
         self.servicer = InferenceServicer(settings, self.model_registry, self.emitter, self.rewrites, self.metrics,
-                                          self.memory)
+                                          self.memory, self.deltas, self.delta_guard)
         service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
                                 metrics_host=settings.metrics_host, metrics_port=settings.metrics_port,
-                                registry=self.metrics.registry, service_names=[service.full_name],
-                                settings=settings)
+                                registry=self.metrics.registry, service_names=[service.full_name])
         add_service(self.grpc.server, self.servicer, service)
         self._serving = False
 
@@ -95,7 +114,8 @@ class Inference:
         names = ([self.settings.topics.impressions, self.settings.topics.deadletter]
                  if self.emitter is not None else []) + (
             [self.settings.topics.models] if self.settings.watch_announcements else []) + (
-            [self.settings.topics.errors] if self.errors is not None else [])
+            [self.settings.topics.errors] if self.errors is not None or self.deltas is not None else []) + (
+            [self.settings.topics.deltas] if self.deltas is not None else [])
         if names:
             try:
                 await asyncio.get_running_loop().run_in_executor(
@@ -110,7 +130,25 @@ class Inference:
         if self.errors is not None:
             self.errors.start()
         self.watcher.start()
+        if self.delta_consumer is not None and self.delta_labels is not None:
+            self.delta_consumer.start()
+            self.delta_labels.start()
+            self._status_task = asyncio.create_task(self._delta_status(), name="delta-status")
         log.info("inference started", extra={"port": self.grpc.port, "metrics_port": self.grpc.metrics_port})
+
+    async def _delta_status(self) -> None:
+        """This replica's applied delta sequence per served model, to Redis (for ``loopwise model show``)."""
+        assert self.deltas is not None
+        replica = f"{socket.gethostname()}:{os.getpid()}:{self.grpc.port}"
+        while True:
+            try:
+                await publish_status(self.redis, replica, self.model_registry, self.deltas, self.metrics,
+                                     ttl_s=3 * self.settings.delta_status_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - only the status is late
+                log.warning("delta status not written", extra={"error": repr(exc)})
+            await asyncio.sleep(self.settings.delta_status_s)
 
     async def _impressions_degraded(self, degraded: bool) -> None:
         await self.grpc.health.set(IMPRESSIONS_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING if degraded
@@ -129,6 +167,12 @@ class Inference:
 
     async def stop(self) -> None:
         await self.watcher.stop()
+        if self._status_task is not None:
+            self._status_task.cancel()
+            await asyncio.wait([self._status_task], timeout=5.0)
+        for reader in (self.delta_consumer, self.delta_labels):
+            if reader is not None:
+                await reader.stop()
         if self.errors is not None:
             await self.errors.stop()
         await self.rewrites.stop()

@@ -59,9 +59,9 @@ Record = tuple[bytes, bytes]
 def build_impression(tenant: str, request: Any, request_id: str, model: str, version: str,
                      scores: np.ndarray, ranking: np.ndarray, hidden: np.ndarray | None,
                      at_ms: int, base: np.ndarray | None = None,
-                     compensated: np.ndarray | None = None) -> events_pb2.Event:
+                     compensated: np.ndarray | None = None, delta_sequence: int = 0) -> events_pb2.Event:
     """The Impression of one Rank call: ids and served scores in served order
-    (the model's own and the error memory's too, when given); the request's
+    (the model's own and the error memory's too, when given) and the delta sequence that scored them; the request's
     features copied as they came (C-level copies), with `ranking`."""
     event = events_pb2.Event(event_id=stamps.new_event_id(), tenant=tenant, user_id=request.user_id,
                              session_id=request.session_id, request_id=request_id, client_time_ms=at_ms,
@@ -69,6 +69,7 @@ def build_impression(tenant: str, request: Any, request_id: str, model: str, ver
     imp = event.impression
     imp.model = model
     imp.version = version
+    imp.delta_sequence = delta_sequence
     imp.source = "inference"
     imp.candidate_ids.extend(np.asarray(request.candidates.ids, dtype=object)[ranking].tolist())
     imp.scores.extend(scores[ranking].tolist())
@@ -120,7 +121,7 @@ class ImpressionEmitter:
 
     def offer(self, item: tuple) -> None:
         """Never blocks: (tenant, request, request_id, model, version, scores, ranking, hidden, at_ms[,
-        base, compensated]) — the arguments of `build_impression`."""
+        base, compensated, delta_sequence]) — the arguments of `build_impression`."""
         if self._closing:
             self.metrics.impressions_dropped.labels("shutdown").inc()
             return

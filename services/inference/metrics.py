@@ -118,6 +118,35 @@ class InferenceMetrics:
             "Scored errors by scorer, label (0/1) and score bin (upper edge, 0.05 wide): the bins give "
             "online AUC of base vs memory", ["tenant", "model", "scorer", "label", "bin"], registry=r)
 
+        # Sparse deltas (deltas*.py).
+        self.deltas = Counter(
+            "loopwise_inference_deltas_total",
+            "Delta records read, by result: applied, pending (waits for an earlier sequence), duplicate, "
+            "stale_stream, rolled_back, pending_full, other_tenant; rejected: malformed, bad_layout, bad_ids, "
+            "non_finite", ["tenant", "model", "result"], registry=r)
+        self.delta_bytes = Counter("loopwise_inference_delta_bytes_total", "Bytes of delta records read",
+                                   registry=r)
+        self.delta_sequence = Gauge("loopwise_inference_delta_sequence",
+                                    "Delta sequence applied on top of the serving version (0: none)",
+                                    ["tenant", "model"], registry=r)
+        latency = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 60)
+        self.delta_example_to_applied = Histogram(
+            "loopwise_inference_delta_example_to_applied_seconds",
+            "From the oldest example of a delta produced to the delta applied here (live deltas)",
+            registry=r, buckets=latency)
+        self.delta_created_to_applied = Histogram(
+            "loopwise_inference_delta_created_to_applied_seconds",
+            "From a delta created by the trainer to applied here (live deltas)", registry=r, buckets=latency)
+        self.delta_consumer_up = Gauge("loopwise_inference_delta_consumer_up",
+                                       "1 while the deltas topic is read", registry=r)
+        self.delta_rollbacks = Counter("loopwise_inference_delta_rollbacks_total",
+                                       "Delta streams dropped back to their base version by the online guard",
+                                       ["tenant", "model"], registry=r)
+        self.delta_online_logloss = Gauge(
+            "loopwise_inference_delta_online_logloss",
+            "Online log loss over the guard's window of labelled calls scored with deltas, by scorer: "
+            "base (the version alone) or deltas (as served)", ["tenant", "model", "scorer"], registry=r)
+
     def version(self, tenant: str, model: str, role: str, version: str) -> None:
         """Set ``loopwise_inference_model_version`` (-1 for a version not of the form v<N>)."""
         digits = version[1:] if version.startswith("v") else ""

@@ -13,13 +13,20 @@ never served. They are replaced by the answer of the previous good version
 ``loopwise_inference_nonfinite_scores_total{result="fallback"}`` and logged
 once per version; without a good answer the call fails
 (``result="failed"``, FAILED_PRECONDITION ``nonfinite_scores``).
+
+A trainer version's additive sparse tables (``sparse.npz``, the base that
+deltas apply to: `loopwise.modelstore.sparse`) are loaded with it
+(`LoadedModel.sparse_base`); a version without them that is not a trainer's
+(the cold-start model) has zero first-order and cross tables. A trainer version
+published without its tables, or whose tables do not load, serves without
+deltas (`LoadedModel.takes_deltas` False, logged).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +34,7 @@ import onnxruntime as ort
 
 from loopwise.errors import ModelError
 from loopwise.features import InputBuilder
-from loopwise.modelstore import Manifest, ModelStore, StoreError, contract
+from loopwise.modelstore import Manifest, ModelStore, StoreError, contract, sparse
 from loopwise.modelstore.contract import OUTPUTS, feeds
 
 log = logging.getLogger(__name__)
@@ -101,6 +108,18 @@ class LoadedModel:
     session: ort.InferenceSession
     builder: InputBuilder
     guard: Guard | None = field(default=None, compare=False, repr=False)
+    # The version's own sparse tables and their layout (None: none, zero tables).
+    sparse_base: Mapping[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
+    sparse_layout: sparse.Layout | None = None
+    takes_deltas: bool = True
+
+    def fits(self, layout: sparse.Layout | None) -> bool:
+        """Whether deltas of ``layout`` apply to this version."""
+        if not self.takes_deltas or layout is None:
+            return False
+        if self.sparse_layout is not None:
+            return layout == self.sparse_layout
+        return layout.fm_dim == 0 and layout.buckets == self.builder.spec.buckets
 
     def run(self, sparse: np.ndarray, dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The raw outputs of this version (no checks)."""
@@ -148,7 +167,29 @@ def load(store: ModelStore, tenant: str, model: str, version: str, *, threads: i
     except contract.ContractError as exc:
         what = "warm-up: " if exc.reason.startswith("warmup") else ""
         raise ModelError(f"{tenant}/{model}/{version}: {what}{exc}", reason=exc.reason) from None
-    return LoadedModel(tenant, model, version, manifest, session, InputBuilder(spec), guard)
+    base, layout, takes = _sparse_base(store, tenant, model, version, manifest)
+    return LoadedModel(tenant, model, version, manifest, session, InputBuilder(spec), guard, base, layout, takes)
+
+
+def _sparse_base(store: ModelStore, tenant: str, model: str, version: str, manifest: Manifest
+                 ) -> tuple[Mapping[str, np.ndarray] | None, sparse.Layout | None, bool]:
+    """(tables, layout, takes deltas) of a version (see the module doc)."""
+    m = manifest.metrics or {}
+    if not m.get("sparse_layout"):
+        if manifest.source == "trainer":
+            log.info("version published without its sparse tables: no deltas on it",
+                     extra={"tenant": tenant, "model": model, "version": version})
+            return None, None, False
+        return None, None, True
+    try:
+        layout = sparse.Layout.from_dict(m["sparse_layout"])
+        data = store.extra(tenant, model, version, m.get("sparse_file") or sparse.SPARSE_FILE,
+                           sha256=m.get("sparse_sha256", ""))
+        return sparse.tables_from_bytes(data, layout), layout, True
+    except (StoreError, sparse.DeltaError, ValueError, KeyError, OSError) as exc:
+        log.error("sparse tables unreadable: the version serves without deltas",
+                  extra={"tenant": tenant, "model": model, "version": version, "error": str(exc)})
+        return None, None, False
 
 
 class ModelRegistry:

@@ -22,6 +22,13 @@ one vectorised read per call, in the same step as the model (off the event
 loop with it for large calls): in mode ``on`` the compensated scores are
 served, in ``shadow`` they are computed and the base is served. The answer
 and the impression carry both (``base_scores``, ``compensated_scores``).
+
+Sparse deltas (`deltas`): a call takes the serving version's delta snapshot
+once (one reference read: one consistent sequence, whole) and moves the
+version's probabilities by what the deltas changed in the sparse terms
+(`deltas.Snapshot.adjust`, vectorised over the candidates) before the error
+memory. The answer and the impression name the sequence (``delta_sequence``);
+calls scored with deltas are remembered for the online guard (`deltas_guard`).
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from loopwise.limits import (
 )
 from loopwise.v1 import inference_pb2, inference_pb2_grpc
 
+from .deltas import EMPTY, DeltaRegistry, Snapshot
+from .deltas_guard import DeltaGuard
 from .impressions import ImpressionEmitter
 from .memory import MemoryBank, ModelMemory
 from .metrics import InferenceMetrics
@@ -77,8 +86,11 @@ def _expired(context, margin_s: float) -> bool:
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, settings: InferenceSettings, model_registry: ModelRegistry, emitter: ImpressionEmitter | None,
-                 rewrites: RewriteTable, metrics: InferenceMetrics, memory: MemoryBank | None = None) -> None:
+                 rewrites: RewriteTable, metrics: InferenceMetrics, memory: MemoryBank | None = None,
+                 deltas: DeltaRegistry | None = None, guard: DeltaGuard | None = None) -> None:
         self.settings = settings
+        self.deltas = deltas
+        self.guard = guard
         self.memory = memory
         self.model_registry = model_registry
         self.emitter = emitter
@@ -115,12 +127,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                   violations=[("request", f"impression at most {MAX_EVENT_BYTES} bytes")])
         memory = (self.memory.for_rank(tenant, loaded.model, loaded.version, loaded.manifest.hidden_dim)
                   if self.memory is not None else None)
+        snap = self.deltas.serving(loaded) if self.deltas is not None else EMPTY
         start = time.perf_counter()
         if n > self.settings.offload_candidates:
-            base, hidden, compensated = await asyncio.get_running_loop().run_in_executor(
-                None, self._score, loaded, memory, request)
+            base, hidden, compensated, own = await asyncio.get_running_loop().run_in_executor(
+                None, self._score, loaded, memory, request, snap)
         else:
-            base, hidden, compensated = self._score(loaded, memory, request)
+            base, hidden, compensated, own = self._score(loaded, memory, request, snap)
         served = compensated if compensated is not None and memory is not None and memory.serves else base
         ranking = np.argsort(-served, kind="stable")
         self.metrics.score_seconds.observe(time.perf_counter() - start)
@@ -129,13 +142,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if compensated is not None:
             self.metrics.memory_compensation.labels(mode).observe(float(np.abs(compensated - base).mean()))
         request_id = request.request_id or uuid.uuid4().hex
+        if self.guard is not None and snap.sequence:
+            self.guard.remember(request_id, tenant, loaded.model, loaded.version, snap, request.candidates.ids,
+                                own, served)
         if self.emitter is not None:
             self._offer_when_delivered(context, (tenant, request, request_id, loaded.model, loaded.version,
-                                                 served, ranking, hidden, stamps.now_ms(), base, compensated))
+                                                 served, ranking, hidden, stamps.now_ms(), base, compensated,
+                                                 snap.sequence))
         return inference_pb2.RankResponse(
             request_id=request_id, model=loaded.model, version=loaded.version, scores=served.tolist(),
             ranking=ranking.tolist(), base_scores=base.tolist(),
-            compensated_scores=compensated.tolist() if compensated is not None else (), memory_mode=mode)
+            compensated_scores=compensated.tolist() if compensated is not None else (), memory_mode=mode,
+            delta_sequence=snap.sequence)
 
     def _offer_when_delivered(self, context, item: tuple) -> None:
         """Offer the impression once the call is done, unless it was abandoned."""
@@ -155,18 +173,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         context.add_done_callback(done)
 
     @staticmethod
-    def _score(loaded: LoadedModel, memory: ModelMemory | None, request: inference_pb2.RankRequest
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """The model's probabilities, its hidden layer, and the memory's compensation (None without one)."""
+    def _score(loaded: LoadedModel, memory: ModelMemory | None, request: inference_pb2.RankRequest,
+               snap: Snapshot = EMPTY) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """The model's probabilities (with ``snap``'s deltas), its hidden layer, the memory's
+        compensation (None without one), and the version's own probabilities."""
         try:
             sparse, dense = loaded.builder.build(request.user_id, request.user, request.context,
                                                  request.candidates)
         except FeatureError as exc:
             raise InvalidArgument(str(exc), violations=[(exc.field, str(exc))]) from None
-        prob, hidden = loaded.score(sparse, dense)
+        own, hidden = loaded.score(sparse, dense)
+        prob = snap.adjust(own, sparse, loaded.sparse_base) if snap.sequence else own
         if memory is None or hidden.ndim != 2 or hidden.shape[1] != memory.dim:
-            return prob, hidden, None
-        return prob, hidden, memory.compensate(prob, hidden)
+            return prob, hidden, None, own
+        return prob, hidden, memory.compensate(prob, hidden), own
 
     @rpc("Rewrite")
     async def Rewrite(self, request: inference_pb2.RewriteRequest, context) -> inference_pb2.RewriteResponse:  # noqa: N802

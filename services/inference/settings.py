@@ -62,6 +62,20 @@ class InferenceSettings(GrpcSettings):
     # Errors of a version not serving here yet, kept per (tenant, model) for when it does.
     error_memory_pending: int = 50_000
 
+    # Sparse deltas (deltas*.py, docs/methods.md §7): applied on top of the serving version.
+    deltas: bool = True
+    # Base versions whose delta streams are kept per model, and deltas waiting for a gap.
+    delta_keep_bases: int = 4
+    delta_max_pending: int = 10_000
+    # Guard: deltas fall back to their base when their online log loss exceeds the base's by
+    # more than this (nats), over the newest delta_guard_window labels (at least _min_labels).
+    delta_guard_margin: float = 0.02
+    delta_guard_min_labels: int = 200
+    delta_guard_window: int = 1_000
+    delta_guard_remember: int = 10_000  # Rank calls remembered for their labels
+    # This replica's applied sequence in Redis, rewritten this often (expires after 3x).
+    delta_status_s: float = 5.0
+
     def memory_configs(self) -> tuple[MemoryConfig, dict[str, MemoryConfig]]:
         """The default error memory config and the per-model ones."""
         default = MemoryConfig(mode=self.error_memory_mode, k=self.error_memory_k, bits=self.error_memory_bits,

@@ -16,6 +16,13 @@
   exports and checks the ONNX model (`train.run`), publishes it when it
   passes (`publish.publish`: store, weights, Redis pointer) and announces
   ``published`` or ``refused`` on ``loopwise.models.v1``.
+- Between full runs (``LOOPWISE_DELTAS``), every new example also goes to the
+  (tenant, model)'s `deltas.DeltaTrainer`: every ``trainer_delta_interval_s``
+  (or at ``trainer_delta_every_n`` new examples) it takes a step on the sparse
+  tables of the serving version (re-read from the pointer before each step; a
+  new version starts a new stream) and the touched rows go out as a
+  `SparseDelta` on ``loopwise.deltas.v1`` (key ``tenant|model``), counted in
+  ``loopwise_trainer_deltas_total`` and ``loopwise_trainer_delta_bytes_total``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from loopwise.v1 import learning_pb2
 from . import publish as pub
 from . import records
 from .data import PartCache, example_time
+from .deltas import DeltaTrainer
 from .metrics import TrainerMetrics
 from .replay_buffer import ReplayBuffer
 from .settings import TrainerSettings
@@ -110,6 +118,8 @@ class Trainer:
         self._tasks: list[asyncio.Task] = []
         self._started = time.monotonic()
         self.metrics.consumer_lag.source = self.lag
+        self.delta_trainers: dict[tuple[str, str], DeltaTrainer] = {}
+        self._last_delta: dict[tuple[str, str], float] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -121,8 +131,8 @@ class Trainer:
         self.http.start(s.metrics_host, s.metrics_port)
         try:
             await loop.run_in_executor(None, lambda: ensure_topics(
-                s.kafka_bootstrap, [s.topics.examples, s.topics.preferences, s.topics.models, s.topics.deadletter],
-                s.topic_partitions))
+                s.kafka_bootstrap, [s.topics.examples, s.topics.preferences, s.topics.models, s.topics.deadletter,
+                                    s.topics.deltas], s.topic_partitions))
         except Exception as exc:  # noqa: BLE001 - topics may be auto-created or made by an operator
             log.warning("could not ensure the trainer's topics", extra={"error": repr(exc)})
         session_ms = int(s.kafka_session_timeout_s * 1000)
@@ -138,6 +148,8 @@ class Trainer:
         self._started = time.monotonic()
         self._tasks = [asyncio.create_task(self._consume(), name="trainer-consume"),
                        asyncio.create_task(self._trigger(), name="trainer-trigger")]
+        if s.deltas:
+            self._tasks.append(asyncio.create_task(self._deltas(), name="trainer-deltas"))
         log.info("trainer started", extra={"group": s.group_id, "metrics_port": self.http.port,
                                            "window_rows": {f"{t}/{m}": self.window.rows(t, m, "examples")
                                                            for t, m in self.window.keys()}})
@@ -216,12 +228,12 @@ class Trainer:
                 continue
             if self.consumer.assignment():
                 self.metrics.ready.set(1)
-            for tp, records in batch.items():
-                for record in records:
+            for tp, fetched in batch.items():
+                for record in fetched:
                     self._ingest(record)
-                if records:
-                    self._consumed[tp] = records[-1].offset + 1
-                    self._uncommitted += len(records)
+                if fetched:
+                    self._consumed[tp] = fetched[-1].offset + 1
+                    self._uncommitted += len(fetched)
             if self._uncommitted and (time.monotonic() - self._last_commit >= self.settings.commit_interval_s
                                       or self.window.pending() >= self.settings.trainer_segment_rows):
                 try:
@@ -262,6 +274,11 @@ class Trainer:
         if added and kind == "examples":
             key = (msg.tenant, model)
             self._new[key] = self._new.get(key, 0) + 1
+            if self.settings.deltas:
+                trainer = self.delta_trainers.get(key)
+                if trainer is None:
+                    trainer = self.delta_trainers[key] = DeltaTrainer(msg.tenant, model, self.settings)
+                trainer.add(record.value, record.timestamp or stamps.now_ms())
 
     def _dead(self, record: Any, reason: str, detail: str) -> None:
         log.warning("dead-lettered", extra={"reason": reason, "detail": detail, "topic": record.topic,
@@ -322,6 +339,52 @@ class Trainer:
             except Exception as exc:  # noqa: BLE001 - the store and the pointer are the truth
                 log.error("announcement failed", extra={"tenant": tenant, "model": model, "error": repr(exc)})
         return result
+
+    # -- deltas -----------------------------------------------------------------------------
+    async def _deltas(self) -> None:
+        s = self.settings
+        while not self._stopping.is_set():
+            await asyncio.sleep(min(0.1, s.trainer_delta_interval_s))
+            now = time.monotonic()
+            for key, trainer in list(self.delta_trainers.items()):
+                waiting = trainer.waiting()
+                if not waiting or (waiting < s.trainer_delta_every_n
+                                   and now - self._last_delta.get(key, 0.0) < s.trainer_delta_interval_s):
+                    continue
+                self._last_delta[key] = now
+                try:
+                    await self.delta_step(*key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - logged; the next step tries again
+                    log.exception("delta step failed", extra={"tenant": key[0], "model": key[1]})
+                    self.metrics.deltas.labels(*key, "failed").inc()
+
+    async def delta_step(self, tenant: str, model: str) -> int:
+        """One delta step for (tenant, model) on its serving version; the sequence published (0: none)."""
+        trainer = self.delta_trainers[(tenant, model)]
+        version = await asyncio.to_thread(pointers.serving_version, self.store, self.redis, tenant, model,
+                                          tolerant=True)
+        if version and version != trainer.base_version:
+            production = await asyncio.to_thread(self.production, tenant, model)
+            spec = production.manifest.spec() if production and production.manifest else coldstart.DEFAULT_SPEC
+            await asyncio.to_thread(trainer.rebase, version, production, spec)
+        taken = trainer.take()
+        t0 = time.perf_counter()
+        step = await asyncio.to_thread(trainer.step, taken)
+        self.metrics.delta_seconds.observe(time.perf_counter() - t0)
+        if step.record is None:
+            self.metrics.deltas.labels(tenant, model, "empty" if trainer.model is not None else "no_base").inc()
+            return 0
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.settings.topics.deltas, step.record, key=f"{tenant}|{model}".encode())
+        self.metrics.deltas.labels(tenant, model, "published").inc()
+        self.metrics.delta_bytes.labels(tenant, model).inc(len(step.record))
+        self.metrics.delta_sequence.labels(tenant, model).set(step.sequence)
+        log.debug("delta published", extra={"tenant": tenant, "model": model, "base": trainer.base_version,
+                                            "sequence": step.sequence, "examples": step.examples, "rows": step.rows,
+                                            "bytes": len(step.record), "loss": round(step.loss, 5)})
+        return step.sequence
 
     # -- one run (blocking, in a worker thread) ---------------------------------------------
     def production(self, tenant: str, model: str) -> Production | None:

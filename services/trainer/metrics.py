@@ -35,6 +35,16 @@ class TrainerMetrics:
                             "Max |ONNX - torch| of the last export", ["tenant", "model"], registry=r)
         self.last_run = Gauge("loopwise_trainer_last_run_timestamp_seconds", "End of the last run",
                               ["tenant", "model"], registry=r)
+        self.deltas = Counter("loopwise_trainer_deltas_total",
+                              "Delta steps by outcome: published, empty (nothing touched), no_base (the serving "
+                              "version takes no deltas), failed", ["tenant", "model", "outcome"], registry=r)
+        self.delta_bytes = Counter("loopwise_trainer_delta_bytes_total", "Bytes of the deltas published",
+                                   ["tenant", "model"], registry=r)
+        self.delta_sequence = Gauge("loopwise_trainer_delta_sequence",
+                                    "Sequence of the last delta published on the current base",
+                                    ["tenant", "model"], registry=r)
+        self.delta_seconds = Histogram("loopwise_trainer_delta_step_seconds", "Duration of a delta step",
+                                       registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.published = Gauge("loopwise_trainer_published_version",
                                "Number of the last version the trainer published", ["tenant", "model"],
                                registry=r)

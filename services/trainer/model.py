@@ -147,6 +147,13 @@ class Ranker(nn.Module):
             out.append((self.fm.weight, self.fm_acc))
         return out
 
+    def sparse_tables(self) -> dict[str, np.ndarray]:
+        """The additive sparse tables ({"fm", "bias", "cross"}: [rows, dim] float32 copies),
+        the ones serving keeps outside the graph and deltas update (`loopwise.modelstore.sparse`)."""
+        tables = {"fm": self.fm, "bias": self.bias, "cross": self.cross}
+        return {k: t.weight.detach().cpu().numpy().astype(np.float32, copy=True)
+                for k, t in tables.items() if t is not None}
+
     def set_sparse(self, sparse: bool) -> None:
         for t in self._tables():
             t.sparse = sparse

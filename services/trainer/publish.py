@@ -4,7 +4,9 @@ pointer, and the `ModelAnnouncement` on ``loopwise.models.v1``.
 The torch state dict is published with the ONNX artifact as the store's
 extra file ``weights.pt`` (written before the manifest, so a complete version
 always has it); the manifest records its sha256 (``metrics.weights_sha256``),
-so a warm start only uses weights that match. A refused candidate is never
+so a warm start only uses weights that match. The additive sparse tables go
+with it as ``sparse.npz`` (`loopwise.modelstore.sparse`; ``metrics.sparse_sha256``
+and ``metrics.sparse_layout``): the base that serving's deltas apply to. A refused candidate is never
 written to the store, nor one with a non-finite weight
 (`contract.check_finite_weights`, checked again here whatever the gate said):
 the store holds only versions fit to serve. The pointer moves with
@@ -19,7 +21,7 @@ import math
 from typing import Any
 
 from loopwise import stamps
-from loopwise.modelstore import Manifest, ModelStore, StoreError, contract, pointers
+from loopwise.modelstore import Manifest, ModelStore, StoreError, contract, pointers, sparse
 from loopwise.v1 import learning_pb2
 
 from .model import state_bytes
@@ -60,13 +62,16 @@ def publish(store: ModelStore, redis_client: Any, tenant: str, model: str, outco
         raise StoreError(f"not published: {exc}") from None
     weights = state_bytes(outcome.candidate.model)
     c = outcome.candidate
+    tables = sparse.tables_bytes(c.model.sparse_tables())
     metrics: dict[str, Any] = _clean(outcome.figures())
     metrics.update(decision="published", reason=outcome.reason, init=c.init, device=c.device,
                    weights_file=WEIGHTS_FILE, weights_sha256=hashlib.sha256(weights).hexdigest(),
-                   model_config=c.model.config)
+                   model_config=c.model.config, sparse_file=sparse.SPARSE_FILE,
+                   sparse_sha256=hashlib.sha256(tables).hexdigest(),
+                   sparse_layout=sparse.Layout.of_config(c.model.config).to_dict())
     manifest = store.publish(tenant, model, outcome.onnx, feature_spec=c.spec, hidden_dim=c.model.config["hidden_dim"],
                              parent_version=production.version if production else "", metrics=metrics,
-                             source="trainer", extras={WEIGHTS_FILE: weights})
+                             source="trainer", extras={WEIGHTS_FILE: weights, sparse.SPARSE_FILE: tables})
     # Pointer and history move together (Redis and the store), so `loopwise model rollback` can undo this.
     pointers.move(store, redis_client, tenant, model, manifest.version, "published",
                   serving=production.version if production else None)

@@ -7,6 +7,8 @@
 - `pointers`: which version serves (the Redis pointer, else the newest),
   pointer moves with their history, rollback;
 - `coldstart`: the model a fresh stack serves (needs ``onnx`` to build).
+- `sparse`: the ranker's additive sparse tables outside the graph, their layout,
+  and the deltas that update them between full versions.
 
 The store's names are re-exported here: ``from loopwise.modelstore import ModelStore``.
 """

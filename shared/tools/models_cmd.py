@@ -17,7 +17,10 @@ version when it would serve, ``!`` a version that would not (with why). `promote
 move on ``loopwise.models.v1`` (``ModelAnnouncement`` with action
 ``promoted`` or ``rolled_back``), so inference replicas switch at once
 instead of at their next pointer poll; a failed announcement is reported but
-the move stands.
+the move stands. ``show`` prints the manifest with ``replicas``: what each
+live inference replica serves (version, delta stream and the delta sequence
+applied on top of it, whether its guard rolled the deltas back), as the
+replicas write it to Redis every few seconds (`loopwise.redis_keys.delta_replica`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from loopwise import redis_keys, stamps
 from loopwise.modelstore import ModelStore, StoreError, pointers
 from loopwise.modelstore.contract import DEFAULT_MODEL
 
@@ -53,6 +57,21 @@ def rows(store: ModelStore, redis_client: Any, tenant: str, model: str) -> list[
                     "decision": str(m.metrics.get("decision", "")),
                     "metrics": {k: m.metrics[k] for k in SHOWN_METRICS if k in m.metrics},
                     "current": m.version == current, "loadable": not problem, "problem": problem})
+    return out
+
+
+def replicas(redis_client: Any, tenant: str, model: str) -> list[dict[str, Any]]:
+    """What each live replica serves for (tenant, model): version, stream, sequence, rolled_back, age_s."""
+    out = []
+    for key in sorted(redis_client.scan_iter(match=redis_keys.delta_replica(tenant, model, "*"), count=100)):
+        raw = redis_client.get(key)
+        try:
+            state = json.loads(raw) if raw else None
+        except ValueError:
+            state = None
+        if isinstance(state, dict):
+            state["age_s"] = round(max(stamps.now_ms() - int(state.pop("at_ms", 0)), 0) / 1000, 1)
+            out.append(state)
     return out
 
 
@@ -157,8 +176,9 @@ def _run(args: argparse.Namespace) -> int:
             version = args.version or pointers.serving_version(store, client, tenant, model)
             if version is None:
                 raise ModelCliError(f"{tenant}/{model} has no version")
-            manifest = store.manifest(tenant, model, version)
-            print(manifest.to_json())
+            shown = json.loads(store.manifest(tenant, model, version).to_json())
+            shown["replicas"] = replicas(client, tenant, model)
+            print(json.dumps(shown, indent=2, sort_keys=True))
             return 0
         if args.action == "promote":
             previous = pointers.promote(store, client, tenant, model, args.version)

@@ -35,5 +35,5 @@ def test_topics_from_env_and_prefix():
     t = Topics.from_env({"LOOPWISE_TOPIC_EVENTS": "custom.events"})
     assert t.events == "custom.events" and t.impressions == "loopwise.impressions.v1"
     p = Topics.with_prefix("x.")
-    assert p.events == "x.loopwise.events.v1" and len(set(p.all())) == 8
+    assert p.events == "x.loopwise.events.v1" and len(set(p.all())) == 9
     assert Topics.from_env(p.env()) == p

@@ -1,0 +1,186 @@
+"""Sparse deltas between full versions (docs/methods.md §7, Monolith's split).
+
+A `DeltaTrainer` per (tenant, model) holds a copy of the serving version's
+model (its base) and takes small steps on the additive sparse tables only
+(``fm``, ``bias``, ``cross``: the dense network stays frozen, it changes only
+with full versions) on the examples that arrived since its last step: every
+``trainer_delta_interval_s`` or ``trainer_delta_every_n`` new examples. Each
+step yields one delta: the new values of the rows it touched, numbered 1, 2, ...
+in a stream (a random id per base load, so a restarted trainer never reuses
+a number with other contents) on top of the base version
+(`loopwise.modelstore.sparse.encode_delta`).
+
+The base is the serving pointer's version. A trainer version is used with
+its published weights when its manifest names its sparse tables
+(``metrics.sparse_layout``: serving then knows the base rows); a version
+without weights (the cold-start model) is used when its graph is the
+cold-start shape, with zero ``bias`` and ``cross`` tables and no factor
+table (a zero factor table would get no gradient). Anything else gets no
+deltas until the next full version (logged once). A new full version
+(through the gate) replaces the base and starts a new stream: the sequence resets.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from loopwise.features import FeatureSpec, InputBuilder
+from loopwise.modelstore import sparse
+
+from .data import build_example_part
+from .model import Ranker, adagrad_step, from_state_bytes, init_from_coldstart, ips_loss
+from .settings import TrainerSettings
+from .train import Production, crosses_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Step:
+    """What one step produced: the encoded delta (None when nothing was touched) and its figures."""
+
+    record: bytes | None
+    sequence: int
+    examples: int
+    rows: int
+    loss: float
+
+
+def base_model(production: Production | None, spec: FeatureSpec, settings: TrainerSettings
+               ) -> tuple[Ranker | None, str]:
+    """The model deltas build on for ``production``, and why not when None."""
+    if production is None:
+        return None, "no serving version"
+    metrics = production.manifest.metrics if production.manifest else {}
+    if production.weights:
+        if not metrics.get("sparse_layout"):
+            return None, "published without its sparse tables"
+        model = from_state_bytes(production.weights)
+        if sparse.Layout.of_config(model.config).to_dict() != metrics["sparse_layout"]:
+            return None, "weights and sparse layout disagree"
+        return model, ""
+    if production.manifest is not None and production.manifest.source == "trainer":
+        return None, "trainer version without weights"
+    crosses = crosses_of(spec, settings)
+    model = Ranker(spec.buckets, len(spec.sparse), len(spec.dense), settings.trainer_embedding_dim,
+                   production.manifest.hidden_dim if production.manifest else settings.trainer_hidden_dim,
+                   fm_dim=0, linear=True, crosses=crosses,
+                   cross_buckets=settings.trainer_cross_buckets if crosses else 0)
+    if not init_from_coldstart(model, production.onnx):
+        return None, "not the cold-start graph's shape"
+    return model, ""
+
+
+class DeltaTrainer:
+    """Sparse steps and deltas for one (tenant, model); not thread-safe: one step at a time."""
+
+    def __init__(self, tenant: str, model: str, settings: TrainerSettings) -> None:
+        self.tenant, self.model_name, self.settings = tenant, model, settings
+        self.base_version = ""
+        self.model: Ranker | None = None
+        self.layout: sparse.Layout | None = None
+        self.builder: InputBuilder | None = None
+        self.stream = ""
+        self.sequence = 0
+        self.why_not = ""
+        self._examples: list[tuple[bytes, int]] = []
+
+    # -- examples ---------------------------------------------------------------------
+    def add(self, value: bytes, produced_ms: int) -> None:
+        """An example record (its Kafka timestamp: when it was produced)."""
+        self._examples.append((value, produced_ms))
+        if len(self._examples) > self.settings.trainer_delta_max_buffer:
+            del self._examples[: len(self._examples) - self.settings.trainer_delta_max_buffer]
+
+    def waiting(self) -> int:
+        return len(self._examples)
+
+    def take(self) -> list[tuple[bytes, int]]:
+        """The waiting examples, handed to `step` (called on the thread that calls `add`)."""
+        taken, self._examples = self._examples, []
+        return taken
+
+    # -- base -------------------------------------------------------------------------
+    def rebase(self, version: str, production: Production | None, spec: FeatureSpec) -> bool:
+        """Build on ``version`` (a new stream at sequence 0) unless it is the base already; True when changed."""
+        if version == self.base_version:
+            return False
+        model, why = base_model(production, spec, self.settings)
+        self.base_version, self.stream, self.sequence = version, uuid.uuid4().hex[:12], 0
+        self.model, self.why_not = model, why
+        if model is None:
+            self.layout = self.builder = None
+            log.warning("no deltas on this version", extra={"tenant": self.tenant, "model": self.model_name,
+                                                           "version": version, "reason": why})
+            return True
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for t in (model.fm, model.bias, model.cross):
+            if t is not None:
+                t.weight.requires_grad_(True)
+        model.set_sparse(True)
+        model.train()
+        self.layout = sparse.Layout.of_config(model.config)
+        self.builder = InputBuilder(spec)
+        log.info("deltas on a new base", extra={"tenant": self.tenant, "model": self.model_name, "version": version,
+                                                "stream": self.stream, "tables": list(self.layout.tables())})
+        return True
+
+    # -- one step ---------------------------------------------------------------------
+    def step(self, taken: list[tuple[bytes, int]]) -> Step:
+        """Train the sparse tables on ``taken`` (`take`); the delta of the rows touched."""
+        if self.model is None or self.builder is None or self.layout is None or not taken:
+            return Step(None, self.sequence, 0, 0, float("nan"))
+        s, m = self.settings, self.model
+        part = build_example_part(self.builder, [v for v, _ in taken])
+        n = len(part.label)
+        if n == 0:
+            return Step(None, self.sequence, 0, 0, float("nan"))
+        rates = {"fm": s.trainer_embedding_lr or s.trainer_lr, "bias": s.trainer_linear_lr or s.trainer_lr,
+                 "cross": s.trainer_cross_lr or s.trainer_linear_lr or s.trainer_lr}
+        initial = {"fm": s.trainer_adagrad_initial, "bias": s.trainer_adagrad_initial,
+                   "cross": s.trainer_cross_adagrad_initial}
+        tables = {"fm": (m.fm, getattr(m, "fm_acc", None)), "bias": (m.bias, getattr(m, "bias_acc", None)),
+                  "cross": (m.cross, getattr(m, "cross_acc", None))}
+        sparse_ids = torch.from_numpy(part.sparse)
+        dense = torch.from_numpy(part.dense)
+        label = torch.from_numpy(part.label)
+        weight = torch.from_numpy(np.minimum(part.weight, s.trainer_max_weight).astype(np.float32))
+        batch, total = max(1, s.trainer_batch_size), 0.0
+        for start in range(0, n, batch):
+            rows = slice(start, start + batch)
+            logit, _ = m.logits(sparse_ids[rows], dense[rows])
+            fnw = getattr(part, "fnw", None)  # fake-negative-mode rows: FNW-weighted
+            extra = {"fnw": torch.from_numpy(fnw[rows])} if fnw is not None and fnw[rows].any() else {}
+            loss = ips_loss(logit, label[rows], weight[rows], **extra)
+            loss.backward()
+            for name, (t, acc) in tables.items():
+                if t is not None and acc is not None:
+                    adagrad_step(t.weight, acc, rates[name], initial=initial[name])
+            total += float(loss.detach()) * len(label[rows])
+        touched = self._touched(part.sparse)
+        if not any(len(ids) for ids in touched.values()):
+            return Step(None, self.sequence, n, 0, total / n)
+        self.sequence += 1
+        rows_out = {name: (ids, tables[name][0].weight.detach()[torch.from_numpy(ids)].numpy())
+                    for name, ids in touched.items() if len(ids)}
+        produced = [ms for _, ms in taken]
+        record = sparse.encode_delta(self.tenant, self.model_name, self.base_version, self.stream, self.sequence,
+                                     self.layout, rows_out, first_example_ms=min(produced),
+                                     last_example_ms=max(produced), examples=n)
+        return Step(record, self.sequence, n, sum(len(i) for i in touched.values()), total / n)
+
+    def _touched(self, sparse_ids: np.ndarray) -> dict[str, np.ndarray]:
+        assert self.layout is not None
+        ids = np.unique(sparse_ids)
+        ids = ids[ids > 0]
+        out = {name: ids for name in ("fm", "bias") if name in self.layout.tables()}
+        if "cross" in self.layout.tables():
+            c = np.unique(sparse.cross_ids(sparse_ids, self.layout))
+            out["cross"] = c[c > 0]
+        return out

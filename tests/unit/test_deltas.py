@@ -1,0 +1,331 @@
+"""Sparse deltas (issue 11 items 2-4): the trainer's steps, serving's snapshots, ordering,
+restarts, torn reads and the online guard, without Kafka."""
+
+from __future__ import annotations
+
+import threading
+import types
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+from loopwise.features import InputBuilder  # noqa: E402
+from loopwise.inference.deltas import DeltaRegistry  # noqa: E402
+from loopwise.inference.deltas_guard import DeltaGuard  # noqa: E402
+from loopwise.inference.impressions import build_impression  # noqa: E402
+from loopwise.inference.metrics import InferenceMetrics  # noqa: E402
+from loopwise.modelstore import Manifest, coldstart, sparse  # noqa: E402
+from loopwise.trainer.data import build_window_data  # noqa: E402
+from loopwise.trainer.deltas import DeltaTrainer  # noqa: E402
+from loopwise.trainer.export import export_onnx, session  # noqa: E402
+from loopwise.trainer.model import Ranker, state_bytes  # noqa: E402
+from loopwise.trainer.settings import TrainerSettings  # noqa: E402
+from loopwise.trainer.train import Production, crosses_of  # noqa: E402
+from loopwise.v1 import inference_pb2, learning_pb2  # noqa: E402
+from tests.unit.test_trainer import make_examples  # noqa: E402
+
+SPEC = coldstart.DEFAULT_SPEC
+SETTINGS = TrainerSettings(trainer_cross_buckets=1 << 12)
+
+
+def trained_production() -> tuple[Production, Ranker]:
+    """A trainer version with every sparse table, its tables made non-zero."""
+    crosses = crosses_of(SPEC, SETTINGS)
+    model = Ranker(SPEC.buckets, len(SPEC.sparse), len(SPEC.dense), 8, 64, fm_dim=4, linear=True,
+                   crosses=crosses, cross_buckets=1 << 12)
+    with torch.no_grad():
+        for t in (model.bias, model.cross):
+            t.weight.normal_(0, 0.3)
+            t.weight[0].zero_()
+    layout = sparse.Layout.of_config(model.config)
+    manifest = Manifest("default", "ranker", "v2", "", SPEC.to_dict(), 64, source="trainer",
+                        metrics={"sparse_layout": layout.to_dict()})
+    return Production("v2", export_onnx(model, SPEC), manifest, state_bytes(model)), model
+
+
+def onnx_prob(onnx: bytes, data) -> np.ndarray:
+    prob, _ = session(onnx).run(["prob", "hidden"], {"sparse_ids": data.sparse, "dense": data.dense})
+    return prob
+
+
+def torch_prob(model: Ranker, data) -> np.ndarray:
+    with torch.no_grad():
+        prob, _ = model(torch.from_numpy(data.sparse), torch.from_numpy(data.dense))
+    return prob.numpy()
+
+
+def records(examples) -> list[tuple[bytes, int]]:
+    return [(e.SerializeToString(), 1_000 + i) for i, e in enumerate(examples)]
+
+
+def loaded_like(version: str, layout: sparse.Layout | None, base=None):
+    """The parts of a LoadedModel that `DeltaRegistry.serving` and `Snapshot.adjust` read."""
+    def fits(lay):
+        return lay is not None and (lay == layout if layout is not None else lay.fm_dim == 0)
+    return types.SimpleNamespace(tenant="default", model="ranker", version=version, fits=fits, sparse_base=base)
+
+
+# -- the trainer's deltas served: same scores as the trainer's model ---------------------------
+
+def test_a_delta_step_served_on_the_version_scores_like_the_trainers_model():
+    production, model = trained_production()
+    base_tables = model.sparse_tables()
+    trainer = DeltaTrainer("default", "ranker", SETTINGS)
+    assert trainer.rebase("v2", production, SPEC) and trainer.sequence == 0
+    step = trainer.step(records(make_examples(400, seed=1)))
+    assert step.record is not None and step.sequence == 1 and step.rows > 0
+    delta = sparse.decode_delta(step.record)
+    assert (delta.base_version, delta.sequence, delta.first_example_ms) == ("v2", 1, 1_000)
+    assert set(delta.rows) == {"fm", "bias", "cross"}
+    # Only the dense part stays frozen: the trainer's embedding and MLP did not move.
+    assert torch.equal(trainer.model.embedding.weight, model.embedding.weight)
+    registry = DeltaRegistry(("default",))
+    assert registry.offer(delta)[0] == "applied"
+    loaded = loaded_like("v2", sparse.Layout.of_config(model.config), base_tables)
+    snap = registry.serving(loaded)
+    assert snap.sequence == 1
+    data = build_window_data(InputBuilder(SPEC), make_examples(300, seed=2))
+    served = snap.adjust(onnx_prob(production.onnx, data), data.sparse, base_tables)
+    assert np.abs(served - torch_prob(trainer.model, data)).max() < 2e-4
+    assert np.abs(served - onnx_prob(production.onnx, data)).max() > 1e-3  # the deltas did change scores
+
+
+def test_deltas_on_the_cold_start_model_raise_a_clicked_new_item():
+    onnx = coldstart.build_onnx(SPEC)
+    manifest = Manifest("default", "ranker", "v1", "", SPEC.to_dict(), coldstart.HIDDEN_DIM, source="coldstart")
+    trainer = DeltaTrainer("default", "ranker", SETTINGS)
+    trainer.rebase("v1", Production("v1", onnx, manifest, None), SPEC)
+    assert trainer.layout.tables() == ("bias", "cross")
+    clicks = make_examples(50, seed=3, n_items=1, per_request=1)  # one item, clicked every time
+    for e in clicks:
+        e.candidate_id, e.label = "brand-new", 1.0
+    delta = sparse.decode_delta(trainer.step(records(clicks)).record)
+    registry = DeltaRegistry(("default",))
+    registry.offer(delta)
+    snap = registry.serving(loaded_like("v1", None))
+    data = build_window_data(InputBuilder(SPEC), clicks[:5])
+    before = onnx_prob(onnx, data)
+    after = snap.adjust(before, data.sparse, None)
+    assert (after > before + 0.05).all()
+    assert np.abs(after - torch_prob(trainer.model, data)).max() < 2e-4
+
+
+def test_a_trainer_version_without_its_tables_gets_no_deltas():
+    production, _ = trained_production()
+    production.manifest.metrics = {}
+    trainer = DeltaTrainer("default", "ranker", SETTINGS)
+    trainer.rebase("v2", production, SPEC)
+    assert trainer.model is None and "sparse tables" in trainer.why_not
+    assert trainer.step(records(make_examples(20))).record is None
+
+
+# -- ordering, duplicates, other bases, restarts -----------------------------------------------
+
+LAYOUT = sparse.Layout(buckets=64, fm_dim=2, linear=True, cross_a=(0,), cross_b=(1,), cross_buckets=32)
+
+
+def random_delta(rng, seq: int, base: str = "v2", stream: str = "s1") -> bytes:
+    rows = {}
+    for name in LAYOUT.tables():
+        ids = np.unique(rng.integers(1, LAYOUT.rows(name), size=int(rng.integers(1, 8))))
+        rows[name] = (ids, rng.normal(0, 1, (len(ids), LAYOUT.dim(name))).astype(np.float32))
+    return sparse.encode_delta("default", "ranker", base, stream, seq, LAYOUT, rows, first_example_ms=1)
+
+
+def reference(deltas: list[bytes]) -> dict[str, np.ndarray]:
+    """Dense tables after applying ``deltas`` in order on zero tables."""
+    tables = {n: np.zeros((LAYOUT.rows(n), LAYOUT.dim(n)), dtype=np.float32) for n in LAYOUT.tables()}
+    for raw in deltas:
+        for name, rows in sparse.decode_delta(raw).rows.items():
+            tables[name][rows.ids] = rows.values
+    return tables
+
+
+def materialise(snap) -> dict[str, np.ndarray]:
+    out = {}
+    for name in LAYOUT.tables():
+        ov = snap.overlays.get(name)
+        t = np.zeros((LAYOUT.rows(name), LAYOUT.dim(name)), dtype=np.float32)
+        if ov is not None:
+            t[ov.ids] = ov.values
+        out[name] = t
+    return out
+
+
+def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in LAYOUT.tables())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.permutations(list(range(8))), st.lists(st.integers(0, 7), max_size=6), st.integers(0, 2**32 - 1))
+def test_out_of_order_duplicated_and_foreign_deltas_never_corrupt_a_table(order, dups, seed):
+    rng = np.random.default_rng(seed)
+    stream = [random_delta(rng, i + 1) for i in range(8)]
+    foreign = [random_delta(rng, 1, base="v9"), random_delta(rng, 3, base="v1")]
+    registry = DeltaRegistry(("default",))
+    arrivals = [stream[i] for i in order] + [stream[i] for i in dups] + foreign
+    rng.shuffle(arrivals)
+    for raw in arrivals:
+        registry.offer(sparse.decode_delta(raw))
+        snap = registry.snapshot("default", "ranker", "v2")
+        # Whatever came when, the served state is exactly the first `sequence` deltas.
+        assert same(materialise(snap), reference(stream[:snap.sequence]))
+    assert registry.snapshot("default", "ranker", "v2").sequence == 8
+    assert same(materialise(registry.snapshot("default", "ranker", "v2")), reference(stream))
+    assert registry.snapshot("default", "ranker", "v9").sequence == 1  # its own base, not v2's
+
+
+def test_a_replica_restarted_mid_stream_converges_to_the_one_that_never_stopped():
+    rng = np.random.default_rng(0)
+    first = [random_delta(rng, i + 1, stream="a") for i in range(5)]
+    second = [random_delta(rng, i + 1, stream="b") for i in range(4)]  # a restarted trainer
+    topic = first + second
+    steady = DeltaRegistry(("default",))
+    for raw in topic:
+        steady.offer(sparse.decode_delta(raw))
+    stopped = DeltaRegistry(("default",))
+    for raw in topic[:3]:
+        stopped.offer(sparse.decode_delta(raw))
+    restarted = DeltaRegistry(("default",))  # reads the topic from its start again
+    for raw in topic:
+        restarted.offer(sparse.decode_delta(raw))
+    s, r = steady.snapshot("default", "ranker", "v2"), restarted.snapshot("default", "ranker", "v2")
+    assert (s.stream, s.sequence) == (r.stream, r.sequence) == ("b", 4)
+    assert same(materialise(s), materialise(r)) and same(materialise(s), reference(second))
+    # A late delta of the replaced stream is ignored.
+    assert steady.offer(sparse.decode_delta(random_delta(rng, 6, stream="a")))[0] == "stale_stream"
+
+
+def test_bad_deltas_are_rejected_with_a_reason():
+    good = sparse.decode_delta(random_delta(np.random.default_rng(1), 1))
+    assert good.sequence == 1
+    cases = {
+        "malformed": b"\xff\xff\xff",
+        "bad_ids": sparse.encode_delta("default", "ranker", "v2", "s", 1, LAYOUT,
+                                       {"bias": (np.array([0]), np.ones((1, 1)))}),
+        "non_finite": sparse.encode_delta("default", "ranker", "v2", "s", 1, LAYOUT,
+                                          {"bias": (np.array([3]), np.array([[np.nan]]))}),
+        "bad_layout": sparse.encode_delta("default", "ranker", "v2", "s", 1,
+                                          sparse.Layout(buckets=64, fm_dim=0), {"fm": (np.array([3]), np.ones((1, 2)))}),
+    }
+    for reason, raw in cases.items():
+        with pytest.raises(sparse.DeltaError) as err:
+            sparse.decode_delta(raw)
+        assert err.value.reason == reason
+    too_far = learning_pb2.SparseDelta.FromString(random_delta(np.random.default_rng(2), 1))
+    too_far.tables[0].ids = np.array([LAYOUT.rows(too_far.tables[0].table)], dtype="<i8").tobytes()
+    too_far.tables[0].values = np.zeros(LAYOUT.dim(too_far.tables[0].table), dtype="<f4").tobytes()
+    with pytest.raises(sparse.DeltaError, match="ascending"):
+        sparse.decode_delta(too_far.SerializeToString())
+
+
+# -- no torn reads ----------------------------------------------------------------------------
+
+def scores_of(snap, ids: np.ndarray) -> np.ndarray:
+    prob = np.full(len(ids), 0.3, dtype=np.float32)
+    return snap.adjust(prob, ids, None)
+
+
+def expected_scores(deltas: list[bytes], ids: np.ndarray) -> np.ndarray:
+    ref = reference(deltas)
+    z = sparse.sparse_logit(ids, LAYOUT, lambda n, i: ref[n][i])
+    return sparse.sigmoid(sparse.logit(np.full(len(ids), 0.3, dtype=np.float32)) + z)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from(["apply", "read"]), min_size=1, max_size=30), st.integers(0, 2**32 - 1))
+def test_rank_during_delta_application_sees_one_whole_sequence(schedule, seed):
+    rng = np.random.default_rng(seed)
+    stream = [random_delta(rng, i + 1) for i in range(schedule.count("apply"))]
+    ids = rng.integers(0, 64, size=(20, 3))
+    registry, pending = DeltaRegistry(("default",)), iter(stream)
+    held = []  # snapshots taken by calls still "running"
+    for op in schedule:
+        if op == "apply":
+            registry.offer(sparse.decode_delta(next(pending)))
+        else:
+            held.append(registry.snapshot("default", "ranker", "v2"))
+        for snap in held:  # a call's snapshot keeps scoring its own sequence, whatever was applied since
+            np.testing.assert_allclose(scores_of(snap, ids) if snap.sequence else np.full(20, 0.3),
+                                       expected_scores(stream[:snap.sequence], ids), rtol=1e-5)
+
+
+def test_concurrent_rank_threads_never_see_a_torn_state():
+    rng = np.random.default_rng(5)
+    stream = [random_delta(rng, i + 1) for i in range(60)]
+    ids = rng.integers(0, 64, size=(50, 3))
+    expected = [expected_scores(stream[:k], ids) for k in range(61)]
+    registry, errors, done = DeltaRegistry(("default",)), [], threading.Event()
+
+    def reader():
+        while not done.is_set():
+            snap = registry.snapshot("default", "ranker", "v2")
+            got = scores_of(snap, ids) if snap.sequence else expected[0]
+            if not np.allclose(got, expected[snap.sequence], rtol=1e-5):
+                errors.append(snap.sequence)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for raw in stream:
+        registry.offer(sparse.decode_delta(raw))
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors and registry.snapshot("default", "ranker", "v2").sequence == 60
+
+
+# -- guard rails -------------------------------------------------------------------------------
+
+def guarded(margin=0.02):
+    registry = DeltaRegistry(("default",))
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        registry.offer(sparse.decode_delta(random_delta(rng, i + 1)))
+    return registry, DeltaGuard(registry, InferenceMetrics(), margin=margin, min_labels=50, window=200)
+
+
+def feed(guard, registry, served_good: bool, n=120) -> int:
+    rng = np.random.default_rng(4)
+    rollbacks = 0
+    for r in range(n):
+        snap = registry.snapshot("default", "ranker", "v2")
+        y = float(rng.random() < 0.3)
+        base = np.array([0.3], dtype=np.float32)
+        served = np.array([0.9 if y else 0.1] if served_good else [0.1 if y else 0.9], dtype=np.float32)
+        guard.remember(f"r{r}", "default", "ranker", "v2", snap, ["item"], base, served)
+        rollbacks += guard.label(learning_pb2.PredictionError(tenant="default", request_id=f"r{r}",
+                                                              candidate_id="item", label=y))
+    return rollbacks
+
+
+def test_deltas_that_score_worse_online_than_their_base_are_rolled_back():
+    registry, guard = guarded()
+    assert feed(guard, registry, served_good=False) == 1
+    snap = registry.snapshot("default", "ranker", "v2")
+    assert snap.sequence == 0 and registry.rolled_back("default", "ranker", "v2")
+    assert guard.metrics.delta_rollbacks.labels("default", "ranker")._value.get() == 1
+    later = sparse.decode_delta(random_delta(np.random.default_rng(9), 4))
+    assert registry.offer(later)[0] == "rolled_back"  # the rest of that stream is ignored
+    # A new stream (a restarted trainer) or a new base starts afresh.
+    assert registry.offer(sparse.decode_delta(random_delta(np.random.default_rng(9), 1, stream="s2")))[0] == "applied"
+
+
+def test_deltas_that_score_better_are_kept():
+    registry, guard = guarded()
+    assert feed(guard, registry, served_good=True) == 0
+    assert registry.snapshot("default", "ranker", "v2").sequence == 3
+
+
+# -- the answer and the impression name the sequence -------------------------------------------
+
+def test_the_impression_names_the_delta_sequence():
+    request = inference_pb2.RankRequest(tenant="default", user_id="u")
+    request.candidates.ids.extend(["a", "b"])
+    event = build_impression("default", request, "r1", "ranker", "v2", np.array([0.2, 0.1]), np.array([0, 1]),
+                             None, 1, delta_sequence=7)
+    assert (event.impression.version, event.impression.delta_sequence) == ("v2", 7)
