@@ -97,7 +97,8 @@ class Inference:
         service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
                                 metrics_host=settings.metrics_host, metrics_port=settings.metrics_port,
-                                registry=self.metrics.registry, service_names=[service.full_name])
+                                registry=self.metrics.registry, service_names=[service.full_name],
+                                settings=settings)
         add_service(self.grpc.server, self.servicer, service)
         self._serving = False
 
