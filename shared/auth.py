@@ -12,7 +12,8 @@ removed, each with an optional expiry::
           expires: "2026-12-31T00:00:00Z"   # ISO 8601, or seconds since the epoch
           name: ci                           # shown in logs instead of the key
 
-`hash_key` gives the line for a key (``loopwise keys hash`` prints it). Keys
+`hash_key` gives the line for a key (``loopwise keys new`` makes a key and its line,
+``loopwise keys hash`` the line of a key read from standard input). Keys
 are random tokens (`new_key`: 256 bits), so one SHA-256 is enough to keep a
 leaked file from giving the keys away; a slow password hash would add
 latency to every call and no safety.

@@ -111,6 +111,21 @@ def _rules(args: argparse.Namespace) -> int:
     return rules_cmd.run(args)
 
 
+def _keys(args: argparse.Namespace) -> int:
+    """``loopwise keys new``: a fresh key and its keys-file entry; ``keys hash``: the entry of a
+    key read from standard input (never from the command line, where ``ps`` would show it)."""
+    from loopwise import auth
+
+    key = auth.new_key() if args.keys_command == "new" else sys.stdin.readline().strip()
+    if not key:
+        print("loopwise keys hash: no key on standard input", file=sys.stderr)
+        return 1
+    if args.keys_command == "new":
+        print(f"key   {key}")
+    print(f"hash  {auth.hash_key(key)}")
+    return 0
+
+
 def _services(value: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     unknown = sorted(set(names) - set(stack.SERVICES))
@@ -148,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-auth", action="store_true",
                    help="the gRPC services want no API key (by default one is generated into stack.json)")
     p.set_defaults(func=_up)
+    p = sub.add_parser("keys", help="API keys for the keys file (LOOPWISE_API_KEYS_FILE)")
+    keys_sub = p.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("new", help="a new random key and its hash").set_defaults(func=_keys)
+    keys_sub.add_parser("hash", help="the hash of a key read from standard input").set_defaults(func=_keys)
     p = sub.add_parser("status", help="show the local stack")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_status)

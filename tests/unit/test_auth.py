@@ -125,3 +125,16 @@ def test_stack_json_is_private(tmp_path):
     info.write(tmp_path)
     assert oct(os.stat(tmp_path / "stack.json").st_mode)[-3:] == "600"
     assert json.loads((tmp_path / "stack.json").read_text())["api_key"] == "lw_x"
+
+
+def test_every_redis_client_is_built_from_the_url():
+    """No Redis client built from host and port: AUTH and TLS would be lost."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    built = [f"{path.relative_to(root)}: {line.strip()}"
+             for folder in ("shared", "services") for path in (root / folder).rglob("*.py")
+             for line in path.read_text().splitlines()
+             if re.search(r"\b(Strict)?Redis(Cluster)?\(", line) and "from_url" not in line]
+    assert not built, built

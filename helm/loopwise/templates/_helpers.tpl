@@ -114,6 +114,7 @@ env:
     value: {{ $v.drainSeconds | quote }}
   - name: LOOPWISE_GRACE_S
     value: {{ $v.graceSeconds | quote }}
+  {{- include "loopwise.grpcSecurityEnv" $root | nindent 2 }}
   {{- end }}
   - name: LOOPWISE_REDIS_URL
     value: {{ include "loopwise.redisUrl" $root | quote }}
@@ -146,9 +147,50 @@ volumeMounts:
     mountPath: /etc/loopwise/redis-ca
     readOnly: true
   {{- end }}
+  {{- if .grpc }}
+  {{- if $root.Values.grpcSecurity.apiKeys.enabled }}
+  - name: api-keys
+    mountPath: /etc/loopwise/keys
+    readOnly: true
+  {{- end }}
+  {{- if $root.Values.grpcSecurity.tls.enabled }}
+  - name: grpc-tls
+    mountPath: /etc/loopwise/tls
+    readOnly: true
+  {{- end }}
+  {{- end }}
   {{- with .mounts }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
+{{- end -}}
+
+{{/* The gRPC services' keys file, TLS files and limits (loopwise.settings.GrpcSettings). */}}
+{{- define "loopwise.grpcSecurityEnv" -}}
+{{- $s := .Values.grpcSecurity }}
+{{- if $s.apiKeys.enabled }}
+- name: LOOPWISE_API_KEYS_FILE
+  value: /etc/loopwise/keys/keys.yaml
+{{- end }}
+{{- if $s.tls.enabled }}
+- name: LOOPWISE_TLS_CERT_FILE
+  value: /etc/loopwise/tls/tls.crt
+- name: LOOPWISE_TLS_KEY_FILE
+  value: /etc/loopwise/tls/tls.key
+{{- if $s.tls.mutual }}
+- name: LOOPWISE_TLS_CLIENT_CA_FILE
+  value: /etc/loopwise/tls/ca.crt
+{{- end }}
+{{- end }}
+- name: LOOPWISE_MAX_CONCURRENT_RPCS
+  value: {{ $s.limits.maxConcurrentRpcs | quote }}
+- name: LOOPWISE_MAX_CONNECTIONS
+  value: {{ $s.limits.maxConnections | quote }}
+- name: LOOPWISE_INFLIGHT_BYTES
+  value: {{ $s.limits.inflightBytes | int64 | quote }}
+- name: LOOPWISE_STREAM_DEADLINE_S
+  value: {{ $s.limits.streamDeadlineSeconds | quote }}
+- name: LOOPWISE_MAX_CONNECTION_IDLE_S
+  value: {{ $s.limits.maxConnectionIdleSeconds | quote }}
 {{- end -}}
 
 {{/*
@@ -240,7 +282,7 @@ spec:
               port: metrics
             periodSeconds: 2
             failureThreshold: 60
-          {{- if .grpc }}
+          {{- if and .grpc (not $root.Values.grpcSecurity.tls.enabled) }}
           readinessProbe:
             grpc:
               port: {{ $v.grpcPort }}
@@ -281,6 +323,16 @@ spec:
         - name: redis-ca
           secret:
             secretName: {{ $root.Values.redis.tls.caSecret }}
+        {{- end }}
+        {{- if and .grpc $root.Values.grpcSecurity.apiKeys.enabled }}
+        - name: api-keys
+          secret:
+            secretName: {{ $root.Values.grpcSecurity.apiKeys.existingSecret | default (printf "%s-api-keys" (include "loopwise.fullname" $root)) }}
+        {{- end }}
+        {{- if and .grpc $root.Values.grpcSecurity.tls.enabled }}
+        - name: grpc-tls
+          secret:
+            secretName: {{ required "grpcSecurity.tls.enabled needs grpcSecurity.tls.secretName" $root.Values.grpcSecurity.tls.secretName }}
         {{- end }}
         {{- with .volumes }}
         {{- toYaml . | nindent 8 }}
