@@ -278,7 +278,7 @@ class Trainer:
                 trainer = self.delta_trainers.get(key)
                 if trainer is None:
                     trainer = self.delta_trainers[key] = DeltaTrainer(msg.tenant, model, self.settings)
-                trainer.add(record.value, record.timestamp or stamps.now_ms())
+                trainer.add(record.value, record.timestamp or stamps.now_ms(), at_ms)
 
     def _dead(self, record: Any, reason: str, detail: str) -> None:
         log.warning("dead-lettered", extra={"reason": reason, "detail": detail, "topic": record.topic,
@@ -369,6 +369,10 @@ class Trainer:
             production = await asyncio.to_thread(self.production, tenant, model)
             spec = production.manifest.spec() if production and production.manifest else coldstart.DEFAULT_SPEC
             await asyncio.to_thread(trainer.rebase, version, production, spec)
+            requeued = trainer.requeue()
+            log.info("delta base", extra={"tenant": tenant, "model": model, "version": version,
+                                          "stream": trainer.stream, "requeued": requeued,
+                                          "why_not": trainer.why_not or None})
         taken = trainer.take()
         t0 = time.perf_counter()
         step = await asyncio.to_thread(trainer.step, taken)

@@ -18,12 +18,18 @@ cold-start shape, with zero ``bias`` and ``cross`` tables and no factor
 table (a zero factor table would get no gradient). Anything else gets no
 deltas until the next full version (logged once). A new full version
 (through the gate) replaces the base and starts a new stream: the sequence resets.
+The examples it has not learned (`requeue`: those newer than its
+``train_until_ms``, e.g. the ones that arrived while it trained, kept in a
+history of the last ``trainer_delta_max_buffer``) wait for the next step again,
+so no example is lost to serving between a delta on the old base and the
+next full version.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,16 +94,28 @@ class DeltaTrainer:
         self.stream = ""
         self.sequence = 0
         self.why_not = ""
+        self.until_ms: int | None = None  # the base's newest training example
         self._examples: list[tuple[bytes, int]] = []
+        self._history: deque[tuple[bytes, int, int]] = deque(maxlen=settings.trainer_delta_max_buffer)
 
     # -- examples ---------------------------------------------------------------------
-    def add(self, value: bytes, produced_ms: int) -> None:
-        """An example record (its Kafka timestamp: when it was produced)."""
+    def add(self, value: bytes, produced_ms: int, time_ms: int = 0) -> None:
+        """An example record (its Kafka timestamp: when it was produced; ``time_ms``: the example's time)."""
         self._examples.append((value, produced_ms))
+        self._history.append((value, produced_ms, time_ms))
         if len(self._examples) > self.settings.trainer_delta_max_buffer:
             del self._examples[: len(self._examples) - self.settings.trainer_delta_max_buffer]
 
     def waiting(self) -> int:
+        return len(self._examples)
+
+    def requeue(self) -> int:
+        """After `rebase`: the examples of the history newer than the base's training wait again
+        (called on the thread that calls `add`); how many."""
+        if self.model is None:
+            return 0
+        until = self.until_ms if self.until_ms is not None else -1
+        self._examples = [(v, p) for v, p, t in self._history if t > until]
         return len(self._examples)
 
     def take(self) -> list[tuple[bytes, int]]:
@@ -113,6 +131,8 @@ class DeltaTrainer:
         model, why = base_model(production, spec, self.settings)
         self.base_version, self.stream, self.sequence = version, uuid.uuid4().hex[:12], 0
         self.model, self.why_not = model, why
+        until = production.manifest.metrics.get("train_until_ms") if production and production.manifest else None
+        self.until_ms = int(until) if until is not None else (model.train_until_ms if model is not None else None)
         if model is None:
             self.layout = self.builder = None
             log.warning("no deltas on this version", extra={"tenant": self.tenant, "model": self.model_name,

@@ -329,3 +329,22 @@ def test_the_impression_names_the_delta_sequence():
     event = build_impression("default", request, "r1", "ranker", "v2", np.array([0.2, 0.1]), np.array([0, 1]),
                              None, 1, delta_sequence=7)
     assert (event.impression.version, event.impression.delta_sequence) == ("v2", 7)
+
+
+def test_a_new_full_version_resets_the_sequence_and_requeues_what_it_has_not_learned():
+    production, model = trained_production()
+    trainer = DeltaTrainer("default", "ranker", SETTINGS)
+    trainer.rebase("v2", production, SPEC)
+    examples = make_examples(40, seed=7)
+    for i, e in enumerate(examples):
+        trainer.add(e.SerializeToString(), 1_000 + i, 10_000 + i)
+    assert trainer.step(trainer.take()).sequence == 1
+    # v3 was trained on the examples up to time 10_019: the other 20 wait for the next step again.
+    production.manifest.metrics["train_until_ms"] = 10_019
+    stream = trainer.stream
+    assert trainer.rebase("v3", production, SPEC) and not trainer.rebase("v3", production, SPEC)
+    assert trainer.stream != stream and trainer.sequence == 0
+    assert trainer.requeue() == 20
+    step = trainer.step(trainer.take())
+    assert step.sequence == 1 and step.examples == 20
+    assert sparse.decode_delta(step.record).base_version == "v3"
