@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup prometheus-tools dashboards protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing bench-error-memory bench-fuzz clean
+.PHONY: help setup prometheus-tools dashboards protos lint test test-fast demo up down status bench bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing bench-error-memory bench-fuzz bench-soak clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -86,7 +86,10 @@ bench-error-memory: setup ## MovieLens replay with the error memory on vs off: g
 bench-fuzz: setup ## coverage-guided fuzzing (atheris) of every gRPC method and record intake, 60 s per target
 	$(BIN)/python bench/fuzz.py
 
-bench: bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing bench-error-memory bench-fuzz ## every benchmark
+bench-soak: setup ## the local stack for 10 min of mixed traffic with a broker stall, a Redis restart, a miner kill
+	$(BIN)/python bench/soak.py
+
+bench: bench-serve bench-ingest bench-attribution bench-propensity bench-reformulation bench-learning bench-debiasing bench-error-memory bench-fuzz bench-soak ## every benchmark
 
 clean: ## remove the virtual env and local state
 	rm -rf $(VENV) $(CHECKOV_VENV) .loopwise .pytest_cache
