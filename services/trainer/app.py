@@ -120,6 +120,9 @@ class Trainer:
         self.metrics.consumer_lag.source = self.lag
         self.delta_trainers: dict[tuple[str, str], DeltaTrainer] = {}
         self._last_delta: dict[tuple[str, str], float] = {}
+        # Deltas not yet acked, per (tenant, model), in sequence order: sent before any newer
+        # one (a sequence never goes missing on the topic while its base serves).
+        self._outbox: dict[tuple[str, str], list[bytes]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -361,34 +364,42 @@ class Trainer:
                     self.metrics.deltas.labels(*key, "failed").inc()
 
     async def delta_step(self, tenant: str, model: str) -> int:
-        """One delta step for (tenant, model) on its serving version; the sequence published (0: none)."""
-        trainer = self.delta_trainers[(tenant, model)]
+        """One delta step for (tenant, model) on its serving version; the last sequence published (0: none).
+
+        Deltas a failed send left behind go first; while any is left, no new step is taken."""
+        key = (tenant, model)
+        trainer = self.delta_trainers[key]
         version = await asyncio.to_thread(pointers.serving_version, self.store, self.redis, tenant, model,
                                           tolerant=True)
         if version and version != trainer.base_version:
             production = await asyncio.to_thread(self.production, tenant, model)
             spec = production.manifest.spec() if production and production.manifest else coldstart.DEFAULT_SPEC
             await asyncio.to_thread(trainer.rebase, version, production, spec)
+            self._outbox.pop(key, None)  # the old base's: no replica serves it any more
             requeued = trainer.requeue()
             log.info("delta base", extra={"tenant": tenant, "model": model, "version": version,
                                           "stream": trainer.stream, "requeued": requeued,
                                           "why_not": trainer.why_not or None})
-        taken = trainer.take()
-        t0 = time.perf_counter()
-        step = await asyncio.to_thread(trainer.step, taken)
-        self.metrics.delta_seconds.observe(time.perf_counter() - t0)
-        if step.record is None:
-            self.metrics.deltas.labels(tenant, model, "empty" if trainer.model is not None else "no_base").inc()
-            return 0
+        outbox = self._outbox.setdefault(key, [])
+        if not outbox:
+            t0 = time.perf_counter()
+            step = await asyncio.to_thread(trainer.step, trainer.take())
+            self.metrics.delta_seconds.observe(time.perf_counter() - t0)
+            if not step.records:
+                self.metrics.deltas.labels(tenant, model, "empty" if trainer.model is not None else "no_base").inc()
+                return 0
+            outbox.extend(step.records)
+            log.debug("delta step", extra={"tenant": tenant, "model": model, "base": trainer.base_version,
+                                           "sequence": step.sequence, "examples": step.examples, "rows": step.rows,
+                                           "deltas": len(step.records), "loss": round(step.loss, 5)})
         assert self.producer is not None
-        await self.producer.send_and_wait(self.settings.topics.deltas, step.record, key=f"{tenant}|{model}".encode())
-        self.metrics.deltas.labels(tenant, model, "published").inc()
-        self.metrics.delta_bytes.labels(tenant, model).inc(len(step.record))
-        self.metrics.delta_sequence.labels(tenant, model).set(step.sequence)
-        log.debug("delta published", extra={"tenant": tenant, "model": model, "base": trainer.base_version,
-                                            "sequence": step.sequence, "examples": step.examples, "rows": step.rows,
-                                            "bytes": len(step.record), "loss": round(step.loss, 5)})
-        return step.sequence
+        while outbox:
+            await self.producer.send_and_wait(self.settings.topics.deltas, outbox[0], key=f"{tenant}|{model}".encode())
+            record = outbox.pop(0)
+            self.metrics.deltas.labels(tenant, model, "published").inc()
+            self.metrics.delta_bytes.labels(tenant, model).inc(len(record))
+        self.metrics.delta_sequence.labels(tenant, model).set(trainer.sequence)
+        return trainer.sequence
 
     # -- one run (blocking, in a worker thread) ---------------------------------------------
     def production(self, tenant: str, model: str) -> Production | None:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from loopwise.features import FeatureSpec, InputBuilder
+from loopwise.limits import MAX_RECORD_BYTES
 from loopwise.modelstore import sparse
 
 from .data import build_example_part
@@ -46,11 +47,17 @@ from .train import Production, crosses_of
 log = logging.getLogger(__name__)
 
 
+# One delta record at most this big (the broker's record limit, with room for the envelope):
+# a step that touched more rows publishes them as several deltas in a row.
+MAX_DELTA_BYTES = MAX_RECORD_BYTES // 2
+
+
 @dataclass
 class Step:
-    """What one step produced: the encoded delta (None when nothing was touched) and its figures."""
+    """What one step produced: its encoded deltas in sequence order (none when nothing was
+    touched), the last sequence, and its figures."""
 
-    record: bytes | None
+    records: list[bytes]
     sequence: int
     examples: int
     rows: int
@@ -155,12 +162,12 @@ class DeltaTrainer:
     def step(self, taken: list[tuple[bytes, int]]) -> Step:
         """Train the sparse tables on ``taken`` (`take`); the delta of the rows touched."""
         if self.model is None or self.builder is None or self.layout is None or not taken:
-            return Step(None, self.sequence, 0, 0, float("nan"))
+            return Step([], self.sequence, 0, 0, float("nan"))
         s, m = self.settings, self.model
         part = build_example_part(self.builder, [v for v, _ in taken])
         n = len(part.label)
         if n == 0:
-            return Step(None, self.sequence, 0, 0, float("nan"))
+            return Step([], self.sequence, 0, 0, float("nan"))
         rates = {"fm": s.trainer_embedding_lr or s.trainer_lr, "bias": s.trainer_linear_lr or s.trainer_lr,
                  "cross": s.trainer_cross_lr or s.trainer_linear_lr or s.trainer_lr}
         initial = {"fm": s.trainer_adagrad_initial, "bias": s.trainer_adagrad_initial,
@@ -184,16 +191,36 @@ class DeltaTrainer:
                     adagrad_step(t.weight, acc, rates[name], initial=initial[name])
             total += float(loss.detach()) * len(label[rows])
         touched = self._touched(part.sparse)
-        if not any(len(ids) for ids in touched.values()):
-            return Step(None, self.sequence, n, 0, total / n)
-        self.sequence += 1
-        rows_out = {name: (ids, tables[name][0].weight.detach()[torch.from_numpy(ids)].numpy())
-                    for name, ids in touched.items() if len(ids)}
+        rows = sum(len(i) for i in touched.values())
         produced = [ms for _, ms in taken]
-        record = sparse.encode_delta(self.tenant, self.model_name, self.base_version, self.stream, self.sequence,
-                                     self.layout, rows_out, first_example_ms=min(produced),
-                                     last_example_ms=max(produced), examples=n)
-        return Step(record, self.sequence, n, sum(len(i) for i in touched.values()), total / n)
+        records = []
+        for chunk in self._chunks(touched):
+            self.sequence += 1
+            rows_out = {name: (ids, tables[name][0].weight.detach()[torch.from_numpy(ids)].numpy())
+                        for name, ids in chunk.items()}
+            records.append(sparse.encode_delta(
+                self.tenant, self.model_name, self.base_version, self.stream, self.sequence, self.layout, rows_out,
+                first_example_ms=min(produced), last_example_ms=max(produced), examples=n))
+        return Step(records, self.sequence, n, rows, total / n)
+
+    def _chunks(self, touched: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """The touched rows in groups of at most `MAX_DELTA_BYTES` encoded (one delta each)."""
+        assert self.layout is not None
+        budget, out, current, size = MAX_DELTA_BYTES, [], {}, 0
+        for name, ids in touched.items():
+            per_row = 8 + 4 * self.layout.dim(name)
+            start = 0
+            while start < len(ids):
+                take = max(1, min(len(ids) - start, (budget - size) // per_row))
+                current[name] = ids[start:start + take]
+                size += take * per_row
+                start += take
+                if size + per_row > budget:
+                    out.append(current)
+                    current, size = {}, 0
+        if current:
+            out.append(current)
+        return out
 
     def _touched(self, sparse_ids: np.ndarray) -> dict[str, np.ndarray]:
         assert self.layout is not None

@@ -77,8 +77,8 @@ def test_a_delta_step_served_on_the_version_scores_like_the_trainers_model():
     trainer = DeltaTrainer("default", "ranker", SETTINGS)
     assert trainer.rebase("v2", production, SPEC) and trainer.sequence == 0
     step = trainer.step(records(make_examples(400, seed=1)))
-    assert step.record is not None and step.sequence == 1 and step.rows > 0
-    delta = sparse.decode_delta(step.record)
+    assert len(step.records) == 1 and step.sequence == 1 and step.rows > 0
+    delta = sparse.decode_delta(step.records[0])
     assert (delta.base_version, delta.sequence, delta.first_example_ms) == ("v2", 1, 1_000)
     assert set(delta.rows) == {"fm", "bias", "cross"}
     # Only the dense part stays frozen: the trainer's embedding and MLP did not move.
@@ -103,7 +103,8 @@ def test_deltas_on_the_cold_start_model_raise_a_clicked_new_item():
     clicks = make_examples(50, seed=3, n_items=1, per_request=1)  # one item, clicked every time
     for e in clicks:
         e.candidate_id, e.label = "brand-new", 1.0
-    delta = sparse.decode_delta(trainer.step(records(clicks)).record)
+    [record] = trainer.step(records(clicks)).records
+    delta = sparse.decode_delta(record)
     registry = DeltaRegistry(("default",))
     registry.offer(delta)
     snap = registry.serving(loaded_like("v1", None))
@@ -120,7 +121,7 @@ def test_a_trainer_version_without_its_tables_gets_no_deltas():
     trainer = DeltaTrainer("default", "ranker", SETTINGS)
     trainer.rebase("v2", production, SPEC)
     assert trainer.model is None and "sparse tables" in trainer.why_not
-    assert trainer.step(records(make_examples(20))).record is None
+    assert trainer.step(records(make_examples(20))).records == []
 
 
 # -- ordering, duplicates, other bases, restarts -----------------------------------------------
@@ -347,4 +348,25 @@ def test_a_new_full_version_resets_the_sequence_and_requeues_what_it_has_not_lea
     assert trainer.requeue() == 20
     step = trainer.step(trainer.take())
     assert step.sequence == 1 and step.examples == 20
-    assert sparse.decode_delta(step.record).base_version == "v3"
+    assert sparse.decode_delta(step.records[0]).base_version == "v3"
+
+
+def test_a_step_touching_many_rows_publishes_several_deltas_under_the_record_limit(monkeypatch):
+    from loopwise.trainer import deltas as trainer_deltas
+
+    monkeypatch.setattr(trainer_deltas, "MAX_DELTA_BYTES", 4_000)
+    production, model = trained_production()
+    base_tables = model.sparse_tables()
+    trainer = DeltaTrainer("default", "ranker", SETTINGS)
+    trainer.rebase("v2", production, SPEC)
+    step = trainer.step(records(make_examples(300, seed=8)))
+    assert len(step.records) > 3 and step.sequence == len(step.records)
+    assert all(len(r) < 4_000 + 500 for r in step.records)
+    registry = DeltaRegistry(("default",))
+    for r in step.records:
+        registry.offer(sparse.decode_delta(r))
+    snap = registry.serving(loaded_like("v2", sparse.Layout.of_config(model.config), base_tables))
+    assert snap.sequence == step.sequence
+    data = build_window_data(InputBuilder(SPEC), make_examples(100, seed=9))
+    served = snap.adjust(onnx_prob(production.onnx, data), data.sparse, base_tables)
+    assert np.abs(served - torch_prob(trainer.model, data)).max() < 2e-4
