@@ -10,7 +10,8 @@ judged on it: the log loss of the deltas minus the base's, per (tenant, model,
 version, stream), over the newest ``window`` labels. A paired comparison on
 the same impressions, so the traffic's own drift cancels out. When at least
 ``min_labels`` are in and the deltas' mean log loss is worse than the base's
-by more than ``margin`` (nats), the replica serves the base alone again and
+by more than ``margin`` (nats), with both kinds of label among them (at least
+a tenth of ``min_labels`` each), the replica serves the base alone again and
 ignores that stream (`DeltaRegistry.rollback`), logs ``deltas rolled back``
 and counts ``loopwise_inference_delta_rollbacks_total``; the next full version
 or trainer stream starts afresh. ``loopwise_inference_delta_online_logloss{scorer}``
@@ -54,20 +55,22 @@ class Served:
 
 
 class _Window:
-    """The newest ``size`` (base, deltas) log losses with their running sums."""
+    """The newest ``size`` (base, deltas, label) log losses with their running sums."""
 
     def __init__(self, size: int) -> None:
-        self.pairs: deque[tuple[float, float]] = deque()
-        self.size, self.base, self.deltas = size, 0.0, 0.0
+        self.pairs: deque[tuple[float, float, float]] = deque()
+        self.size, self.base, self.deltas, self.positives = size, 0.0, 0.0, 0.0
 
-    def add(self, base: float, deltas: float) -> None:
-        self.pairs.append((base, deltas))
+    def add(self, base: float, deltas: float, y: float) -> None:
+        self.pairs.append((base, deltas, y))
         self.base += base
         self.deltas += deltas
+        self.positives += y
         if len(self.pairs) > self.size:
-            b, d = self.pairs.popleft()
+            b, d, old = self.pairs.popleft()
             self.base -= b
             self.deltas -= d
+            self.positives -= old
 
 
 def _logloss(p: float, y: float) -> float:
@@ -109,12 +112,16 @@ class DeltaGuard:
             win = self._windows[key] = _Window(self.window)
             for old in [k for k in self._windows if k[:2] == key[:2] and k != key]:
                 del self._windows[old]
-        win.add(_logloss(float(s.base[i]), y), _logloss(float(s.served[i]), y))
+        win.add(_logloss(float(s.base[i]), y), _logloss(float(s.served[i]), y), y)
         n = len(win.pairs)
         base_ll, delta_ll = win.base / n, win.deltas / n
         self.metrics.delta_online_logloss.labels(s.tenant, s.model, "base").set(base_ll)
         self.metrics.delta_online_logloss.labels(s.tenant, s.model, "deltas").set(delta_ll)
-        if n < self.min_labels or delta_ll - base_ll <= self.margin:
+        # Both kinds of label must be in (a click comes at once, a negative when its window
+        # closes): judged on one kind alone, a delta that moves every score one way would look
+        # better or worse than it is.
+        both = min(win.positives, n - win.positives) >= max(1, self.min_labels // 10)
+        if n < self.min_labels or not both or delta_ll - base_ll <= self.margin:
             return False
         if not self.registry.rollback(s.tenant, s.model, s.version, s.stream):
             return False

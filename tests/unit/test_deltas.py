@@ -370,3 +370,14 @@ def test_a_step_touching_many_rows_publishes_several_deltas_under_the_record_lim
     data = build_window_data(InputBuilder(SPEC), make_examples(100, seed=9))
     served = snap.adjust(onnx_prob(production.onnx, data), data.sparse, base_tables)
     assert np.abs(served - torch_prob(trainer.model, data)).max() < 2e-4
+
+
+def test_the_guard_does_not_judge_on_one_kind_of_label_alone():
+    registry, guard = guarded()
+    snap = registry.snapshot("default", "ranker", "v2")
+    for r in range(150):  # clicks only (their negatives have not come yet), scored lower by the deltas
+        guard.remember(f"c{r}", "default", "ranker", "v2", snap, ["item"], np.array([0.5], dtype=np.float32),
+                       np.array([0.2], dtype=np.float32))
+        assert not guard.label(learning_pb2.PredictionError(tenant="default", request_id=f"c{r}",
+                                                            candidate_id="item", label=1.0))
+    assert registry.snapshot("default", "ranker", "v2").sequence == 3
