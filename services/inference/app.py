@@ -20,7 +20,7 @@ from loopwise.v1 import inference_pb2
 
 from . import models
 from .deltas import DeltaRegistry
-from .deltas_consumer import DeltaConsumer, TopicReader, publish_status
+from .deltas_consumer import DeltaConsumer, TopicReader, oldest_serving_ms, publish_status
 from .deltas_guard import DeltaGuard
 from .impressions import ImpressionEmitter
 from .memory import ErrorConsumer, MemoryBank
@@ -49,7 +49,8 @@ class Inference:
     `RewriteTable` keeps the rewrite tables in memory; `MemoryBank` holds the
     error memories, fed by `ErrorConsumer` (every replica reads every error)
     and reset by the watcher when a version starts serving. With ``LOOPWISE_DELTAS``,
-    `DeltaConsumer` reads the whole deltas topic into `DeltaRegistry` (Rank applies the
+    `DeltaConsumer` reads the deltas topic, once a model serves, from the creation of the
+    oldest version serving, into `DeltaRegistry` (Rank applies the
     serving version's snapshot), `DeltaGuard` judges them on the errors topic's labels,
     and the replica's applied sequence goes to Redis every ``delta_status_s``.
     """
@@ -85,7 +86,7 @@ class Inference:
             self.deltas = DeltaRegistry(settings.tenants, keep_bases=settings.delta_keep_bases,
                                         max_pending=settings.delta_max_pending)
             self.delta_consumer = DeltaConsumer(settings.kafka_bootstrap, settings.topics.deltas, self.deltas,
-                                                self.metrics)
+                                                self.metrics, since=lambda: oldest_serving_ms(self.model_registry))
             self.delta_guard = DeltaGuard(self.deltas, self.metrics, margin=settings.delta_guard_margin,
                                           min_labels=settings.delta_guard_min_labels,
                                           window=settings.delta_guard_window, remember=settings.delta_guard_remember)
@@ -131,8 +132,7 @@ class Inference:
         if self.errors is not None:
             self.errors.start()
         self.watcher.start()
-        if self.delta_consumer is not None and self.delta_labels is not None:
-            self.delta_consumer.start()
+        if self.delta_labels is not None:
             self.delta_labels.start()
             self._status_task = asyncio.create_task(self._delta_status(), name="delta-status")
         log.info("inference started", extra={"port": self.grpc.port, "metrics_port": self.grpc.metrics_port})
@@ -162,6 +162,8 @@ class Inference:
     async def _model_loaded(self) -> None:
         if not self._serving and len(self.model_registry):
             self._serving = True
+            if self.delta_consumer is not None:
+                self.delta_consumer.start()  # from the oldest serving version's creation
             await self.grpc.set_serving(True)
             log.info("inference serving", extra={"models": [f"{m.tenant}/{m.model}@{m.version}"
                                                             for m in self.model_registry.items()]})

@@ -2,10 +2,14 @@
 says which sequence it serves.
 
 `TopicReader` follows every partition of a topic without a consumer group
-(each replica its own offsets): the deltas topic from its beginning (a
-replica that starts or restarts rebuilds the same overlays as one that never
-stopped), the errors topic (the guard's labels) from its end. After a lost
-connection it resumes where it was.
+(each replica its own offsets): the deltas topic from the creation of the
+oldest version this replica serves (every delta of those bases came after
+it, so a replica that starts or restarts rebuilds the same overlays as one
+that never stopped, without reading older bases' deltas; from the
+beginning where the broker cannot look offsets up by time), the errors topic
+(the guard's labels) from its end. After a lost connection it resumes where
+it was. The inference service starts the deltas reader once its first model
+serves.
 
 `DeltaConsumer` decodes each delta (`loopwise.modelstore.sparse.decode_delta`:
 a bad one is rejected with its reason, counted, never applied) and offers it
@@ -48,9 +52,11 @@ class TopicReader:
     """Every partition of ``topic``, no group; ``handle(records)`` per fetched batch (awaited)."""
 
     def __init__(self, bootstrap: str, topic: str, handle: Callable[[list], Any], *, from_start: bool,
-                 name: str, up: Callable[[bool], None] | None = None) -> None:
+                 name: str, up: Callable[[bool], None] | None = None,
+                 since: Callable[[], int | None] | None = None) -> None:
         self.bootstrap, self.topic, self.handle, self.from_start, self.name = bootstrap, topic, handle, from_start, name
         self._up = up
+        self._since = since  # from_start: the first record time (ms) wanted, None: all
         self._positions: dict[TopicPartition, int] = {}
         self._task: asyncio.Task | None = None
         self.ready = asyncio.Event()  # set while every partition is assigned and positioned
@@ -110,8 +116,22 @@ class TopicReader:
         for tp in tps:
             if tp in self._positions:
                 consumer.seek(tp, self._positions[tp])
-        if fresh:
-            await (consumer.seek_to_beginning(*fresh) if self.from_start else consumer.seek_to_end(*fresh))
+        if fresh and not self.from_start:
+            await consumer.seek_to_end(*fresh)
+        elif fresh:
+            await consumer.seek_to_beginning(*fresh)
+            since = self._since() if self._since is not None else None
+            if since is not None:
+                try:
+                    found = await consumer.offsets_for_times({tp: since for tp in fresh})
+                except Exception as exc:  # noqa: BLE001 - no lookup by time: read it all
+                    log.info("no offset lookup by time; reading from the beginning",
+                             extra={"topic": self.topic, "error": repr(exc)})
+                    found = {}
+                end = await consumer.end_offsets(fresh)
+                for tp in fresh:
+                    if tp in found:
+                        consumer.seek(tp, found[tp].offset if found[tp] is not None else end[tp])
         for tp in tps:
             self._positions[tp] = await consumer.position(tp)
 
@@ -119,12 +139,13 @@ class TopicReader:
 class DeltaConsumer:
     """The deltas topic into the registry (see the module doc)."""
 
-    def __init__(self, bootstrap: str, topic: str, registry: DeltaRegistry, metrics: InferenceMetrics) -> None:
+    def __init__(self, bootstrap: str, topic: str, registry: DeltaRegistry, metrics: InferenceMetrics,
+                 since: Callable[[], int | None] | None = None) -> None:
         self.registry, self.metrics = registry, metrics
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="delta-apply")
         self._started_ms = stamps.now_ms()
         self.reader = TopicReader(bootstrap, topic, self._handle, from_start=True, name="loopwise-inference-deltas",
-                                  up=lambda up: metrics.delta_consumer_up.set(1 if up else 0))
+                                  up=lambda up: metrics.delta_consumer_up.set(1 if up else 0), since=since)
 
     def start(self) -> None:
         self._started_ms = stamps.now_ms()
@@ -166,6 +187,12 @@ class DeltaConsumer:
             log.warning("delta rejected: its layout is not its stream's",
                         extra={"tenant": delta.tenant, "model": delta.model, "base": delta.base_version})
         return result
+
+
+def oldest_serving_ms(models: ModelRegistry, margin_ms: int = 60_000) -> int | None:
+    """When the oldest version serving here was created, less a margin (ms); None when none serves."""
+    created = [m.manifest.created_at for m in models.items() if m.manifest.created_at]
+    return int(min(created) * 1000) - margin_ms if created else None
 
 
 async def publish_status(redis: Any, replica: str, models: ModelRegistry, registry: DeltaRegistry,
