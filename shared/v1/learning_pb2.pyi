@@ -32,7 +32,7 @@ FEEDBACK_MODE_WINDOW: FeedbackMode
 FEEDBACK_MODE_FAKE_NEGATIVE: FeedbackMode
 
 class Example(_message.Message):
-    __slots__ = ("example_id", "tenant", "user_id", "session_id", "request_id", "candidate_id", "label", "source", "weight", "propensity", "position_propensity", "exposure_propensity", "logged_propensity", "position", "served_score", "model", "version", "impression_time_ms", "label_time_ms", "user", "context", "candidate", "correction", "feedback_mode")
+    __slots__ = ("example_id", "tenant", "user_id", "session_id", "request_id", "candidate_id", "label", "source", "weight", "propensity", "position_propensity", "exposure_propensity", "logged_propensity", "position", "served_score", "model", "version", "impression_time_ms", "label_time_ms", "user", "context", "candidate", "correction", "feedback_mode", "click_weight")
     EXAMPLE_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class Example(_message.Message):
     CANDIDATE_FIELD_NUMBER: _ClassVar[int]
     CORRECTION_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_MODE_FIELD_NUMBER: _ClassVar[int]
+    CLICK_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     example_id: str
     tenant: str
     user_id: str
@@ -81,7 +82,8 @@ class Example(_message.Message):
     candidate: _features_pb2.Features
     correction: bool
     feedback_mode: FeedbackMode
-    def __init__(self, example_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., label: _Optional[float] = ..., source: _Optional[_Union[LabelSource, str]] = ..., weight: _Optional[float] = ..., propensity: _Optional[float] = ..., position_propensity: _Optional[float] = ..., exposure_propensity: _Optional[float] = ..., logged_propensity: _Optional[float] = ..., position: _Optional[int] = ..., served_score: _Optional[float] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., impression_time_ms: _Optional[int] = ..., label_time_ms: _Optional[int] = ..., user: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., context: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., candidate: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., correction: _Optional[bool] = ..., feedback_mode: _Optional[_Union[FeedbackMode, str]] = ...) -> None: ...
+    click_weight: float
+    def __init__(self, example_id: _Optional[str] = ..., tenant: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., candidate_id: _Optional[str] = ..., label: _Optional[float] = ..., source: _Optional[_Union[LabelSource, str]] = ..., weight: _Optional[float] = ..., propensity: _Optional[float] = ..., position_propensity: _Optional[float] = ..., exposure_propensity: _Optional[float] = ..., logged_propensity: _Optional[float] = ..., position: _Optional[int] = ..., served_score: _Optional[float] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., impression_time_ms: _Optional[int] = ..., label_time_ms: _Optional[int] = ..., user: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., context: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., candidate: _Optional[_Union[_features_pb2.Features, _Mapping]] = ..., correction: _Optional[bool] = ..., feedback_mode: _Optional[_Union[FeedbackMode, str]] = ..., click_weight: _Optional[float] = ...) -> None: ...
 
 class PreferencePair(_message.Message):
     __slots__ = ("pair_id", "tenant", "user_id", "request_id", "preferred_id", "other_id", "preferred_position", "other_position", "strength", "kind", "model", "version", "time_ms", "user", "context", "preferred", "other")
