@@ -88,7 +88,9 @@ def test_a_click_on_a_new_item_raises_its_score_within_seconds(broker, redis_url
             "loopwise_trainer_deltas_total", {"tenant": "default", "model": "ranker", "outcome": "published"}) >= 1
         latency = inference.metrics.registry.get_sample_value("loopwise_inference_delta_example_to_applied_seconds_sum")
         assert latency is not None and latency > 0
-        print(f"click produced -> score raised in Rank: {took:.2f} s")
+        count = inference.metrics.registry.get_sample_value("loopwise_inference_delta_example_to_applied_seconds_count")
+        print(f"click produced -> score raised in Rank: {took:.2f} s; example produced -> delta applied: "
+              f"mean {latency / count:.3f} s over {count:.0f} deltas")
 
         # The impression names the sequence that scored it.
         events = read_events(broker, topics.impressions, want=3, timeout=15)
