@@ -49,12 +49,14 @@ class Ranked:
     base_scores: list[float] = field(default_factory=list)
     compensated_scores: list[float] = field(default_factory=list)
     memory_mode: str = ""
+    # The sparse delta sequence applied on top of `version` (0: the version alone).
+    delta_sequence: int = 0
 
     @classmethod
     def of(cls, ids: Sequence[str], response: inference_pb2.RankResponse) -> Ranked:
         return cls(response.request_id, response.model, response.version, list(ids), list(response.scores),
                    list(response.ranking), list(response.base_scores), list(response.compensated_scores),
-                   response.memory_mode)
+                   response.memory_mode, response.delta_sequence)
 
     def top(self, k: int) -> list[str]:
         """The k best candidate ids, in served order."""

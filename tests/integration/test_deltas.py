@@ -84,6 +84,8 @@ def test_a_click_on_a_new_item_raises_its_score_within_seconds(broker, redis_url
         after = rank(inference)
         assert after.version == "v1"  # no new full version: the delta did it
         assert after.ranking[0] == 0 and after.delta_sequence >= 1
+        with Client(inference=target(inference)) as lw:  # the client names the sequence too
+            assert lw.rank([NEW], user_id="u1", user=USER).delta_sequence >= after.delta_sequence
         assert trainer.metrics.registry.get_sample_value(
             "loopwise_trainer_deltas_total", {"tenant": "default", "model": "ranker", "outcome": "published"}) >= 1
         latency = inference.metrics.registry.get_sample_value("loopwise_inference_delta_example_to_applied_seconds_sum")
