@@ -341,7 +341,8 @@ class Attribution:
         logged = shown.logged[position - 1] if len(shown.logged) == len(shown.ids) else 0.0
         exposure = logged if logged > 0 else self.exposure.propensity(imp.tenant, cid)
         propensity = pos_p * exposure
-        weight = clipped_weight(propensity, self.config.clip) if label > 0 else 1.0
+        click_weight = clipped_weight(propensity, self.config.clip)
+        weight = click_weight if label > 0 else 1.0
         return learning_pb2.Example(
             example_id=stable_id(imp.tenant, imp.request_id, cid, ("fake_negative", "positive")[label > 0] if fake
                                  else "correction" if correction else "label"),
@@ -352,7 +353,7 @@ class Attribution:
             model=imp.impression.model, version=imp.impression.version,
             impression_time_ms=imp.client_time_ms, label_time_ms=at_ms, user=imp.impression.user,
             context=imp.impression.context, candidate=shown.features(position), correction=correction,
-            feedback_mode=FAKE if fake else learning_pb2.FEEDBACK_MODE_WINDOW)
+            feedback_mode=FAKE if fake else learning_pb2.FEEDBACK_MODE_WINDOW, click_weight=click_weight if fake else 0.0)
 
     @staticmethod
     def _error(shown: _Shown, position: int, label: float, at_ms: int) -> learning_pb2.PredictionError:

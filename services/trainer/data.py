@@ -48,8 +48,9 @@ class WindowData:
     strength: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
     pair_time_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     skipped: int = 0
-    # bool [n]: a fake-negative-mode row (FNW loss); int64 [n]: hash of (request, candidate).
-    # None: none of the rows / not known (arrays built outside `assemble`).
+    # float32 [n]: a fake-negative-mode row's click scale (FNW loss: the model's probability
+    # times it is the click probability; 1 / its click weight), 0 for other rows; int64 [n]:
+    # hash of (request, candidate). None: none of the rows / not known.
     fnw: np.ndarray | None = None
     key: np.ndarray | None = None
 
@@ -73,7 +74,7 @@ class WindowData:
 
     def fnw_rows(self) -> np.ndarray:
         """bool [n]: the rows of the fake-negative mode."""
-        return self.fnw if self.fnw is not None else np.zeros(len(self), dtype=bool)
+        return self.fnw > 0 if self.fnw is not None else np.zeros(len(self), dtype=bool)
 
 
 def final_labels(holdout: WindowData, data: WindowData) -> WindowData:
@@ -152,7 +153,7 @@ class ExamplePart:
     user: np.ndarray
     key: np.ndarray  # int64 hash of (request_id, candidate_id)
     correction: np.ndarray  # bool
-    fnw: np.ndarray  # bool: feedback_mode FAKE_NEGATIVE
+    fnw: np.ndarray  # float32: feedback_mode FAKE_NEGATIVE: `click_scale`, else 0
     skipped: int = 0
 
 
@@ -175,6 +176,15 @@ def example_time(ex: learning_pb2.Example) -> int:
     return ex.impression_time_ms or ex.label_time_ms
 
 
+def click_scale(ex: learning_pb2.Example) -> float:
+    """0 for a window-mode example; for a fake-negative-mode one ``1 / click_weight`` (in
+    (0, 1]; 1 without one): the model learns clicks times the IPS weight, so its probability
+    times this is the click probability FNW weighs with."""
+    if ex.feedback_mode != learning_pb2.FEEDBACK_MODE_FAKE_NEGATIVE:
+        return 0.0
+    return 1.0 / ex.click_weight if ex.click_weight > 1.0 else 1.0
+
+
 def build_example_part(builder: InputBuilder, examples: Sequence[bytes | learning_pb2.Example]) -> ExamplePart:
     exs = [learning_pb2.Example.FromString(e) if isinstance(e, bytes | bytearray) else e for e in examples]
     n = len(exs)
@@ -187,8 +197,7 @@ def build_example_part(builder: InputBuilder, examples: Sequence[bytes | learnin
     key = hash_ids(np.asarray([f"{e.request_id}\x00{e.candidate_id}" for e in exs], dtype=np.str_),
                    field="trainer.example_key", buckets=1 << 62) if n else np.zeros(0, dtype=np.int64)
     correction = np.fromiter((e.correction for e in exs), dtype=bool, count=n)
-    fnw = np.fromiter((e.feedback_mode == learning_pb2.FEEDBACK_MODE_FAKE_NEGATIVE for e in exs), dtype=bool,
-                      count=n)
+    fnw = np.fromiter((click_scale(e) for e in exs), dtype=np.float32, count=n)
     return ExamplePart(sparse[ok], dense[ok], label[ok], weight[ok], time_ms[ok], user[ok], key[ok],
                        correction[ok], fnw[ok], skipped=int((~ok).sum()))
 
@@ -227,7 +236,7 @@ def assemble(builder: InputBuilder, examples: Sequence[ExamplePart], pairs: Sequ
                       cat(examples, "label", (0,), np.float32)[keep], cat(examples, "weight", (0,), np.float32)[keep],
                       cat(examples, "time_ms", (0,), np.int64)[keep], cat(examples, "user", (0,), np.int64)[keep],
                       skipped=sum(p.skipped for p in examples) + sum(p.skipped for p in pairs),
-                      fnw=cat(examples, "fnw", (0,), bool)[keep], key=key[keep])
+                      fnw=cat(examples, "fnw", (0,), np.float32)[keep], key=key[keep])
     data.pref_sparse = cat(pairs, "pref_sparse", (0, f), np.int64)
     data.pref_dense = cat(pairs, "pref_dense", (0, d), np.float32)
     data.other_sparse = cat(pairs, "other_sparse", (0, f), np.int64)

@@ -40,8 +40,13 @@ Losses:
   the true labels. With IPS weights the positive duplicate's Rel-MF loss
   ``w*l_pos + (1 - w)*l_neg`` is weighed by ``1 + f``: in expectation
   ``(1-p)*l_neg + p*(w*l_pos + (1-w)*l_neg)``, the window mode's IPS loss of the
-  same candidate. (As in the paper, the feature distribution of the biased stream is
-  taken as the true one; it weighs an x by ``1 + p(x)``, small at click rates ≪ 1.)
+  same candidate. ``p`` there is the *click* probability, while a model trained with
+  IPS weights estimates clicks times ``w``: ``f`` is its probability divided by the
+  candidate's click weight (``Example.click_weight``). Its own probability instead
+  under-weighs the negatives of high-scored items ((1 - f) -> 0), which pulls their
+  scores up further: measured on bench/learning.py, the gate refused candidates with
+  log loss 2-7. (As in the paper, the feature distribution of the biased stream is
+  taken as the true one; it weighs an x by ``1 + p(x)``, small at click rates << 1.)
 - preference pairs: Bradley-Terry ``-strength * log sigmoid(z_pref - z_other)``.
 """
 
@@ -209,14 +214,16 @@ def adagrad_step(weight: nn.Parameter, acc: torch.Tensor, lr: float, eps: float 
 
 
 def fnw_weights(logit: torch.Tensor, label: torch.Tensor, fnw: torch.Tensor | None) -> torch.Tensor | None:
-    """FNW importance weights of the fake-negative rows (``fnw``; 1 elsewhere): ``1 + f`` for
-    a positive, ``(1 - f)(1 + f)`` for a negative, ``f`` the model's own probability with
-    no gradient through it. None when no row is one."""
+    """FNW importance weights of the fake-negative rows (``fnw`` > 0; 1 elsewhere): ``1 + f``
+    for a positive, ``(1 - f)(1 + f)`` for a negative, ``f`` the click probability: the
+    model's own probability (no gradient through it) times the row's ``fnw`` (a float click
+    scale, `data.click_scale`; a bool True: 1). None when no row is one."""
     if fnw is None or not bool(fnw.any()):
         return None
-    f = torch.sigmoid(logit.detach())
+    scale = fnw.to(logit.dtype)
+    f = (torch.sigmoid(logit.detach()) * scale).clamp(max=1.0)
     w = torch.where(label > 0, 1.0 + f, (1.0 - f) * (1.0 + f))
-    return torch.where(fnw, w, torch.ones_like(w))
+    return torch.where(scale > 0, w, torch.ones_like(w))
 
 
 def ips_loss(logit: torch.Tensor, label: torch.Tensor, weight: torch.Tensor,

@@ -299,7 +299,9 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
 
     sparse, dense, label = t(train.sparse), t(train.dense), t(train.label)
     weight = t(np.minimum(train.weight, settings.trainer_max_weight).astype(np.float32))
-    fnw = t(train.fnw_rows()) if train.fnw_rows().any() else None
+    # FNW click scales, no smaller than the trainer's own weight clip allows (1 / max_weight)
+    fnw = t(np.where(train.fnw_rows(), np.maximum(train.fnw, 1.0 / settings.trainer_max_weight), 0.0)
+            .astype(np.float32)) if train.fnw_rows().any() else None
     if settings.trainer_weighting not in ("loss", "sample"):
         raise ValueError(f"trainer_weighting {settings.trainer_weighting!r}: loss or sample")
     # "loss": the Rel-MF loss, every row once, scaled by its weight; "sample": rows drawn in

@@ -55,6 +55,7 @@ def test_click_emits_a_positive_duplicate_at_once_with_its_ips_weight():
     assert pos.source == learning_pb2.LABEL_SOURCE_CLICK and pos.weight > 1.0 and not pos.correction
     assert pos.label_time_ms == T0 + 1000 and pos.impression_time_ms == T0
     assert pos.example_id != neg.example_id  # both are kept (the trainer dedupes on the id)
+    assert neg.click_weight == pos.click_weight == pos.weight and neg.weight == 1.0  # for FNW's click probability
     assert out.attributed == 1 and len(out.errors) == 1
 
 

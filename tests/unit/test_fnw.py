@@ -68,6 +68,34 @@ def test_ips_weight_on_the_positive_duplicate() -> None:
     assert float(sampled_ips_loss(z, y, ones, m)) == pytest.approx(float(ips_loss(z, y, ones, m)), rel=1e-6)
 
 
+def test_click_scale_turns_the_models_probability_into_a_click_probability() -> None:
+    """Model probability 0.75, click weight 2 (scale 0.5): f = 0.375, weights 1.375 and
+    0.625 * 1.375."""
+    w = fnw_weights(t(LN3, LN3, LN3), t(1.0, 0.0, 0.0), t(0.5, 0.5, 0.0))
+    assert w is not None and w.tolist() == pytest.approx([1.375, 0.859375, 1.0], rel=1e-5)
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_with_ips_weights_fnw_recovers_the_relevance_only_with_the_click_scale(scaled: bool) -> None:
+    """Relevance 0.4, examination 0.25 (click probability 0.1, IPS weight 4): a fake negative
+    and, with probability 0.1, a positive duplicate of weight 4. With the click scale 1/4 the
+    fixed point is the relevance (the window mode's Rel-MF target); with the model's own
+    probability as f the negatives are under-weighed and it overshoots."""
+    q, w = 0.1, 4.0
+    scale = t(1 / w if scaled else 1.0)
+    z = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([z], lr=4.0)
+    for _ in range(200):
+        opt.zero_grad()
+        (ips_loss(z, t(0.0), t(1.0), scale) + q * ips_loss(z, t(1.0), t(w), scale)).backward()
+        opt.step()
+    p = float(torch.sigmoid(z.detach()[0]))
+    if scaled:
+        assert p == pytest.approx(0.4, abs=2e-3)
+    else:
+        assert p > 0.45
+
+
 def test_window_rows_keep_todays_loss() -> None:
     z, y, w = t(0.3, -1.0, 2.0), t(1.0, 0.0, 1.0), t(2.0, 1.0, 1.0)
     plain = ips_loss(z, y, w)
@@ -122,18 +150,21 @@ def test_both_rows_kept_flagged_settle_does_not_hold_them_and_the_gate_sees_fina
            example("r0", "c", 0.0, 900, fake=False), example("r0", "c", 1.0, 900, fake=False, label_at=999_999,
                                                              correction=True)]
     data = build_window_data(InputBuilder(SPEC), exs)
-    assert data.fnw is not None and data.fnw.tolist() == [True, True, True, False]  # r0/c: corrected
+    assert data.fnw is not None and data.fnw.tolist() == [1.0, 1.0, 1.0, 0.0]  # r0/c: corrected
     assert data.label.tolist() == [0.0, 0.0, 1.0, 1.0]
     assert data.time_ms.tolist() == [1000, 1000, 1500, 900]
     # window 10 s: the window-mode row waits out the window, the fake-negative ones do not
     kept = settle(data, 10_000)
-    assert kept.fnw is not None and kept.fnw.tolist() == [True, True, True]
+    assert kept.fnw is not None and kept.fnw_rows().tolist() == [True, True, True]
     # the gate: r1/a's fake negative is contradicted by its positive duplicate
     final = final_labels(data, data)
     assert final.label.tolist() == [0.0, 1.0, 1.0] and len(final) == 3
 
 
 def test_build_part_flags_only_fake_negative_mode() -> None:
-    part = build_example_part(InputBuilder(SPEC), [example("r", "a", 0.0, 1), example("r", "b", 0.0, 1, fake=False)])
-    assert part.fnw.tolist() == [True, False]
+    scaled = example("r", "c", 0.0, 1)
+    scaled.click_weight = 4.0
+    part = build_example_part(InputBuilder(SPEC), [example("r", "a", 0.0, 1), example("r", "b", 0.0, 1, fake=False),
+                                                   scaled])
+    assert part.fnw.tolist() == [1.0, 0.0, 0.25]  # the click scale: 1 / click_weight
     assert np.all(part.weight == 1.0)
