@@ -1,16 +1,19 @@
 """API keys per tenant: stored hashed, read from a file, rotated without a restart.
 
-The keys file (``LOOPWISE_API_KEYS_FILE``, JSON or YAML, in Kubernetes a
-mounted Secret) lists, per tenant, the hashes of the keys that may act for it;
+The keys file (``LOOPWISE_API_KEYS_FILE``, JSON, in Kubernetes a mounted
+Secret) lists, per tenant, the hashes of the keys that may act for it;
 several per tenant, so a new key can be handed out before the old one is
 removed, each with an optional expiry::
 
-    tenants:
-      acme:
-        - sha256:6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b
-        - hash: sha256:d4735e3a265e16eee03f59718b9b5d03019c07d8b6c51f90da3a666eec13ab35
-          expires: "2026-12-31T00:00:00Z"   # ISO 8601, or seconds since the epoch
-          name: ci                           # shown in logs instead of the key
+    {"tenants": {
+      "acme": [
+        "sha256:6b86b273ff34fce19d6b804eff5a3f5747ada4eaa22f1d49c01e52ddb7875b4b",
+        {"hash": "sha256:d4735e3a265e16eee03f59718b9b5d03019c07d8b6c51f90da3a666eec13ab35",
+         "expires": "2026-12-31T00:00:00Z",
+         "name": "ci"}]}}
+
+``expires``: ISO 8601 or seconds since the epoch; ``name`` is shown in logs
+instead of the key.
 
 `hash_key` gives the line for a key (``loopwise keys new`` makes a key and its line,
 ``loopwise keys hash`` the line of a key read from standard input). Keys
@@ -86,8 +89,6 @@ def _expiry(value: Any) -> float | None:
         return None
     if isinstance(value, int | float):
         return float(value)
-    if isinstance(value, datetime):
-        return value.timestamp()
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
 
 
@@ -109,12 +110,7 @@ def parse_keys(data: Any) -> dict[str, list[Grant]]:
 
 
 def _load(path: Path) -> dict[str, list[Grant]]:
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        return parse_keys(yaml.safe_load(text))
-    return parse_keys(json.loads(text))
+    return parse_keys(json.loads(path.read_text()))
 
 
 def write_keys(path: Path, keys: Iterable[tuple[str, str]]) -> None:

@@ -35,7 +35,7 @@ from loopwise import tls
 from loopwise.auth import KeyStore
 from loopwise.errors import InvalidArgument, LoopwiseError
 from loopwise.guard import Guard, GuardMetrics
-from loopwise.limits import MAX_MESSAGE_BYTES
+from loopwise.limits import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES
 from loopwise.runtime import MetricsServer
 from loopwise.settings import GrpcSettings
 
@@ -141,9 +141,12 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
-def server_options(settings: GrpcSettings) -> list[tuple[str, int]]:
-    """grpc core's channel arguments for the settings' limits (a timeout of 0: none)."""
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+def server_options(settings: GrpcSettings, service_names: list[str] = ()) -> list[tuple[str, int]]:
+    """grpc core's channel arguments for the settings' limits (a timeout of 0: none); the
+    largest request the services can use (`loopwise.limits.MAX_REQUEST_BYTES`)."""
+    receive = max((MAX_REQUEST_BYTES.get(name, MAX_MESSAGE_BYTES) for name in service_names),
+                  default=MAX_MESSAGE_BYTES)
+    options = [("grpc.max_receive_message_length", receive),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.so_reuseport", 0),
                ("grpc.max_allowed_incoming_connections", settings.max_connections),
@@ -175,7 +178,7 @@ class GrpcService:
         keys = KeyStore(settings.api_keys_file) if settings.api_keys_file else None
         self.guard = Guard(keys=keys, inflight_bytes=settings.inflight_bytes,
                            stream_deadline_s=settings.stream_deadline_s, metrics=GuardMetrics(registry))
-        self.server = grpc.aio.server(options=server_options(settings), interceptors=[self.guard],
+        self.server = grpc.aio.server(options=server_options(settings, service_names), interceptors=[self.guard],
                                       maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

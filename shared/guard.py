@@ -8,7 +8,8 @@ For each call it
 2. counts the request's bytes against the server's in-flight budget *before*
    they are parsed (its own deserializer): past the budget -> RESOURCE_EXHAUSTED,
    the message never becomes an object; the bytes come back when the call ends
-   (a stream's message when the next one arrives);
+   (a stream's message when the next one arrives). While the budget is used up a
+   new call is refused at once, before its message is read;
 3. after parsing, checks every tenant the request names (``tenant``, each
    event's on Report and every StreamReport message) against the key's:
    another tenant's -> PERMISSION_DENIED;
@@ -124,6 +125,10 @@ class Guard(grpc.aio.ServerInterceptor):
         service, _, method = details.method.lstrip("/").rpartition("/")
         if handler is None or service in OPEN_SERVICES:
             return handler
+        if self.budget.used >= self.budget.limit:
+            self._refused(service, method, "inflight_bytes")
+            return _denied(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           "server busy: the in-flight request budget is used up; retry later")
         principal = None
         if self.keys is not None:
             principal, reason = self.keys.authenticate(auth.key_from_metadata(details.invocation_metadata))

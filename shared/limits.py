@@ -31,6 +31,11 @@ Strings and gRPC:
   and candidate ids), ``MAX_VALUE_CHARS`` (a categorical feature value the
   model hashes), ``MAX_UTTERANCE_CHARS`` (turns and `Rewrite`).
 - ``MAX_MESSAGE_BYTES``: one gRPC message, both ways.
+- ``MAX_REQUEST_BYTES``: a smaller bound on the requests of a service that can
+  use no more: a `Rank` request larger than ``MAX_EVENT_BYTES`` is always
+  refused (its impression would be larger still), so inference's gRPC core
+  refuses a longer message from its length prefix, before receiving it
+  (RESOURCE_EXHAUSTED), instead of buffering up to ``MAX_MESSAGE_BYTES``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ MAX_FIELD_CHARS = 256
 MAX_VALUE_CHARS = 256
 MAX_UTTERANCE_CHARS = 1_000
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_REQUEST_BYTES = {"loopwise.v1.InferenceService": 1024 * 1024}
 
 # What an impression adds to its request besides per-candidate data: event id,
 # model, version, source, timestamps, a generated request id, length prefixes.

@@ -3,11 +3,11 @@ valid Kubernetes, the files and variables where the services read them."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import pytest
-import yaml
 
 from loopwise import auth
 from tests.deploy.chart import CUSTOM_KINDS, KUBE_VERSIONS, by_kind, containers, render
@@ -42,12 +42,12 @@ def test_secure_rendering_is_valid_kubernetes(secure) -> None:
 
 
 def test_grpc_services_read_keys_tls_and_limits(secure) -> None:
-    keys = yaml.safe_load(by_kind(secure, "Secret")["rel-loopwise-api-keys"]["stringData"]["keys.yaml"])
+    keys = json.loads(by_kind(secure, "Secret")["rel-loopwise-api-keys"]["stringData"]["keys.json"])
     assert auth.parse_keys(keys)[auth.hash_key("lw_b")][0].name == "ci"  # the format loopwise.auth reads
     for name, c in containers(secure).items():
         e = env(c)
         if name.endswith(("collector", "inference")):
-            assert e["LOOPWISE_API_KEYS_FILE"] == "/etc/loopwise/keys/keys.yaml"
+            assert e["LOOPWISE_API_KEYS_FILE"] == "/etc/loopwise/keys/keys.json"
             assert e["LOOPWISE_TLS_CLIENT_CA_FILE"] == "/etc/loopwise/tls/ca.crt"
             assert e["LOOPWISE_MAX_CONCURRENT_RPCS"] == "200" and e["LOOPWISE_INFLIGHT_BYTES"] == "67108864"
             assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/etc/loopwise/keys", "/etc/loopwise/tls"}

@@ -31,16 +31,11 @@ def test_keys_are_stored_hashed_and_granted_per_tenant(tmp_path):
     assert store.authenticate("") == (None, auth.MISSING)
 
 
-def test_yaml_file_with_expiry(tmp_path):
-    path = tmp_path / "keys.yaml"
-    path.write_text(f"""tenants:
-  acme:
-    - hash: {auth.hash_key("old")}
-      expires: "2020-01-01T00:00:00Z"
-    - hash: {auth.hash_key("new")}
-      expires: {int(time.time()) + 3600}
-      name: ci
-""")
+def test_expired_and_named_keys(tmp_path):
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"tenants": {"acme": [
+        {"hash": auth.hash_key("old"), "expires": "2020-01-01T00:00:00Z"},
+        {"hash": auth.hash_key("new"), "expires": int(time.time()) + 3600, "name": "ci"}]}}))
     store = auth.KeyStore(path)
     assert store.authenticate("old") == (None, auth.EXPIRED)
     assert store.authenticate("new")[0].name == "ci"

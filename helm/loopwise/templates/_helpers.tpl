@@ -169,7 +169,7 @@ volumeMounts:
 {{- $s := .Values.grpcSecurity }}
 {{- if $s.apiKeys.enabled }}
 - name: LOOPWISE_API_KEYS_FILE
-  value: /etc/loopwise/keys/keys.yaml
+  value: /etc/loopwise/keys/keys.json
 {{- end }}
 {{- if $s.tls.enabled }}
 - name: LOOPWISE_TLS_CERT_FILE
