@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import resource
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -137,8 +138,24 @@ def rpc(method: str) -> Callable:
     return deco
 
 
+# File descriptors kept for what is not a client connection: Kafka, Redis, the model store, logs.
+FD_RESERVE = 256
+
+
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
+
+
+def connection_cap(wanted: int) -> int:
+    """``wanted`` connections, at most what the process's open-file limit leaves after
+    `FD_RESERVE` (more would run out of descriptors before the cap refuses anyone)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or wanted <= soft - FD_RESERVE:
+        return wanted
+    capped = max(soft - FD_RESERVE, 1)
+    log.warning("connection cap lowered to the open-file limit",
+                extra={"wanted": wanted, "cap": capped, "nofile": soft})
+    return capped
 
 
 def server_options(settings: GrpcSettings, service_names: list[str] = ()) -> list[tuple[str, int]]:
@@ -149,7 +166,7 @@ def server_options(settings: GrpcSettings, service_names: list[str] = ()) -> lis
     options = [("grpc.max_receive_message_length", receive),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.so_reuseport", 0),
-               ("grpc.max_allowed_incoming_connections", settings.max_connections),
+               ("grpc.max_allowed_incoming_connections", connection_cap(settings.max_connections)),
                ("grpc.server_handshake_timeout_ms", _ms(settings.handshake_timeout_s)),
                ("grpc.keepalive_time_ms", _ms(settings.keepalive_s)),
                ("grpc.keepalive_timeout_ms", _ms(settings.keepalive_timeout_s))]

@@ -133,3 +133,13 @@ def test_every_redis_client_is_built_from_the_url():
              for line in path.read_text().splitlines()
              if re.search(r"\b(Strict)?Redis(Cluster)?\(", line) and "from_url" not in line]
     assert not built, built
+
+
+def test_the_connection_cap_leaves_descriptors_for_the_rest(monkeypatch):
+    import resource
+
+    from loopwise import grpcserver
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert grpcserver.connection_cap(2000) == 1024 - grpcserver.FD_RESERVE
+    assert grpcserver.connection_cap(500) == 500
