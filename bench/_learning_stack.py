@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _learning_deltas import delta_figures
 from _learning_loopwise import LoopRun, OnnxScorer, TrainStats
 from _learning_stream import Stream
 
@@ -308,6 +309,7 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
                 if answer.version in pending:
                     swaps.append(time.monotonic() - pending.pop(answer.version))
                 time.sleep(0.2)
+        extra.update(delta_figures(info.metrics, replay_s))
         extra["replay_rank_per_s"] = round(stream.n / max(replay_s, 1e-9), 1)
         extra["rank_ms_mean"] = round(1000 * rank_seconds / stream.n, 2)
         extra["clicks_reported"] = clicks

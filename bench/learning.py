@@ -132,17 +132,18 @@ def fmt(x: float | None, digits: int = 4) -> str:
 
 def table(results: dict[str, dict[str, Any]], edges: list[str]) -> list[str]:
     names = [n for n in LEARNERS if n in results]
-    lines = [f"{'learner':10} {'AUC':>7} {'gAUC':>7} {'reqAUC':>7} {'rows/s':>9}  config"]
+    w = max([10, *map(len, names)])
+    lines = [f"{'learner':{w}} {'AUC':>7} {'gAUC':>7} {'reqAUC':>7} {'rows/s':>9}  config"]
     for n in names:
         r = results[n]
         rate = r.get("rows_per_s")
-        lines.append(f"{n:10} {fmt(r['auc']):>7} {fmt(r['gauc']):>7} {fmt(r['request_auc']):>7} "
+        lines.append(f"{n:{w}} {fmt(r['auc']):>7} {fmt(r['gauc']):>7} {fmt(r['request_auc']):>7} "
                      f"{(f'{rate:,.0f}' if rate else '-'):>9}  {r.get('config', '')}")
     lines.append("")
     lines.append("AUC per time bucket (bucket ends):")
-    lines.append(f"{'ends':>10} " + " ".join(f"{n:>8}" for n in names))
+    lines.append(f"{'ends':>10} " + " ".join(f"{n:>{max(8, len(n))}}" for n in names))
     for j, edge in enumerate(edges):
-        lines.append(f"{edge:>10} " + " ".join(f"{fmt(results[n]['curve'][j]):>8}" for n in names))
+        lines.append(f"{edge:>10} " + " ".join(f"{fmt(results[n]['curve'][j]):>{max(8, len(n))}}" for n in names))
     return lines
 
 

@@ -173,3 +173,15 @@ def test_freshness_keys_name_every_issue_key() -> None:
     assert out["auc_inprocess"] == 0.8
     assert out[f"auc_loopwise_{out['feedback_mode_default']}"] == 0.7
     assert out["delta_to_serving_p50_s"] is None and "delta_to_serving_p50_s" in reasons
+
+
+def test_histogram_quantile_like_prometheus() -> None:
+    from _learning_deltas import histogram_quantile
+
+    inf = float("inf")
+    buckets = [(0.5, 0.0), (1.0, 50.0), (2.0, 90.0), (5.0, 100.0), (inf, 100.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(1.0)
+    assert histogram_quantile(0.7, buckets) == pytest.approx(1.5)
+    assert histogram_quantile(0.99, buckets) == pytest.approx(2.0 + 3.0 * 9 / 10)
+    assert histogram_quantile(0.5, [(1.0, 0.0), (inf, 0.0)]) is None
+    assert histogram_quantile(0.99, [(1.0, 1.0), (inf, 10.0)]) == 1.0  # in +Inf: the last finite bound
