@@ -117,3 +117,54 @@ def test_a_click_on_a_new_item_raises_its_score_within_seconds(broker, redis_url
         assert list(rank(late).scores) == pytest.approx(list(rank(inference).scores), abs=1e-6)
     finally:
         loop_thread.run(trainer.stop())
+
+
+def test_deltas_that_do_worse_online_than_their_version_are_rolled_back(broker, topics, start_inference):
+    """A delta that pushes the new item up, labels that say it was wrong: the replica's guard
+    drops back to the version alone."""
+    from kafka import KafkaProducer
+
+    from loopwise.features import InputBuilder
+    from loopwise.modelstore import coldstart, sparse
+
+    ensure_topics(broker, topics.all(), 2)
+    inference = start_inference(delta_guard_min_labels=40, delta_guard_margin=0.05)
+    wait_serving(target(inference))
+    base = rank(inference)
+    request = rank_request("default", [NEW, *OTHERS], user_id="u1", user=USER, context={"hour": "20"},
+                           features={"genre": ["Drama"] * 10, "popularity": [0.1] * 10})
+    ids, _ = InputBuilder(coldstart.DEFAULT_SPEC).build(request.user_id, request.user, request.context,
+                                                        request.candidates)
+    layout = sparse.Layout(buckets=coldstart.DEFAULT_SPEC.buckets, linear=True)
+    rows = np.unique(ids[0][ids[0] > 0])
+    delta = sparse.encode_delta("default", "ranker", "v1", "bad-stream", 1, layout,
+                                {"bias": (rows, np.full((len(rows), 1), 0.8, dtype=np.float32))})
+    producer = KafkaProducer(bootstrap_servers=broker, acks="all")
+    try:
+        producer.send(topics.deltas, key=b"default|ranker", value=delta).get(30)
+        wait_for(lambda: rank(inference).delta_sequence == 1, 20, "the delta applied")
+        assert rank(inference).scores[0] > base.scores[0] + 0.1
+        wait_for(lambda: inference.delta_labels.ready.is_set(), 20, "the guard reading the errors topic")
+        rng = np.random.default_rng(0)
+        with Client(inference=target(inference)) as lw:
+            for r in range(60):  # nobody wants the new item; the others get some clicks
+                lw.rank_raw(inference_request(request, f"guard-{r}"))
+                for cid in (NEW, OTHERS[r % 9]):
+                    label = 0.0 if cid == NEW else float(rng.random() < 0.5)
+                    error = learning_pb2.PredictionError(tenant="default", request_id=f"guard-{r}", candidate_id=cid,
+                                                         label=label, model="ranker", version="v1")
+                    producer.send(topics.errors, key=f"default|{r}".encode(), value=error.SerializeToString())
+        producer.flush(30)
+    finally:
+        producer.close()
+    wait_for(lambda: rank(inference).delta_sequence == 0, 30, "the guard to roll the delta back")
+    assert rank(inference).scores[0] == pytest.approx(base.scores[0], abs=1e-6)
+    assert inference.metrics.registry.get_sample_value(
+        "loopwise_inference_delta_rollbacks_total", {"tenant": "default", "model": "ranker"}) == 1
+
+
+def inference_request(request, request_id: str):
+    out = type(request)()
+    out.CopyFrom(request)
+    out.request_id = request_id
+    return out
