@@ -16,13 +16,9 @@
   exports and checks the ONNX model (`train.run`), publishes it when it
   passes (`publish.publish`: store, weights, Redis pointer) and announces
   ``published`` or ``refused`` on ``loopwise.models.v1``.
-- Between full runs (``LOOPWISE_DELTAS``), every new example also goes to the
-  (tenant, model)'s `deltas.DeltaTrainer`: every ``trainer_delta_interval_s``
-  (or at ``trainer_delta_every_n`` new examples) it takes a step on the sparse
-  tables of the serving version (re-read from the pointer before each step; a
-  new version starts a new stream) and the touched rows go out as a
-  `SparseDelta` on ``loopwise.deltas.v1`` (key ``tenant|model``), counted in
-  ``loopwise_trainer_deltas_total`` and ``loopwise_trainer_delta_bytes_total``.
+- Between full runs (``LOOPWISE_DELTAS``), every new example also goes to
+  `deltas_loop.DeltaLoop`: small steps on the serving version's sparse tables,
+  published as deltas on ``loopwise.deltas.v1``.
 """
 
 from __future__ import annotations
@@ -49,7 +45,7 @@ from loopwise.v1 import learning_pb2
 from . import publish as pub
 from . import records
 from .data import PartCache, example_time
-from .deltas import DeltaTrainer
+from .deltas_loop import DeltaLoop
 from .metrics import TrainerMetrics
 from .replay_buffer import ReplayBuffer
 from .settings import TrainerSettings
@@ -118,11 +114,7 @@ class Trainer:
         self._tasks: list[asyncio.Task] = []
         self._started = time.monotonic()
         self.metrics.consumer_lag.source = self.lag
-        self.delta_trainers: dict[tuple[str, str], DeltaTrainer] = {}
-        self._last_delta: dict[tuple[str, str], float] = {}
-        # Deltas not yet acked, per (tenant, model), in sequence order: sent before any newer
-        # one (a sequence never goes missing on the topic while its base serves).
-        self._outbox: dict[tuple[str, str], list[bytes]] = {}
+        self.deltas = DeltaLoop(self)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -152,7 +144,7 @@ class Trainer:
         self._tasks = [asyncio.create_task(self._consume(), name="trainer-consume"),
                        asyncio.create_task(self._trigger(), name="trainer-trigger")]
         if s.deltas:
-            self._tasks.append(asyncio.create_task(self._deltas(), name="trainer-deltas"))
+            self._tasks.append(asyncio.create_task(self.deltas.run(), name="trainer-deltas"))
         log.info("trainer started", extra={"group": s.group_id, "metrics_port": self.http.port,
                                            "window_rows": {f"{t}/{m}": self.window.rows(t, m, "examples")
                                                            for t, m in self.window.keys()}})
@@ -278,10 +270,7 @@ class Trainer:
             key = (msg.tenant, model)
             self._new[key] = self._new.get(key, 0) + 1
             if self.settings.deltas:
-                trainer = self.delta_trainers.get(key)
-                if trainer is None:
-                    trainer = self.delta_trainers[key] = DeltaTrainer(msg.tenant, model, self.settings)
-                trainer.add(record.value, record.timestamp or stamps.now_ms(), at_ms)
+                self.deltas.add(msg.tenant, model, record.value, record.timestamp or stamps.now_ms(), at_ms)
 
     def _dead(self, record: Any, reason: str, detail: str) -> None:
         log.warning("dead-lettered", extra={"reason": reason, "detail": detail, "topic": record.topic,
@@ -342,64 +331,6 @@ class Trainer:
             except Exception as exc:  # noqa: BLE001 - the store and the pointer are the truth
                 log.error("announcement failed", extra={"tenant": tenant, "model": model, "error": repr(exc)})
         return result
-
-    # -- deltas -----------------------------------------------------------------------------
-    async def _deltas(self) -> None:
-        s = self.settings
-        while not self._stopping.is_set():
-            await asyncio.sleep(min(0.1, s.trainer_delta_interval_s))
-            now = time.monotonic()
-            for key, trainer in list(self.delta_trainers.items()):
-                waiting = trainer.waiting()
-                if not waiting or (waiting < s.trainer_delta_every_n
-                                   and now - self._last_delta.get(key, 0.0) < s.trainer_delta_interval_s):
-                    continue
-                self._last_delta[key] = now
-                try:
-                    await self.delta_step(*key)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - logged; the next step tries again
-                    log.exception("delta step failed", extra={"tenant": key[0], "model": key[1]})
-                    self.metrics.deltas.labels(*key, "failed").inc()
-
-    async def delta_step(self, tenant: str, model: str) -> int:
-        """One delta step for (tenant, model) on its serving version; the last sequence published (0: none).
-
-        Deltas a failed send left behind go first; while any is left, no new step is taken."""
-        key = (tenant, model)
-        trainer = self.delta_trainers[key]
-        version = await asyncio.to_thread(pointers.serving_version, self.store, self.redis, tenant, model,
-                                          tolerant=True)
-        if version and version != trainer.base_version:
-            production = await asyncio.to_thread(self.production, tenant, model)
-            spec = production.manifest.spec() if production and production.manifest else coldstart.DEFAULT_SPEC
-            await asyncio.to_thread(trainer.rebase, version, production, spec)
-            self._outbox.pop(key, None)  # the old base's: no replica serves it any more
-            requeued = trainer.requeue()
-            log.info("delta base", extra={"tenant": tenant, "model": model, "version": version,
-                                          "stream": trainer.stream, "requeued": requeued,
-                                          "why_not": trainer.why_not or None})
-        outbox = self._outbox.setdefault(key, [])
-        if not outbox:
-            t0 = time.perf_counter()
-            step = await asyncio.to_thread(trainer.step, trainer.take())
-            self.metrics.delta_seconds.observe(time.perf_counter() - t0)
-            if not step.records:
-                self.metrics.deltas.labels(tenant, model, "empty" if trainer.model is not None else "no_base").inc()
-                return 0
-            outbox.extend(step.records)
-            log.debug("delta step", extra={"tenant": tenant, "model": model, "base": trainer.base_version,
-                                           "sequence": step.sequence, "examples": step.examples, "rows": step.rows,
-                                           "deltas": len(step.records), "loss": round(step.loss, 5)})
-        assert self.producer is not None
-        while outbox:
-            await self.producer.send_and_wait(self.settings.topics.deltas, outbox[0], key=f"{tenant}|{model}".encode())
-            record = outbox.pop(0)
-            self.metrics.deltas.labels(tenant, model, "published").inc()
-            self.metrics.delta_bytes.labels(tenant, model).inc(len(record))
-        self.metrics.delta_sequence.labels(tenant, model).set(trainer.sequence)
-        return trainer.sequence
 
     # -- one run (blocking, in a worker thread) ---------------------------------------------
     def production(self, tenant: str, model: str) -> Production | None:

@@ -381,3 +381,40 @@ def test_the_guard_does_not_judge_on_one_kind_of_label_alone():
         assert not guard.label(learning_pb2.PredictionError(tenant="default", request_id=f"c{r}",
                                                             candidate_id="item", label=1.0))
     assert registry.snapshot("default", "ranker", "v2").sequence == 3
+
+
+def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
+    import asyncio
+
+    from loopwise.modelstore import ModelStore, pointers
+    from loopwise.trainer import publish as pub
+    from loopwise.trainer.deltas_loop import DeltaLoop
+    from loopwise.trainer.metrics import TrainerMetrics
+
+    store = ModelStore(str(tmp_path / "models"))
+    store.publish("default", "ranker", coldstart.build_onnx(SPEC), feature_spec=SPEC,
+                  hidden_dim=coldstart.HIDDEN_DIM, source="coldstart")
+
+    class Producer:
+        def __init__(self):
+            self.sent, self.fail = [], 1
+
+        async def send_and_wait(self, topic, value, key):
+            if self.fail:
+                self.fail -= 1
+                raise ConnectionError("broker away")
+            self.sent.append(sparse.decode_delta(value).sequence)
+
+    trainer = types.SimpleNamespace(
+        settings=SETTINGS, metrics=TrainerMetrics(), store=store, redis=None, producer=Producer(),
+        production=lambda t, m: pub.load_production(store, t, m, pointers.serving_version(store, None, t, m)))
+    loop = DeltaLoop(trainer)
+    for i, e in enumerate(make_examples(30, seed=12)):
+        loop.add("default", "ranker", e.SerializeToString(), i, i)
+    with pytest.raises(ConnectionError):
+        asyncio.run(loop.step("default", "ranker"))
+    for i, e in enumerate(make_examples(30, seed=13)):
+        loop.add("default", "ranker", e.SerializeToString(), i, i)
+    assert asyncio.run(loop.step("default", "ranker")) == 1  # the unsent delta first, no new step meanwhile
+    assert asyncio.run(loop.step("default", "ranker")) == 2
+    assert trainer.producer.sent == [1, 2]

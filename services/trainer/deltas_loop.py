@@ -1,0 +1,104 @@
+"""The trainer's delta loop: examples in, deltas out, between full runs (``LOOPWISE_DELTAS``).
+
+Every new example the trainer reads also goes to the (tenant, model)'s
+`deltas.DeltaTrainer`. Every ``trainer_delta_interval_s`` with new examples (or
+at ``trainer_delta_every_n`` of them) `DeltaLoop.step` re-reads the serving
+pointer (a new version becomes the base: a new stream, the sequence reset, the
+examples it has not learned requeued), takes one step on the sparse tables in a
+worker thread and sends its deltas on ``loopwise.deltas.v1`` (key
+``tenant|model``, so one model's deltas keep their order). Deltas a failed
+send left behind go first, and no new step is taken while any is left, so no
+sequence goes missing on the topic while its base serves. Counted in
+``loopwise_trainer_deltas_total{outcome}``, ``loopwise_trainer_delta_bytes_total``,
+``loopwise_trainer_delta_sequence`` and ``loopwise_trainer_delta_step_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from loopwise.modelstore import coldstart, pointers
+
+from .deltas import DeltaTrainer
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+class DeltaLoop:
+    """Owned by the `app.Trainer` (its settings, store, Redis, producer, metrics)."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.settings = trainer.settings
+        self.metrics = trainer.metrics
+        self.trainers: dict[Key, DeltaTrainer] = {}
+        self._last: dict[Key, float] = {}
+        self._outbox: dict[Key, list[bytes]] = {}  # not yet acked, in sequence order
+
+    def add(self, tenant: str, model: str, value: bytes, produced_ms: int, time_ms: int) -> None:
+        """A new example (on the event loop)."""
+        key = (tenant, model)
+        dt = self.trainers.get(key)
+        if dt is None:
+            dt = self.trainers[key] = DeltaTrainer(tenant, model, self.settings)
+        dt.add(value, produced_ms, time_ms)
+
+    async def run(self) -> None:
+        s = self.settings
+        while not self.trainer._stopping.is_set():
+            await asyncio.sleep(min(0.1, s.trainer_delta_interval_s))
+            now = time.monotonic()
+            for key, dt in list(self.trainers.items()):
+                waiting = dt.waiting()
+                if not self._outbox.get(key) and (not waiting or (
+                        waiting < s.trainer_delta_every_n
+                        and now - self._last.get(key, 0.0) < s.trainer_delta_interval_s)):
+                    continue
+                self._last[key] = now
+                try:
+                    await self.step(*key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - logged; the next step tries again
+                    log.exception("delta step failed", extra={"tenant": key[0], "model": key[1]})
+                    self.metrics.deltas.labels(*key, "failed").inc()
+
+    async def step(self, tenant: str, model: str) -> int:
+        """One delta step for (tenant, model) on its serving version; the last sequence published (0: none)."""
+        key = (tenant, model)
+        dt = self.trainers[key]
+        t = self.trainer
+        version = await asyncio.to_thread(pointers.serving_version, t.store, t.redis, tenant, model, tolerant=True)
+        if version and version != dt.base_version:
+            production = await asyncio.to_thread(t.production, tenant, model)
+            spec = production.manifest.spec() if production and production.manifest else coldstart.DEFAULT_SPEC
+            await asyncio.to_thread(dt.rebase, version, production, spec)
+            self._outbox.pop(key, None)  # the old base's: no replica serves it any more
+            requeued = dt.requeue()
+            log.info("delta base", extra={"tenant": tenant, "model": model, "version": version, "stream": dt.stream,
+                                          "requeued": requeued, "why_not": dt.why_not or None})
+        outbox = self._outbox.setdefault(key, [])
+        if not outbox:
+            t0 = time.perf_counter()
+            step = await asyncio.to_thread(dt.step, dt.take())
+            self.metrics.delta_seconds.observe(time.perf_counter() - t0)
+            if not step.records:
+                self.metrics.deltas.labels(tenant, model, "empty" if dt.model is not None else "no_base").inc()
+                return 0
+            outbox.extend(step.records)
+            log.debug("delta step", extra={"tenant": tenant, "model": model, "base": dt.base_version,
+                                           "sequence": step.sequence, "examples": step.examples, "rows": step.rows,
+                                           "deltas": len(step.records), "loss": round(step.loss, 5)})
+        assert t.producer is not None
+        while outbox:
+            await t.producer.send_and_wait(self.settings.topics.deltas, outbox[0], key=f"{tenant}|{model}".encode())
+            record = outbox.pop(0)
+            self.metrics.deltas.labels(tenant, model, "published").inc()
+            self.metrics.delta_bytes.labels(tenant, model).inc(len(record))
+        self.metrics.delta_sequence.labels(tenant, model).set(dt.sequence)
+        return dt.sequence
