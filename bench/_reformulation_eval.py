@@ -11,7 +11,6 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 from _reformulation_offline import judge
@@ -22,6 +21,7 @@ from loopwise.miner.reformulation.sessions import (
     TurnRecord,
     interpretation_key,
 )
+from loopwise.spans import RuleSet
 from loopwise.text import normalize
 from loopwise.tools.simulate.assistant import (
     DOMAIN,
@@ -34,7 +34,6 @@ from loopwise.tools.simulate.assistant import (
     RewriteContext,
     SimTurn,
     Summary,
-    World,
     summarize,
 )
 
@@ -87,19 +86,19 @@ def rules_from_table(table: Mapping[bytes | str, bytes | str]) -> dict[str, dict
     return out
 
 
-def as_rules(table: Mapping[str, Mapping[str, Any]]) -> list[SimpleNamespace]:
-    """What `offline.judge` needs of a rule (source, rewrite, rule_id), from the served table."""
-    return [SimpleNamespace(source=s, rewrite=v["rewrite"], rule_id=v.get("rule_id", ""))
-            for s, v in sorted(table.items())]
+def served_rules(table: Mapping[str, Mapping[str, Any]]) -> RuleSet:
+    """The table (as `rules_from_table` reads it) as the Rewrite RPC serves it."""
+    return RuleSet.from_table({k: json.dumps(v) for k, v in table.items()})
 
 
 def table_lookup(table: Mapping[str, Mapping[str, Any]]) -> Callable[[str, RewriteContext],
                                                                      tuple[str, str] | None]:
     """A simulator rewriter from the served table (what Rewrite should answer)."""
+    rules = served_rules(table)
 
     def rewrite(utterance: str, ctx: RewriteContext) -> tuple[str, str] | None:
-        v = table.get(normalize(utterance))
-        return (v["rewrite"], v.get("rule_id", "")) if v else None
+        a = rules.apply(utterance, ctx.user_id)
+        return (a.utterance, a.rule_id) if a else None
 
     return rewrite
 
@@ -135,7 +134,7 @@ class HeldOut:
         ]
 
 
-def held_out(world: World, rules: Sequence[Any], before: Sequence[SimTurn], after: Sequence[SimTurn]) -> HeldOut:
+def held_out(world: Any, rules: RuleSet, before: Sequence[SimTurn], after: Sequence[SimTurn]) -> HeldOut:
     """Figures from the simulator's ground truth, as `offline.evaluate` computes them."""
     correct, judged = judge(rules, before, world.nlu)
     return HeldOut(summarize(before), summarize(after), correct, judged, len(rules))

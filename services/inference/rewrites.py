@@ -1,6 +1,9 @@
 """Rewrite rules served from a local copy of each tenant's Redis rewrite table.
 
-`Rewrite` never waits on Redis: `lookup` is a dict lookup in the copy. A
+`Rewrite` never waits on Redis: `lookup` serves from the copy, a
+`loopwise.spans.RuleSet` (the whole-utterance rule of the utterance when
+there is one, else its span rules; a canary rule only for the users in its
+share), and `response` answers with the spans it changed. A
 background task keeps the copy current: every ``poll_s`` (0.5 s) one ``MGET``
 of the tenants' version counters (`redis_keys.rewrite_version`); a table whose
 counter moved is re-read with ``HGETALL`` and swapped in whole (one attribute
@@ -22,41 +25,31 @@ or for at most ``full_refresh_s``, after which the empty table is taken.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from loopwise import redis_keys
-from loopwise.text import normalize
+from loopwise.spans import Applied, RuleSet, ServedRule, parse_value
+from loopwise.v1 import inference_pb2
 
 from .metrics import InferenceMetrics
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Rule:
-    rewrite: str
-    confidence: float
-    rule_id: str
+def response(applied: Applied) -> inference_pb2.RewriteResponse:
+    """The RewriteResponse of a rewrite: the utterance, its rule(s), its kind and changed spans."""
+    return inference_pb2.RewriteResponse(
+        rewritten=True, utterance=applied.utterance, confidence=applied.confidence, rule_id=applied.rule_id,
+        kind=applied.kind, spans=[inference_pb2.RewrittenSpan(start=c.start, end=c.end, original=c.original,
+                                                              rule_id=c.rule_id) for c in applied.changes])
 
 
-def parse_rule(raw: bytes | str) -> Rule | None:
-    """A table value -> `Rule`, or None for a malformed one."""
-    try:
-        data = json.loads(raw)
-        return Rule(rewrite=str(data["rewrite"]), confidence=float(data["confidence"]),
-                    rule_id=str(data["rule_id"]))
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def parse_table(raw: dict, previous: dict | None = None, parsed: dict[str, Rule] | None = None
-                ) -> tuple[dict[str, Rule], int]:
-    """HGETALL result -> ({utterance: Rule}, malformed count).
+def parse_table(raw: dict, previous: dict | None = None, parsed: dict[str, ServedRule] | None = None
+                ) -> tuple[dict[str, ServedRule], int]:
+    """HGETALL result -> ({table key: ServedRule}, malformed count).
 
     ``previous``/``parsed``: the last raw table and its rules; an entry whose
     raw value did not change is reused instead of parsed again (a re-read of
@@ -64,13 +57,13 @@ def parse_table(raw: dict, previous: dict | None = None, parsed: dict[str, Rule]
     """
     previous = previous or {}
     parsed = parsed or {}
-    rules: dict[str, Rule] = {}
+    rules: dict[str, ServedRule] = {}
     bad = 0
     for key, value in raw.items():
         name = key.decode() if isinstance(key, bytes) else str(key)
         rule = parsed.get(name) if previous.get(key) == value else None
         if rule is None:
-            rule = parse_rule(value)
+            rule = parse_value(value)
         if rule is None:
             bad += 1
             continue
@@ -88,7 +81,7 @@ class RewriteTable:
         self.metrics = metrics
         self.poll_s = poll_s
         self.full_refresh_s = full_refresh_s
-        self._tables: dict[str, dict[str, Rule]] = {t: {} for t in self.tenants}
+        self._tables: dict[str, RuleSet] = {t: RuleSet({}) for t in self.tenants}
         self._versions: dict[str, bytes | None] = {}
         self._raw: dict[str, dict] = {}
         self._read_at: dict[str, float] = {}
@@ -101,12 +94,12 @@ class RewriteTable:
             self.metrics.rewrite_age.labels(tenant).set_function(
                 lambda t=tenant: time.monotonic() - self._confirmed_at[t])
 
-    def lookup(self, tenant: str, utterance: str) -> Rule | None:
-        """The rule for ``utterance`` (normalised), from memory: no I/O."""
+    def lookup(self, tenant: str, utterance: str, user_id: str = "") -> Applied | None:
+        """The rewrite of ``utterance`` for ``user_id``, from memory: no I/O."""
         table = self._tables.get(tenant)
         if not table:
             return None
-        return table.get(normalize(utterance))
+        return table.apply(utterance, user_id)
 
     def size(self, tenant: str) -> int:
         return len(self._tables.get(tenant, {}))
@@ -156,11 +149,12 @@ class RewriteTable:
                 raw = await self.redis.hgetall(redis_keys.rewrite_table(tenant))
                 if self._lost(tenant, counter, raw, now):
                     continue
-                rules, bad = parse_table(raw, self._raw.get(tenant), self._tables.get(tenant))
+                last = self._tables.get(tenant)
+                rules, bad = parse_table(raw, self._raw.get(tenant), last.rules if last else None)
                 self._raw[tenant] = raw
                 if bad:
                     log.warning("malformed rewrite rules ignored", extra={"tenant": tenant, "count": bad})
-                self._tables[tenant] = rules
+                self._tables[tenant] = RuleSet(rules)
                 self._versions[tenant] = counter
                 self._read_at[tenant] = now
                 self.metrics.rewrite_rules.labels(tenant).set(len(rules))

@@ -59,6 +59,7 @@ from .memory import MemoryBank, ModelMemory
 from .metrics import InferenceMetrics
 from .models import LoadedModel, ModelRegistry
 from .rewrites import RewriteTable
+from .rewrites import response as rewrite_response
 from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -196,10 +197,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if len(request.utterance) > MAX_UTTERANCE_CHARS:
             raise InvalidArgument(f"utterance longer than {MAX_UTTERANCE_CHARS} characters",
                                   violations=[("utterance", f"at most {MAX_UTTERANCE_CHARS} characters")])
-        rule = self.rewrites.lookup(tenant, request.utterance)  # local copy: no Redis round trip
-        if rule is None:
+        # local copy: no Redis round trip; a canary rule only for the users in its share
+        applied = self.rewrites.lookup(tenant, request.utterance, request.user_id)
+        if applied is None:
             self.metrics.rewrites.labels("miss").inc()
             return inference_pb2.RewriteResponse(rewritten=False, utterance=request.utterance)
         self.metrics.rewrites.labels("hit").inc()
-        return inference_pb2.RewriteResponse(rewritten=True, utterance=rule.rewrite,
-                                             confidence=rule.confidence, rule_id=rule.rule_id)
+        return rewrite_response(applied)

@@ -57,8 +57,19 @@ class MinerMetrics:
         self.rules_created = Counter("loopwise_miner_rules_created_total", "Rewrite rules deployed", registry=r)
         self.rules_withdrawn = Counter("loopwise_miner_rules_withdrawn_total", "Rewrite rules withdrawn",
                                        ["reason"], registry=r)
-        for reason in ("rollback", "blocklisted", "superseded"):  # exported at 0 from the start (alerts)
+        for reason in ("rollback", "blocklisted", "superseded", "canary"):  # exported at 0 from the start (alerts)
             self.rules_withdrawn.labels(reason)
+        self.rules_by_kind = Gauge("loopwise_miner_rules_live_by_kind", "Rewrite rules deployed by kind "
+                                   "(utterance, span) and stage (canary, live)", ["tenant", "kind", "stage"],
+                                   registry=r)
+        self.rules_promoted = Counter("loopwise_miner_rules_promoted_total", "Canary rules that beat their control",
+                                      registry=r)
+        self.canary_seconds = Histogram("loopwise_miner_canary_to_promoted_seconds",
+                                        "Wall time from a rule's canary to its promotion", registry=r,
+                                        buckets=(1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600))
+        self.rephrases = Counter("loopwise_miner_rephrases_total", "Rephrase links found, by what found them "
+                                 "(text: similar words; interpretation: the same request by its slot values)",
+                                 ["by"], registry=r)
         self.chain_states = Gauge("loopwise_miner_chain_states", "States of the reformulation chain", ["tenant"],
                                   registry=r)
         self.rules_caught_up = Gauge("loopwise_miner_rules_caught_up_seconds",

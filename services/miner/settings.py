@@ -14,10 +14,11 @@ class MinerSettings(BaseSettings):
     app_id: str = "loopwise-miner"
     # Attribution window, on the events' own clock.
     attribution_window_ms: int = 30 * 60 * 1000
-    # Delayed feedback: "window" (a shown candidate's example waits for its window: a
-    # negative when it closes) or "fnw" (fake negatives: every shown candidate at once as a
-    # negative, a click as a positive duplicate, weighed by the trainer with FNW weights).
-    feedback_mode: str = "window"
+    # Delayed feedback: "fnw" (fake negatives: every shown candidate at once as a negative,
+    # a click as a positive duplicate, weighed by the trainer with FNW weights) or "window"
+    # (a shown candidate's example waits for its window: a negative when it closes). fnw is
+    # the default: measured better on bench/learning.py --quick (see the miner README).
+    feedback_mode: str = "fnw"
     # Records handled between two flushes of the changelog and outputs.
     batch_size: int = 1000
     batch_within_s: float = 0.05
@@ -68,6 +69,15 @@ class MinerSettings(BaseSettings):
     # Rollback: one-sided test level and the rewritten turns it needs.
     rollback_alpha: float = 0.05
     rollback_min_turns: int = 30
+    # Span (entity-level) rules beside whole-utterance ones; the defect rate the turns heard
+    # with a span must have.
+    span_rules: bool = True
+    span_min_source_defect: float = 0.8
+    # Canary: a new rule serves this share of users (1: everyone at once), promoted or withdrawn
+    # at this one-sided level once canary and control have this many turns each.
+    canary_share: float = 0.5
+    canary_alpha: float = 0.05
+    canary_min_turns: int = 20
     # How often rules are re-derived and Redis updated; how long the mine agent batches sessions.
     rules_interval_s: float = 1.0
     mine_within_s: float = 0.5

@@ -28,15 +28,17 @@ def start_miner(broker, redis_url, topics, workdir):
     started = []
     ensure_topics(broker, topics.all(), 2)
 
-    def _start(app_id: str | None = None):
+    def _start(app_id: str | None = None, **extra: str):
+        """A miner; whole-utterance rules live at once unless ``extra`` settings say otherwise
+        (span rules and canaries: tests/integration/test_span_rewrites.py)."""
         app_id = app_id or f"miner-{uuid.uuid4().hex[:8]}"
         mport = procs.free_port()
         env = {"LOOPWISE_KAFKA_BOOTSTRAP": broker, "LOOPWISE_REDIS_URL": redis_url, "LOOPWISE_APP_ID": app_id,
                "LOOPWISE_TOPIC_PARTITIONS": "2", "LOOPWISE_METRICS_PORT": str(mport),
                "LOOPWISE_GRPC_HOST": "127.0.0.1", "LOOPWISE_SESSION_GAP_MS": "5000", "LOOPWISE_IDLE_S": "0.5",
                "LOOPWISE_CLOSE_INTERVAL_S": "0.2", "LOOPWISE_RULES_INTERVAL_S": "0.2",
-               "LOOPWISE_ROLLBACK_MIN_TURNS": "20",
-               "LOOPWISE_CHANGELOG_CATCH_UP": "true", **topics.env()}  # Tansu under-reports end offsets
+               "LOOPWISE_ROLLBACK_MIN_TURNS": "20", "LOOPWISE_CANARY_SHARE": "1", "LOOPWISE_SPAN_RULES": "false",
+               "LOOPWISE_CHANGELOG_CATCH_UP": "true", **topics.env(), **extra}  # Tansu under-reports end offsets
         proc = procs.start_service("loopwise.miner", env, workdir / f"{app_id}-{len(started)}.log")
         started.append(proc)
         url = f"http://127.0.0.1:{mport}/metrics"

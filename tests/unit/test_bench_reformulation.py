@@ -14,7 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from _reformulation_eval import (  # noqa: E402
     Confusion,
-    as_rules,
     compressed_gaps,
     evidence_session,
     evidence_user,
@@ -24,6 +23,7 @@ from _reformulation_eval import (  # noqa: E402
     pick_confusions,
     rephrase_window_ms,
     rules_from_table,
+    served_rules,
     session_gap_ms,
     table_lookup,
     turn_records,
@@ -72,8 +72,8 @@ def test_rules_from_table_and_lookup() -> None:
            b"broken": b"not json", "empty": json.dumps({"rewrite": ""})}
     table = rules_from_table(raw)
     assert set(table) == {"play heet"}
-    rules = as_rules(table)
-    assert [(r.source, r.rewrite, r.rule_id) for r in rules] == [("play heet", "play heat", "r1")]
+    rules = served_rules(table)
+    assert len(rules) == 1 and rules.apply("play heet").rule_id == "r1"
     look = table_lookup(table)
     ctx = RewriteContext("u", "s", 0)
     assert look("Play  HEET", ctx) == ("play heat", "r1")
@@ -91,14 +91,14 @@ def test_held_out_matches_the_simulators_truth(catalog: Catalog) -> None:
             table[f"play {wrong}"] = {"rewrite": f"play {m.spoken}", "rule_id": f"r{m.id}"}
     after = simulate(world, users=40, minutes=60, seed=3,
                      rewrite=table_rewriter({k: (v["rewrite"], v["rule_id"]) for k, v in table.items()}))
-    h = held_out(world, as_rules(table), before, after)
+    h = held_out(world, served_rules(table), before, after)
     assert h.before.turns == len(before) and h.after.turns == len(after)
     assert h.after.losses == 0 and h.judged_rules <= h.rules == len(table)
     if h.judged_rules:
         assert h.precision == 1.0
     if h.after.rewritten:
         assert h.after.defect_rate <= h.before.defect_rate and h.reduction >= 0
-    same = held_out(world, [], before, before)
+    same = held_out(world, served_rules({}), before, before)
     assert same.reduction == 0.0 and math.isnan(same.precision)
 
 

@@ -34,6 +34,7 @@ from loopwise.miner.reformulation.sessions import (
     interpretation_key,
     sessionize,
 )
+from loopwise.miner.reformulation.spans import SpanConfig
 
 H = 3_600_000  # one hour, ms
 
@@ -244,7 +245,7 @@ def test_a_rule_from_rephrases_of_several_users() -> None:
     assert r.target_success == pytest.approx(1.0) and r.source_success == 0.0
     assert r.confidence == pytest.approx(1.0) and r.source_absorption == pytest.approx(1.0)
     assert json.loads(rewrite_table(rules)["play heet"]) == {"rewrite": "play heat", "confidence": round(r.confidence, 4),
-                                                            "rule_id": r.rule_id}
+                                                            "rule_id": r.rule_id, "kind": "utterance"}
     rec = r.record("created", time_ms=5)
     assert (rec.rule_id, rec.action, rec.support, rec.source) == (r.rule_id, "created", 5, "play heet")
 
@@ -326,7 +327,8 @@ def test_states_just_added_survive_eviction() -> None:
 def test_tenant_miner_deploys_then_rolls_back() -> None:
     from loopwise.miner.reformulation.pipeline import MiningConfig, TenantMiner
 
-    config = MiningConfig(min_turns_after=10, min_gain=0.3)  # the source never worked: a rule must deliver
+    # The source never worked: a rule must deliver. Live at once (no canary), whole utterances only.
+    config = MiningConfig(min_turns_after=10, min_gain=0.3, canary_share=1.0, spans=SpanConfig(enabled=False))
     m = TenantMiner("t", config)
     for session in heet_sessions(5):
         m.observe_session(session)
@@ -347,10 +349,10 @@ def test_tenant_miner_deploys_then_rolls_back() -> None:
 
 
 def test_a_rule_chosen_on_thin_evidence_is_superseded_when_the_evidence_points_elsewhere():
-    from loopwise.miner.reformulation.pipeline import TenantMiner
+    from loopwise.miner.reformulation.pipeline import MiningConfig, TenantMiner
     from loopwise.miner.reformulation.sessions import TurnRecord
 
-    m = TenantMiner("t")
+    m = TenantMiner("t", MiningConfig(canary_share=1.0, spans=SpanConfig(enabled=False)))
     t0 = 10**12
 
     def sessions(users, target, item, rejected=()):

@@ -31,7 +31,7 @@ def test_a_table_lost_in_redis_keeps_the_last_copy_until_restored_or_expired():
     table = RewriteTable(redis, ["t"], metrics, full_refresh_s=30.0)
     redis.data = {redis_keys.rewrite_table("t"): {b"play heet": RULE}, redis_keys.rewrite_version("t"): b"5"}
     asyncio.run(table.refresh())
-    assert table.lookup("t", "play heet").rewrite == "play heat"
+    assert table.lookup("t", "play heet").utterance == "play heat"
     redis.data = {}  # FLUSHALL
     asyncio.run(table.refresh())
     assert table.lookup("t", "play heet") is not None  # the last copy keeps serving

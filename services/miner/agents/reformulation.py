@@ -67,6 +67,7 @@ from ..reformulation.pipeline import MiningConfig, TenantMiner
 from ..reformulation.rules import RuleConfig
 from ..reformulation.session_book import Session, SessionBook
 from ..reformulation.sessions import TurnRecord
+from ..reformulation.spans import SpanConfig
 from ..settings import MinerSettings
 from ..tables import MinerTables
 from ..topics import MinerTopics, turn_key
@@ -84,7 +85,10 @@ def mining_config(settings: MinerSettings) -> MiningConfig:
         rules=RuleConfig(min_support=settings.rule_min_support, min_margin=settings.rule_min_margin,
                          min_target_success=settings.rule_min_target_success,
                          min_source_turns=settings.rule_min_source_turns),
-        alpha=settings.rollback_alpha, min_turns_after=settings.rollback_min_turns)
+        alpha=settings.rollback_alpha, min_turns_after=settings.rollback_min_turns,
+        spans=SpanConfig(enabled=settings.span_rules, min_source_defect=settings.span_min_source_defect),
+        canary_share=settings.canary_share, canary_alpha=settings.canary_alpha,
+        canary_min_turns=settings.canary_min_turns)
 
 
 class ReformulationAgents:
@@ -228,7 +232,11 @@ class ReformulationAgents:
                     continue
                 seen.append(session.id)
                 self._through[session.tenant] = max(self._through.get(session.tenant, 0), session.through_ms)
+                tally = dict(miner.rephrases)
                 self._observe_defects(session.turns, miner.observe_session(session.turns))
+                for by, n in miner.rephrases.items():
+                    if n > tally.get(by, 0):
+                        self.metrics.rephrases.labels(by).inc(n - tally.get(by, 0))
                 self._dirty.add(session.tenant)
             for tenant in sorted(self._dirty):
                 self._checkpoint(tenant)
@@ -282,15 +290,22 @@ class ReformulationAgents:
             for record in changes.records:
                 record.event_id = record.event_id or stamps.new_event_id()
                 self.rewrites_topic.send_soon(key=tenant.encode(), value=record.SerializeToString())
-                if record.action == "created":
+                if record.action in ("created", "canary"):
                     self.metrics.rules_created.inc()
+                elif record.action == "promoted":
+                    self.metrics.rules_promoted.inc()
                 else:
-                    reason = record.reason if record.reason in ("blocklisted", "superseded") else "rollback"
+                    reason = record.reason if record.reason in ("blocklisted", "superseded") else \
+                        "canary" if record.reason.startswith("canary") else "rollback"
                     self.metrics.rules_withdrawn.labels(reason).inc()
+            for ms in changes.promoted_after_ms:
+                self.metrics.canary_seconds.observe(ms / 1000)
             if changes.records:
                 self._checkpoint(tenant)
                 await self.app.producer.flush()
             self.metrics.rules_live.labels(tenant).set(len(miner.rules))
+            for (kind, stage), n in miner.rule_counts().items():
+                self.metrics.rules_by_kind.labels(tenant, kind, stage).set(n)
             self.metrics.chain_states.labels(tenant).set(len(miner.chain))
             if tenant not in self._resync and through.get(tenant):
                 refreshed[tenant] = through[tenant]

@@ -10,6 +10,8 @@ docs/methods.md §2):
 * `chain` - `Chain`: decayed transition weights, distinct-user sketches,
   absorption probabilities solved per touched component;
 * `rules` - `select_rules`, `Rule` (table value, audit record), `Blocklist`;
+* `spans` - `SpanStats`, `select_span_rules`: entity-level rules from replaced spans;
+* `canary` - `CanaryMonitor`: a new rule on a share of users against its control;
 * `rollback` - `RuleMonitor`: withdraw rules whose rewritten turns do worse;
 * `pipeline` - `TenantMiner`: all of the above for one tenant, sessions in,
   rewrite-table changes out;

@@ -7,7 +7,8 @@ A turn is defective when any of these holds (`DefectKind`):
 * ``UNHANDLED`` / ``ERROR`` - status UNHANDLED or ERROR;
 * ``REJECTED`` - the user explicitly rejected the response;
 * ``REPHRASED`` - the next turn of the session, within ``rephrase_window_ms``,
-  is a rephrase (or a repeat) of this one: `similarity` >= ``rephrase_threshold``;
+  is a rephrase (or a repeat) of this one: `similarity` >= ``rephrase_threshold``,
+  or, whatever the carrier phrases, by their interpretations (`same_request`);
 * ``ABANDONED`` - the session ends after this turn and it is either defective
   already (the user gave up; the kind is added alongside the others) or its
   status is UNSPECIFIED (no outcome reported) right after a defective turn.
@@ -18,8 +19,25 @@ letters to Soundex consonant classes, drops vowels and collapses repeats, so
 "play maj and dragons" and "play imagine dragons" sound alike (used only when
 both phonetic strings have ``MIN_PHONETIC`` classes or more).
 
+Carrier-aware: "time in soul" (not understood) then "what time is it in seoul"
+share few words, but the retry's slot value ("seoul") is close to a span of
+the first ("soul"). Two turns are the same request when the next one's
+interpretation has slot values and either both interpretations have the same
+domain and intent and the same slots with close values, or the first has no
+interpretation and each of the next one's slot values (words it said) is
+close to a span of the first's words. The interpretations also veto a
+rephrase the texts suggest when the first turn was not understood or worked
+by itself: "time in pairs" (not understood) then "time in london", or "time
+in paris" (answered) then "time in london", share their carrier, not their
+request (after a barge-in, other values may be the user's correction: the
+texts decide). Values are close when `value_similarity` (the larger of
+the character alignment ratio and phonetic equality) reaches
+``slot_threshold``.
+
 >>> phonetic("maj and dragons") == phonetic("imagine dragons")
 True
+>>> round(value_similarity("soul", "seoul"), 2)
+0.89
 """
 
 from __future__ import annotations
@@ -27,6 +45,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 
 from .sessions import (
     STATUS_CANCELLED,
@@ -54,6 +73,8 @@ class DefectConfig:
     rephrase_threshold: float = 0.5
     use_phonetic: bool = True
     ngram: int = 3
+    slot_threshold: float = 0.6  # value_similarity of slot values that makes a rephrase
+    by_slots: bool = True  # carrier-aware (False: the texts alone decide)
 
 
 MIN_PHONETIC = 4
@@ -94,6 +115,49 @@ def similarity(a: str, b: str, *, use_phonetic: bool = True, n: int = 3) -> floa
     return best
 
 
+def value_similarity(a: str, b: str) -> float:
+    """Similarity in [0, 1] of two short values (an entity, a slot value): the character
+    alignment ratio, or 1 when they sound alike (equal phonetic strings of 3 classes or more).
+    Values without letters (ids, numbers) are close only when equal."""
+    if a == b:
+        return 1.0
+    if not any(ch.isalpha() for ch in a + b):
+        return 0.0
+    pa = phonetic(a)
+    if len(pa) >= 3 and pa == phonetic(b):
+        return 1.0
+    return SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def closest_span(words: Sequence[str], value: str, longer: int = 1) -> tuple[float, int, int]:
+    """(similarity, i, j): the span ``words[i:j]`` closest to ``value``, of its number of words
+    give or take one (up to ``longer`` more); the longer span on ties."""
+    n = len(value.split())
+    best = (0.0, 0, 0)
+    for size in range(max(1, n - 1), n + longer + 1):
+        for i in range(len(words) - size + 1):
+            sim = value_similarity(" ".join(words[i:i + size]), value)
+            if sim >= best[0] and sim > 0:
+                best = (sim, i, i + size)
+    return best
+
+
+def same_request(prev: TurnRecord, nxt: TurnRecord, threshold: float = 0.6) -> bool | None:
+    """Carrier-aware: whether ``nxt`` asks what ``prev`` asked, by their interpretations
+    (module docstring); None when they cannot tell."""
+    if not nxt.slots:
+        return None
+    if prev.interpretation:
+        if prev.intent != nxt.intent or set(prev.slots) != set(nxt.slots):
+            return False
+        return all(value_similarity(prev.slots[k], v) >= threshold for k, v in nxt.slots.items())
+    said = f" {nxt.text} "
+    if not all(f" {v} " in said for v in nxt.slots.values()):
+        return None  # values that are not words of the turn (ids): the texts decide
+    words = prev.text.split()
+    return all(closest_span(words, v)[0] >= threshold for v in nxt.slots.values() if v)
+
+
 def own_kinds(turn: TurnRecord) -> DefectKind:
     """The defects a turn shows by itself (status and flags)."""
     kinds = DefectKind.NONE
@@ -110,17 +174,29 @@ def own_kinds(turn: TurnRecord) -> DefectKind:
     return kinds
 
 
+def rephrase_by(prev: TurnRecord, nxt: TurnRecord, config: DefectConfig = DefectConfig()) -> str:
+    """What makes ``nxt`` a repeat or rephrase of ``prev`` within the window: "interpretation"
+    (`same_request`), "text" (`similarity`), or "" when it is not one."""
+    if nxt.time_ms - prev.time_ms > config.rephrase_window_ms:
+        return ""
+    same = same_request(prev, nxt, config.slot_threshold) if config.by_slots else None
+    if same:
+        return "interpretation"
+    if same is False and (not prev.interpretation or not own_kinds(prev)):
+        return ""  # other entities after a turn not understood, or one that worked: a new request
+    close = similarity(prev.text, nxt.text, use_phonetic=config.use_phonetic, n=config.ngram)
+    return "text" if close >= config.rephrase_threshold else ""
+
+
 def is_rephrase(prev: TurnRecord, nxt: TurnRecord, config: DefectConfig = DefectConfig()) -> bool:
     """``nxt`` repeats or rephrases ``prev`` within the window."""
-    if nxt.time_ms - prev.time_ms > config.rephrase_window_ms:
-        return False
-    return similarity(prev.text, nxt.text, use_phonetic=config.use_phonetic,
-                      n=config.ngram) >= config.rephrase_threshold
+    return bool(rephrase_by(prev, nxt, config))
 
 
-def label_session(turns: Sequence[TurnRecord], config: DefectConfig = DefectConfig()
-                  ) -> tuple[list[DefectKind], list[bool]]:
-    """(defect kinds per turn, whether turn i+1 rephrases turn i) for one session in time order.
+def label_session(turns: Sequence[TurnRecord], config: DefectConfig = DefectConfig(),
+                  tally: dict[str, int] | None = None) -> tuple[list[DefectKind], list[bool]]:
+    """(defect kinds per turn, whether turn i+1 rephrases turn i) for one session in time order;
+    ``tally`` counts the rephrase links by what found them (`rephrase_by`).
 
     A turn whose successor rephrases it is defective (``REPHRASED``), even if it
     looked fine: the user asked again.
@@ -128,9 +204,12 @@ def label_session(turns: Sequence[TurnRecord], config: DefectConfig = DefectConf
     kinds = [own_kinds(t) for t in turns]
     rephrased = [False] * len(turns)
     for i in range(len(turns) - 1):
-        if is_rephrase(turns[i], turns[i + 1], config):
+        by = rephrase_by(turns[i], turns[i + 1], config)
+        if by:
             rephrased[i] = True
             kinds[i] |= DefectKind.REPHRASED
+            if tally is not None:
+                tally[by] = tally.get(by, 0) + 1
     if turns:
         last = len(turns) - 1
         if kinds[last]:

@@ -20,12 +20,13 @@ target's most frequent successful surface form, and its id a hash of
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from loopwise.spans import SPAN, UTTERANCE, span_key, table_value
 
 from .chain import Chain
 
@@ -79,18 +80,24 @@ class Rule:
     target_success: float  # absorption success of the target
     source_absorption: float  # absorption success of the source
     source_turns: int
+    kind: str = UTTERANCE  # or SPAN: source and rewrite are spans of words (see .spans)
 
-    def table_value(self) -> str:
-        """The Redis rewrite-table value (see loopwise.inference.rewrites)."""
-        return json.dumps({"rewrite": self.rewrite, "confidence": round(self.confidence, 4),
-                           "rule_id": self.rule_id})
+    @property
+    def key(self) -> str:
+        """The rewrite-table key: the source utterance, or `loopwise.spans.span_key` of the span."""
+        return span_key(self.source) if self.kind == SPAN else self.source
+
+    def table_value(self, canary: float = 1.0) -> str:
+        """The Redis rewrite-table value (`loopwise.spans`); ``canary``: the share of users served."""
+        return table_value(self.rewrite, self.confidence, self.rule_id, self.kind, canary)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def record(self, action: str, *, time_ms: int, event_id: str = "", reason: str = "",
-               success_after: float = 0.0, turns_after: int = 0) -> Any:
-        """A `loopwise.v1.learning_pb2.RewriteRuleRecord` for the audit topic."""
+               success_after: float = 0.0, turns_after: int = 0, **canary: Any) -> Any:
+        """A `loopwise.v1.learning_pb2.RewriteRuleRecord` for the audit topic (``canary``: its
+        canary_share / canary_success / control_success / canary_turns / control_turns)."""
         from loopwise.v1 import learning_pb2
 
         return learning_pb2.RewriteRuleRecord(
@@ -98,7 +105,8 @@ class Rule:
             rule_id=self.rule_id, source=self.source, target=self.target, rewrite=self.rewrite,
             support=int(round(self.support)), confidence=self.confidence,
             source_success=self.source_success, target_success=self.target_success, action=action,
-            reason=reason, time_ms=time_ms, success_after=success_after, turns_after=turns_after)
+            reason=reason, time_ms=time_ms, success_after=success_after, turns_after=turns_after,
+            kind=self.kind, **canary)
 
 
 def _reachable(src: int, indptr: np.ndarray, dst: np.ndarray, users: np.ndarray, min_support: float,
@@ -161,8 +169,8 @@ def select_rules(chain: Chain, tenant: str, config: RuleConfig = RuleConfig(),
 
 
 def rewrite_table(rules: Iterable[Rule]) -> dict[str, str]:
-    """{normalised source utterance: table value}; the first rule per source wins."""
+    """{table key: table value}; the first rule per key wins."""
     out: dict[str, str] = {}
     for r in rules:
-        out.setdefault(r.source, r.table_value())
+        out.setdefault(r.key, r.table_value())
     return out

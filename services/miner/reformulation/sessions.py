@@ -64,10 +64,18 @@ class TurnRecord:
     tenant: str = ""
     session_id: str = ""  # the client's session (Event.session_id); "" when it set none
     text: str = field(default="")  # normalize(utterance); filled in when empty
+    # The interpretation's slot values (normalised), by slot name: what carrier-aware
+    # rephrase detection and span rules compare.
+    slots: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.text:
             self.text = normalize(self.utterance)
+
+    @property
+    def intent(self) -> str:
+        """The interpretation's ``domain.intent`` ("" when none was reported)."""
+        return self.interpretation.split(":", 1)[0]
 
     @property
     def state(self) -> str:
@@ -80,15 +88,16 @@ class TurnRecord:
     def from_event(cls, event: Any) -> TurnRecord:
         """From a `loopwise.v1.events_pb2.Event` whose body is a Turn."""
         turn = event.turn
-        interp = ""
+        interp, slots = "", {}
         if turn.HasField("interpretation") and (turn.interpretation.intent or turn.interpretation.slots):
             i = turn.interpretation
             interp = interpretation_key(i.intent, dict(i.slots), i.domain)
+            slots = {k: normalize(v) for k, v in i.slots.items()}
         return cls(time_ms=int(event.client_time_ms or event.received_time_ms), utterance=turn.utterance,
                    interpretation=interp, status=int(turn.status), barge_in=turn.barge_in,
                    explicit_reject=turn.explicit_reject, rewritten=turn.rewritten_utterance,
                    rule_id=turn.rewrite_rule_id, user_id=event.user_id, tenant=event.tenant,
-                   session_id=event.session_id)
+                   session_id=event.session_id, slots=slots)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

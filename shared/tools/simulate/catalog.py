@@ -96,11 +96,18 @@ def movielens_catalog(cache_dir: str | None = None) -> Catalog:
 @dataclass(frozen=True)
 class Understanding:
     status: int
-    item: str = ""
+    item: str = ""  # what the user must get for success ("" when unhandled)
+    domain: str = DOMAIN
+    intent: str = INTENT
+    slots: tuple[tuple[str, str], ...] = ()  # the interpretation's slots (default: item=<item>)
 
     @property
     def interpretation(self) -> str:
-        return f"{INTENT}:{self.item}" if self.item else ""
+        return f"{self.intent}:{self.item}" if self.item else ""
+
+    @property
+    def slot_values(self) -> dict[str, str]:
+        return dict(self.slots) if self.slots else ({"item": self.item} if self.item else {})
 
 
 class Nlu:

@@ -78,16 +78,26 @@ class SimTurn:
     attempt: int  # 0 first try, then retries
     success: bool  # ground truth: the wanted movie played and was kept
     success_without_rewrite: bool  # what the NLU would have done with the heard utterance
+    domain: str = DOMAIN
+    intent: str = INTENT
+    slots: dict[str, str] | None = None  # the interpretation's slots; None: {"item": item}
 
     @property
     def interpretation(self) -> str:
-        return f"{INTENT}:{self.item}" if self.item else ""
+        return f"{self.intent}:{self.item}" if self.item else ""
+
+    @property
+    def slot_values(self) -> dict[str, str]:
+        """The interpretation's slots ({} when unhandled)."""
+        if not self.item:
+            return {}
+        return dict(self.slots) if self.slots is not None else {"item": self.item}
 
     def to_event(self, factory: Any) -> Any:
         """A Turn event from a `loopwise.client.build.EventFactory`."""
         from loopwise.v1 import events_pb2
 
-        interp = (events_pb2.Interpretation(domain=DOMAIN, intent=INTENT, slots={"item": self.item})
+        interp = (events_pb2.Interpretation(domain=self.domain, intent=self.intent, slots=self.slot_values)
                   if self.item else None)
         return factory.turn(self.utterance, user_id=self.user_id, session_id=self.session_id,
                             status=self.status, barge_in=self.barge_in, latency_ms=self.latency_ms,
@@ -107,6 +117,11 @@ class World:
     def nlu(self) -> Nlu:
         return Nlu(self.catalog)
 
+    def user(self, nlu: Nlu, seed: int, index: int, start_ms: int, end_ms: int, out: list[SimTurn],
+             oracle: bool = False) -> Iterator[tuple[int, str, str, str]]:
+        """One simulated user (see `simulate`)."""
+        return _user(self, nlu, seed, index, start_ms, end_ms, out, oracle)
+
 
 def _phrase(movie: Movie, rng: random.Random, b: Behaviour, seed: int, user: str) -> str:
     words = movie.spoken.split()
@@ -118,9 +133,11 @@ def _phrase(movie: Movie, rng: random.Random, b: Behaviour, seed: int, user: str
     return movie.spoken
 
 
-def _user(world: World, nlu: Nlu, seed: int, index: int, start_ms: int, end_ms: int, out: list[SimTurn]
-          ) -> Iterator[tuple[int, str, str, str]]:
-    """One user: yields (time_ms, heard, user_id, session_id), is sent the rewrite (or None)."""
+def _user(world: World, nlu: Nlu, seed: int, index: int, start_ms: int, end_ms: int, out: list[SimTurn],
+          oracle: bool = False) -> Iterator[tuple[int, str, str, str]]:
+    """One user: yields (time_ms, heard, user_id, session_id), is sent the rewrite (or None).
+    With ``oracle`` every recurring confusion (the recogniser's, or the user's own habit with a
+    title) is rewritten to the right utterance instead: the ceiling of any rewrite table."""
     rng = random.Random(f"{seed}:user:{index}")
     b, asr, scale = world.behaviour, world.asr, world.time_scale
     user = f"sim-{seed}-{index}"
@@ -142,6 +159,12 @@ def _user(world: World, nlu: Nlu, seed: int, index: int, start_ms: int, end_ms: 
                 heard = asr.hear(carrier, said_title, rng, careful=careful,
                                  neighbour=world.catalog.neighbours.get(said_title))
                 rewrite = yield t, heard, user, session
+                if oracle:
+                    right_words = f"{carrier} {movie.spoken}"
+                    wrong = asr.confusion(said_title, world.catalog.neighbours.get(said_title))
+                    recurring = said_title != movie.spoken or (wrong is not None and heard == f"{carrier} {wrong}")
+                    if heard != right_words and recurring:
+                        rewrite = (right_words, "oracle")
                 text = rewrite[0] if rewrite else heard
                 got = nlu.parse(text)
                 plain = got if not rewrite else nlu.parse(heard)
@@ -170,16 +193,18 @@ def _user(world: World, nlu: Nlu, seed: int, index: int, start_ms: int, end_ms: 
         t += int(1000 * scale * rng.uniform(*b.session_gap_s))
 
 
-def simulate(world: World, *, users: int, minutes: float, seed: int, rewrite: Rewriter = no_rewrite,
-             start_ms: int = 1_700_000_000_000, sink: Callable[[SimTurn], None] | None = None) -> list[SimTurn]:
+def simulate(world: Any, *, users: int, minutes: float, seed: int, rewrite: Rewriter = no_rewrite,
+             start_ms: int = 1_700_000_000_000, sink: Callable[[SimTurn], None] | None = None,
+             oracle: bool = False) -> list[SimTurn]:
     """All turns of ``users`` users over ``minutes`` (of simulated time, before ``time_scale``),
-    in time order; ``rewrite`` is consulted before every NLU call, ``sink`` sees each turn."""
+    in time order; ``rewrite`` is consulted before every NLU call, ``sink`` sees each turn.
+    ``world``: a `World` (movies) or a `places.PlacesWorld`; ``oracle``: see `_user`."""
     out: list[SimTurn] = []
     nlu = world.nlu
     end_ms = start_ms + int(minutes * 60_000 * world.time_scale)
     heap: list[tuple[int, int, Iterator, tuple]] = []
     for i in range(users):
-        gen = _user(world, nlu, seed, i, start_ms, end_ms, out)
+        gen = world.user(nlu, seed, i, start_ms, end_ms, out, oracle)
         first = next(gen, None)
         if first is not None:
             heapq.heappush(heap, (first[0], i, gen, first))
