@@ -6,16 +6,21 @@ the newest ``remember`` calls): its candidate ids, the base version's own
 probability (the graph's ``prob``, computed anyway) and the served one. When a
 label for one of its candidates arrives (a `PredictionError` on
 ``loopwise.errors.v1``, read from its end by every replica), both scores are
-judged on it: the log loss of the deltas minus the base's, per (tenant, model,
-version, stream), over the newest ``window`` labels. A paired comparison on
-the same impressions, so the traffic's own drift cancels out. When at least
-``min_labels`` are in and the deltas' mean log loss is worse than the base's
-by more than ``margin`` (nats), with both kinds of label among them (at least
-a tenth of ``min_labels`` each), the replica serves the base alone again and
-ignores that stream (`DeltaRegistry.rollback`), logs ``deltas rolled back``
-and counts ``loopwise_inference_delta_rollbacks_total``; the next full version
-or trainer stream starts afresh. ``loopwise_inference_delta_online_logloss{scorer}``
-shows both figures.
+kept with it, per (tenant, model, version, stream), the newest ``window``.
+Every tenth of ``min_labels`` new labels the AUC of both on those labels is
+compared: a paired comparison on the same impressions, so the traffic's own
+drift cancels out. When at least ``min_labels`` are in, with both kinds of
+label among them (at least a tenth of ``min_labels`` each), and the deltas'
+AUC is below the base's by more than ``margin``, the replica serves the base
+alone again and ignores that stream (`DeltaRegistry.rollback`), logs ``deltas
+rolled back`` and counts ``loopwise_inference_delta_rollbacks_total``; the
+next full version or trainer stream starts afresh.
+``loopwise_inference_delta_online_auc{scorer}`` shows both figures.
+
+AUC, not log loss: the trainer learns with inverse-propensity weights, so a
+better ranker is not calibrated to the observed clicks (on bench/learning.py --quick a first, log-loss guard rolled back every delta
+stream: observed log loss 0.02 nats worse than the base's, while the same
+deltas lifted AUC from 0.744 to 0.870 in process).
 
 Labels arrive when the miner emits them: a click at once, a negative when its
 attribution window closes (or at once in the fake-negative mode); calls
@@ -25,22 +30,19 @@ older than the remembered ones are not judged.
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from loopwise.ranking_metrics import auc
 from loopwise.v1 import learning_pb2
 
 from .deltas import DeltaRegistry, Snapshot
 from .metrics import InferenceMetrics
 
 log = logging.getLogger(__name__)
-
-EPS = 1e-6
-
 
 @dataclass(frozen=True)
 class Served:
@@ -55,31 +57,24 @@ class Served:
 
 
 class _Window:
-    """The newest ``size`` (base, deltas, label) log losses with their running sums."""
+    """The newest ``size`` labelled (base score, served score, label) triples."""
 
     def __init__(self, size: int) -> None:
-        self.pairs: deque[tuple[float, float, float]] = deque()
-        self.size, self.base, self.deltas, self.positives = size, 0.0, 0.0, 0.0
+        self.rows: deque[tuple[float, float, float]] = deque(maxlen=size)
+        self.new = 0  # labels since the last judgement
 
-    def add(self, base: float, deltas: float, y: float) -> None:
-        self.pairs.append((base, deltas, y))
-        self.base += base
-        self.deltas += deltas
-        self.positives += y
-        if len(self.pairs) > self.size:
-            b, d, old = self.pairs.popleft()
-            self.base -= b
-            self.deltas -= d
-            self.positives -= old
+    def add(self, base: float, served: float, y: float) -> None:
+        self.rows.append((base, served, y))
+        self.new += 1
 
-
-def _logloss(p: float, y: float) -> float:
-    p = min(max(p, EPS), 1 - EPS)
-    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+    def aucs(self) -> tuple[float, float, int]:
+        """(AUC of the base, AUC of the deltas, positives) over the window."""
+        a = np.asarray(self.rows, dtype=np.float64)
+        return auc(a[:, 2], a[:, 0]), auc(a[:, 2], a[:, 1]), int(a[:, 2].sum())
 
 
 class DeltaGuard:
-    def __init__(self, registry: DeltaRegistry, metrics: InferenceMetrics, *, margin: float = 0.02,
+    def __init__(self, registry: DeltaRegistry, metrics: InferenceMetrics, *, margin: float = 0.01,
                  min_labels: int = 200, window: int = 1_000, remember: int = 10_000) -> None:
         self.registry, self.metrics = registry, metrics
         self.margin, self.min_labels, self.window, self.capacity = margin, min_labels, window, remember
@@ -112,24 +107,27 @@ class DeltaGuard:
             win = self._windows[key] = _Window(self.window)
             for old in [k for k in self._windows if k[:2] == key[:2] and k != key]:
                 del self._windows[old]
-        win.add(_logloss(float(s.base[i]), y), _logloss(float(s.served[i]), y), y)
-        n = len(win.pairs)
-        base_ll, delta_ll = win.base / n, win.deltas / n
-        self.metrics.delta_online_logloss.labels(s.tenant, s.model, "base").set(base_ll)
-        self.metrics.delta_online_logloss.labels(s.tenant, s.model, "deltas").set(delta_ll)
+        win.add(float(s.base[i]), float(s.served[i]), y)
+        every = max(1, self.min_labels // 10)
+        if win.new < every:
+            return False
+        win.new = 0
+        n = len(win.rows)
+        base_auc, delta_auc, positives = win.aucs()
+        if np.isfinite(base_auc) and np.isfinite(delta_auc):  # both kinds of label are in
+            self.metrics.delta_online_auc.labels(s.tenant, s.model, "base").set(base_auc)
+            self.metrics.delta_online_auc.labels(s.tenant, s.model, "deltas").set(delta_auc)
         # Both kinds of label must be in (a click comes at once, a negative when its window
-        # closes): judged on one kind alone, a delta that moves every score one way would look
-        # better or worse than it is.
-        both = min(win.positives, n - win.positives) >= max(1, self.min_labels // 10)
-        if n < self.min_labels or not both or delta_ll - base_ll <= self.margin:
+        # closes): judged on one kind alone, the comparison would mislead.
+        if n < self.min_labels or min(positives, n - positives) < every or base_auc - delta_auc <= self.margin:
             return False
         if not self.registry.rollback(s.tenant, s.model, s.version, s.stream):
             return False
         self.metrics.delta_rollbacks.labels(s.tenant, s.model).inc()
-        log.error("deltas rolled back: online log loss worse than the base version's", extra={
+        log.error("deltas rolled back: online AUC below the base version's", extra={
             "tenant": s.tenant, "model": s.model, "version": s.version, "stream": s.stream,
-            "sequence": s.sequence, "labels": n, "logloss_base": round(base_ll, 5),
-            "logloss_deltas": round(delta_ll, 5), "margin": self.margin})
+            "sequence": s.sequence, "labels": n, "auc_base": round(base_auc, 5), "auc_deltas": round(delta_auc, 5),
+            "margin": self.margin})
         del self._windows[key]
         return True
 

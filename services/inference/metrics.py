@@ -142,9 +142,9 @@ class InferenceMetrics:
         self.delta_rollbacks = Counter("loopwise_inference_delta_rollbacks_total",
                                        "Delta streams dropped back to their base version by the online guard",
                                        ["tenant", "model"], registry=r)
-        self.delta_online_logloss = Gauge(
-            "loopwise_inference_delta_online_logloss",
-            "Online log loss over the guard's window of labelled calls scored with deltas, by scorer: "
+        self.delta_online_auc = Gauge(
+            "loopwise_inference_delta_online_auc",
+            "Online AUC over the guard's window of labelled calls scored with deltas, by scorer: "
             "base (the version alone) or deltas (as served)", ["tenant", "model", "scorer"], registry=r)
 
     def version(self, tenant: str, model: str, role: str, version: str) -> None:

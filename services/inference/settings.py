@@ -67,9 +67,9 @@ class InferenceSettings(GrpcSettings):
     # Base versions whose delta streams are kept per model, and deltas waiting for a gap.
     delta_keep_bases: int = 4
     delta_max_pending: int = 10_000
-    # Guard: deltas fall back to their base when their online log loss exceeds the base's by
-    # more than this (nats), over the newest delta_guard_window labels (at least _min_labels).
-    delta_guard_margin: float = 0.02
+    # Guard: deltas fall back to their base when their online AUC is below the base's by
+    # more than this, over the newest delta_guard_window labels (at least _min_labels).
+    delta_guard_margin: float = 0.01
     delta_guard_min_labels: int = 200
     delta_guard_window: int = 1_000
     delta_guard_remember: int = 10_000  # Rank calls remembered for their labels

@@ -282,7 +282,7 @@ def test_concurrent_rank_threads_never_see_a_torn_state():
 
 # -- guard rails -------------------------------------------------------------------------------
 
-def guarded(margin=0.02):
+def guarded(margin=0.01):
     registry = DeltaRegistry(("default",))
     rng = np.random.default_rng(3)
     for i in range(3):
