@@ -207,11 +207,13 @@ def key_from_metadata(metadata: Sequence[tuple[str, Any]] | None) -> str:
 
 
 def request_tenants(request: Any) -> set[str]:
-    """Every tenant a request names: its ``tenant`` field and its events' (Report)."""
+    """Every tenant a request names: its ``tenant`` field and its events' (Report). An empty
+    one names none: the handler refuses it (INVALID_ARGUMENT, an event's ``missing_tenant``)."""
     tenants: set[str] = set()
     fields = request.DESCRIPTOR.fields_by_name
     if "tenant" in fields:
         tenants.add(request.tenant)
     if "events" in fields:
         tenants.update(event.tenant for event in request.events)
+    tenants.discard("")
     return tenants

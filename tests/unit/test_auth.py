@@ -143,3 +143,13 @@ def test_the_connection_cap_leaves_descriptors_for_the_rest(monkeypatch):
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
     assert grpcserver.connection_cap(2000) == 1024 - grpcserver.FD_RESERVE
     assert grpcserver.connection_cap(500) == 500
+
+
+def test_request_tenants_reads_the_field_and_every_event():
+    from loopwise.client.build import EventFactory
+    from loopwise.v1 import feedback_pb2
+
+    report = feedback_pb2.ReportRequest(events=[EventFactory("a").click("r", "m"), EventFactory("b").click("r", "m"),
+                                                EventFactory("").click("r", "m")])
+    assert auth.request_tenants(report) == {"a", "b"}  # the tenant-less event is the handler's to reject
+    assert auth.request_tenants(inference_pb2.RankRequest(tenant="a")) == {"a"}
