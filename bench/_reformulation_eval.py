@@ -261,3 +261,16 @@ def turn_records(turns: Sequence[SimTurn], factory: Any, topic: str, key_of: Cal
         out.append((t.time_ms, i, topic, key_of(ev), ev.SerializeToString()))
     out.sort()
     return out
+
+
+def promotion_seconds(records: Sequence[tuple[str, str, int]]) -> list[float]:
+    """Seconds from each rule's ``canary`` record to its ``promoted`` one, from the audit
+    topic's (rule id, action, time_ms) in order."""
+    started: dict[str, int] = {}
+    out = []
+    for rid, action, ms in records:
+        if action == "canary":
+            started.setdefault(rid, ms)
+        elif action == "promoted" and rid in started:
+            out.append((ms - started.pop(rid)) / 1000)
+    return out

@@ -77,7 +77,7 @@ class MinerSettings(BaseSettings):
     # at this one-sided level once canary and control have this many turns each.
     canary_share: float = 0.5
     canary_alpha: float = 0.05
-    canary_min_turns: int = 20
+    canary_min_turns: int = 5
     # How often rules are re-derived and Redis updated; how long the mine agent batches sessions.
     rules_interval_s: float = 1.0
     mine_within_s: float = 0.5

@@ -1,6 +1,10 @@
 """``loopwise rules list|status|block|unblock|evaluate``: the live rewrite rules, how far
 mining has caught up, the manual blocklist, and the offline miner on a log.
 
+``list`` names each rule's kind (``utterance``: the whole utterance; ``span``:
+the words, rewritten in any utterance containing them) and whether it is a
+canary (served to a share of the users) or live for everyone.
+
 The miner reads the blocklist (`loopwise.redis_keys.rewrite_blocklist`) on
 every refresh: a blocked source (normalised utterance) or target (chain state
 or surface form) is never rewritten from / to, and a live rule it matches is
@@ -25,6 +29,7 @@ from pathlib import Path
 import redis
 
 from loopwise import redis_keys
+from loopwise.spans import SPAN_PREFIX
 from loopwise.text import normalize
 from loopwise.tools import stack
 
@@ -111,8 +116,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"rules": rules, "blocklist": blocked}, indent=2))
         return 0
     print(f"{len(rules)} live rules (tenant {args.tenant!r})")
-    for source, rule in sorted(rules.items()):
-        print(f"  {source!r:40} -> {rule.get('rewrite')!r:40} confidence {float(rule.get('confidence', 0)):.2f} "
-              f"rule {rule.get('rule_id')}")
+    for key, rule in sorted(rules.items()):
+        kind = rule.get("kind", "utterance")
+        source = key.removeprefix(SPAN_PREFIX) if kind == "span" else key
+        stage = f"canary {float(rule['canary']):.0%} of users" if "canary" in rule else "live"
+        print(f"  {kind:9} {source!r:40} -> {rule.get('rewrite')!r:40} confidence "
+              f"{float(rule.get('confidence', 0)):.2f} {stage} rule {rule.get('rule_id')}")
     print(f"blocklist: sources {blocked['sources']}, targets {blocked['targets']}")
     return 0

@@ -7,22 +7,25 @@ fields as ``event_id``/``eventId``, ``user_id``, ``session_id``,
 
 The turns are cut into sessions as the miner does (the client's
 ``session_id``, else time gaps), split by time: the sessions that start in
-the first ``train_share`` of the period mine the rules (defect labels ->
-chain -> `select_rules`, the miner's own code and defaults), the rest test
-them. A log has no ground truth, so the test figures are the miner's own
-judgement of what each rule would have done to the test turns whose heard
-utterance is its source (and that were not rewritten already):
+the first ``train_share`` of the period mine the rules (the miner's own
+`TenantMiner` and defaults: whole-utterance and span rules, every rule live
+at once), the rest test them. A log has no ground truth, so the test figures
+are the miner's own judgement of what the rules, served as `Rewrite` serves
+them (`loopwise.spans.RuleSet`), would have done to the test turns (those not
+rewritten already):
 
 * a **win**: the turn was defective and a later turn of its session succeeded
-  at the rule's target (the user got there by rephrasing; the rule gets there
-  at once);
-* a **loss**: the turn worked as heard, at another state than the rule's
-  target (the rule would have broken a working request);
+  where the rule leads (a whole-utterance rule: at its target state; span
+  rules: with words containing their rewrites): the user got there by
+  rephrasing, the rule gets there at once;
+* a **loss**: the turn worked as heard, and the rule would have changed it
+  (a whole-utterance rule: to another state than the one it worked at);
 * the defect rate per turn after: the test's defective turns, less those a
   win spares (the source turn and the defective rephrases after it up to the
   success), plus the losses;
-* rule precision: of the rules whose source occurs in the test, the share
-  whose target is where the users who said the source most often succeeded.
+* rule precision: of the rules that apply to test turns that later
+  succeeded, the share that lead where those turns' users succeeded (most
+  of the time).
 
 The last line printed is one JSON object with the figures.
 """
@@ -38,11 +41,14 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from loopwise.miner.reformulation.chain import Chain, ChainConfig
-from loopwise.miner.reformulation.defects import DefectConfig, DefectKind, label_session
-from loopwise.miner.reformulation.rules import Rule, RuleConfig, select_rules
+from loopwise.miner.reformulation.defects import DefectKind, label_session
+from loopwise.miner.reformulation.pipeline import MiningConfig, TenantMiner
+from loopwise.miner.reformulation.rules import Rule, rewrite_table
 from loopwise.miner.reformulation.sessions import DEFAULT_GAP_MS, TurnRecord, sessionize
+from loopwise.spans import SPAN, RuleSet, split_ids
 from loopwise.v1 import events_pb2
+
+OFFLINE = MiningConfig(canary_share=1.0)
 
 
 def read_turns(lines: Iterable[str]) -> tuple[list[TurnRecord], int]:
@@ -100,7 +106,9 @@ class Evaluation:
 
     def figures(self) -> dict[str, float | int]:
         wl = self.win_loss
-        return {"rules": len(self.rules), "rule_precision": round(self.precision, 4),
+        spans = sum(1 for r in self.rules if r.kind == SPAN)
+        return {"rules": len(self.rules), "span_rules": spans, "utterance_rules": len(self.rules) - spans,
+                "rule_precision": round(self.precision, 4),
                 "defect_rate_before": round(self.defect_rate_before, 4),
                 "defect_rate_after": round(self.defect_rate_after, 4),
                 "defect_reduction": round(self.defect_reduction, 4), "wins": self.wins, "losses": self.losses,
@@ -118,21 +126,25 @@ class Evaluation:
         ]
 
 
-def _outcomes(session: Sequence[TurnRecord], kinds: Sequence[DefectKind]) -> list[str]:
-    """Per turn: the state the user succeeded at from there on in the session ("" if none)."""
-    out = [""] * len(session)
-    reached = ""
+def _outcomes(session: Sequence[TurnRecord], kinds: Sequence[DefectKind]) -> list[TurnRecord | None]:
+    """Per turn: the turn the user succeeded with from there on in the session (None if none)."""
+    out: list[TurnRecord | None] = [None] * len(session)
+    reached = None
     for i in range(len(session) - 1, -1, -1):
         if not kinds[i]:
-            reached = session[i].state
+            reached = session[i]
         out[i] = reached
     return out
 
 
+def _leads_there(rules: Sequence[Rule], end: TurnRecord) -> bool:
+    """Whether the rules applied to a turn lead where ``end`` succeeded."""
+    words = f" {end.text} "
+    return all(r.target == end.state if r.kind != SPAN else f" {r.rewrite} " in words for r in rules)
+
+
 def evaluate(turns: Sequence[TurnRecord], *, train_share: float = 0.7, gap_ms: int = DEFAULT_GAP_MS,
-             defect_config: DefectConfig | None = None, chain_config: ChainConfig | None = None,
-             rule_config: RuleConfig | None = None, tenant: str = "default") -> Evaluation:
-    defect_config = defect_config or DefectConfig()
+             config: MiningConfig = OFFLINE, tenant: str = "default") -> Evaluation:
     sessions = sorted(sessionize(turns, gap_ms=gap_ms), key=lambda s: s[0].time_ms)
     if not sessions:
         return Evaluation([], 0, 0, 0, 0, 0, 0, 0, 0)
@@ -140,42 +152,42 @@ def evaluate(turns: Sequence[TurnRecord], *, train_share: float = 0.7, gap_ms: i
     split = first + train_share * (last - first)
     train = [s for s in sessions if s[0].time_ms < split]
     test = [s for s in sessions if s[0].time_ms >= split]
-    chain = Chain(chain_config or ChainConfig())
+    miner = TenantMiner(tenant, config)
     for session in train:
-        kinds, rephrased = label_session(session, defect_config)
-        chain.observe_session(session, kinds, rephrased)
-    chain.solve()
-    rules = select_rules(chain, tenant, rule_config or RuleConfig())
-    by_source: dict[str, Rule] = {}
-    for r in rules:
-        by_source.setdefault(r.source, r)
+        miner.observe_session(session)
+    miner.refresh(now_ms=int(split))
+    rules = list(miner.rules.values())
+    served = RuleSet.from_table(rewrite_table(rules))
+    by_id = {r.rule_id: r for r in rules}
     test_turns = defects = spared = wins = losses = 0
-    ends: dict[str, Counter] = defaultdict(Counter)  # source -> where its speakers succeeded
+    led: dict[str, Counter] = defaultdict(Counter)  # rule id -> did it lead where its turns' users succeeded
     for session in test:
-        kinds, _ = label_session(session, defect_config)
+        kinds, _ = label_session(session, config.defects)
         reached = _outcomes(session, kinds)
         test_turns += len(session)
         defects += sum(bool(k) for k in kinds)
         i = 0
         while i < len(session):
             turn, kind, end = session[i], kinds[i], reached[i]
-            rule = by_source.get(turn.text)
+            applied = None if turn.rule_id else served.apply(turn.text, turn.user_id)
             i += 1
-            if rule is None or turn.rule_id:
+            if applied is None:
                 continue
-            if end:
-                ends[turn.text].update([end])
-            if kind and end == rule.target:
+            used = [by_id[rid] for rid in split_ids(applied.rule_id) if rid in by_id]
+            there = end is not None and _leads_there(used, end)
+            if end is not None:
+                for r in used:
+                    led[r.rule_id].update([there])
+            if kind and there:
                 wins += 1
                 spared += 1
                 while i < len(session) and kinds[i]:  # the rephrases up to the success: not needed
                     spared += 1
                     i += 1
-            elif not kind and turn.state != rule.target:
+            elif not kind and (applied.kind == SPAN or turn.state != used[0].target):
                 losses += 1
-    judged = [r for r in by_source.values() if ends.get(r.source)]
-    correct = sum(ends[r.source].most_common(1)[0][0] == r.target for r in judged)
-    return Evaluation(rules, len(train), test_turns, defects, spared, wins, losses, correct, len(judged))
+    correct = sum(1 for c in led.values() if c[True] > c[False])
+    return Evaluation(rules, len(train), test_turns, defects, spared, wins, losses, correct, len(led))
 
 
 def run(path: Path, *, train_share: float = 0.7, gap_ms: int = DEFAULT_GAP_MS, tenant: str = "") -> int:

@@ -66,7 +66,8 @@ def test_evaluate_mines_the_first_part_and_tests_the_rest(tmp_path, capsys):
     out = capsys.readouterr().out
     figures = json.loads(out.strip().splitlines()[-1])
     assert "2 lines skipped" in out
-    assert figures["rules"] == 1 and figures["rule_precision"] == 1.0
+    assert figures["rules"] == 2 and figures["rule_precision"] == 1.0
+    assert (figures["utterance_rules"], figures["span_rules"]) == (1, 1)  # "play heet", and "heet" anywhere
     assert figures["wins"] == 30 and figures["losses"] == 0
     assert figures["defect_rate_before"] == 0.5 and figures["defect_rate_after"] == 0.0
 
@@ -82,3 +83,21 @@ def test_evaluate_without_turns_fails_clearly(tmp_path, capsys):
 def test_read_turns_keeps_the_session_id():
     turns, skipped = rules_eval.read_turns(log_lines(users=1, days=1))
     assert skipped == 0 and [t.session_id for t in turns] == ["u0-d0", "u0-d0"]
+
+
+def test_evaluate_judges_span_rules_in_carriers_the_training_never_saw():
+    """Trained on "weather in soul" -> "weather in seoul"; tested on "time in soul" -> "time in seoul"."""
+    from loopwise.miner.reformulation.sessions import STATUS_OK, STATUS_UNHANDLED, TurnRecord
+    from loopwise.tools.rules_eval import evaluate
+
+    turns = []
+    for d, carrier, intent in ((0, "weather in", "get_weather"), (1, "time in", "get_time")):
+        for u in range(20):
+            t = T0 + d * 86_400_000 + u * 600_000
+            turns += [TurnRecord(t, f"{carrier} soul", status=STATUS_UNHANDLED, user_id=f"u{u}", tenant="a"),
+                      TurnRecord(t + 4000, f"{carrier} seoul", f"assistant.{intent}:seoul", status=STATUS_OK,
+                                 user_id=f"u{u}", tenant="a", slots={"city": "seoul"})]
+    r = evaluate(turns, train_share=0.5)
+    f = r.figures()
+    assert f["span_rules"] == 1 and f["wins"] == 20 and f["losses"] == 0 and f["rule_precision"] == 1.0
+    assert f["defect_rate_after"] == 0.0

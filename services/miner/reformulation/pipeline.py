@@ -60,7 +60,7 @@ class MiningConfig:
     # at this one-sided level once canary and control have this many turns each.
     canary_share: float = 0.5
     canary_alpha: float = 0.05
-    canary_min_turns: int = 20
+    canary_min_turns: int = 5
 
 
 @dataclass
@@ -113,15 +113,17 @@ class TenantMiner:
                     self.canary.observe_canary(rid, ok)
             elif not turn.rewritten:
                 counts = heard.get(turn.text)
-                if counts is None:
+                new = counts is None
+                if new:
                     counts = heard[turn.text] = [0, 0]
                 counts[0] += 1
                 counts[1] += ok
-                self.spans.observe_heard(turn.text, ok)
+                self.spans.observe_heard(turn.text, ok, new)
                 self.canary.observe_control(turn.text, turn.user_id, ok)
         if len(heard) > self.max_heard:  # forget the least-heard half
             keep = sorted(heard.items(), key=lambda kv: kv[1][0], reverse=True)[: self.max_heard // 2]
             self.heard = dict(keep)
+            self.spans.reindex(self.heard)
         return kinds
 
     def refresh(self, now_ms: int) -> Changes:
@@ -233,6 +235,7 @@ class TenantMiner:
         m.heard = {k: list(v) for k, v in data.get("heard", {}).items()}
         if "spans" in data:
             m.spans = SpanStats.from_dict(data["spans"], m.config.spans)
+        m.spans.reindex(m.heard)
         if "canary" in data:  # the trials; share, level and sample size from the configuration
             m.canary.trials = CanaryMonitor.from_dict(data["canary"]).trials
         return m

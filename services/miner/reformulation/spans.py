@@ -118,6 +118,7 @@ class SpanStats:
         self.counts: dict[str, list[int]] = {}  # tracked span -> [turns heard, successes]
         self._longest = 0
         self.n_pairs = 0
+        self._by_word: dict[str, set[str]] = {}  # word -> heard texts with it (to track a span at once)
 
     def observe_pair(self, src: str, dst: str, user: str, heard: Mapping[str, Sequence[int]]) -> None:
         """One user's replacement of ``src`` by ``dst``; spans reaching support start being tracked
@@ -138,18 +139,31 @@ class SpanStats:
 
     def _track(self, span: str, heard: Mapping[str, Sequence[int]]) -> None:
         turns = successes = 0
-        for text, (n, ok) in heard.items():
-            if _contains(text, span):
-                turns += n
-                successes += ok
+        words = span.split()
+        for text in self._by_word.get(min(words, key=lambda w: len(self._by_word.get(w, ()))), ()):
+            counts = heard.get(text)
+            if counts is not None and _contains(text, span):
+                turns += counts[0]
+                successes += counts[1]
         self.counts[span] = [turns, successes]
-        self._longest = max(self._longest, len(span.split()))
+        self._longest = max(self._longest, len(words))
 
-    def observe_heard(self, text: str, success: bool) -> None:
-        """A turn served as heard (no rewrite): counted for every tracked span it contains."""
+    def reindex(self, heard: Mapping[str, Sequence[int]]) -> None:
+        """Index the heard texts by word anew (after the miner forgot some)."""
+        self._by_word = {}
+        for text in heard:
+            for w in text.split():
+                self._by_word.setdefault(w, set()).add(text)
+
+    def observe_heard(self, text: str, success: bool, new: bool = False) -> None:
+        """A turn served as heard (no rewrite): counted for every tracked span it contains;
+        ``new``: its text was not heard before (indexed)."""
+        words = text.split()
+        if new:
+            for w in words:
+                self._by_word.setdefault(w, set()).add(text)
         if not self.counts:
             return
-        words = text.split()
         seen = set()
         for i in range(len(words)):
             for j in range(i + 1, min(len(words), i + self._longest) + 1):
@@ -198,9 +212,9 @@ def select_span_rules(stats: SpanStats, tenant: str, blocklist: Blocklist | None
     """Span rules for the current counts (module docstring), most specific first."""
     config, blocklist = stats.config, blocklist or Blocklist()
     found: list[Rule] = []
-    for src, targets in stats.pairs.items():
-        counts = stats.counts.get(src)
-        if counts is None or counts[0] < config.min_source_turns:
+    for src, counts in stats.counts.items():  # only tracked spans have the users a rule needs
+        targets = stats.pairs.get(src)
+        if not targets or counts[0] < config.min_source_turns:
             continue
         k = config.sketch_k
         dst, (w, sketch) = max(targets.items(), key=lambda kv: (sketch_count(kv[1][1], k), kv[1][0], kv[0]))
