@@ -103,6 +103,7 @@ class DeltaTrainer:
         self.why_not = ""
         self.until_ms: int | None = None  # the base's newest training example
         self._examples: list[tuple[bytes, int]] = []
+        self._backlog: deque[tuple[bytes, int]] = deque()  # requeued after a rebase, served after fresh ones
         self._history: deque[tuple[bytes, int, int]] = deque(maxlen=settings.trainer_delta_max_buffer)
 
     # -- examples ---------------------------------------------------------------------
@@ -114,7 +115,7 @@ class DeltaTrainer:
             del self._examples[: len(self._examples) - self.settings.trainer_delta_max_buffer]
 
     def waiting(self) -> int:
-        return len(self._examples)
+        return len(self._examples) + len(self._backlog)
 
     def requeue(self) -> int:
         """After `rebase`: the examples of the history newer than the base's training wait again
@@ -122,12 +123,20 @@ class DeltaTrainer:
         if self.model is None:
             return 0
         until = self.until_ms if self.until_ms is not None else -1
-        self._examples = [(v, p) for v, p, t in self._history if t > until]
-        return len(self._examples)
+        fresh = {id(v) for v, _ in self._examples}  # never stepped: they stay fresh
+        # The others already reached serving through an older base: they wait in the backlog
+        # (at most trainer_delta_every_n of them per step, after the fresh ones) with produced
+        # time 0, so the deltas' freshness figures (first_example_ms) count only fresh ones.
+        self._backlog = deque((v, 0) for v, _, t in self._history if t > until and id(v) not in fresh)
+        return len(self._backlog) + len(self._examples)
 
     def take(self) -> list[tuple[bytes, int]]:
-        """The waiting examples, handed to `step` (called on the thread that calls `add`)."""
+        """The examples for the next `step` (called on the thread that calls `add`): every fresh
+        one, then up to ``trainer_delta_every_n`` of the backlog, so a big requeue never holds
+        fresh examples back for long."""
         taken, self._examples = self._examples, []
+        for _ in range(min(len(self._backlog), self.settings.trainer_delta_every_n)):
+            taken.append(self._backlog.popleft())
         return taken
 
     # -- base -------------------------------------------------------------------------
@@ -137,6 +146,7 @@ class DeltaTrainer:
             return False
         model, why = base_model(production, spec, self.settings)
         self.base_version, self.stream, self.sequence = version, uuid.uuid4().hex[:12], 0
+        self._backlog.clear()
         self.model, self.why_not = model, why
         until = production.manifest.metrics.get("train_until_ms") if production and production.manifest else None
         self.until_ms = int(until) if until is not None else (model.train_until_ms if model is not None else None)
@@ -192,7 +202,7 @@ class DeltaTrainer:
             total += float(loss.detach()) * len(label[rows])
         touched = self._touched(part.sparse)
         rows = sum(len(i) for i in touched.values())
-        produced = [ms for _, ms in taken]
+        produced = [ms for _, ms in taken if ms > 0] or [0]
         records = []
         for chunk in self._chunks(touched):
             self.sequence += 1

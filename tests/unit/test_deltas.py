@@ -346,9 +346,18 @@ def test_a_new_full_version_resets_the_sequence_and_requeues_what_it_has_not_lea
     assert trainer.rebase("v3", production, SPEC) and not trainer.rebase("v3", production, SPEC)
     assert trainer.stream != stream and trainer.sequence == 0
     assert trainer.requeue() == 20
+    trainer.settings = TrainerSettings(**{**SETTINGS.__dict__, "trainer_delta_every_n": 8})
+    fresh = make_examples(1, seed=8)[0]
+    trainer.add(fresh.SerializeToString(), 5_000, 20_000)
+    # Fresh examples first, then the backlog, a bounded share per step.
     step = trainer.step(trainer.take())
-    assert step.sequence == 1 and step.examples == 20
-    assert sparse.decode_delta(step.records[0]).base_version == "v3"
+    assert step.sequence == 1 and step.examples == 1 + 8
+    delta = sparse.decode_delta(step.records[0])
+    assert delta.base_version == "v3" and delta.first_example_ms == 5_000  # requeued ones do not count
+    assert trainer.waiting() == 12
+    assert trainer.step(trainer.take()).examples == 8
+    last = trainer.step(trainer.take())
+    assert last.examples == 4 and sparse.decode_delta(last.records[0]).first_example_ms == 0
 
 
 def test_a_step_touching_many_rows_publishes_several_deltas_under_the_record_limit(monkeypatch):
