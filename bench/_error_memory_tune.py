@@ -11,8 +11,10 @@ gamma: 1, the paper's, pulls a prediction toward its neighbours' labels; 0
 shifts it by their mean error, which keeps the model's ranking inside a
 coarse bucket):
 each block of ``BLOCK`` requests is read (compensated) before it is written,
-a click's error is written at once and the negatives ``lag`` requests later
-(the miner's window). The point with the best gAUC of the compensated scores
+the negatives ``lag`` requests later (the miner's window) and a click's error
+at once or, with ``settle`` (the service's ``settle_s``, `memory/fresh.py`),
+with its request's negatives (its effect on its own exact key in between is
+not modelled: a replayed request never repeats its exact key). The point with the best gAUC of the compensated scores
 over the prefix wins; nothing after the prefix is looked at.
 """
 
@@ -67,7 +69,7 @@ def score_with_keys(artifact: bytes, sparse: np.ndarray, dense: np.ndarray) -> t
 
 
 def replay(prob: np.ndarray, keys: np.ndarray, y: np.ndarray, k_rows: int, *, k: int, bits: int, lam: float,
-           tau: float, gamma: float = 1.0, lag: int = LAG, seed: int = 0) -> np.ndarray:
+           tau: float, gamma: float = 1.0, lag: int = LAG, seed: int = 0, settle: bool = False) -> np.ndarray:
     """Progressive compensated scores of ``prob`` (rows request-major, ``k_rows`` per request)."""
     from loopwise.inference.memory.compensate import Params, compensate
     from loopwise.inference.memory.sketch import Sketch
@@ -82,18 +84,19 @@ def replay(prob: np.ndarray, keys: np.ndarray, y: np.ndarray, k_rows: int, *, k:
         rows = slice(a * k_rows, b * k_rows)
         out[rows] = compensate(prob[rows], memory.read(keys[rows]), params)
         pos = np.flatnonzero(y[rows] > 0) + a * k_rows
-        if len(pos):
+        if len(pos) and not settle:
             memory.write(keys[pos], y[pos], prob[pos])
         due = max(b - lag, 0)
         if due > written_neg:
             span = slice(written_neg * k_rows, due * k_rows)
-            neg = np.flatnonzero(y[span] <= 0) + written_neg * k_rows
-            memory.write(keys[neg], y[neg], prob[neg])
+            # the window's negatives (and, with settle, its clicks)
+            late = np.arange(span.start, span.stop) if settle else np.flatnonzero(y[span] <= 0) + span.start
+            memory.write(keys[late], y[late], prob[late])
             written_neg = due
     return out
 
 
-def tune(stream: Stream, parent: bytes, prefix: int, quick: bool = False,
+def tune(stream: Stream, parent: bytes, prefix: int, quick: bool = False, settle: bool = False,
          say: Callable[[str], None] = print) -> Tuned:
     """The grid point with the best progressive gAUC on the first ``prefix`` requests."""
     assert stream.sparse is not None and stream.dense is not None
@@ -106,7 +109,8 @@ def tune(stream: Stream, parent: bytes, prefix: int, quick: bool = False,
     grid = QUICK_GRID if quick else GRID
     results = []
     for k, bits, lam, tau, gamma in itertools.product(*grid.values()):
-        g = gauc(y, replay(prob, keys, y, k_rows, k=k, bits=bits, lam=lam, tau=tau, gamma=gamma), users)
+        g = gauc(y, replay(prob, keys, y, k_rows, k=k, bits=bits, lam=lam, tau=tau, gamma=gamma, settle=settle),
+                 users)
         results.append({"k": k, "bits": bits, "lam": lam, "tau": tau, "gamma": gamma, "gauc": round(float(g), 5)})
     best = max(results, key=lambda r: r["gauc"])
     tuned = Tuned(k=int(best["k"]), bits=int(best["bits"]), lam=float(best["lam"]), tau=float(best["tau"]),

@@ -13,10 +13,13 @@ slice, progressive (`_learning_eval`).
 K, L, lambda, tau (and gamma) are tuned before the stack starts, on the first
 ``--tune-fraction`` of the stream only (`_error_memory_tune`: the
 inference service's own sketch replayed over the cold-start model's scores
-and hidden layer).
+and hidden layer). The memory's ``settle_s`` is the attribution window
+(``--settle-s``): a click's error waits for its window's negatives before
+its buckets take it (services/inference/memory/fresh.py).
 
 Then, on the same stack (`_error_memory_measure`): Rank latency with 100
-candidates, memory on vs off (a second replica with the memory off);
+candidates, memory on vs off (two more replicas started together, one
+with the memory on, one off);
 click-to-effect (a click acknowledged by the collector until the
 compensation moved in Rank on both of two memory-on replicas); bytes of one
 model's memory at the service's default K and L (and at the tuned ones).
@@ -26,7 +29,9 @@ A second replay (``--no-shift`` skips it) injects a preference shift
 ``--shift-at`` of the stream, students click horror, thriller, sci-fi and
 crime movies instead of what they rated): the gAUC gain after the shift, and
 the seconds until the compensated AUC of the segment is back at its level
-before the shift (the base's too, for comparison).
+before the shift (the base's too, for comparison); null when it is not
+within the replay, ``shift_recovery_not_within_s`` then says how long was
+watched.
 
 Usage: python bench/error_memory.py [--quick] [--requests N] [--no-shift]
 The last line printed is one JSON object: gauc_base, gauc_memory, gauc_gain_points, auc_base, auc_memory,
@@ -81,6 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shift-at", type=float, default=0.5,
                    help="the shift starts half a retraining interval after this fraction of the stream")
     p.add_argument("--no-shift", action="store_true", help="skip the replay with the injected shift")
+    p.add_argument("--settle-s", type=float, default=None,
+                   help="the memory's settle_s: a click waits this long for its window's negatives "
+                        "(default: the attribution window; 0: clicks into the sketch at once)")
     return p.parse_args(argv)
 
 
@@ -115,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     y = stream.label.reshape(-1)
 
     prefix = max(int(args.tune_fraction * n), 1)
-    tuned = tune(stream, parent, prefix, quick=args.quick, say=c.say)
-    env = memory_env("on", tuned.k, tuned.bits, tuned.lam, tuned.tau, tuned.gamma)
+    settle_s = args.attribution_window_ms / 1000 if args.settle_s is None else args.settle_s
+    tuned = tune(stream, parent, prefix, quick=args.quick, settle=settle_s > 0, say=c.say)
+    env = memory_env("on", tuned.k, tuned.bits, tuned.lam, tuned.tau, tuned.gamma, settle_s)
     trainer = make_trainer("auto", parent, stream.spec, seed=args.seed, say=c.say,
                            overrides={"attribution_window_ms": str(args.attribution_window_ms)})
 
@@ -174,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         "gauc_gain_points": rounded(100 * (res["memory"]["gauc"] - res["base"]["gauc"]), 3),
         "auc_base": rounded(res["base"]["auc"]), "auc_memory": rounded(res["memory"]["auc"]),
         "shift_recovery_s": shift_out.get("shift_recovery_s_memory"),
+        # null: the segment's sliding AUC never got back to its pre-shift level within the replay
+        "shift_recovery_not_within_s": (shift_out.get("shift_horizon_s_memory")
+                                        if shift_out and shift_out.get("shift_recovery_s_memory") is None else None),
         "rank_latency_overhead": measured.get("rank_latency_overhead"),
         "click_to_effect_p50_s": measured.get("click_to_effect_p50_s"),
         "click_to_effect_p99_s": measured.get("click_to_effect_p99_s"),
@@ -181,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "default_k_bits": [defaults.error_memory_k, defaults.error_memory_bits],
         "tuned": {"k": tuned.k, "bits": tuned.bits, "lambda": tuned.lam, "tau": tuned.tau, "gamma": tuned.gamma,
                   "prefix_requests": prefix, "prefix_gauc_base": rounded(tuned.gauc_base),
-                  "prefix_gauc_memory": rounded(tuned.gauc_memory), "grid_points": len(tuned.grid)},
+                  "prefix_gauc_memory": rounded(tuned.gauc_memory), "grid_points": len(tuned.grid),
+                  "settle_s": settle_s},
         "curve_base": [rounded(x) for x in res["base"]["curve"]],
         "curve_memory": [rounded(x) for x in res["memory"]["curve"]], "slice_ends": edges,
         "request_auc_base": rounded(res["base"]["request_auc"]),

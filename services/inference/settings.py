@@ -54,6 +54,9 @@ class InferenceSettings(GrpcSettings):
     error_memory_gamma: float = 1.0
     error_memory_prior: float = 1.0  # pseudo-count shrinking thin buckets toward no correction
     error_memory_half_life_s: float = 0.0  # decay in stream time; 0: none (reset on a version swap)
+    # A click's error waits this long (stream time) before its buckets take it, so that its window's
+    # negatives are there too (memory/fresh.py): the miner's attribution window; 0: at once.
+    error_memory_settle_s: float = 0.0
     error_memory_seed: int = 0  # the hyperplanes: the same on every replica
     error_memory_models: str = ""
     # On start, errors of the last this many seconds are read (at most warmup_records per partition).
@@ -81,5 +84,6 @@ class InferenceSettings(GrpcSettings):
         default = MemoryConfig(mode=self.error_memory_mode, k=self.error_memory_k, bits=self.error_memory_bits,
                                params=Params(lam=self.error_memory_lambda, tau=self.error_memory_tau,
                                              gamma=self.error_memory_gamma, prior=self.error_memory_prior),
-                               half_life_s=self.error_memory_half_life_s, seed=self.error_memory_seed)
+                               half_life_s=self.error_memory_half_life_s, settle_s=self.error_memory_settle_s,
+                               seed=self.error_memory_seed)
         return default, per_model(default, self.error_memory_models)

@@ -42,8 +42,7 @@ def test_sketch_buckets_hold_exactly_what_brute_force_counts():
     sketch.write(keys[150:], labels[150:], preds[150:])
     queries = rng.standard_normal((20, DIM)).astype(np.float32)
     nb = sketch.read(queries)
-    signs = lambda x: (x @ sketch.planes > 0).reshape(len(x), 8, 4)  # noqa: E731
-    sk, sq = signs(keys), signs(queries)
+    sk, sq = sketch.signs(keys), sketch.signs(queries)
     for q in range(len(queries)):
         for k in range(8):
             same = (sk[:, k] == sq[q, k]).all(axis=1)
@@ -226,3 +225,31 @@ def test_sketch_memory_is_constant():
     size = sketch.nbytes
     sketch.write(np.random.default_rng(0).standard_normal((5000, 64)), np.ones(5000), np.zeros(5000))
     assert sketch.nbytes == size
+
+
+def test_a_click_waits_for_its_window_before_its_buckets_take_it():
+    """settle_s > 0: a click moves its own exact key at once and nothing else; once the stream's
+    clock (a later error's time) has passed it by settle_s it is in the sketch like any error."""
+    rng = np.random.default_rng(9)
+    a, b = clusters(rng, 20)
+    clicked, near = a[:1].astype(np.float32), a[1:].astype(np.float32)
+    bank = MemoryBank(MemoryConfig(mode="on", params=Params(lam=1.0), settle_s=2.0))
+    memory = bank.serve("default", "ranker", "v1", DIM)
+    click = error("v1", clicked[0])  # time 1 s
+    assert bank.write([click]) == 1
+    assert memory.sketch.writes == 0 and memory.fresh.size == 1
+    base = np.full(len(near), 0.1, dtype=np.float32)
+    assert memory.compensate(np.full(1, 0.1, dtype=np.float32), clicked)[0] > 0.3  # its own key: at once
+    assert np.array_equal(memory.compensate(base, near), base)  # its neighbours: not yet
+    later = error("v1", b[0], label=0.0)
+    later.time_ms = 3_000  # the window's close has passed the click by settle_s
+    bank.write([later])
+    assert memory.fresh.size == 0 and memory.sketch.writes == 2
+    assert (memory.compensate(base, near) > 0.1).mean() > 0.8
+
+
+def test_without_settle_a_click_is_in_the_sketch_at_once():
+    bank = MemoryBank(MemoryConfig(mode="on", params=Params(lam=1.0)))
+    memory = bank.serve("default", "ranker", "v1", DIM)
+    bank.write([error("v1", np.ones(DIM))])
+    assert memory.fresh is None and memory.sketch.writes == 1

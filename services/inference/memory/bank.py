@@ -29,6 +29,7 @@ from loopwise.v1 import learning_pb2
 from ..metrics import InferenceMetrics
 from .compensate import compensate
 from .config import MemoryConfig
+from .fresh import Fresh
 from .sketch import Sketch, canonical
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class ModelMemory:
         self.tenant, self.model, self.version, self.dim = tenant, model, version, dim
         self.config = config
         self.sketch = Sketch(dim, config.k, config.bits, seed=config.seed, half_life_s=config.half_life_s)
+        # clicks waiting for their window's negatives (`fresh`), with settle_s > 0
+        self.fresh = Fresh(dim, config.seed) if config.settle_s > 0 else None
+        self.clock = 0.0  # the newest error time written, seconds
 
     @property
     def serves(self) -> bool:
@@ -54,10 +58,30 @@ class ModelMemory:
 
     def compensate(self, p_base: np.ndarray, hidden: np.ndarray) -> np.ndarray:
         """Compensated probabilities of one call (one vectorised read)."""
-        return compensate(p_base, self.sketch.read(canonical(hidden)), self.config.params)
+        keys = canonical(hidden)
+        params = self.config.params
+        out = compensate(p_base, self.sketch.read(keys), params)
+        waiting = self.fresh.error(keys, p_base, params) if self.fresh is not None else None
+        if waiting is None or params.lam == 0.0:
+            return out
+        return np.clip(out + np.float32(params.lam) * waiting, 0.0, 1.0).astype(np.float32)
 
     def write(self, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray, times_s: np.ndarray) -> None:
-        self.sketch.write(canonical(keys), labels, preds, times_s)
+        keys = canonical(keys)
+        if len(times_s):
+            self.clock = max(self.clock, float(np.max(times_s)))
+        if self.fresh is None:
+            self.sketch.write(keys, labels, preds, times_s)
+            return
+        wait = labels >= 0.5
+        if wait.any():
+            self.fresh.add(keys[wait], labels[wait], preds[wait], times_s[wait])
+        now = ~wait
+        if now.any():
+            self.sketch.write(keys[now], labels[now], preds[now], times_s[now])
+        settled = self.fresh.settle(self.clock - self.config.settle_s)
+        if len(settled[0]):
+            self.sketch.write(*settled)
 
 
 class MemoryBank:

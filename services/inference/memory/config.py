@@ -3,7 +3,7 @@
 ``LOOPWISE_ERROR_MEMORY_MODELS`` overrides the defaults for named models:
 ``model:key=value,key=value;model2:...`` with keys ``mode`` (off | shadow |
 on), ``k``, ``bits`` (L), ``lambda``, ``tau``, ``gamma``, ``prior``,
-``half_life_s``, ``seed`` — e.g. ``ranker:mode=on,lambda=0.4;cold:mode=off``.
+``half_life_s``, ``settle_s``, ``seed`` — e.g. ``ranker:mode=on,lambda=0.4;cold:mode=off``.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ class MemoryConfig:
     bits: int = 12
     params: Params = Params()
     half_life_s: float = 0.0
+    settle_s: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"error memory mode {self.mode!r}: one of {', '.join(MODES)}")
         p = self.params
-        if not (0 <= p.gamma <= 1 and p.tau > 0 and p.lam >= 0 and p.prior >= 0 and self.half_life_s >= 0):
+        if not (0 <= p.gamma <= 1 and p.tau > 0 and p.lam >= 0 and p.prior >= 0 and self.half_life_s >= 0
+                and self.settle_s >= 0):
             raise ValueError(f"error memory parameters out of range: {self}")
 
     def with_overrides(self, spec: str) -> MemoryConfig:
@@ -41,7 +43,7 @@ class MemoryConfig:
                 config["mode"] = value
             elif key in ("k", "bits", "seed"):
                 config[key] = int(value)
-            elif key == "half_life_s":
+            elif key in ("half_life_s", "settle_s"):
                 config[key] = float(value)
             elif key in ("lambda", "tau", "gamma", "prior"):
                 params["lam" if key == "lambda" else key] = float(value)
