@@ -62,8 +62,9 @@ def freshness_keys(loopwise: str, runs: dict[str, Any], get: Callable[[str, str]
     key)``: a recorded figure): per feedback mode, whole versions, in-process, deltas."""
     default = default_feedback_mode()
     out: dict[str, Any] = {"feedback_mode_default": default}
-    for mode in ("window", "fnw"):
-        name = "loopwise" if mode == default and loopwise == "stack" else f"loopwise_{mode}"
+    for mode in MODES:
+        name = "loopwise" if runs.get("loopwise") and runs["loopwise"].extra.get("feedback_mode") == mode \
+            else f"loopwise_{mode}"
         out[f"auc_loopwise_{mode}"] = get(name, "auc")
         out[f"gauc_loopwise_{mode}"] = get(name, "gauc")
         if name in runs:

@@ -254,6 +254,7 @@ def run_all(args: argparse.Namespace, stream: Stream, parent: bytes, every: int,
             reasons[name] = why
             continue
         runs[name] = loop
+        loop.extra["feedback_mode"] = cfg.env.get("LOOPWISE_FEEDBACK_MODE", "")
         trainer = "" if loop.trainer in loop.mode else f"; {loop.trainer}"
         label = f"; {cfg.label}" if cfg.label else ""
         record(name, loop.scores, config=f"{loop.mode}{trainer}{label}; every {every} requests",

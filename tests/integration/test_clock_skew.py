@@ -32,6 +32,7 @@ def miner(broker, topics, workdir):
     env = {"LOOPWISE_KAFKA_BOOTSTRAP": broker, "LOOPWISE_APP_ID": app_id, "LOOPWISE_TOPIC_PARTITIONS": "2",
            "LOOPWISE_METRICS_PORT": str(mport), "LOOPWISE_GRPC_HOST": "127.0.0.1",
            "LOOPWISE_ATTRIBUTION_WINDOW_MS": str(WINDOW_MS), "LOOPWISE_CLOSE_INTERVAL_S": "0.2",
+           "LOOPWISE_FEEDBACK_MODE": "window",  # closing windows early is what a fast clock could break
            "LOOPWISE_CHANGELOG_CATCH_UP": "true", **topics.env()}  # Tansu under-reports end offsets
     proc = procs.start_service("loopwise.miner", env, workdir / f"{app_id}.log")
     url = f"http://127.0.0.1:{mport}/metrics"

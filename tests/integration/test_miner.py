@@ -38,6 +38,7 @@ def start_miner(broker, topics, workdir):
         env = {"LOOPWISE_KAFKA_BOOTSTRAP": broker, "LOOPWISE_APP_ID": app_id, "LOOPWISE_TOPIC_PARTITIONS": "2",
                "LOOPWISE_METRICS_PORT": str(mport), "LOOPWISE_GRPC_HOST": "127.0.0.1",
                "LOOPWISE_ATTRIBUTION_WINDOW_MS": str(window_ms), "LOOPWISE_CLOSE_INTERVAL_S": "0.2",
+               "LOOPWISE_FEEDBACK_MODE": "window",  # these tests: the window mode (fnw: test_feedback_fnw.py)
                "LOOPWISE_CHANGELOG_CATCH_UP": "true", **topics.env()}  # Tansu under-reports end offsets
         proc = procs.start_service("loopwise.miner", env, workdir / f"{app_id}-{len(started)}.log")
         started.append(proc)

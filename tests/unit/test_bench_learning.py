@@ -162,16 +162,21 @@ def test_freshness_keys_name_every_issue_key() -> None:
 
     from _learning_configs import freshness_keys
 
-    run = SimpleNamespace(version=np.array([1, 2, 3]), extra={"published_versions": ["v2", "v3"]})
+    def run(mode: str) -> SimpleNamespace:
+        return SimpleNamespace(version=np.array([1, 2, 3]), extra={"published_versions": ["v2", "v3"],
+                                                                   "feedback_mode": mode})
+
     figures = {("loopwise", "auc"): 0.7, ("loopwise_fnw", "auc"): 0.72, ("inprocess", "auc"): 0.8}
     reasons: dict[str, str] = {}
-    out = freshness_keys("stack", {"loopwise": run, "loopwise_fnw": run, "inprocess": run},
+    out = freshness_keys("stack", {"loopwise": run("window"), "loopwise_fnw": run("fnw"), "inprocess": run("")},
                          lambda name, key: figures.get((name, key)), reasons)
     for key in ("auc_whole_versions", "auc_inprocess", "delta_to_serving_p50_s", "delta_to_serving_p99_s",
                 "delta_bytes_per_s", "auc_loopwise_window", "auc_loopwise_fnw"):
         assert key in out
     assert out["auc_inprocess"] == 0.8
-    assert out[f"auc_loopwise_{out['feedback_mode_default']}"] == 0.7
+    assert out["auc_loopwise_window"] == 0.7 and out["auc_loopwise_fnw"] == 0.72  # by the run's own mode
+    only = freshness_keys("stack", {"loopwise": run("fnw")}, lambda name, key: figures.get((name, key)), {})
+    assert only["auc_loopwise_fnw"] == 0.7 and only["auc_loopwise_window"] is None
     assert out["delta_to_serving_p50_s"] is None and "delta_to_serving_p50_s" in reasons
 
 
