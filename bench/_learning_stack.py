@@ -226,6 +226,7 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
         k = stream.k
         scores = np.full(stream.n * k, np.nan)
         version = np.zeros(stream.n, dtype=np.int64)
+        sequence = np.zeros(stream.n, dtype=np.int64)  # the sparse delta each answer was scored with
         stats: TrainStats = trainer.stats
         pending: dict[str, float] = {}  # published version -> trigger time (monotonic)
         swaps: list[float] = []
@@ -248,6 +249,7 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
                 scores[i * k:(i + 1) * k] = ranked.scores
                 request_index[ranked.request_id] = i
                 version[i] = int(ranked.version.lstrip("v") or 0)
+                sequence[i] = getattr(ranked, "delta_sequence", 0)
                 if ranked.version in pending:
                     swaps.append(time.monotonic() - pending.pop(ranked.version))
                     say(f"  {ranked.version} serving from request {i}, {swaps[-1]:.2f}s after its trigger")
@@ -333,7 +335,8 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
         if not swaps and published:
             extra["trigger_to_serving_note"] = (f"no Rank answer named a published version (waited {SWAP_WAIT_S:.0f}s "
                                                 "after the replay): the inference service did not hot-swap")
-        v1 = version == 1
+        v1 = (version == 1) & (sequence == 0)  # the cold-start model as published, no delta on it
+        extra["requests_with_deltas"] = int((sequence > 0).sum())
         if v1.any():
             static = OnnxScorer(served_v1).score(stream.sparse[np.repeat(v1, k)], stream.dense[np.repeat(v1, k)])
             extra["static_parity_max_abs"] = float(np.max(np.abs(static - scores[np.repeat(v1, k)])))
