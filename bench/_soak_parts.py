@@ -31,7 +31,7 @@ LAG_METRIC = "loopwise_miner_consumer_lag_records"
 
 
 def client(info: stack.StackInfo) -> Client:
-    return Client(info.collector, info.inference, tenant=info.tenants[0], api_key=info.api_key, timeout=10.0)
+    return Client(info.collector, info.inference, tenant=info.tenants[0], api_key=info.api_key)
 
 
 def capacity(info: stack.StackInfo, seconds: float, threads: int) -> float:
@@ -66,6 +66,7 @@ class Traffic:
         self.requests = 0
         self.rejected = 0
         self._errors: Counter[tuple[str, str, bool]] = Counter()
+        self.latency_s: dict[str, list[float]] = {"Rank": [], "Report": []}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -79,6 +80,16 @@ class Traffic:
         self._stop.set()
         for w in self._workers:
             w.join(60)
+
+    def latency(self) -> dict[str, dict[str, float]]:
+        """p50/p99 seconds per method (the client's retries included)."""
+        out = {}
+        for method, values in self.latency_s.items():
+            if values:
+                ordered = sorted(values)
+                out[method] = {"p50": round(ordered[len(ordered) // 2], 3),
+                               "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3)}
+        return out
 
     def errors(self, expected: bool) -> dict[str, int]:
         return {f"{m}:{c}": n for (m, c, e), n in sorted(self._errors.items()) if e == expected}
@@ -109,8 +120,10 @@ class Traffic:
         with self._lock:
             self.requests += 1
             n = self.requests
+        t0 = time.monotonic()
         try:
             ranked = c.rank(ids, user_id=f"u{user}", features={"genre": [ITEM_GENRE[x] for x in ids]})
+            self.latency_s["Rank"].append(time.monotonic() - t0)
             liked = [x for x in ranked.top(10) if ITEM_GENRE[x] == favourite]
             if liked and rng.random() < 0.7:
                 events.append(c.events.click(ranked.request_id, liked[0], user_id=f"u{user}",
@@ -131,6 +144,7 @@ class Traffic:
             self._report(c, events)
 
     def _report(self, c: Client, events: list[events_pb2.Event]) -> None:
+        t0 = time.monotonic()
         try:
             response = c.report(events)
         except ReportError as err:
@@ -139,6 +153,7 @@ class Traffic:
         except grpc.RpcError as err:
             self._error("Report", err.code().name)
             return
+        self.latency_s["Report"].append(time.monotonic() - t0)
         with self._lock:
             self.rejected += response.rejected
             self.acked.update(r.event_id for r in response.results if r.accepted)
@@ -187,6 +202,15 @@ class Monitor:
 
     def lag_since(self, t0: float) -> list[float]:
         return [v for t, v in self.lag if t >= t0]
+
+    def rss_curve(self, points: int = 7) -> dict[str, list[float]]:
+        """Each service's RSS (MB) at ``points`` evenly spaced moments of the run."""
+        out = {}
+        for name, samples in self.rss.items():
+            if samples:
+                idx = [round(i * (len(samples) - 1) / (points - 1)) for i in range(points)]
+                out[name] = [round(samples[i][1]) for i in idx]
+        return out
 
     def rss_summary(self) -> dict[str, dict[str, float]]:
         def pick(i: int) -> dict[str, float]:

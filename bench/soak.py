@@ -23,7 +23,8 @@ Last line, one JSON object: ``errors``, ``expected_errors``, ``acked``,
 ``acked_missing``, ``duplicates_downstream`` (example ids on the examples topic
 more than once: at-least-once delivery after the miner kill; the trainer
 dedupes them), ``rss_mb_start``, ``rss_mb_end``, ``rss_mb_max`` (per service),
-``max_lag``, ``lag_recovered_s`` (per fault), plus the rates.
+``max_lag``, ``lag_recovered_s`` (per fault), plus the rates, Rank's and Report's
+latency and ``rss_mb_curve`` (each service's RSS at seven even points of the run).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def soak(root: Path, info: stack.StackInfo, args: argparse.Namespace) -> dict:
         "requests": traffic.requests, "achieved_per_s": round(traffic.requests / duration, 1), "errors": traffic.errors(expected=False),
         "expected_errors": traffic.errors(expected=True), "rejected_bad_events": traffic.rejected,
         "acked": len(acked), "acked_missing": missing, "duplicates_downstream": duplicates,
-        "examples": len(examples), **monitor.rss_summary(), "max_lag": monitor.max_lag,
+        "examples": len(examples), "latency_s": traffic.latency(), **monitor.rss_summary(),
+        "rss_mb_curve": monitor.rss_curve(), "max_lag": monitor.max_lag,
         "lag_recovered_s": faults.recovered_s, "restarts": (stack.StackInfo.read(root) or info).restarts,
     }
 
