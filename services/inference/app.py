@@ -88,6 +88,7 @@ class Inference:
             self.delta_consumer = DeltaConsumer(settings.kafka_bootstrap, settings.topics.deltas, self.deltas,
                                                 self.metrics, since=lambda: oldest_serving_ms(self.model_registry))
             self.delta_guard = DeltaGuard(self.deltas, self.metrics, margin=settings.delta_guard_margin,
+                                          z=settings.delta_guard_z,
                                           min_labels=settings.delta_guard_min_labels,
                                           window=settings.delta_guard_window, remember=settings.delta_guard_remember)
             self.delta_labels = TopicReader(settings.kafka_bootstrap, settings.topics.errors, self.delta_guard.handle,

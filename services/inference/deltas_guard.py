@@ -11,16 +11,21 @@ Every tenth of ``min_labels`` new labels the AUC of both on those labels is
 compared: a paired comparison on the same impressions, so the traffic's own
 drift cancels out. When at least ``min_labels`` are in, with both kinds of
 label among them (at least a tenth of ``min_labels`` each), and the deltas'
-AUC is below the base's by more than ``margin``, the replica serves the base
-alone again and ignores that stream (`DeltaRegistry.rollback`), logs ``deltas
+AUC is below the base's by more than ``margin`` plus ``z`` standard errors of
+the paired difference (DeLong et al. 1988, `paired_auc`: the judgement is
+repeated every few labels, so chance alone must not trip it; with 200 labels
+and no such allowance, 4 of 10 delta streams on bench/learning.py --quick were
+rolled back on differences of 1-2 AUC points while deltas lifted the run's
+request AUC by a point), the replica serves the base alone again and ignores that stream (`DeltaRegistry.rollback`), logs ``deltas
 rolled back`` and counts ``loopwise_inference_delta_rollbacks_total``; the
 next full version or trainer stream starts afresh.
 ``loopwise_inference_delta_online_auc{scorer}`` shows both figures.
 
 AUC, not log loss: the trainer learns with inverse-propensity weights, so a
-better ranker is not calibrated to the observed clicks (on bench/learning.py --quick a first, log-loss guard rolled back every delta
-stream: observed log loss 0.02 nats worse than the base's, while the same
-deltas lifted AUC from 0.744 to 0.870 in process).
+better ranker is not calibrated to the observed clicks (on bench/learning.py
+--quick a first, log-loss guard rolled back every delta stream: observed log
+loss 0.02 nats worse than the base's, while the same deltas lifted AUC from
+0.744 to 0.870 in process).
 
 Labels arrive when the miner emits them: a click at once, a negative when its
 attribution window closes (or at once in the fake-negative mode); calls
@@ -36,7 +41,6 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from loopwise.ranking_metrics import auc
 from loopwise.v1 import learning_pb2
 
 from .deltas import DeltaRegistry, Snapshot
@@ -67,17 +71,39 @@ class _Window:
         self.rows.append((base, served, y))
         self.new += 1
 
-    def aucs(self) -> tuple[float, float, int]:
-        """(AUC of the base, AUC of the deltas, positives) over the window."""
+    def compare(self) -> tuple[float, float, float, int]:
+        """(AUC of the base, AUC of the deltas, standard error of their difference, positives)."""
         a = np.asarray(self.rows, dtype=np.float64)
-        return auc(a[:, 2], a[:, 0]), auc(a[:, 2], a[:, 1]), int(a[:, 2].sum())
+        return (*paired_auc(a[:, 2] > 0, a[:, 0], a[:, 1]), int(a[:, 2].sum()))
+
+
+def _placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's placement values: for each positive the share of negatives it beats (ties
+    half), for each negative the share of positives that beat it."""
+    sn, sp = np.sort(neg), np.sort(pos)
+    v10 = (np.searchsorted(sn, pos, "left") + np.searchsorted(sn, pos, "right")) / (2.0 * len(neg))
+    v01 = (2 * len(pos) - np.searchsorted(sp, neg, "left") - np.searchsorted(sp, neg, "right")) / (2.0 * len(pos))
+    return v10, v01
+
+
+def paired_auc(label: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """AUC of scores ``a`` and ``b`` on the same labels, and the standard error of
+    ``auc(b) - auc(a)`` (DeLong, DeLong & Clarke-Pearson 1988); NaNs without both classes."""
+    m, n = int(label.sum()), int((~label).sum())
+    if m < 2 or n < 2:
+        return float("nan"), float("nan"), float("nan")
+    va10, va01 = _placements(a[label], a[~label])
+    vb10, vb01 = _placements(b[label], b[~label])
+    d10, d01 = vb10 - va10, vb01 - va01
+    var = d10.var(ddof=1) / m + d01.var(ddof=1) / n
+    return float(va10.mean()), float(vb10.mean()), float(np.sqrt(max(var, 0.0)))
 
 
 class DeltaGuard:
-    def __init__(self, registry: DeltaRegistry, metrics: InferenceMetrics, *, margin: float = 0.01,
+    def __init__(self, registry: DeltaRegistry, metrics: InferenceMetrics, *, margin: float = 0.01, z: float = 3.0,
                  min_labels: int = 200, window: int = 1_000, remember: int = 10_000) -> None:
         self.registry, self.metrics = registry, metrics
-        self.margin, self.min_labels, self.window, self.capacity = margin, min_labels, window, remember
+        self.margin, self.z, self.min_labels, self.window, self.capacity = margin, z, min_labels, window, remember
         self._served: OrderedDict[str, Served] = OrderedDict()
         self._windows: dict[tuple[str, str, str, str], _Window] = {}
 
@@ -113,13 +139,14 @@ class DeltaGuard:
             return False
         win.new = 0
         n = len(win.rows)
-        base_auc, delta_auc, positives = win.aucs()
+        base_auc, delta_auc, se, positives = win.compare()
         if np.isfinite(base_auc) and np.isfinite(delta_auc):  # both kinds of label are in
             self.metrics.delta_online_auc.labels(s.tenant, s.model, "base").set(base_auc)
             self.metrics.delta_online_auc.labels(s.tenant, s.model, "deltas").set(delta_auc)
         # Both kinds of label must be in (a click comes at once, a negative when its window
         # closes): judged on one kind alone, the comparison would mislead.
-        if n < self.min_labels or min(positives, n - positives) < every or base_auc - delta_auc <= self.margin:
+        if (n < self.min_labels or min(positives, n - positives) < every
+                or not base_auc - delta_auc > self.margin + self.z * se):
             return False
         if not self.registry.rollback(s.tenant, s.model, s.version, s.stream):
             return False
@@ -127,7 +154,7 @@ class DeltaGuard:
         log.error("deltas rolled back: online AUC below the base version's", extra={
             "tenant": s.tenant, "model": s.model, "version": s.version, "stream": s.stream,
             "sequence": s.sequence, "labels": n, "auc_base": round(base_auc, 5), "auc_deltas": round(delta_auc, 5),
-            "margin": self.margin})
+            "se": round(se, 5), "margin": self.margin, "z": self.z})
         del self._windows[key]
         return True
 

@@ -73,6 +73,8 @@ class InferenceSettings(GrpcSettings):
     # Guard: deltas fall back to their base when their online AUC is below the base's by
     # more than this, over the newest delta_guard_window labels (at least _min_labels).
     delta_guard_margin: float = 0.01
+    # ... plus this many standard errors of the paired AUC difference (chance must not trip it).
+    delta_guard_z: float = 3.0
     delta_guard_min_labels: int = 200
     delta_guard_window: int = 1_000
     delta_guard_remember: int = 10_000  # Rank calls remembered for their labels

@@ -427,3 +427,34 @@ def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
     assert asyncio.run(loop.step("default", "ranker")) == 1  # the unsent delta first, no new step meanwhile
     assert asyncio.run(loop.step("default", "ranker")) == 2
     assert trainer.producer.sent == [1, 2]
+
+
+def test_paired_auc_and_its_standard_error_match_a_bootstrap():
+    from loopwise.inference.deltas_guard import paired_auc
+    from loopwise.ranking_metrics import auc
+
+    rng = np.random.default_rng(0)
+    y = rng.random(400) < 0.25
+    a = rng.normal(size=400) + y
+    b = a + rng.normal(scale=0.5, size=400)
+    auc_a, auc_b, se = paired_auc(y, a, b)
+    assert auc_a == pytest.approx(auc(y.astype(float), a)) and auc_b == pytest.approx(auc(y.astype(float), b))
+    boot = []
+    for _ in range(200):
+        i = rng.integers(0, 400, 400)
+        boot.append(auc(y[i].astype(float), b[i]) - auc(y[i].astype(float), a[i]))
+    assert se == pytest.approx(np.std(boot), rel=0.25)
+
+
+def test_the_guard_does_not_roll_back_on_a_difference_chance_explains():
+    registry, guard = guarded()
+    rng = np.random.default_rng(6)
+    snap = registry.snapshot("default", "ranker", "v2")
+    for r in range(200):  # the deltas are the base plus noise: a little worse on this sample, by chance
+        y = float(rng.random() < 0.3)
+        base = np.array([0.3 + 0.2 * y + rng.normal(0, 0.2)], dtype=np.float32)
+        guard.remember(f"n{r}", "default", "ranker", "v2", snap, ["item"], base,
+                       base + rng.normal(0, 0.1, 1).astype(np.float32))
+        assert not guard.label(learning_pb2.PredictionError(tenant="default", request_id=f"n{r}",
+                                                            candidate_id="item", label=y))
+    assert registry.snapshot("default", "ranker", "v2").sequence == 3
