@@ -244,8 +244,9 @@ def audit_counts(info: stack.StackInfo) -> dict[str, Any]:
     seen = []
     for v in raw:
         r = learning_pb2.RewriteRuleRecord.FromString(v)
-        k = f"{r.action}:{r.kind}" + (":canary lost" if r.reason.startswith("canary lost") else
-                                      ":rollback" if "p=" in r.reason else f":{r.reason}" if r.reason else "")
+        why = "" if r.action != "withdrawn" else ":canary lost" if r.reason.startswith("canary lost") else \
+            ":rollback" if "p=" in r.reason else f":{r.reason}"
+        k = f"{r.action}:{r.kind}{why}"
         counts[k] = counts.get(k, 0) + 1
         seen.append((r.rule_id, r.action, r.time_ms))
     waits = promotion_seconds(seen)

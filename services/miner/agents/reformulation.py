@@ -34,6 +34,12 @@ Three steps, each on its own topic so each keeps its state where its records are
    the whole table at once when it does not
    (``loopwise_miner_rewrite_table_restored_total``, a warning in the log).
 
+Recovery (`..recovery.RecoveryGate`, as the attribution agent): after each
+rebalance, once Faust has recovered, each agent's inputs are rewound to their
+committed offsets (``InputRewind``), its table caught up with its changelog
+(``LOOPWISE_CHANGELOG_CATCH_UP``), then the session book / the tenants' miners
+rebuilt from it, before any record is processed.
+
 Caught up: each closed session carries its book's frontier (``through_ms``:
 every session that ended before it is closed). After a refresh has deployed
 what the sessions mined so far produced, the least frontier mined is
@@ -60,7 +66,7 @@ import redis.asyncio as aioredis
 from loopwise import codec, redis_keys, stamps
 
 from ..metrics import MinerMetrics
-from ..recovery import ReadPositions, recovered
+from ..recovery import ChangelogCatchUp, InputRewind, ReadPositions, RecoveryGate
 from ..reformulation.chain import ChainConfig
 from ..reformulation.defects import DefectConfig, DefectKind
 from ..reformulation.pipeline import MiningConfig, TenantMiner
@@ -104,10 +110,22 @@ class ReformulationAgents:
         self.sessions_topic = topics.sessions
         self.rewrites_topic = topics.rewrites
         self.checkpoints = tables.checkpoints
-        turns = topics.turns.get_topic_name()
+        turns, sessions = topics.turns.get_topic_name(), topics.sessions.get_topic_name()
         self.book = SessionBook(tables.sessions, gap_ms=settings.session_gap_ms,
                                 max_turns=settings.session_max_turns, idle_s=settings.idle_s,
                                 caught_up=lambda partition: positions.caught_up(turns, partition))
+
+        def catch_up(table: Any, inputs: tuple[str, ...]) -> ChangelogCatchUp | None:
+            return ChangelogCatchUp(app, table, inputs, settings.kafka_bootstrap, settings.catch_up_idle_s) \
+                if settings.changelog_catch_up else None
+
+        # After each rebalance, once Faust has recovered: the inputs rewound to their committed
+        # offsets (what Faust dropped while recovering is read again; duplicates are recognised),
+        # the tables caught up with their changelogs, then the book / the miners rebuilt from them.
+        self.book_gate = RecoveryGate(app, self.book.rebuild, catch_up(tables.sessions, (turns,)),
+                                      rewind=InputRewind(app, (turns,)))
+        self.mine_gate = RecoveryGate(app, self._load, catch_up(tables.checkpoints, (sessions,)),
+                                      rewind=InputRewind(app, (sessions,)))
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.miners: dict[str, TenantMiner] = {}
         self.seen: dict[str, deque[str]] = {}
@@ -115,26 +133,16 @@ class ReformulationAgents:
         self._resync: set[str] = set()  # tenants whose Redis table must be rewritten whole
         self._written: dict[str, int] = {}  # tenant -> the version counter after the miner's last write
         self._through: dict[str, int] = {}  # tenant -> the newest frontier of the sessions mined
-        self._loaded = False
-        self._rebuilt_sessions = False
         self._defects: deque[int] = deque(maxlen=settings.defect_rate_turns)  # 1 per defective turn
 
     async def on_rebalance(self, sender: Any = None, **kwargs: Any) -> None:
-        self._rebuilt_sessions = False
-        self._loaded = False
+        self.book_gate.reset()
+        self.mine_gate.reset()
 
     # -- 2. sessions ---------------------------------------------------------------------
-    def _sessions_ready(self) -> bool:
-        if not recovered(self.app):
-            return False
-        if not self._rebuilt_sessions:
-            self.book.rebuild()
-            self._rebuilt_sessions = True
-        return True
-
     async def sessions(self, stream: faust.StreamT) -> None:
         async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_within_s):
-            while not self._sessions_ready():
+            while not await self.book_gate.ensure():
                 await asyncio.sleep(0.05)
             for event in events:
                 message = event.message
@@ -158,7 +166,7 @@ class ReformulationAgents:
         self.metrics.sessions.inc()
 
     async def close_sessions(self) -> None:
-        if not self._sessions_ready():
+        if not await self.book_gate.ensure():
             return
         closed = self.book.close(limit=self.settings.close_chunk)
         for session in closed:
@@ -193,7 +201,6 @@ class ReformulationAgents:
             self.seen[tenant] = deque(info.get("seen", []), maxlen=SEEN_SESSIONS)
             self._through[tenant] = int(info.get("through_ms", 0))
             self._resync.add(tenant)
-        self._loaded = True
         log.info("reformulation state loaded", extra={"tenants": sorted(self.miners)})
 
     def _miner(self, tenant: str) -> TenantMiner:
@@ -215,10 +222,8 @@ class ReformulationAgents:
 
     async def mine(self, stream: faust.StreamT) -> None:
         async for events in stream.take_events(self.settings.batch_size, within=self.settings.mine_within_s):
-            while not recovered(self.app):
+            while not await self.mine_gate.ensure():
                 await asyncio.sleep(0.05)
-            if not self._loaded:
-                self._load()
             for event in events:
                 try:
                     session = Session.from_bytes(event.value)
@@ -261,10 +266,8 @@ class ReformulationAgents:
         return {s.decode() for s in sources}, {t.decode() for t in targets}
 
     async def refresh_rules(self) -> None:
-        if not recovered(self.app):
+        if not await self.mine_gate.ensure():
             return
-        if not self._loaded:
-            self._load()
         await self._check_redis()
         through = dict(self._through)  # what the rules refreshed below are made of
         refreshed: dict[str, int] = {}
