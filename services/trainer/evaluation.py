@@ -6,7 +6,9 @@
   undefined is refused (`REQUIRED`); an undefined ``gauc`` or ``ece``, or any
   undefined production figure, is not compared);
 - ``logloss``: mean binary cross-entropy, probabilities clipped to [1e-7, 1 - 1e-7];
-- ``ece``: expected calibration error over equal-width probability bins.
+- ``ece``: expected calibration error over equal-width probability bins;
+- ``platt``: the two-parameter recalibration the trainer folds into a candidate
+  before the gate (`model.Ranker.fold_calibration`, ``LOOPWISE_TRAINER_CALIBRATE``).
 
 ``logloss`` and ``ece`` are self-normalised by the examples' IPS weights when
 given (``sum(w * loss) / sum(w)``; all weights 1: the plain figures): the
@@ -47,6 +49,42 @@ def logloss(label: np.ndarray, prob: np.ndarray, weight: np.ndarray | None = Non
     y = np.asarray(label, dtype=np.float64)
     w = _weights(y, weight)
     return float(-(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum()) if len(y) else float("nan")
+
+
+def platt(logit: np.ndarray, label: np.ndarray, weight: np.ndarray | None = None, iters: int = 25,
+          scale_bounds: tuple[float, float] = (0.05, 20.0)) -> tuple[float, float]:
+    """Platt scaling: ``(a, b)`` minimising the (weighted, self-normalised) log loss of
+    ``sigmoid(a * logit + b)`` on ``label`` (Newton's method, a small ridge on ``a - 1``
+    and ``b``); ``a`` bounded to ``scale_bounds`` (monotone: the ranking, hence AUC and
+    gAUC, is unchanged). ``(1, 0)`` when the labels are of one class.
+
+    >>> z = np.array([-2., -1., 0., 1., 2., 3.]); y = np.array([0, 0, 0, 1, 1, 1.])
+    >>> a, b = platt(4 * z + 1, y)
+    >>> logloss(y, 1 / (1 + np.exp(-(a * (4 * z + 1) + b)))) < logloss(y, 1 / (1 + np.exp(-(4 * z + 1))))
+    True
+    """
+    z = np.asarray(logit, dtype=np.float64)
+    y = np.asarray(label, dtype=np.float64)
+    w = _weights(y, weight)
+    if not len(y) or y.min() == y.max() or w.sum() <= 0:
+        return 1.0, 0.0
+    w = w / w.sum()
+    ridge = 1e-4
+    a, b = 1.0, 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(a * z + b, -35, 35)))
+        r = w * (p - y)
+        h = w * p * (1 - p)
+        g = np.array([(r * z).sum() + ridge * (a - 1), r.sum() + ridge * b])
+        hess = np.array([[(h * z * z).sum() + ridge, (h * z).sum()], [(h * z).sum(), h.sum() + ridge]])
+        try:
+            step = np.linalg.solve(hess, g)
+        except np.linalg.LinAlgError:
+            break
+        a, b = float(np.clip(a - step[0], *scale_bounds)), float(b - step[1])
+        if np.abs(step).max() < 1e-8:
+            break
+    return a, b
 
 
 def ece(label: np.ndarray, prob: np.ndarray, bins: int = 15, weight: np.ndarray | None = None) -> float:

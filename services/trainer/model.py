@@ -159,6 +159,23 @@ class Ranker(nn.Module):
         return {k: t.weight.detach().cpu().numpy().astype(np.float32, copy=True)
                 for k, t in tables.items() if t is not None}
 
+    @torch.no_grad()
+    def fold_calibration(self, scale: float, shift: float) -> None:
+        """Make the logit ``scale * logit + shift`` exactly, in the parameters (the graph, the
+        sparse tables serving keeps and the deltas' starting point stay as they are): the
+        output layer and the first-order and cross tables scale by ``scale`` (the output
+        bias also takes ``shift``), the FM table by ``sqrt(scale)`` (its term is quadratic
+        in it). ``scale`` > 0, so the ranking is unchanged."""
+        if not scale > 0:
+            raise ValueError(f"calibration scale must be > 0, got {scale}")
+        self.out.weight.mul_(scale)
+        self.out.bias.mul_(scale).add_(shift)
+        for table in (self.bias, self.cross):
+            if table is not None:
+                table.weight.mul_(scale)
+        if self.fm is not None:
+            self.fm.weight.mul_(scale ** 0.5)
+
     def set_sparse(self, sparse: bool) -> None:
         for t in self._tables():
             t.sparse = sparse

@@ -28,6 +28,7 @@
 | LOOPWISE_TRAINER_HOLDOUT_FRACTION | 0.1 | most recent slice (by time) held out for the gate |
 | LOOPWISE_TRAINER_TOLERANCE_* | see below | how much worse than production a candidate may be |
 | LOOPWISE_TRAINER_TOLERANCE_SE | 1.0 | ... or that many standard errors of the paired difference, if larger |
+| LOOPWISE_TRAINER_CALIBRATE | true | Platt-recalibrate each candidate on its holdout (folded into its weights) before the gate |
 | LOOPWISE_TRAINER_PARITY_TOL | 1e-4 | max abs difference ONNX vs torch, else the export is refused |
 | LOOPWISE_TRAINER_DEVICE | auto | auto (CUDA when available), cpu or cuda |
 | LOOPWISE_DELTAS | true | sparse deltas between full versions (deltas.py): steps on the sparse tables, published on loopwise.deltas.v1 |
@@ -124,6 +125,9 @@ class TrainerSettings(BaseSettings):
     # AUC moves by a few points by chance; 0: the fixed tolerances only).
     trainer_tolerance_se: float = 1.0
     trainer_ece_bins: int = 15
+    # Platt scaling of each candidate on the gate's holdout, folded into its parameters
+    # (`model.Ranker.fold_calibration`): monotone, so AUC and gAUC are unchanged.
+    trainer_calibrate: bool = True
     # Sparse deltas (deltas.py): small steps on the sparse tables between full versions,
     # every delta_interval_s with new examples or at delta_every_n of them.
     deltas: bool = True

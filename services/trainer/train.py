@@ -79,6 +79,7 @@ class Candidate:
     final_loss: float
     stopped: bool = False
     train_until_ms: int = 0  # time of the newest training example (the next gate's holdout starts after it)
+    calibration: tuple[float, float] = (1.0, 0.0)  # (scale, shift) folded in before the gate
 
     @property
     def examples_per_s(self) -> float:
@@ -377,6 +378,15 @@ def evaluate(candidate: Candidate, production: Production | None, settings: Trai
     # log loss and calibration (self-normalised), else they judge it on the biased click rate.
     weight = np.minimum(h.weight, settings.trainer_max_weight)
     cand_prob = candidate.predict(h.sparse, h.dense)
+    if settings.trainer_calibrate and len(h):
+        # Training with IPS and FNW weights and warm starts leaves the logit's scale and
+        # offset off; a monotone two-parameter fit on the holdout (in sample: 2 parameters on
+        # the whole holdout) puts them right before the gate judges log loss and calibration.
+        z = np.log(np.clip(cand_prob, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(cand_prob, 1e-7, 1 - 1e-7))
+        scale, shift = ev.platt(z, h.label, weight)
+        candidate.model.fold_calibration(scale, shift)
+        candidate.calibration = (scale, shift)
+        cand_prob = candidate.predict(h.sparse, h.dense)
     cand = ev.evaluate(h.label, cand_prob, h.user, bins, weight)
     prod = None
     se: dict[str, float] = {}
