@@ -41,6 +41,7 @@ import uuid
 import numpy as np
 
 from loopwise import stamps
+from loopwise.auth import pseudonym
 from loopwise.errors import InvalidArgument, NotFound, UnknownTenant
 from loopwise.features import FeatureError
 from loopwise.grpcserver import rpc
@@ -99,6 +100,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.metrics = metrics
         self.rpc_metrics = metrics.rpc
         self.tenants = frozenset(settings.tenants)
+        self.pseudonym_key = settings.pseudonymise_key.encode()
 
     def _tenant(self, tenant: str) -> str:
         if not tenant:
@@ -110,6 +112,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     @rpc("Rank")
     async def Rank(self, request: inference_pb2.RankRequest, context) -> inference_pb2.RankResponse:  # noqa: N802
         tenant = self._tenant(request.tenant)
+        if self.pseudonym_key and request.user_id:
+            request.user_id = pseudonym(self.pseudonym_key, request.user_id)
         model_name = request.model or self.settings.default_model
         loaded = self.model_registry.get(tenant, model_name)
         if loaded is None:
@@ -197,6 +201,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if len(request.utterance) > MAX_UTTERANCE_CHARS:
             raise InvalidArgument(f"utterance longer than {MAX_UTTERANCE_CHARS} characters",
                                   violations=[("utterance", f"at most {MAX_UTTERANCE_CHARS} characters")])
+        if self.pseudonym_key and request.user_id:
+            request.user_id = pseudonym(self.pseudonym_key, request.user_id)
         # local copy: no Redis round trip; a canary rule only for the users in its share
         applied = self.rewrites.lookup(tenant, request.utterance, request.user_id)
         if applied is None:

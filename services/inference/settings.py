@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from loopwise.modelstore.contract import DEFAULT_MODEL
 from loopwise.settings import GrpcSettings
@@ -30,6 +30,10 @@ class InferenceSettings(GrpcSettings):
     # answer left (a round trip: the client may have given up before it arrived).
     impression_deadline_margin_ms: float = 5.0
     emit_impressions: bool = True
+    # LOOPWISE_PSEUDONYMISE_KEY (the collector's): Rank and Rewrite replace the user id by its
+    # HMAC under it (loopwise.auth.pseudonym) before anything else, so the impression, the
+    # user's features and a canary rule's user share use what training sees.
+    pseudonymise_key: str = field(default="", repr=False)
     compression: str = "zstd"
     # Hot swap: the Redis pointers of every served (tenant, model) are read
     # (one MGET) this often; the store is listed for new models/versions this often.

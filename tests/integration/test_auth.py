@@ -152,3 +152,15 @@ def test_user_ids_reach_kafka_pseudonymised(start_collector, broker, topics):
     users = {e.request_id: e.user_id for e in read_events(broker, topics.events, want=3)}
     assert users["r1"] == users["r2"] == auth.pseudonym(b"a-secret", "alice")  # stable: sessions still join
     assert users["r3"] == auth.pseudonym(b"a-secret", "bob") and "alice" not in users.values()
+
+
+def test_rank_and_rewrite_use_the_same_pseudonym_as_the_collector(start_inference, broker, topics):
+    """Impressions are the other way user ids reach Kafka; serving must key the user's features
+    (and a canary rule's user share) by the same pseudonym training sees."""
+    inference = start_inference(pseudonymise_key="a-secret")
+    wait_serving(f"127.0.0.1:{inference.port}")
+    with Client(inference=f"127.0.0.1:{inference.port}", timeout=10) as lw:
+        lw.rank(["m1", "m2"], user_id="alice", request_id="r1")
+        lw.rewrite("play jazz", user_id="alice")
+    [impression] = read_events(broker, topics.impressions, want=1)
+    assert impression.user_id == auth.pseudonym(b"a-secret", "alice")
