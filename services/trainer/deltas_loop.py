@@ -4,7 +4,8 @@ Every new example the trainer reads also goes to the (tenant, model)'s
 `deltas.DeltaTrainer`. Every ``trainer_delta_interval_s`` with new examples (or
 at ``trainer_delta_every_n`` of them) `DeltaLoop.step` re-reads the serving
 pointer (a new version becomes the base: a new stream, the sequence reset, the
-examples it has not learned requeued), takes one step on the sparse tables in a
+examples it has not learned requeued; with no example waiting the pointer is
+still re-read every interval, so those go out at once), takes one step on the sparse tables in a
 worker thread and sends its deltas on ``loopwise.deltas.v1`` (key
 ``tenant|model``, so one model's deltas keep their order). Deltas a failed
 send left behind go first, and no new step is taken while any is left, so no
@@ -37,7 +38,8 @@ class DeltaLoop:
         self.settings = trainer.settings
         self.metrics = trainer.metrics
         self.trainers: dict[Key, DeltaTrainer] = {}
-        self._last: dict[Key, float] = {}
+        self._last: dict[Key, float] = {}  # last step
+        self._checked: dict[Key, float] = {}  # last look at the pointer while no example waits
         self._outbox: dict[Key, list[bytes]] = {}  # not yet acked, in sequence order
 
     def add(self, tenant: str, model: str, value: bytes, produced_ms: int, time_ms: int) -> None:
@@ -49,39 +51,61 @@ class DeltaLoop:
         dt.add(value, produced_ms, time_ms)
 
     async def run(self) -> None:
-        s = self.settings
         while not self.trainer._stopping.is_set():
-            await asyncio.sleep(min(0.1, s.trainer_delta_interval_s))
-            now = time.monotonic()
-            for key, dt in list(self.trainers.items()):
-                waiting = dt.waiting()
-                if not self._outbox.get(key) and (not waiting or (
-                        waiting < s.trainer_delta_every_n
-                        and now - self._last.get(key, 0.0) < s.trainer_delta_interval_s)):
+            await asyncio.sleep(min(0.1, self.settings.trainer_delta_interval_s))
+            await self.tick(time.monotonic())
+
+    async def tick(self, now: float) -> None:
+        """One pass over the (tenant, model)s: a step where examples wait (every interval, or at
+        once at ``trainer_delta_every_n``) or deltas are unsent; where none wait, the serving
+        pointer is still re-read every interval, so a new version's first deltas (the examples
+        it has not learned) go out at once, before its replicas swap it in, not when the next
+        example comes."""
+        s = self.settings
+        for key, dt in list(self.trainers.items()):
+            waiting = dt.waiting()
+            due = now - self._last.get(key, 0.0) >= s.trainer_delta_interval_s
+            try:
+                if not self._outbox.get(key) and not waiting:
+                    if now - self._checked.get(key, 0.0) >= s.trainer_delta_interval_s:
+                        self._checked[key] = now
+                        if await self.rebase(*key):
+                            await self.step(*key)
+                    continue
+                if not self._outbox.get(key) and waiting < s.trainer_delta_every_n and not due:
                     continue
                 self._last[key] = now
-                try:
-                    await self.step(*key)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # noqa: BLE001 - logged; the next step tries again
-                    log.exception("delta step failed", extra={"tenant": key[0], "model": key[1]})
-                    self.metrics.deltas.labels(*key, "failed").inc()
+                await self.step(*key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - logged; the next step tries again
+                log.exception("delta step failed", extra={"tenant": key[0], "model": key[1]})
+                self.metrics.deltas.labels(*key, "failed").inc()
+
+    async def rebase(self, tenant: str, model: str) -> bool:
+        """Build on the serving version if it is new (its stream at sequence 0, the examples it
+        has not learned requeued); True when it was."""
+        key = (tenant, model)
+        dt = self.trainers[key]
+        t = self.trainer
+        version = await asyncio.to_thread(pointers.serving_version, t.store, t.redis, tenant, model, tolerant=True)
+        if not version or version == dt.base_version:
+            return False
+        production = await asyncio.to_thread(t.production, tenant, model)
+        spec = production.manifest.spec() if production and production.manifest else coldstart.DEFAULT_SPEC
+        await asyncio.to_thread(dt.rebase, version, production, spec)
+        self._outbox.pop(key, None)  # the old base's: no replica serves it any more
+        requeued = dt.requeue()
+        log.info("delta base", extra={"tenant": tenant, "model": model, "version": version, "stream": dt.stream,
+                                      "requeued": requeued, "why_not": dt.why_not or None})
+        return True
 
     async def step(self, tenant: str, model: str) -> int:
         """One delta step for (tenant, model) on its serving version; the last sequence published (0: none)."""
         key = (tenant, model)
         dt = self.trainers[key]
         t = self.trainer
-        version = await asyncio.to_thread(pointers.serving_version, t.store, t.redis, tenant, model, tolerant=True)
-        if version and version != dt.base_version:
-            production = await asyncio.to_thread(t.production, tenant, model)
-            spec = production.manifest.spec() if production and production.manifest else coldstart.DEFAULT_SPEC
-            await asyncio.to_thread(dt.rebase, version, production, spec)
-            self._outbox.pop(key, None)  # the old base's: no replica serves it any more
-            requeued = dt.requeue()
-            log.info("delta base", extra={"tenant": tenant, "model": model, "version": version, "stream": dt.stream,
-                                          "requeued": requeued, "why_not": dt.why_not or None})
+        await self.rebase(tenant, model)
         outbox = self._outbox.setdefault(key, [])
         if not outbox:
             t0 = time.perf_counter()

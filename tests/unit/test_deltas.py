@@ -458,3 +458,48 @@ def test_the_guard_does_not_roll_back_on_a_difference_chance_explains():
         assert not guard.label(learning_pb2.PredictionError(tenant="default", request_id=f"n{r}",
                                                             candidate_id="item", label=y))
     assert registry.snapshot("default", "ranker", "v2").sequence == 3
+
+
+def test_a_new_version_gets_its_first_deltas_without_waiting_for_a_new_example(monkeypatch):
+    """The examples a new full version has not learned (its holdout, the ones that came while
+    it trained) go out as its first deltas as soon as the pointer moves, not with the next
+    example: on bench/learning.py's replay the new base's first delta came 2-6 s after the
+    version (the replay waits for the swap), so a third of each version's requests were served
+    by a base that had not learned the newest examples."""
+    import asyncio
+
+    from loopwise.trainer import deltas_loop
+    from loopwise.trainer.deltas_loop import DeltaLoop
+    from loopwise.trainer.metrics import TrainerMetrics
+
+    v2, _ = trained_production()
+    v2.manifest.metrics["train_until_ms"] = 9
+    v1 = Production("v1", coldstart.build_onnx(SPEC),
+                    Manifest("default", "ranker", "v1", "", SPEC.to_dict(), coldstart.HIDDEN_DIM, source="coldstart"))
+    serving = {"version": "v1"}
+    monkeypatch.setattr(deltas_loop.pointers, "serving_version", lambda *a, **kw: serving["version"])
+
+    class Producer:
+        def __init__(self):
+            self.sent = []
+
+        async def send_and_wait(self, topic, value, key):
+            delta = sparse.decode_delta(value)
+            self.sent.append((delta.base_version, delta.sequence, delta.examples))
+
+    trainer = types.SimpleNamespace(settings=SETTINGS, metrics=TrainerMetrics(), store=None, redis=None,
+                                    producer=Producer(),
+                                    production=lambda t, m: v1 if serving["version"] == "v1" else v2)
+    loop = DeltaLoop(trainer)
+    for i, e in enumerate(make_examples(30, seed=14)):
+        loop.add("default", "ranker", e.SerializeToString(), 1_000 + i, i)
+    asyncio.run(loop.tick(100.0))
+    assert trainer.producer.sent == [("v1", 1, 30)]
+    asyncio.run(loop.tick(100.05))  # nothing waits, the pointer has not moved: nothing
+    serving["version"] = "v2"
+    asyncio.run(loop.tick(100.1))  # within the interval of the last look: not yet
+    assert len(trainer.producer.sent) == 1
+    asyncio.run(loop.tick(101.0))  # no new example, but a new version: its first delta at once
+    assert trainer.producer.sent[1:] == [("v2", 1, 20)]
+    asyncio.run(loop.tick(102.0))
+    assert len(trainer.producer.sent) == 2
