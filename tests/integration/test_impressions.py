@@ -27,13 +27,15 @@ from .kafka_read import read_events, read_records
 from .test_inference import target, wait_serving
 
 
-def request(n: int, request_id: str, *, context_blob: int = 0) -> inference_pb2.RankRequest:
-    context = {"categorical": {"hour": "20", **({"blob": "x" * context_blob} if context_blob else {})}}
+def request(n: int, request_id: str, *, titles: int = 0) -> inference_pb2.RankRequest:
+    """``titles``: a further column of that many characters per candidate."""
+    context = {"categorical": {"hour": "20"}}
+    extra = [{"name": "title", "values": [f"{i:06d}".ljust(titles, "x") for i in range(n)]}] if titles else []
     return inference_pb2.RankRequest(
         tenant="default", request_id=request_id, user_id="u1", session_id="s1", context=context,
         candidates={"ids": [f"m{i}" for i in range(n)],
                     "categorical": [{"name": "genre", "values": ["Drama", "Comedy"] * (n // 2) + ["Drama"] * (n % 2)},
-                                    {"name": "decade", "values": ["1990s"] * n}],
+                                    {"name": "decade", "values": ["1990s"] * n}, *extra],
                     "numeric": [{"name": "popularity", "values": [i / n for i in range(n)]}]})
 
 
@@ -48,15 +50,16 @@ def status_of(addr: str, service: str) -> int:
 
 
 def test_oversized_requests_never_wedge_the_impression_pipeline(start_inference, broker, topics):
-    """A 1.2 MB context feature and 10,000 candidates x 3 columns, then 20
-    normal calls: every normal impression reaches the topic (before: 0 of 20,
-    the emitter retried the oversized batch forever)."""
+    """10,000 candidates with a 60-character title each (under inference's 1 MiB
+    request limit and its string limits, over the impression's 768 KiB), 10,000
+    candidates x 3 columns, then 20 normal calls: every normal impression reaches
+    the topic (before: 0 of 20, the emitter retried the oversized batch forever)."""
     inference = start_inference()
     wait_serving(target(inference))
     outcomes = {}
     with grpc.insecure_channel(target(inference), options=[("grpc.max_send_message_length", limits.MAX_MESSAGE_BYTES)]) as ch:
         stub = inference_pb2_grpc.InferenceServiceStub(ch)
-        for name, req in (("blob", request(10, "big-context", context_blob=1_200_000)),
+        for name, req in (("blob", request(limits.MAX_CANDIDATES, "big-context", titles=60)),
                           ("max", request(limits.MAX_CANDIDATES, "max-candidates"))):
             try:
                 stub.Rank(req, timeout=30)
