@@ -59,7 +59,9 @@ from loopwise.topics import Topics
 from loopwise.v1 import learning_pb2
 
 MODEL = DEFAULT_MODEL
-FLUSH_EVERY = 50
+# Clicks go out at least this often (a client reports feedback as it happens; batching by a
+# request count made the clicks of a fast replay wait ~1 s, 50 requests, before any learner saw them).
+FLUSH_S = 0.1
 SWAP_WAIT_S = 15.0  # after the replay, how long to wait for a pending version to serve
 SERVICE_WAIT_S = 60.0  # trainer service: how long the replay waits at a trigger point for its run
 DRAIN_S = 3.0  # at a trigger, wait until no new example arrived for this long (bounded by the window)
@@ -240,6 +242,7 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
         extra: dict[str, Any] = {}
         replay_start = time.monotonic()
         rank_seconds = 0.0
+        last_flush = time.monotonic()
         with Client(info.collector, info.inference, tenant=tenant) as client:
             for i in range(stream.n):
                 ids = stream.item_ids(i)
@@ -260,8 +263,9 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
                     client.send(client.events.click(ranked.request_id, ids[j], user_id=stream.user(i),
                                                     position=ranked.ranking.index(j) + 1))
                     clicks += 1
-                if (i + 1) % FLUSH_EVERY == 0:
+                if time.monotonic() - last_flush >= FLUSH_S:
                     client.flush()
+                    last_flush = time.monotonic()
                 if service and (i + 1) % every == 0 and i + 1 < stream.n:
                     # The replay waits for the service's run (as it waits for its own runs otherwise).
                     client.flush()

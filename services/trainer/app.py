@@ -52,6 +52,7 @@ from .settings import TrainerSettings
 from .train import Production, run
 
 log = logging.getLogger(__name__)
+FETCH_WAIT_MS = 100  # examples feed the deltas within a second: not aiokafka's 500 ms default
 
 
 @dataclass
@@ -134,7 +135,8 @@ class Trainer:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=session_ms, heartbeat_interval_ms=max(session_ms // 3, 100),
-            max_poll_records=s.poll_records, client_id="loopwise-trainer", **aiokafka_security(s))
+            max_poll_records=s.poll_records, client_id="loopwise-trainer",
+            fetch_max_wait_ms=FETCH_WAIT_MS, **aiokafka_security(s))
         self.consumer.subscribe([s.topics.examples, s.topics.preferences], listener=_Revoked(self))
         await self.consumer.start()
         self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all",
