@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import math
+import os
 import sys
 import tempfile
 import threading
@@ -73,9 +73,13 @@ class Servers:
         from loopwise.inference.settings import InferenceSettings
 
         self.ws = Workspace("loopwise-fuzz-")
-        atexit.register(self.ws.__exit__, None, None, None)
-        _, bootstrap = self.ws.broker()
-        _, redis_url = self.ws.redis()
+        # libFuzzer ends the process without Python's exit handlers: the parent (bench/fuzz.py)
+        # stops what is listed in LOOPWISE_FUZZ_PIDS once this process is gone.
+        broker, bootstrap = self.ws.broker()
+        redis_proc, redis_url = self.ws.redis()
+        pids = os.environ.get("LOOPWISE_FUZZ_PIDS")
+        if pids:
+            Path(pids).write_text(f"{broker.pid}\n{redis_proc.pid}\n")
         store = ModelStore(str(self.ws.root / "models"))
         store.publish("default", "ranker", coldstart.build_onnx(), feature_spec=coldstart.DEFAULT_SPEC,
                       hidden_dim=coldstart.HIDDEN_DIM, source="coldstart")

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from loopwise.tools import procs
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("rank", "rewrite", "report", "attribution", "trainer", "memory")
 
@@ -69,8 +71,14 @@ def run_target(name: str, seconds: int) -> dict:
                f"-max_total_time={seconds}", "-rss_limit_mb=4096", "-timeout=30",
                f"-artifact_prefix={work}/", "-print_final_stats=1"]
         started = time.monotonic()
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")])}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 300)
+        pids = Path(work) / "pids"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")]),
+               "LOOPWISE_FUZZ_PIDS": str(pids)}
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 300)
+        finally:
+            for pid in (pids.read_text().split() if pids.exists() else []):
+                procs.stop_pid(int(pid))  # the broker and Redis a gRPC target started
         elapsed = time.monotonic() - started
         out = proc.stdout + proc.stderr
         runs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", out)
