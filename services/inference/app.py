@@ -20,7 +20,7 @@ from loopwise.v1 import inference_pb2
 
 from . import models
 from .deltas import DeltaRegistry
-from .deltas_consumer import DeltaConsumer, TopicReader, oldest_serving_ms, publish_status
+from .deltas_consumer import DeltaConsumer, oldest_serving_ms, publish_status
 from .deltas_guard import DeltaGuard
 from .impressions import ImpressionEmitter
 from .memory import ErrorConsumer, MemoryBank
@@ -28,6 +28,7 @@ from .metrics import InferenceMetrics
 from .rewrites import RewriteTable
 from .servicer import InferenceServicer
 from .settings import InferenceSettings
+from .topic_reader import TopicReader
 from .watcher import ModelWatcher
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,8 @@
 """Every replica reads the whole deltas topic into its `deltas.DeltaRegistry`, and
 says which sequence it serves.
 
-`TopicReader` follows every partition of a topic without a consumer group
-(each replica its own offsets): the deltas topic from the creation of the
+The deltas topic is read by a `topic_reader.TopicReader` (every partition,
+no consumer group: each replica its own offsets) from the creation of the
 oldest version this replica serves (every delta of those bases came after
 it, so a replica that starts or restarts rebuilds the same overlays as one
 that never stopped, without reading older bases' deltas; from the
@@ -35,105 +35,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from loopwise import redis_keys, stamps
-from loopwise.kafka_security import aiokafka_security
 from loopwise.modelstore.sparse import DeltaError, decode_delta
 
 from .deltas import DeltaRegistry
 from .metrics import InferenceMetrics
 from .models import ModelRegistry
+from .topic_reader import TopicReader
 
 log = logging.getLogger(__name__)
-
-
-class TopicReader:
-    """Every partition of ``topic``, no group; ``handle(records)`` per fetched batch (awaited)."""
-
-    def __init__(self, bootstrap: str, topic: str, handle: Callable[[list], Any], *, from_start: bool,
-                 name: str, up: Callable[[bool], None] | None = None,
-                 since: Callable[[], int | None] | None = None) -> None:
-        self.bootstrap, self.topic, self.handle, self.from_start, self.name = bootstrap, topic, handle, from_start, name
-        self._up = up
-        self._since = since  # from_start: the first record time (ms) wanted, None: all
-        self._positions: dict[TopicPartition, int] = {}
-        self._task: asyncio.Task | None = None
-        self.ready = asyncio.Event()  # set while every partition is assigned and positioned
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=self.name)
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=5.0)
-
-    async def _run(self) -> None:
-        delay = 0.5
-        while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                auto_offset_reset="earliest" if self.from_start else "latest", request_timeout_ms=10_000,
-                metadata_max_age_ms=10_000, retry_backoff_ms=200, fetch_max_wait_ms=100, client_id=self.name,
-                **aiokafka_security())
-            try:
-                await consumer.start()
-                await self._assign(consumer)
-                self.ready.set()
-                if self._up is not None:
-                    self._up(True)
-                delay = 0.5
-                while True:
-                    batches = await consumer.getmany(timeout_ms=500, max_records=1_000)
-                    for tp, records in batches.items():
-                        await self.handle(records)
-                        self._positions[tp] = records[-1].offset + 1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Rank serves on without this topic
-                log.warning("topic unreadable; retrying", extra={"topic": self.topic, "error": repr(exc),
-                                                                 "retry_s": delay})
-            finally:
-                self.ready.clear()
-                if self._up is not None:
-                    self._up(False)
-                try:
-                    await consumer.stop()
-                except Exception:  # noqa: BLE001
-                    pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            raise RuntimeError(f"topic {self.topic} has no partitions yet")
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        fresh = [tp for tp in tps if tp not in self._positions]
-        for tp in tps:
-            if tp in self._positions:
-                consumer.seek(tp, self._positions[tp])
-        if fresh and not self.from_start:
-            await consumer.seek_to_end(*fresh)
-        elif fresh:
-            await consumer.seek_to_beginning(*fresh)
-            since = self._since() if self._since is not None else None
-            if since is not None:
-                try:
-                    found = await consumer.offsets_for_times({tp: since for tp in fresh})
-                except Exception as exc:  # noqa: BLE001 - no lookup by time: read it all
-                    log.info("no offset lookup by time; reading from the beginning",
-                             extra={"topic": self.topic, "error": repr(exc)})
-                    found = {}
-                end = await consumer.end_offsets(fresh)
-                for tp in fresh:
-                    if tp in found:
-                        consumer.seek(tp, found[tp].offset if found[tp] is not None else end[tp])
-        for tp in tps:
-            self._positions[tp] = await consumer.position(tp)
 
 
 class DeltaConsumer:

@@ -159,7 +159,7 @@ class DeltaGuard:
         return True
 
     async def handle(self, records: list) -> None:
-        """A batch of the errors topic (`deltas_consumer.TopicReader`)."""
+        """A batch of the errors topic (`topic_reader.TopicReader`)."""
         for record in records:
             try:
                 error = learning_pb2.PredictionError.FromString(record.value or b"")

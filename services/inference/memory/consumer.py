@@ -1,6 +1,6 @@
 """Every replica reads the whole ``loopwise.errors.v1`` stream into its memories.
 
-aiokafka without a consumer group: every partition is assigned, so replicas
+A `topic_reader.TopicReader` (every partition, no consumer group), so replicas
 hold the same memories. On start the consumer warms up from the recent
 errors: each partition is positioned at the first record of the last
 ``warmup_s`` seconds (`offsets_for_times`), or, where the broker cannot say,
@@ -22,10 +22,10 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf.message import DecodeError
 
-from loopwise.kafka_security import aiokafka_security
 from loopwise.v1 import learning_pb2
 
 from ..metrics import InferenceMetrics
+from ..topic_reader import TopicReader
 from .bank import MemoryBank
 
 log = logging.getLogger(__name__)
@@ -34,73 +34,27 @@ log = logging.getLogger(__name__)
 class ErrorConsumer:
     def __init__(self, bootstrap: str, topic: str, bank: MemoryBank, metrics: InferenceMetrics, *,
                  warmup_s: float = 900.0, warmup_records: int = 100_000, batch: int = 1_000) -> None:
-        self.bootstrap, self.topic, self.bank, self.metrics = bootstrap, topic, bank, metrics
-        self.warmup_s, self.warmup_records, self.batch = warmup_s, warmup_records, batch
-        self._positions: dict[TopicPartition, int] = {}
+        self.topic, self.bank, self.metrics = topic, bank, metrics
+        self.warmup_s, self.warmup_records = warmup_s, warmup_records
         self._started_ms = 0
-        self._task: asyncio.Task | None = None
-        # Set while every partition is assigned and positioned (tests wait on it).
-        self.ready = asyncio.Event()
+        self.reader = TopicReader(bootstrap, topic, self._on_batch, from_start=False,
+                                  name="loopwise-inference-errors", start_at=self._warmup_offsets, batch=batch,
+                                  up=lambda up: metrics.memory_consumer_up.set(1 if up else 0))
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set while every partition is assigned and positioned (tests wait on it)."""
+        return self.reader.ready
 
     def start(self) -> None:
         self._started_ms = int(time.time() * 1000)
-        self._task = asyncio.create_task(self._run(), name="error-memory-consumer")
+        self.reader.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=5.0)
+        await self.reader.stop()
 
-    async def _run(self) -> None:
-        delay = 0.5
-        while True:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                auto_offset_reset="latest", request_timeout_ms=10_000, metadata_max_age_ms=10_000,
-                retry_backoff_ms=200, fetch_max_wait_ms=100, client_id="loopwise-inference-errors",
-                **aiokafka_security())
-            try:
-                await consumer.start()
-                await self._assign(consumer)
-                self.ready.set()
-                self.metrics.memory_consumer_up.set(1)
-                delay = 0.5
-                while True:
-                    batches = await consumer.getmany(timeout_ms=500, max_records=self.batch)
-                    for tp, records in batches.items():
-                        self._handle(records)
-                        self._positions[tp] = records[-1].offset + 1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Rank serves on; the memory waits for the stream
-                log.warning("errors topic unreadable; the error memory is not fed",
-                            extra={"error": repr(exc), "retry_s": delay})
-            finally:
-                self.ready.clear()
-                self.metrics.memory_consumer_up.set(0)
-                try:
-                    await consumer.stop()
-                except Exception:  # noqa: BLE001
-                    pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
-        await consumer.topics()
-        partitions = consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            raise RuntimeError(f"topic {self.topic} has no partitions yet")
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        fresh = [tp for tp in tps if tp not in self._positions]
-        for tp in tps:
-            if tp in self._positions:
-                consumer.seek(tp, self._positions[tp])
-        if fresh:
-            for tp, offset in (await self._warmup_offsets(consumer, fresh)).items():
-                consumer.seek(tp, offset)
-        for tp in tps:
-            self._positions[tp] = await consumer.position(tp)
+    async def _on_batch(self, records: list) -> None:
+        self._handle(records)
 
     async def _warmup_offsets(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
                               ) -> dict[TopicPartition, int]:
