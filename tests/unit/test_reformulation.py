@@ -118,6 +118,25 @@ def test_phonetic_similarity_finds_sound_alike_rephrases() -> None:
     assert similarity("play toy story", "play heat") < DefectConfig().rephrase_threshold
 
 
+def test_a_retry_in_another_carrier_after_a_failure_is_a_rephrase_by_its_tail() -> None:
+    """Interpretations naming ids cannot tell, the texts share too little: the failed turn's words
+    without its carrier are close to a span of the retry (a misheard or a partial title)."""
+    done = "play_movie:42"
+    for failed, retry in (("i want to watch braveheert", "play the movie braveheart"),
+                          ("play raiders of", "play the movie raiders of the lost ark")):
+        assert similarity(failed, retry) < DefectConfig().rephrase_threshold
+        session = [turn(0, failed, status=STATUS_UNHANDLED), turn(4000, retry, interp=done)]
+        session[1].slots = {"item": "42"}
+        kinds, rephrased = label_session(session)
+        assert rephrased == [True, False] and DefectKind.REPHRASED in kinds[0]
+        assert label_session(session, DefectConfig(tail_threshold=2.0))[1] == [False, False]  # off
+    # not after a turn that worked, nor with a short tail ("the")
+    worked = [turn(0, "watch braveheart", interp="play_movie:7"), turn(4000, "play the movie braveheart", interp=done)]
+    assert label_session(worked)[1] == [False, False]
+    short = [turn(0, "play the", status=STATUS_UNHANDLED), turn(4000, "i want to watch the thing", interp=done)]
+    assert label_session(short)[1] == [False, False]
+
+
 def test_abandonment() -> None:
     kinds, _ = label_session([turn(0, "play heet", status=STATUS_UNHANDLED)])
     assert kinds[0] == DefectKind.UNHANDLED | DefectKind.ABANDONED

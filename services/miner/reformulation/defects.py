@@ -34,6 +34,14 @@ texts decide). Values are close when `value_similarity` (the larger of
 the character alignment ratio and phonetic equality) reaches
 ``slot_threshold``.
 
+Carriers without slots in the words (the interpretations cannot tell: they
+name ids, or there are none): after a turn that failed by itself, the retry is a rephrase when a word suffix of
+the failed turn (its carrier dropped, ``MIN_TAIL_CHARS`` or more) is close
+to a span of the retry (`tail_similarity` >= ``tail_threshold``): "i want to
+watch braveheert" then "play the movie braveheart", "put on capefear" then
+"play cape fear", "play raiders of" then "play the movie raiders of the lost
+ark" (their texts share too few words and letters for `similarity`).
+
 >>> phonetic("maj and dragons") == phonetic("imagine dragons")
 True
 >>> round(value_similarity("soul", "seoul"), 2)
@@ -75,9 +83,11 @@ class DefectConfig:
     ngram: int = 3
     slot_threshold: float = 0.6  # value_similarity of slot values that makes a rephrase
     by_slots: bool = True  # carrier-aware (False: the texts alone decide)
+    tail_threshold: float = 0.8  # tail_similarity that makes a retry after a failure a rephrase (>1: off)
 
 
 MIN_PHONETIC = 4
+MIN_TAIL_CHARS = 5
 _SOUNDEX = {c: d for letters, d in (("bfpv", "1"), ("cgjkqsxz", "2"), ("dt", "3"), ("l", "4"),
                                      ("mn", "5"), ("r", "6")) for c in letters}
 
@@ -142,6 +152,27 @@ def closest_span(words: Sequence[str], value: str, longer: int = 1) -> tuple[flo
     return best
 
 
+def tail_similarity(prev: str, nxt: str) -> float:
+    """The largest `value_similarity` of a word suffix of ``prev`` without its first word (the
+    carrier dropped; ``MIN_TAIL_CHARS`` or more) to a span of ``nxt`` (`closest_span`).
+
+    >>> tail_similarity("i want to watch braveheert", "play the movie braveheart")  # they sound alike
+    1.0
+    >>> round(tail_similarity("play raiders of", "play the movie raiders of the lost ark"), 2)
+    1.0
+    >>> tail_similarity("play the", "play the movie heat")
+    0.0
+    """
+    words, other = prev.split(), nxt.split()
+    best = 0.0
+    for i in range(1, len(words)):
+        tail = " ".join(words[i:])
+        if len(tail) < MIN_TAIL_CHARS:
+            break
+        best = max(best, closest_span(other, tail)[0])
+    return best
+
+
 def same_request(prev: TurnRecord, nxt: TurnRecord, threshold: float = 0.6) -> bool | None:
     """Carrier-aware: whether ``nxt`` asks what ``prev`` asked, by their interpretations
     (module docstring); None when they cannot tell."""
@@ -176,7 +207,8 @@ def own_kinds(turn: TurnRecord) -> DefectKind:
 
 def rephrase_by(prev: TurnRecord, nxt: TurnRecord, config: DefectConfig = DefectConfig()) -> str:
     """What makes ``nxt`` a repeat or rephrase of ``prev`` within the window: "interpretation"
-    (`same_request`), "text" (`similarity`), or "" when it is not one."""
+    (`same_request`), "text" (`similarity`), "tail" (`tail_similarity`, after a failed turn), or
+    "" when it is not one."""
     if nxt.time_ms - prev.time_ms > config.rephrase_window_ms:
         return ""
     same = same_request(prev, nxt, config.slot_threshold) if config.by_slots else None
@@ -185,7 +217,12 @@ def rephrase_by(prev: TurnRecord, nxt: TurnRecord, config: DefectConfig = Defect
     if same is False and (not prev.interpretation or not own_kinds(prev)):
         return ""  # other entities after a turn not understood, or one that worked: a new request
     close = similarity(prev.text, nxt.text, use_phonetic=config.use_phonetic, n=config.ngram)
-    return "text" if close >= config.rephrase_threshold else ""
+    if close >= config.rephrase_threshold:
+        return "text"
+    if same is None and own_kinds(prev) and config.tail_threshold <= 1 and \
+            tail_similarity(prev.text, nxt.text) >= config.tail_threshold:
+        return "tail"
+    return ""
 
 
 def is_rephrase(prev: TurnRecord, nxt: TurnRecord, config: DefectConfig = DefectConfig()) -> bool:
