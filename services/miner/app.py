@@ -37,6 +37,7 @@ from .recovery import ReadPositions, consumer_highwater
 from .settings import MinerSettings
 from .tables import create_tables
 from .topics import create_topics
+from .transport import use_fetch_wait
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Miner:
 def faust_app(settings: MinerSettings) -> faust.App:
     data_dir = Path(settings.data_dir or Path(tempfile.gettempdir()) / "loopwise-miner")
     data_dir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    app = faust.App(
         settings.app_id, broker=f"kafka://{settings.kafka_bootstrap}", store="memory://",
         topic_partitions=settings.topic_partitions, web_enabled=False,
         broker_session_timeout=settings.kafka_session_timeout_s, broker_heartbeat_interval=settings.kafka_session_timeout_s / 3,
@@ -66,6 +67,8 @@ def faust_app(settings: MinerSettings) -> faust.App:
         broker_commit_every=1000, broker_commit_interval=1.0, table_standby_replicas=0,
         datadir=str(data_dir / f"{settings.app_id}-data"), broker_credentials=faust_credentials(settings),
     )
+    use_fetch_wait(app, settings.kafka_fetch_max_wait_ms)
+    return app
 
 
 def create_app(settings: MinerSettings | None = None) -> Miner:

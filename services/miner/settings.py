@@ -81,9 +81,15 @@ class MinerSettings(BaseSettings):
     # How often rules are re-derived and Redis updated; how long the mine agent batches sessions.
     rules_interval_s: float = 1.0
     mine_within_s: float = 0.5
+    # The mining state is checkpointed at most this often (seconds); sessions mined since are
+    # read again from the sessions topic after a restart (the checkpoint keeps their offsets).
+    reform_checkpoint_interval_s: float = 5.0
     # The defect-rate gauge covers this many most recent turns.
     defect_rate_turns: int = 5000
     # Kafka consumer group session timeout (short: fast joins and failover).
     kafka_session_timeout_s: float = 6.0
+    # Longest wait of a fetch that found no data (ms; Faust's own is 1500). Brokers that hold
+    # a fetch to its end (Tansu) add up to this much to every record's latency.
+    kafka_fetch_max_wait_ms: int = 100
     max_future_s: int = 300
     max_age_s: int = 30 * 24 * 3600
