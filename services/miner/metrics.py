@@ -77,6 +77,12 @@ class MinerMetrics:
                                      "rewrite rules refreshed from it", ["tenant"], registry=r)
         self.checkpoint_bytes = Gauge("loopwise_miner_reformulation_checkpoint_bytes",
                                       "Size of the last reformulation checkpoint", registry=r)
+        self.checkpoint_seconds = Histogram("loopwise_miner_reformulation_checkpoint_seconds",
+                                            "Time to write the reformulation checkpoint (all changed tenants)",
+                                            buckets=(.001, .005, .01, .05, .1, .25, .5, 1, 2.5), registry=r)
+        self.sessions_replayed = Counter("loopwise_miner_reformulation_sessions_replayed_total",
+                                         "Sessions read again after a restart or rebalance because the last "
+                                         "checkpoint did not cover them yet", registry=r)
         self.rewrite_restored = Counter("loopwise_miner_rewrite_table_restored_total",
                                         "Rewrite tables found lost in Redis and rewritten from the miner's state",
                                         registry=r)

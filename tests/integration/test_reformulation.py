@@ -193,3 +193,41 @@ def test_the_clients_sessions_are_mined_and_caught_up_is_signalled(start_miner, 
     assert cli.main(["rules", "status", "--redis", redis_url]) == 0
     out = capsys.readouterr().out
     assert "1 live rules" in out and "caught up through" in out
+
+
+def wait_metric(url: str, name: str, labels: dict[str, str] | None, ok, timeout: float = 40.0) -> float:
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        try:
+            value = procs.metric_value(url, name, labels)
+        except OSError:
+            value = None
+        if value is not None and ok(value):
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{name}{labels or ''} = {value} after {timeout}s")
+
+
+def test_sessions_mined_after_the_last_checkpoint_are_mined_again_after_a_kill(
+        start_miner, start_collector, start_inference, redis_url):
+    """The checkpoint is written on an interval (here: never), the sessions' offsets are committed
+    meanwhile; after a kill -9 the sessions since the checkpoint are read again, so four users'
+    evidence before the kill and a fifth's after it make a rule (it needs 5 turns of the source)."""
+    never = {"LOOPWISE_REFORM_CHECKPOINT_INTERVAL_S": "3600"}
+    proc, app_id, url = start_miner(**never)
+    collector, inference = start_collector(), start_inference()
+    redis.Redis.from_url(redis_url).delete(redis_keys.rewrite_table("default"))
+    with Client(f"127.0.0.1:{collector.port}", f"127.0.0.1:{inference.port}") as lw:
+        lw.report(evidence(lw, range(4), stamps.now_ms()))  # 4 turns of "play heet": below 5
+        states = wait_metric(url, "loopwise_miner_chain_states", {"tenant": "default"}, lambda v: v >= 3)
+        time.sleep(3)  # the sessions' offsets committed (every second), no checkpoint written
+        assert procs.metric_value(url, "loopwise_miner_reformulation_checkpoint_seconds_count") == 0.0
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.popen.wait(5)
+        _, _, url = start_miner(app_id, **never)
+        wait_metric(url, "loopwise_miner_chain_states", {"tenant": "default"}, lambda v: v == states)
+        assert procs.metric_value(url, "loopwise_miner_reformulation_sessions_replayed_total") >= 4
+        assert not lw.rewrite("play heet").rewritten
+        lw.report(evidence(lw, range(4, 5), stamps.now_ms()))  # the fifth user
+        wait_rewrite(lw, "play heet", True)

@@ -22,11 +22,22 @@ Three steps, each on its own topic so each keeps its state where its records are
    withdraws rules that do harm and deploys new ones: ``HSET``/``HDEL`` on the
    Redis rewrite table then ``INCR`` of its version counter
    (`loopwise.redis_keys`), one ``RewriteRuleRecord`` per change on
-   ``loopwise.rewrites.v1``. The miner's state is checkpointed after every
-   batch into the table ``reformulation`` (in chunks, keyed ``tenant|chunk``),
-   before the batch's offsets can be committed: a restarted worker keeps its
-   counts, its rules and its rollback evidence. After a restart (or a failed
-   Redis write) the whole table is re-synced from the miner's state.
+   ``loopwise.rewrites.v1``. The miner's state is checkpointed into the table
+   ``reformulation`` at most every ``LOOPWISE_REFORM_CHECKPOINT_INTERVAL_S``
+   (and after every refresh that changed rules): each changed tenant's state
+   in chunks (``tenant|slot.chunk``, two slots in turn, so a checkpoint cut
+   short leaves the previous one whole), then its ``tenant|meta`` (slot,
+   size, the session ids it has seen), then ``|positions``: per partition of
+   the sessions topic, the offset before which every session is in the
+   checkpointed states. After a restart or a rebalance the states are
+   loaded and the sessions topic is read again from ``|positions`` (not from
+   the committed offsets): the sessions mined since the last checkpoint are
+   mined again (at least once; those a tenant's newer checkpoint already
+   holds are recognised by their ids), so nothing acknowledged is lost
+   (``loopwise_miner_reformulation_sessions_replayed_total``). A restarted
+   worker keeps its counts, its rules and its rollback evidence. After a
+   restart (or a failed Redis write) the whole table is re-synced from the
+   miner's state.
    Redis is a cache of that state: every refresh first checks that Redis
    still holds what the miner wrote (``_check_redis``: the version counter
    missing or below the miner's last ``INCR``, or the table empty while rules
@@ -36,7 +47,8 @@ Three steps, each on its own topic so each keeps its state where its records are
 
 Recovery (`..recovery.RecoveryGate`, as the attribution agent): after each
 rebalance, once Faust has recovered, each agent's inputs are rewound to their
-committed offsets (``InputRewind``), its table caught up with its changelog
+committed offsets (``InputRewind``; the sessions topic to the checkpoint's
+``|positions``), its table caught up with its changelog
 (``LOOPWISE_CHANGELOG_CATCH_UP``), then the session book / the tenants' miners
 rebuilt from it, before any record is processed.
 
@@ -57,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -82,6 +95,12 @@ log = logging.getLogger(__name__)
 
 CHUNK = 512 * 1024  # bytes per checkpoint record (under Kafka's 1 MB default)
 SEEN_SESSIONS = 20_000  # session ids remembered per tenant for dedupe
+POSITIONS = b"|positions"  # sessions partition -> the offset every checkpointed state covers
+
+
+def chunk_key(tenant: str, slot: int | None, i: int) -> bytes:
+    """A checkpoint chunk's key (``slot`` None: the single-slot layout of older checkpoints)."""
+    return (f"{tenant}|{i}" if slot is None else f"{tenant}|{slot}.{i}").encode()
 
 
 def mining_config(settings: MinerSettings) -> MiningConfig:
@@ -125,11 +144,16 @@ class ReformulationAgents:
         self.book_gate = RecoveryGate(app, self.book.rebuild, catch_up(tables.sessions, (turns,)),
                                       rewind=InputRewind(app, (turns,)))
         self.mine_gate = RecoveryGate(app, self._load, catch_up(tables.checkpoints, (sessions,)),
-                                      rewind=InputRewind(app, (sessions,)))
+                                      rewind=self._rewind_sessions)
+        self.sessions_topic_name = sessions
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.miners: dict[str, TenantMiner] = {}
         self.seen: dict[str, deque[str]] = {}
         self._dirty: set[str] = set()  # tenants whose state changed since the last checkpoint
+        self._slots: dict[str, int] = {}  # tenant -> the slot of its last complete checkpoint
+        self._positions: dict[int, int] = {}  # sessions partition -> next offset to mine
+        self._checkpointed = time.monotonic()
+        self._replay_to: dict[int, int] = {}  # sessions partition -> offset reached before the rewind
         self._resync: set[str] = set()  # tenants whose Redis table must be rewritten whole
         self._written: dict[str, int] = {}  # tenant -> the version counter after the miner's last write
         self._through: dict[str, int] = {}  # tenant -> the newest frontier of the sessions mined
@@ -175,23 +199,38 @@ class ReformulationAgents:
             await self.app.producer.flush()
 
     # -- 3. mining -----------------------------------------------------------------------
+    async def _rewind_sessions(self) -> None:
+        """Seek this worker's sessions partitions to the offsets the checkpoint covers (to the
+        committed ones for a checkpoint without positions, to the start without any)."""
+        consumer = self.app.consumer
+        committed = consumer._committed_offset
+        saved = {int(p): int(o) for p, o in json.loads(self.checkpoints.get(POSITIONS) or b"{}").items()}
+        any_state = any(key.endswith(b"|meta") for key in list(self.checkpoints.keys()))
+        offsets = {}
+        for tp in consumer.assignment():
+            if tp.topic == self.sessions_topic_name:
+                done = committed.get(tp) or 0
+                offsets[tp] = saved.get(tp.partition, done if any_state else 0)
+                self._replay_to[tp.partition] = max(done, self._positions.get(tp.partition, 0))
+        self._positions = {tp.partition: o for tp, o in offsets.items()}
+        if offsets:
+            await consumer.seek_wait(offsets)
+            log.info("sessions rewound to the reformulation checkpoint",
+                     extra={"offsets": {f"{tp.topic}/{tp.partition}": o for tp, o in sorted(offsets.items())}})
+
     def _load(self) -> None:
         """The tenants' miners from their checkpoints (after recovery)."""
-        chunks: dict[str, dict[int, bytes]] = {}
-        for key, raw in list(self.checkpoints.items()):
-            tenant, _, part = key.decode().rpartition("|")
-            if part.isdigit():
-                chunks.setdefault(tenant, {})[int(part)] = raw
-        self.miners, self.seen = {}, {}
-        for tenant, parts in chunks.items():
-            meta = self.checkpoints.get(f"{tenant}|meta".encode())
-            if meta is None:
-                continue
-            info = json.loads(meta)
-            if sorted(parts)[: info["chunks"]] != list(range(info["chunks"])):
+        self.miners, self.seen, self._slots = {}, {}, {}
+        self._dirty.clear()
+        for key in [k for k in list(self.checkpoints.keys()) if k.endswith(b"|meta")]:
+            tenant = key.decode().rpartition("|")[0]
+            info = json.loads(self.checkpoints[key])
+            slot = info.get("slot")
+            parts = [self.checkpoints.get(chunk_key(tenant, slot, i)) for i in range(info["chunks"])]
+            blob = b"".join(p for p in parts if p is not None)
+            if None in parts or len(blob) != info.get("bytes", len(blob)):
                 log.error("incomplete reformulation checkpoint; starting this tenant empty", extra={"tenant": tenant})
                 continue
-            blob = b"".join(parts[i] for i in range(info["chunks"]))
             try:
                 self.miners[tenant] = TenantMiner.from_bytes(blob, self.config)
             except (ValueError, KeyError, TypeError) as exc:
@@ -200,7 +239,10 @@ class ReformulationAgents:
                 continue
             self.seen[tenant] = deque(info.get("seen", []), maxlen=SEEN_SESSIONS)
             self._through[tenant] = int(info.get("through_ms", 0))
+            if slot is not None:
+                self._slots[tenant] = int(slot)
             self._resync.add(tenant)
+        self._checkpointed = time.monotonic()
         log.info("reformulation state loaded", extra={"tenants": sorted(self.miners)})
 
     def _miner(self, tenant: str) -> TenantMiner:
@@ -211,20 +253,42 @@ class ReformulationAgents:
         return miner
 
     def _checkpoint(self, tenant: str) -> None:
+        """One tenant's state into the slot its last checkpoint does not use, then its meta."""
         blob = self.miners[tenant].to_bytes()
+        slot = 1 - self._slots.get(tenant, 1)
         n = max(1, -(-len(blob) // CHUNK))
         for i in range(n):
-            self.checkpoints[f"{tenant}|{i}".encode()] = blob[i * CHUNK:(i + 1) * CHUNK]
-        meta = {"chunks": n, "bytes": len(blob), "seen": list(self.seen.get(tenant, ())), "time_ms": stamps.now_ms(),
-                "through_ms": self._through.get(tenant, 0)}
+            self.checkpoints[chunk_key(tenant, slot, i)] = blob[i * CHUNK:(i + 1) * CHUNK]
+        meta = {"slot": slot, "chunks": n, "bytes": len(blob), "seen": list(self.seen.get(tenant, ())),
+                "time_ms": stamps.now_ms(), "through_ms": self._through.get(tenant, 0)}
         self.checkpoints[f"{tenant}|meta".encode()] = json.dumps(meta, separators=(",", ":")).encode()
+        self._slots[tenant] = slot
         self.metrics.checkpoint_bytes.set(len(blob))
+
+    def checkpoint(self, force: bool = False) -> bool:
+        """Checkpoint every changed tenant, then the sessions offsets they cover, when the
+        interval has passed since the last checkpoint (or ``force``); whether it did."""
+        now = time.monotonic()
+        if not self._dirty or (not force and now - self._checkpointed < self.settings.reform_checkpoint_interval_s):
+            return False
+        for tenant in sorted(self._dirty):
+            if tenant in self.miners:
+                self._checkpoint(tenant)
+        self._dirty.clear()
+        self.checkpoints[POSITIONS] = json.dumps({str(p): o for p, o in self._positions.items()}).encode()
+        self._checkpointed = time.monotonic()
+        self.metrics.checkpoint_seconds.observe(self._checkpointed - now)
+        return True
 
     async def mine(self, stream: faust.StreamT) -> None:
         async for events in stream.take_events(self.settings.batch_size, within=self.settings.mine_within_s):
             while not await self.mine_gate.ensure():
                 await asyncio.sleep(0.05)
             for event in events:
+                message = event.message
+                self._positions[message.partition] = message.offset + 1
+                if message.offset < self._replay_to.get(message.partition, -1):
+                    self.metrics.sessions_replayed.inc()
                 try:
                     session = Session.from_bytes(event.value)
                 except (ValueError, KeyError, TypeError) as exc:
@@ -243,10 +307,8 @@ class ReformulationAgents:
                     if n > tally.get(by, 0):
                         self.metrics.rephrases.labels(by).inc(n - tally.get(by, 0))
                 self._dirty.add(session.tenant)
-            for tenant in sorted(self._dirty):
-                self._checkpoint(tenant)
-            self._dirty.clear()
-            await self.app.producer.flush()
+            if self.checkpoint():
+                await self.app.producer.flush()
 
     def _observe_defects(self, turns: list[TurnRecord], kinds: list[DefectKind]) -> None:
         m = self.metrics
@@ -271,6 +333,7 @@ class ReformulationAgents:
         await self._check_redis()
         through = dict(self._through)  # what the rules refreshed below are made of
         refreshed: dict[str, int] = {}
+        any_records = False
         for tenant, miner in list(self.miners.items()):
             try:
                 sources, targets = await self._blocklist(tenant)
@@ -304,14 +367,18 @@ class ReformulationAgents:
             for ms in changes.promoted_after_ms:
                 self.metrics.canary_seconds.observe(ms / 1000)
             if changes.records:
-                self._checkpoint(tenant)
-                await self.app.producer.flush()
+                self._dirty.add(tenant)
+                any_records = True
             self.metrics.rules_live.labels(tenant).set(len(miner.rules))
             for (kind, stage), n in miner.rule_counts().items():
                 self.metrics.rules_by_kind.labels(tenant, kind, stage).set(n)
             self.metrics.chain_states.labels(tenant).set(len(miner.chain))
             if tenant not in self._resync and through.get(tenant):
                 refreshed[tenant] = through[tenant]
+        # rule changes at once (the records are out); the counts on the interval, also once
+        # the sessions stop coming
+        if self.checkpoint(force=any_records):
+            await self.app.producer.flush()
         await self._publish_caught_up(refreshed, stamps.now_ms())
 
     async def _publish_caught_up(self, through: dict[str, int], now_ms: int) -> None:
