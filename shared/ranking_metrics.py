@@ -8,6 +8,9 @@
 - `gauc`: the per-group (per-user) AUCs averaged with each group's row count as
   its weight, as in the ReLoop2 / DIN evaluations; groups without a defined AUC
   are skipped.
+- `paired_auc`: the AUCs of two scorers on the same labels and the DeLong
+  standard error of their difference (the online guards: inference's delta guard,
+  the trainer's production watchdog and its gate against the static model).
 
 A label above 0.5 is a positive. An AUC is undefined, and NaN, for a group
 without both classes (and for a group holding a NaN score); `gauc` is NaN when
@@ -98,3 +101,30 @@ def gauc(label: np.ndarray, score: np.ndarray, group: np.ndarray) -> float:
     if not defined.any():
         return float("nan")
     return float(np.average(per[defined], weights=rows[defined]))
+
+
+def _placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's placement values: for each positive the share of negatives it beats (ties
+    half), for each negative the share of positives that beat it."""
+    sn, sp = np.sort(neg), np.sort(pos)
+    v10 = (np.searchsorted(sn, pos, "left") + np.searchsorted(sn, pos, "right")) / (2.0 * len(neg))
+    v01 = (2 * len(pos) - np.searchsorted(sp, neg, "left") - np.searchsorted(sp, neg, "right")) / (2.0 * len(pos))
+    return v10, v01
+
+
+def paired_auc(label: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """AUC of scores ``a`` and ``b`` on the same labels (bool), and the standard error of
+    ``auc(b) - auc(a)`` (DeLong, DeLong & Clarke-Pearson 1988); NaNs without two of each class.
+
+    >>> y = np.array([False, False, True, True]); a = np.array([.1, .4, .35, .8])
+    >>> tuple(round(v, 4) for v in paired_auc(y, a, a))
+    (0.75, 0.75, 0.0)
+    """
+    m, n = int(label.sum()), int((~label).sum())
+    if m < 2 or n < 2:
+        return float("nan"), float("nan"), float("nan")
+    va10, va01 = _placements(a[label], a[~label])
+    vb10, vb01 = _placements(b[label], b[~label])
+    d10, d01 = vb10 - va10, vb01 - va01
+    var = d10.var(ddof=1) / m + d01.var(ddof=1) / n
+    return float(va10.mean()), float(vb10.mean()), float(np.sqrt(max(var, 0.0)))

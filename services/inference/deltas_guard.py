@@ -12,7 +12,7 @@ compared: a paired comparison on the same impressions, so the traffic's own
 drift cancels out. When at least ``min_labels`` are in, with both kinds of
 label among them (at least a tenth of ``min_labels`` each), and the deltas'
 AUC is below the base's by more than ``margin`` plus ``z`` standard errors of
-the paired difference (DeLong et al. 1988, `paired_auc`: the judgement is
+the paired difference (DeLong et al. 1988, `loopwise.ranking_metrics.paired_auc`: the judgement is
 repeated every few labels, so chance alone must not trip it; with 200 labels
 and no such allowance, 4 of 10 delta streams on bench/learning.py --quick were
 rolled back on differences of 1-2 AUC points while deltas lifted the run's
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from loopwise.ranking_metrics import paired_auc
 from loopwise.v1 import learning_pb2
 
 from .deltas import DeltaRegistry, Snapshot
@@ -75,28 +76,6 @@ class _Window:
         """(AUC of the base, AUC of the deltas, standard error of their difference, positives)."""
         a = np.asarray(self.rows, dtype=np.float64)
         return (*paired_auc(a[:, 2] > 0, a[:, 0], a[:, 1]), int(a[:, 2].sum()))
-
-
-def _placements(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """DeLong's placement values: for each positive the share of negatives it beats (ties
-    half), for each negative the share of positives that beat it."""
-    sn, sp = np.sort(neg), np.sort(pos)
-    v10 = (np.searchsorted(sn, pos, "left") + np.searchsorted(sn, pos, "right")) / (2.0 * len(neg))
-    v01 = (2 * len(pos) - np.searchsorted(sp, neg, "left") - np.searchsorted(sp, neg, "right")) / (2.0 * len(pos))
-    return v10, v01
-
-
-def paired_auc(label: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """AUC of scores ``a`` and ``b`` on the same labels, and the standard error of
-    ``auc(b) - auc(a)`` (DeLong, DeLong & Clarke-Pearson 1988); NaNs without both classes."""
-    m, n = int(label.sum()), int((~label).sum())
-    if m < 2 or n < 2:
-        return float("nan"), float("nan"), float("nan")
-    va10, va01 = _placements(a[label], a[~label])
-    vb10, vb01 = _placements(b[label], b[~label])
-    d10, d01 = vb10 - va10, vb01 - va01
-    var = d10.var(ddof=1) / m + d01.var(ddof=1) / n
-    return float(va10.mean()), float(vb10.mean()), float(np.sqrt(max(var, 0.0)))
 
 
 class DeltaGuard:

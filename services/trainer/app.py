@@ -19,6 +19,8 @@
 - Between full runs (``LOOPWISE_DELTAS``), every new example also goes to
   `deltas_loop.DeltaLoop`: small steps on the serving version's sparse tables,
   published as deltas on ``loopwise.deltas.v1``.
+- `watchdog.Watchdog` (``LOOPWISE_TRAINER_WATCHDOG``) moves the pointer back when
+  production's online AUC falls below the static cold-start model's.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from .metrics import TrainerMetrics
 from .replay_buffer import ReplayBuffer
 from .settings import TrainerSettings
 from .train import Production, run
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 FETCH_WAIT_MS = 100  # examples feed the deltas within a second: not aiokafka's 500 ms default
@@ -116,6 +119,7 @@ class Trainer:
         self._started = time.monotonic()
         self.metrics.consumer_lag.source = self.lag
         self.deltas = DeltaLoop(self)
+        self.watchdog = Watchdog(self)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -147,6 +151,8 @@ class Trainer:
                        asyncio.create_task(self._trigger(), name="trainer-trigger")]
         if s.deltas:
             self._tasks.append(asyncio.create_task(self.deltas.run(), name="trainer-deltas"))
+        if s.trainer_watchdog:
+            self._tasks.append(asyncio.create_task(self.watchdog.run(), name="trainer-watchdog"))
         log.info("trainer started", extra={"group": s.group_id, "metrics_port": self.http.port,
                                            "window_rows": {f"{t}/{m}": self.window.rows(t, m, "examples")
                                                            for t, m in self.window.keys()}})
@@ -273,6 +279,8 @@ class Trainer:
             self._new[key] = self._new.get(key, 0) + 1
             if self.settings.deltas:
                 self.deltas.add(msg.tenant, model, record.value, record.timestamp or stamps.now_ms(), at_ms)
+            if self.settings.trainer_watchdog:
+                self.watchdog.add(msg.tenant, model, msg, record.value)
 
     def _dead(self, record: Any, reason: str, detail: str) -> None:
         log.warning("dead-lettered", extra={"reason": reason, "detail": detail, "topic": record.topic,
@@ -354,7 +362,8 @@ class Trainer:
             t0 = time.perf_counter()
             data = self.parts.window_data(self.window, tenant, model, InputBuilder(spec))
             m.run_seconds.labels("build").observe(time.perf_counter() - t0)
-            outcome = run(data, production, spec, self.settings, should_stop=self._stopping.is_set)
+            static = self.watchdog.static_model(tenant, model) if self.settings.trainer_gate_static else None
+            outcome = run(data, production, spec, self.settings, should_stop=self._stopping.is_set, static=static)
             for stage, seconds in outcome.timings.items():
                 m.run_seconds.labels(stage).observe(seconds)
             figures = outcome.figures()
@@ -389,7 +398,8 @@ class Trainer:
         m.examples_per_s.labels(tenant, model).set(outcome.candidate.examples_per_s)
         m.parity.labels(tenant, model).set(outcome.parity_max_abs_diff)
         for role, figures in (("candidate", outcome.evaluation.candidate),
-                              ("production", outcome.evaluation.production or {})):
+                              ("production", outcome.evaluation.production or {}),
+                              ("static", outcome.evaluation.static or {})):
             for name, value in figures.items():
                 m.gate.labels(tenant, model, role, name).set(value)
 

@@ -30,7 +30,7 @@ class TrainerMetrics:
                                     "Training throughput of the last run (examples x epochs / s)",
                                     ["tenant", "model"], registry=r)
         self.gate = Gauge("loopwise_trainer_gate_metric", "Holdout figures of the last run",
-                          ["tenant", "model", "role", "metric"], registry=r)  # role: candidate, production
+                          ["tenant", "model", "role", "metric"], registry=r)  # role: candidate, production, static
         self.parity = Gauge("loopwise_trainer_onnx_parity_max_abs_diff",
                             "Max |ONNX - torch| of the last export", ["tenant", "model"], registry=r)
         self.last_run = Gauge("loopwise_trainer_last_run_timestamp_seconds", "End of the last run",
@@ -48,3 +48,16 @@ class TrainerMetrics:
         self.published = Gauge("loopwise_trainer_published_version",
                                "Number of the last version the trainer published", ["tenant", "model"],
                                registry=r)
+        self.rollbacks = Counter("loopwise_trainer_production_rollbacks_total",
+                                 "Serving pointer moved back by the production watchdog (reason: below_static)",
+                                 ["tenant", "model", "reason"], registry=r)
+        self.online_auc = Gauge("loopwise_trainer_production_online_auc",
+                                "Online AUC on the watchdog's final labels of the serving version: what it "
+                                "served (scorer=production) and the static cold-start model (scorer=static)",
+                                ["tenant", "model", "scorer"], registry=r)
+        self.watchdog_labels = Gauge("loopwise_trainer_production_online_labels",
+                                     "Final labels the watchdog judges the serving version on",
+                                     ["tenant", "model"], registry=r)
+        self.watchdog_pending = Gauge("loopwise_trainer_watchdog_pending_rows",
+                                      "Served examples waiting for their final label", ["tenant", "model"],
+                                      registry=r)

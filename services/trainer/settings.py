@@ -29,6 +29,13 @@
 | LOOPWISE_TRAINER_TOLERANCE_* | see below | how much worse than production a candidate may be |
 | LOOPWISE_TRAINER_TOLERANCE_SE | 1.0 | ... or that many standard errors of the paired difference, if larger |
 | LOOPWISE_TRAINER_CALIBRATE | true | Platt-recalibrate each candidate on its holdout (folded into its weights) before the gate |
+| LOOPWISE_TRAINER_GATE_STATIC | true | the gate also refuses a candidate whose holdout AUC is below the static (cold-start) model's (tolerance _AUC or _SE paired standard errors) |
+| LOOPWISE_TRAINER_WATCHDOG | true | production watchdog (watchdog.py): roll the pointer back when the serving version's online AUC is below the static model's |
+| LOOPWISE_TRAINER_WATCHDOG_MARGIN / _Z | 0.005 / 3.0 | ... below by more than the margin plus Z DeLong standard errors of the paired difference ... |
+| LOOPWISE_TRAINER_WATCHDOG_MIN_LABELS / _WINDOW | 2000 / 20000 | ... on at least that many final labels (a tenth of each class), the newest _WINDOW |
+| LOOPWISE_TRAINER_WATCHDOG_COOLDOWN_S | 300 | no second rollback of a model for that long |
+| LOOPWISE_TRAINER_WATCHDOG_CANDIDATES | 3 | earlier versions scored on the judged rows for the rollback target (else the cold-start version) |
+| LOOPWISE_TRAINER_WATCHDOG_CHECK_S / _MAX_PENDING | 1.0 / 50000 | how often final labels are judged / rows waiting for a final label, at most |
 | LOOPWISE_TRAINER_PARITY_TOL | 1e-4 | max abs difference ONNX vs torch, else the export is refused |
 | LOOPWISE_TRAINER_DEVICE | auto | auto (CUDA when available), cpu or cuda |
 | LOOPWISE_DELTAS | true | sparse deltas between full versions (deltas.py): steps on the sparse tables, published on loopwise.deltas.v1 |
@@ -128,6 +135,21 @@ class TrainerSettings(BaseSettings):
     # Platt scaling of each candidate on the gate's holdout, folded into its parameters
     # (`model.Ranker.fold_calibration`): monotone, so AUC and gAUC are unchanged.
     trainer_calibrate: bool = True
+    # The gate also compares the candidate with the static cold-start model on the holdout
+    # (paired DeLong standard error; `train.evaluate`): a candidate below it is refused.
+    trainer_gate_static: bool = True
+    # Production watchdog (watchdog.py): the serving version's online AUC on final labels
+    # against the static model's on the same rows; below by margin + z standard errors
+    # on at least min_labels (the newest `window`): the pointer goes back.
+    trainer_watchdog: bool = True
+    trainer_watchdog_margin: float = 0.005
+    trainer_watchdog_z: float = 3.0
+    trainer_watchdog_min_labels: int = 2_000
+    trainer_watchdog_window: int = 20_000
+    trainer_watchdog_cooldown_s: float = 300.0
+    trainer_watchdog_candidates: int = 3
+    trainer_watchdog_check_s: float = 1.0
+    trainer_watchdog_max_pending: int = 50_000
     # Sparse deltas (deltas.py): small steps on the sparse tables between full versions,
     # every delta_interval_s with new examples or at delta_every_n of them.
     deltas: bool = True

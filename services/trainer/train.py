@@ -16,7 +16,8 @@ Usage (see the README)::
   settle filter waits out the window for the others only) with FNW weights
   (`model.fnw_weights`); the gate sees their final labels (`final_labels`).
 - `evaluate`: candidate (torch) and production (onnxruntime) on the holdout,
-  then the gate.
+  then the gate; with the static cold-start model given, a candidate whose AUC is
+  below its AUC on the same holdout is refused too (`against_static`).
 - `run`: all of it plus ONNX export, parity and the serving contract (every weight finite).
 """
 
@@ -34,7 +35,9 @@ import torch
 
 from loopwise.features import FeatureSpec
 from loopwise.modelstore import Manifest
+from loopwise.modelstore.coldstart import DEFAULT_SPEC
 from loopwise.modelstore.contract import ContractError, check_finite_weights
+from loopwise.ranking_metrics import paired_auc
 
 from . import evaluation as ev
 from .data import WindowData, final_labels
@@ -102,6 +105,7 @@ class Evaluation:
     production: dict[str, float] | None
     decision: ev.Decision
     holdout_rows: int
+    static: dict[str, float] | None = None  # the static model's figures on the holdout (`against_static`)
 
 
 @dataclass
@@ -121,6 +125,8 @@ class Outcome:
             out[f"candidate_{k}"] = v
         for k, v in (self.evaluation.production or {}).items():
             out[f"production_{k}"] = v
+        for k, v in (self.evaluation.static or {}).items():
+            out[f"static_{k}"] = v
         c = self.candidate
         out.update(holdout_rows=self.evaluation.holdout_rows, train_rows=c.train_rows, train_pairs=c.train_pairs,
                    train_until_ms=c.train_until_ms, epochs=c.epochs, fit_seconds=c.seconds, examples_per_s=c.examples_per_s,
@@ -370,8 +376,10 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
                      device=str(device), final_loss=final_loss, stopped=stopped, train_until_ms=until)
 
 
-def evaluate(candidate: Candidate, production: Production | None, settings: TrainerSettings) -> Evaluation:
-    """Candidate and production on the same holdout, and the gate's decision."""
+def evaluate(candidate: Candidate, production: Production | None, settings: TrainerSettings,
+             static: Production | None = None) -> Evaluation:
+    """Candidate and production on the same holdout, and the gate's decision; with ``static``
+    (the cold-start model, ``trainer_gate_static``) also `against_static`."""
     h = candidate.holdout
     bins = settings.trainer_ece_bins
     # The loss the candidate minimised weighs a positive by its IPS weight: so do the gate's
@@ -403,16 +411,46 @@ def evaluate(candidate: Candidate, production: Production | None, settings: Trai
         decision = ev.Decision(False, f"holdout of {len(h)} rows < {settings.trainer_min_holdout}")
     else:
         decision = ev.decide(cand, prod, tolerances(settings), se, settings.trainer_tolerance_se)
-    return Evaluation(cand, prod, decision, len(h))
+    versus = None
+    if static is not None and (production is None or static.version != production.version) and len(h):
+        versus, refusal = against_static(candidate, cand_prob, static, settings)
+        if refusal and decision.publish:
+            decision = ev.Decision(False, refusal)
+    return Evaluation(cand, prod, decision, len(h), versus)
+
+
+def against_static(candidate: Candidate, cand_prob: np.ndarray, static: Production, settings: TrainerSettings
+                   ) -> tuple[dict[str, float] | None, str]:
+    """The static (cold-start) model on the candidate's holdout: its figures, and why the
+    candidate is refused ("" when it is not): its AUC below the static model's by more than
+    ``trainer_tolerance_auc`` or ``trainer_tolerance_se`` paired (DeLong) standard errors."""
+    h = candidate.holdout
+    spec = static.manifest.spec() if static.manifest else DEFAULT_SPEC
+    if spec.to_dict() != candidate.spec.to_dict():
+        return None, ""  # built for another spec: the holdout's inputs do not fit it
+    try:
+        prob, _ = predict_onnx(session(static.onnx, threads=max(settings.trainer_threads, 1)), h.sparse, h.dense)
+    except Exception as exc:  # noqa: BLE001 - a static model that cannot score is no bar
+        log.error("static model could not score the holdout", extra={"version": static.version, "error": repr(exc)})
+        return None, ""
+    auc_static, auc_cand, se = paired_auc(h.label > 0.5, prob.astype(np.float64), cand_prob.astype(np.float64))
+    figures = {"auc": auc_static, "auc_se": se}
+    if not (math.isfinite(auc_static) and math.isfinite(auc_cand)):
+        return figures, ""
+    t = max(settings.trainer_tolerance_auc, round(settings.trainer_tolerance_se * se, 4))
+    if auc_cand < auc_static - t:
+        return figures, f"below the static model: auc {auc_cand:.4f} < static {auc_static:.4f} - {t}"
+    return figures, ""
 
 
 def run(data: WindowData, production: Production | None, spec: FeatureSpec, settings: TrainerSettings,
-        *, should_stop: Callable[[], bool] | None = None) -> Outcome:
-    """Train, evaluate, export and check: everything but publishing."""
+        *, should_stop: Callable[[], bool] | None = None, static: Production | None = None) -> Outcome:
+    """Train, evaluate, export and check: everything but publishing (``static``: the
+    cold-start model the gate also compares with)."""
     t0 = time.perf_counter()
     candidate = train_once(data, production, spec, settings, should_stop=should_stop)
     t1 = time.perf_counter()
-    evaluation = evaluate(candidate, production, settings)
+    evaluation = evaluate(candidate, production, settings, static)
     t2 = time.perf_counter()
     outcome = Outcome(candidate, evaluation, timings={"train": t1 - t0, "evaluate": t2 - t1})
     if candidate.stopped:

@@ -430,8 +430,7 @@ def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
 
 
 def test_paired_auc_and_its_standard_error_match_a_bootstrap():
-    from loopwise.inference.deltas_guard import paired_auc
-    from loopwise.ranking_metrics import auc
+    from loopwise.ranking_metrics import auc, paired_auc
 
     rng = np.random.default_rng(0)
     y = rng.random(400) < 0.25

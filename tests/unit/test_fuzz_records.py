@@ -91,7 +91,7 @@ def test_the_attribution_intake_uses_or_dead_letters_every_record(values):
 def trainer_intake(tmp: str) -> Trainer:
     """The real trainer's record intake (`Trainer._ingest`) into a real replay buffer, without Kafka."""
     trainer = object.__new__(Trainer)
-    trainer.settings = SimpleNamespace(default_model="ranker", deltas=False)
+    trainer.settings = SimpleNamespace(default_model="ranker", deltas=False, trainer_watchdog=False)
     trainer.kinds = {"examples": "examples", "preferences": "preferences"}
     trainer.tenants = frozenset({"default"})
     trainer.window = ReplayBuffer(tmp).open()
