@@ -209,3 +209,33 @@ def test_closed_sessions_carry_the_frontier_every_session_before_it_is_closed_by
     assert Session.from_bytes(closed.to_bytes()).through_ms == closed.through_ms
     later = b.close(now=0.0)
     assert [s.turns[0].user_id for s in later] == ["ann"] and later[0].through_ms > T0
+
+
+class CountingTable(dict):
+    """A dict that counts its writes (each a changelog record in the miner)."""
+
+    writes = 0
+
+    def __setitem__(self, k, v):
+        self.writes += 1
+        super().__setitem__(k, v)
+
+
+def test_write_back_writes_each_user_once_per_flush_and_loses_nothing():
+    table = CountingTable()
+    b = book(table, write_back=True)
+    for i in range(3):  # one batch: two users, three turns each
+        b.add(key("ann"), f"a{i}", turn(i * 1000, "play heet", "ann"), 0)
+        b.add(key("bob"), f"b{i}", turn(i * 1000, "play heat", "bob"), 0)
+    assert table.writes == 0 and b.add(key("ann"), "a1", turn(1000, user="ann"), 0).duplicate  # seen unflushed
+    assert b.flush() == 2 and table.writes == 2
+    assert len(json.loads(table[key("ann")])["state"]["turns"]) == 3
+    done = b.add(key("ann"), "a9", turn(GAP * 3, "play heet", "ann"), 0).closed
+    assert done is not None and len(done.turns) == 3
+
+
+def test_a_turn_record_round_trips_through_its_compact_dict():
+    t = TurnRecord(time_ms=5, utterance="Play Heet", user_id="u", tenant="t", slots={"city": "seoul"})
+    d = t.to_dict()
+    assert TurnRecord(**d) == t and "barge_in" not in d and "rule_id" not in d
+    assert d["slots"] is not t.slots  # a copy

@@ -19,6 +19,11 @@ delivered nothing for ``idle_s`` and has no backlog (``caught_up``). After
 recovery, `SessionBook.rebuild` re-indexes the table and resumes each
 partition's watermark from the arrival times its values hold (``r``).
 
+With ``write_back``, `SessionBook.add` keeps the values it changes in memory
+until `SessionBook.flush` writes each once (the miner flushes after every
+batch of turns, before their offsets can commit): a user's turns that arrive
+in one batch cost one table write (one changelog record), not one each.
+
 `SessionBook.frontier` is the event time before which every session of the
 book's partitions has been closed: each closed `Session` carries it
 (``through_ms``), so the mining side knows how far it has caught up.
@@ -88,8 +93,10 @@ class Added:
 class SessionBook:
     def __init__(self, table: MutableMapping[bytes, bytes], *, gap_ms: int = DEFAULT_GAP_MS,
                  max_turns: int = DEFAULT_MAX_TURNS, idle_s: float = 0.0,
-                 caught_up: Callable[[int], bool] | None = None) -> None:
+                 caught_up: Callable[[int], bool] | None = None, write_back: bool = False) -> None:
         self.table = table
+        self.write_back = write_back
+        self._pending: dict[bytes, dict] = {}  # key -> value not written to the table yet
         self.gap_ms = gap_ms
         self.max_turns = max_turns
         self.idle_s = idle_s
@@ -100,6 +107,7 @@ class SessionBook:
     def rebuild(self, now: float | None = None) -> None:
         """Re-index the table's open sessions (after recovery from the changelog)."""
         self._due = {}
+        self._pending = {}
         now = time.monotonic() if now is None else now
         for key, raw in list(self.table.items()):
             data = json.loads(raw)
@@ -115,8 +123,7 @@ class SessionBook:
             received_ms: int = 0) -> Added:
         """Add the turn ``event_id`` of the user ``key``, read from ``partition``; ``received_ms``:
         when the collector received it (0: unknown, the turn's own time moves the watermark)."""
-        raw = self.table.get(key)
-        data = json.loads(raw) if raw is not None else {"state": {"turns": []}, "ids": [], "first": ""}
+        data = self._read(key) or {"state": {"turns": []}, "ids": [], "first": ""}
         if event_id in data["ids"]:
             return Added(duplicate=True)
         data["ids"] = (data["ids"] + [event_id])[-RECENT_IDS:]
@@ -132,7 +139,10 @@ class SessionBook:
         arrived = min(turn.time_ms, received_ms) if received_ms > 0 else turn.time_ms
         data["p"] = partition
         data["r"] = max(int(data.get("r", 0)), arrived)
-        self.table[key] = json.dumps(data, separators=(",", ":")).encode()
+        if self.write_back:
+            self._pending[key] = data
+        else:
+            self.table[key] = json.dumps(data, separators=(",", ":")).encode()
         heapq.heappush(self._due.setdefault(partition, []), (state.last_ms + self.gap_ms, key))
         now = time.monotonic() if now is None else now
         stream = self._streams.setdefault(partition, [arrived, now])
@@ -141,6 +151,21 @@ class SessionBook:
         if closed is None:
             return Added()
         return Added(closed=self._session(*closed, through_ms=self.frontier(now)))
+
+    def _read(self, key: bytes) -> dict | None:
+        data = self._pending.get(key)
+        if data is None:
+            raw = self.table.get(key)
+            data = json.loads(raw) if raw is not None else None
+        return data
+
+    def flush(self) -> int:
+        """Write the values changed since the last flush (with ``write_back``); how many."""
+        n = len(self._pending)
+        for key, data in self._pending.items():
+            self.table[key] = json.dumps(data, separators=(",", ":")).encode()
+        self._pending.clear()
+        return n
 
     def watermark(self, partition: int, now: float | None = None) -> float:
         """The partition's watermark, on arrival times (0 before it has delivered anything)."""
@@ -172,16 +197,16 @@ class SessionBook:
             mark = self.watermark(partition, now)
             while due and due[0][0] < mark and (limit is None or len(out) < limit):
                 _, key = heapq.heappop(due)
-                raw = self.table.get(key)
-                if raw is None:
+                data = self._read(key)
+                if data is None:
                     continue
-                data = json.loads(raw)
                 state = SessionState.from_dict(data["state"])
                 turns = state.flush(int(mark), gap_ms=self.gap_ms)
                 if not turns:
                     continue  # a newer turn extended it (a newer heap entry exists)
                 tenant, _, user = key.decode().partition("|u|")
                 out.append(self._session(tenant, user, data.get("first", ""), turns))
+                self._pending.pop(key, None)
                 self.table.pop(key, None)
         if out:
             through = self.frontier(now)

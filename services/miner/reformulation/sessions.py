@@ -25,7 +25,7 @@ from __future__ import annotations
 import bisect
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from loopwise.text import normalize
@@ -100,7 +100,18 @@ class TurnRecord:
                    session_id=event.session_id, slots=slots)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Its fields, those at their default left out (``TurnRecord(**d)`` restores them):
+        a table value is written for every turn, a closed session is sent whole."""
+        out: dict[str, Any] = {"time_ms": self.time_ms, "utterance": self.utterance}
+        for name, default in _OPTIONAL:
+            value = getattr(self, name)
+            if value != default:
+                out[name] = dict(value) if name == "slots" else value
+        return out
+
+
+_OPTIONAL = tuple((f.name, f.default if f.default is not MISSING else {}) for f in fields(TurnRecord)
+                  if f.name not in ("time_ms", "utterance"))
 
 
 @dataclass
