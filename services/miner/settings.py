@@ -73,6 +73,9 @@ class MinerSettings(BaseSettings):
     # with a span must have.
     span_rules: bool = True
     span_min_source_defect: float = 0.8
+    # Carrier-pooled whole-utterance rules: the utterances that differ only by their carrier
+    # phrase pool their evidence (`reformulation.carriers`).
+    carrier_rules: bool = True
     # Canary: a new rule serves this share of users (1: everyone at once), promoted or withdrawn
     # at this one-sided level once canary and control have this many turns each.
     canary_share: float = 0.5

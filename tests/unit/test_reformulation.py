@@ -390,3 +390,38 @@ def test_a_rule_chosen_on_thin_evidence_is_superseded_when_the_evidence_points_e
     assert "play heat" in second.put["play heet"] and second.records[1].target == "video.play_movie:8"
     assert [(r.action, r.reason) for r in second.records] == [("withdrawn", "superseded"), ("created", "")]
     assert "play heet" not in m.monitor.blocklist.sources
+
+
+# -- carrier-pooled rules ----------------------------------------------------------------------
+
+
+def test_a_request_misheard_under_several_carriers_is_learnt_once_and_served_in_each():
+    """No utterance has the support of a whole-utterance rule; pooled by their tail they do, and
+    the rule keeps each utterance's own carrier (also one not heard with it yet)."""
+    from loopwise.miner.reformulation.carriers import learn_carriers
+    from loopwise.miner.reformulation.pipeline import MiningConfig, TenantMiner
+
+    m = TenantMiner("t", MiningConfig(canary_share=1.0))
+    t = 0
+    for i, title in enumerate(("heat", "toy story", "fargo", "the wizard of oz")):
+        for carrier in ("play", "watch", "put on"):  # every title asked in every carrier: carriers learnt
+            t += H
+            m.observe_session([turn(t, f"{carrier} {title}", user=f"ok{i}{carrier}", interp=f"play_movie:{i}")])
+    for u, carrier in enumerate(("watch", "play", "watch", "play", "watch")):
+        t += H
+        m.observe_session([turn(t, f"{carrier} wizard of oz", user=f"u{u}", status=STATUS_UNHANDLED),
+                           turn(t + 3000, "play the wizard of oz", user=f"u{u}", interp="play_movie:3")])
+    assert set(learn_carriers(m.chain)) == {"play", "watch", "put on"}
+    m.refresh(now_ms=t + H)
+    got = {r.source: r.rewrite for r in m.rules.values() if r.kind == "utterance"}
+    assert got == {"watch wizard of oz": "watch the wizard of oz", "play wizard of oz": "play the wizard of oz",
+                   "put on wizard of oz": "put on the wizard of oz"}
+    # without pooling none of them has a rule
+    from dataclasses import replace
+
+    from loopwise.miner.reformulation.carriers import CarrierConfig
+
+    alone = TenantMiner.from_bytes(m.to_bytes(), replace(m.config, carriers=CarrierConfig(enabled=False)))
+    alone.rules = {}
+    alone.refresh(now_ms=t + H)
+    assert not [r for r in alone.rules.values() if r.kind == "utterance"]

@@ -204,3 +204,18 @@ def test_the_miner_state_keeps_span_rules_and_canaries_across_a_restart() -> Non
     back = TenantMiner.from_bytes(m.to_bytes(), m.config)
     assert back.table() == m.table() and back.canary.to_dict() == m.canary.to_dict()
     assert any(r.kind == SPAN for r in back.rules.values())
+
+
+def test_a_canary_is_judged_against_its_sources_history_from_its_first_turns() -> None:
+    """The source failed for everyone before the rule: a handful of canary successes promote it,
+    with no control turn since."""
+    m = canary_miner()
+    m.canary.min_turns = 5
+    rid = json.loads(m.refresh(now_ms=1_000).put["play heet"])["rule_id"]
+    trial = m.canary.trials[rid]
+    assert trial.control_turns >= 5 and trial.control_successes == 0  # "play heet" heard before: all failed
+    users = [u for u in (f"y{i}" for i in range(100)) if bucket(rid, u) < 0.5][:m.canary.min_turns]
+    for u in users:
+        m.observe_session([TurnRecord(10**8, "play heet", "play_movie:7", rewritten="play heat", rule_id=rid,
+                                      user_id=u, tenant="t")])
+    assert [r.action for r in m.refresh(now_ms=2_000).records if r.rule_id == rid] == ["promoted"]

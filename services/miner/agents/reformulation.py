@@ -80,6 +80,7 @@ from loopwise import codec, redis_keys, stamps
 
 from ..metrics import MinerMetrics
 from ..recovery import ChangelogCatchUp, InputRewind, ReadPositions, RecoveryGate
+from ..reformulation.carriers import CarrierConfig
 from ..reformulation.chain import ChainConfig
 from ..reformulation.defects import DefectConfig, DefectKind
 from ..reformulation.pipeline import MiningConfig, TenantMiner
@@ -113,7 +114,7 @@ def mining_config(settings: MinerSettings) -> MiningConfig:
         alpha=settings.rollback_alpha, min_turns_after=settings.rollback_min_turns,
         spans=SpanConfig(enabled=settings.span_rules, min_source_defect=settings.span_min_source_defect),
         canary_share=settings.canary_share, canary_alpha=settings.canary_alpha,
-        canary_min_turns=settings.canary_min_turns)
+        canary_min_turns=settings.canary_min_turns, carriers=CarrierConfig(enabled=settings.carrier_rules))
 
 
 class ReformulationAgents:
@@ -132,7 +133,8 @@ class ReformulationAgents:
         turns, sessions = topics.turns.get_topic_name(), topics.sessions.get_topic_name()
         self.book = SessionBook(tables.sessions, gap_ms=settings.session_gap_ms,
                                 max_turns=settings.session_max_turns, idle_s=settings.idle_s,
-                                caught_up=lambda partition: positions.caught_up(turns, partition))
+                                caught_up=lambda partition: positions.caught_up(turns, partition),
+                                write_back=True)
 
         def catch_up(table: Any, inputs: tuple[str, ...]) -> ChangelogCatchUp | None:
             return ChangelogCatchUp(app, table, inputs, settings.kafka_bootstrap, settings.catch_up_idle_s) \
@@ -183,6 +185,7 @@ class ReformulationAgents:
                     self.metrics.duplicates.inc()
                 elif added.closed is not None:
                     self._send_session(added.closed)
+            self.book.flush()  # the batch's table writes, before its offsets can commit
             await self.app.producer.flush()
 
     def _send_session(self, session: Session) -> None:

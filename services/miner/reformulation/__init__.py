@@ -11,6 +11,8 @@ docs/methods.md §2):
   absorption probabilities solved per touched component;
 * `rules` - `select_rules`, `Rule` (table value, audit record), `Blocklist`;
 * `spans` - `SpanStats`, `select_span_rules`: entity-level rules from replaced spans;
+* `carriers` - `learn_carriers`, `select_carrier_rules`: whole-utterance rules from the
+  evidence of the utterances that differ only by their carrier phrase;
 * `canary` - `CanaryMonitor`: a new rule on a share of users against its control;
 * `rollback` - `RuleMonitor`: withdraw rules whose rewritten turns do worse;
 * `pipeline` - `TenantMiner`: all of the above for one tenant, sessions in,

@@ -5,7 +5,10 @@ Inference serves a canary rule to the users whose `loopwise.spans.bucket`
 outcomes of both arms: the canary's turns are those that carried the rule
 id; the control's are the turns served as heard whose words the rule would
 have rewritten (the source utterance, or one containing the source span)
-from users outside the share. `decide` runs a two-proportion z-test on
+from users outside the share, after the source's outcomes as heard before
+the rule started (``history``: what every user got then, so a rule on a
+rarely said source is judged on its first canary turns instead of waiting
+for as many control turns). `decide` runs a two-proportion z-test on
 them once each arm has ``min_turns``: the canary is **promoted** (served to
 everyone) when its success rate beats the control's with a one-sided p-value
 below ``alpha``, **withdrawn** when it loses at that level, and left running
@@ -83,9 +86,12 @@ class CanaryMonitor:
     def enabled(self) -> bool:
         return self.share < 1.0
 
-    def start(self, rule_id: str, *, source: str, kind: str, time_ms: int) -> None:
+    def start(self, rule_id: str, *, source: str, kind: str, time_ms: int,
+              history: tuple[int, int] = (0, 0)) -> None:
+        """A new trial; ``history``: (turns, successes) of the source heard before, the control's start."""
         if rule_id not in self.trials:
-            self.trials[rule_id] = Trial(source, kind, time_ms)
+            self.trials[rule_id] = Trial(source, kind, time_ms, control_turns=int(history[0]),
+                                         control_successes=int(history[1]))
             self._index = None
 
     def stop(self, rule_id: str) -> Trial | None:

@@ -36,6 +36,7 @@ from typing import Any
 from loopwise.spans import SPAN, UTTERANCE, split_ids
 
 from .canary import CanaryMonitor
+from .carriers import CarrierConfig, select_carrier_rules
 from .chain import Chain, ChainConfig
 from .defects import DefectConfig, DefectKind, label_session
 from .rollback import RuleMonitor
@@ -61,6 +62,7 @@ class MiningConfig:
     canary_share: float = 0.5
     canary_alpha: float = 0.05
     canary_min_turns: int = 5
+    carriers: CarrierConfig = CarrierConfig()
 
 
 @dataclass
@@ -142,6 +144,13 @@ class TenantMiner:
         self._decide_canaries(now_ms, out)
         self.chain.solve()
         found = select_rules(self.chain, self.tenant, self.config.rules, self.monitor.blocklist)
+        if self.config.carriers.enabled:
+            rc = self.config.rules
+            found += select_carrier_rules(
+                self.chain, self.heard, self.tenant, min_support=rc.min_support,
+                min_target_success=rc.min_target_success, min_margin=rc.min_margin,
+                min_source_turns=rc.min_source_turns, config=self.config.carriers, blocklist=self.monitor.blocklist,
+                skip={r.key for r in found} | set(self.rules))
         if self.config.spans.enabled:
             found += select_span_rules(self.spans, self.tenant, self.monitor.blocklist)
         for rule in found:
@@ -168,13 +177,22 @@ class TenantMiner:
             self.monitor.deploy(rule.rule_id, source=rule.source, target=rule.target,
                                 success_before=before, turns_before=n_before)
             if self.canary.enabled:
-                self.canary.start(rule.rule_id, source=rule.source, kind=rule.kind, time_ms=now_ms)
+                self.canary.start(rule.rule_id, source=rule.source, kind=rule.kind, time_ms=now_ms,
+                                  history=self._history(rule))
                 out.put[rule.key] = rule.table_value(self.canary.share)
                 out.records.append(rule.record("canary", time_ms=now_ms, canary_share=self.canary.share))
             else:
                 out.put[rule.key] = rule.table_value()
                 out.records.append(rule.record("created", time_ms=now_ms, canary_share=1.0))
         return out
+
+    def _history(self, rule: Rule) -> tuple[int, int]:
+        """(turns, successes) of the rule's source heard before it: its own counts, a span's
+        tracked counts, else (a source not heard as such: a carrier-pooled rule) its evidence's."""
+        counts = self.spans.counts.get(rule.source) if rule.kind == SPAN else self.heard.get(rule.source)
+        if counts and counts[0]:
+            return int(counts[0]), int(counts[1])
+        return rule.source_turns, int(round(rule.source_success * rule.source_turns))
 
     def _decide_canaries(self, now_ms: int, out: Changes) -> None:
         """Promote the canaries that beat their control, withdraw those that lose to it."""
