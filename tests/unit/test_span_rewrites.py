@@ -219,3 +219,19 @@ def test_a_canary_is_judged_against_its_sources_history_from_its_first_turns() -
         m.observe_session([TurnRecord(10**8, "play heet", "play_movie:7", rewritten="play heat", rule_id=rid,
                                       user_id=u, tenant="t")])
     assert [r.action for r in m.refresh(now_ms=2_000).records if r.rule_id == rid] == ["promoted"]
+
+
+def test_span_counts_decay_with_event_time_like_the_chain() -> None:
+    from loopwise.miner.reformulation.spans import SpanStats
+
+    s = SpanStats()
+    s.pairs = {"soul": {"seoul": [8.0, [1, 2, 3]]}}
+    s.counts = {"soul": [10.0, 1.0]}
+    s.decay(0, half_life_ms=1000)
+    s.decay(100, half_life_ms=1000)  # under an eighth of the half-life: not yet
+    assert s.counts["soul"] == [10.0, 1.0]
+    s.decay(1000, half_life_ms=1000)
+    assert s.counts["soul"] == [5.0, 0.5] and s.pairs["soul"]["seoul"][0] == 4.0
+    assert s.pairs["soul"]["seoul"][1] == [1, 2, 3]  # distinct users do not decay
+    back = SpanStats.from_dict(s.to_dict())
+    assert back.decayed_ms == 1000 and back.counts == s.counts

@@ -106,6 +106,7 @@ class TenantMiner:
         self.chain.observe_session(turns, kinds, rephrased)
         heard = self.heard
         if self.config.spans.enabled:
+            self.spans.decay(turns[-1].time_ms, self.config.chain.half_life_ms)
             observe_spans(self.spans, turns, kinds, rephrased, heard)
         for turn, kind in zip(turns, kinds, strict=True):
             ok = not kind

@@ -20,7 +20,10 @@ the source fail often (``min_source_defect``) and turns containing the
 target succeed by ``min_margin`` more; the most specific qualifying span
 wins over the longer ones containing it. The rule applies in any carrier
 phrase (`loopwise.spans.RuleSet`); a whole-utterance rule wins over it.
-These counts do not decay (the chain's do).
+The pair weights and the tracked spans' outcomes decay like the chain's
+weights (`SpanStats.decay`: halved every half-life of event time, in steps
+of at most an eighth of it), so a span's defect and success rates follow
+what users say now; the user sketches do not decay.
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ class SpanStats:
         self._longest = 0
         self.n_pairs = 0
         self._by_word: dict[str, set[str]] = {}  # word -> heard texts with it (to track a span at once)
+        self.decayed_ms: int | None = None  # event time the counts were last decayed to
 
     def observe_pair(self, src: str, dst: str, user: str, heard: Mapping[str, Sequence[int]]) -> None:
         """One user's replacement of ``src`` by ``dst``; spans reaching support start being tracked
@@ -174,6 +178,23 @@ class SpanStats:
                     c[0] += 1
                     c[1] += success
 
+    def decay(self, time_ms: int, half_life_ms: int) -> None:
+        """Decay the pair weights and the tracked outcomes to ``time_ms`` (event time)."""
+        if self.decayed_ms is None or time_ms < self.decayed_ms:
+            self.decayed_ms = time_ms if self.decayed_ms is None else self.decayed_ms
+            return
+        elapsed = time_ms - self.decayed_ms
+        if elapsed * 8 < half_life_ms:
+            return
+        f = 0.5 ** (elapsed / half_life_ms)
+        for c in self.counts.values():
+            c[0] *= f
+            c[1] *= f
+        for targets in self.pairs.values():
+            for entry in targets.values():
+                entry[0] *= f
+        self.decayed_ms = time_ms
+
     def _evict(self) -> None:
         """Forget the least-made half of the sources that no tracked span depends on."""
         weight = {s: sum(e[0] for e in t.values()) for s, t in self.pairs.items() if s not in self.counts}
@@ -181,13 +202,14 @@ class SpanStats:
             self.n_pairs -= len(self.pairs.pop(src))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pairs": self.pairs, "counts": self.counts}
+        return {"pairs": self.pairs, "counts": self.counts, "decayed_ms": self.decayed_ms}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], config: SpanConfig = SpanConfig()) -> SpanStats:
         s = cls(config)
         s.pairs = {src: {d: [float(e[0]), list(e[1])] for d, e in t.items()} for src, t in data["pairs"].items()}
         s.counts = {k: list(v) for k, v in data["counts"].items()}
+        s.decayed_ms = data.get("decayed_ms")
         s.n_pairs = sum(len(t) for t in s.pairs.values())
         s._longest = max((len(k.split()) for k in s.counts), default=0)
         return s
