@@ -425,3 +425,17 @@ def test_a_request_misheard_under_several_carriers_is_learnt_once_and_served_in_
     alone.rules = {}
     alone.refresh(now_ms=t + H)
     assert not [r for r in alone.rules.values() if r.kind == "utterance"]
+
+
+def test_carrier_rules_are_rederived_on_their_interval_only(monkeypatch) -> None:
+    """A pass over every heard utterance: at most every ``every_ms``, not on every refresh."""
+    from loopwise.miner.reformulation import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "select_carrier_rules", lambda *a, **k: calls.append(1) or [])
+    m = pipeline.TenantMiner("t", pipeline.MiningConfig(canary_share=1.0))
+    m.observe_session([turn(0, "play heat", interp="play_movie:1")])
+    every = m.config.carriers.every_ms
+    for now in (0, 1_000, every - 1, every, every + 1):
+        m.refresh(now_ms=now)
+    assert len(calls) == 2  # at 0 and at every_ms

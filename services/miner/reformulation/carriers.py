@@ -44,6 +44,10 @@ class CarrierConfig:
     min_share: float = 0.6  # of the tail's rephrase users that reach its target
     min_source_defect: float = 0.5  # of an utterance's own turns, for it to get a rule
     expand: bool = True  # rules also for the tail in the carriers not heard with it yet
+    # The pooled rules are re-derived at most this often (wall ms; a pass over every heard
+    # utterance), the carriers re-learnt when the chain's states changed by this fraction.
+    every_ms: int = 10_000
+    relearn: float = 0.1
 
 
 def _understood(key: str | None) -> bool:
@@ -93,11 +97,13 @@ def split(text: str, carriers: Mapping[str, object], max_words: int = 5) -> tupl
 def select_carrier_rules(chain: Chain, heard: Mapping[str, Sequence[int]], tenant: str, *,
                          min_support: float, min_target_success: float, min_margin: float,
                          min_source_turns: int, config: CarrierConfig = CarrierConfig(),
-                         blocklist: Blocklist | None = None, skip: Iterable[str] = ()) -> list[Rule]:
+                         blocklist: Blocklist | None = None, skip: Iterable[str] = (),
+                         carriers: Mapping[str, set[str]] | None = None) -> list[Rule]:
     """Whole-utterance rules from the evidence pooled per tail (module docstring); ``skip``: table
-    keys that have a rule already. Call `Chain.solve` first."""
+    keys that have a rule already; ``carriers``: `learn_carriers` (learnt now when None). Call
+    `Chain.solve` first."""
     blocklist = blocklist or Blocklist()
-    carriers = learn_carriers(chain, config)
+    carriers = learn_carriers(chain, config) if carriers is None else carriers
     if not carriers:
         return []
     groups: dict[str, list[tuple[str, str]]] = {}  # tail -> [(carrier, text)]

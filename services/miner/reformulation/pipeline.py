@@ -36,7 +36,7 @@ from typing import Any
 from loopwise.spans import SPAN, UTTERANCE, split_ids
 
 from .canary import CanaryMonitor
-from .carriers import CarrierConfig, select_carrier_rules
+from .carriers import CarrierConfig, learn_carriers, select_carrier_rules
 from .chain import Chain, ChainConfig
 from .defects import DefectConfig, DefectKind, label_session
 from .rollback import RuleMonitor
@@ -96,6 +96,8 @@ class TenantMiner:
         self.heard: dict[str, list[int]] = {}  # text -> [turns, successes]
         self.rephrases: dict[str, int] = {}  # rephrase links by what found them (since start)
         self.max_heard = 200_000
+        self._carriers: tuple[int, dict[str, set[str]]] | None = None  # (chain states then, carriers)
+        self._carrier_ms: int | None = None  # when the pooled rules were last derived
 
     def observe_session(self, turns: Sequence[TurnRecord]) -> list[DefectKind]:
         """A closed session (time order): into the chain, and rewritten turns' outcomes to rollback.
@@ -145,13 +147,18 @@ class TenantMiner:
         self._decide_canaries(now_ms, out)
         self.chain.solve()
         found = select_rules(self.chain, self.tenant, self.config.rules, self.monitor.blocklist)
-        if self.config.carriers.enabled:
+        cc = self.config.carriers
+        if cc.enabled and (self._carrier_ms is None or not 0 <= now_ms - self._carrier_ms < cc.every_ms):
+            self._carrier_ms = now_ms
+            n = len(self.chain)
+            if self._carriers is None or abs(n - self._carriers[0]) > cc.relearn * self._carriers[0]:
+                self._carriers = (n, learn_carriers(self.chain, cc))
             rc = self.config.rules
             found += select_carrier_rules(
                 self.chain, self.heard, self.tenant, min_support=rc.min_support,
                 min_target_success=rc.min_target_success, min_margin=rc.min_margin,
-                min_source_turns=rc.min_source_turns, config=self.config.carriers, blocklist=self.monitor.blocklist,
-                skip={r.key for r in found} | set(self.rules))
+                min_source_turns=rc.min_source_turns, config=cc, blocklist=self.monitor.blocklist,
+                skip={r.key for r in found} | set(self.rules), carriers=self._carriers[1])
         if self.config.spans.enabled:
             found += select_span_rules(self.spans, self.tenant, self.monitor.blocklist)
         for rule in found:
