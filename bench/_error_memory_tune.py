@@ -14,8 +14,14 @@ each block of ``BLOCK`` requests is read (compensated) before it is written,
 the negatives ``lag`` requests later (the miner's window) and a click's error
 at once or, with ``settle`` (the service's ``settle_s``, `memory/fresh.py`),
 with its request's negatives (its effect on its own exact key in between is
-not modelled: a replayed request never repeats its exact key). The point with the best gAUC of the compensated scores
-over the prefix wins; nothing after the prefix is looked at.
+not modelled: a replayed request never repeats its exact key).
+
+Two stages, both on the prefix: first the exact (user, item) table alone
+(`memory/pairs.py`: ``pair_lambda`` x ``pair_prior``, the sketch's lambda 0;
+a click at once, the negatives ``lag`` requests later), then the sketch's
+grid with that table on. In each the point with the best gAUC of the
+compensated scores over the prefix wins; nothing after the prefix is looked
+at.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ GRID = {"k": (16, 32, 64), "bits": (8, 10, 12, 14), "lam": (0.1, 0.25, 0.5, 1.0)
         "gamma": (1.0, 0.0)}
 QUICK_GRID = {"k": (16, 32, 64), "bits": (8, 10, 12), "lam": (0.1, 0.25, 0.5, 1.0), "tau": (0.1, 0.5),
               "gamma": (1.0, 0.0)}
+PAIR_GRID = {"pair_lam": (0.0, 0.25, 0.5, 1.0), "pair_prior": (0.0, 0.5, 1.0)}
 BLOCK = 10  # requests read together before their labels are written
 LAG = 100  # requests between a request and its negatives (2 s window at ~50 requests/s)
 
@@ -45,13 +52,16 @@ class Tuned:
     lam: float
     tau: float
     gamma: float
+    pair_lam: float
+    pair_prior: float
     gauc_base: float
     gauc_memory: float
     grid: list[dict[str, float]]
     rows: int
 
     def describe(self) -> str:
-        return (f"K={self.k} L={self.bits} lambda={self.lam} tau={self.tau} gamma={self.gamma}: prefix gAUC {self.gauc_base:.4f} -> "
+        return (f"K={self.k} L={self.bits} lambda={self.lam} tau={self.tau} gamma={self.gamma} "
+                f"pair_lambda={self.pair_lam} pair_prior={self.pair_prior}: prefix gAUC {self.gauc_base:.4f} -> "
                 f"{self.gauc_memory:.4f} ({len(self.grid)} points, {self.rows} rows)")
 
 
@@ -69,21 +79,31 @@ def score_with_keys(artifact: bytes, sparse: np.ndarray, dense: np.ndarray) -> t
 
 
 def replay(prob: np.ndarray, keys: np.ndarray, y: np.ndarray, k_rows: int, *, k: int, bits: int, lam: float,
-           tau: float, gamma: float = 1.0, lag: int = LAG, seed: int = 0, settle: bool = False) -> np.ndarray:
-    """Progressive compensated scores of ``prob`` (rows request-major, ``k_rows`` per request)."""
+           tau: float, gamma: float = 1.0, lag: int = LAG, seed: int = 0, settle: bool = False,
+           pairs: tuple[np.ndarray, np.ndarray] | None = None, pair_lam: float = 0.0, pair_prior: float = 1.0
+           ) -> np.ndarray:
+    """Progressive compensated scores of ``prob`` (rows request-major, ``k_rows`` per request);
+    ``pairs`` (user, item id per row) and ``pair_lam`` > 0: with the exact (user, item) table."""
     from loopwise.inference.memory.compensate import Params, compensate
+    from loopwise.inference.memory.pairs import PairTable
     from loopwise.inference.memory.sketch import Sketch
 
     memory = Sketch(keys.shape[1], k=k, bits=bits, seed=seed)
     params = Params(lam=lam, tau=tau, gamma=gamma)
+    table = PairTable(seed=seed) if pairs is not None and pair_lam > 0 else None
+    pair_params = Params(lam=pair_lam, gamma=1.0, prior=pair_prior)
+    pair_keys = table.keys(*pairs) if table is not None and pairs is not None else None
     n = len(prob) // k_rows
     out = np.empty_like(prob)
     written_neg = 0  # requests whose negatives are in memory
     for a in range(0, n, BLOCK):
         b = min(a + BLOCK, n)
         rows = slice(a * k_rows, b * k_rows)
-        out[rows] = compensate(prob[rows], memory.read(keys[rows]), params)
+        out[rows] = compensate(prob[rows], memory.read(keys[rows]), params) if lam > 0 else prob[rows]
         pos = np.flatnonzero(y[rows] > 0) + a * k_rows
+        if table is not None and pair_keys is not None:
+            out[rows] = np.clip(out[rows] + pair_lam * table.error(pair_keys[rows], prob[rows], pair_params), 0, 1)
+            table.write(pair_keys[pos], y[pos], prob[pos])  # a click: into its pair at once
         if len(pos) and not settle:
             memory.write(keys[pos], y[pos], prob[pos])
         due = max(b - lag, 0)
@@ -92,8 +112,17 @@ def replay(prob: np.ndarray, keys: np.ndarray, y: np.ndarray, k_rows: int, *, k:
             # the window's negatives (and, with settle, its clicks)
             late = np.arange(span.start, span.stop) if settle else np.flatnonzero(y[span] <= 0) + span.start
             memory.write(keys[late], y[late], prob[late])
+            if table is not None and pair_keys is not None:
+                neg = np.flatnonzero(y[span] <= 0) + span.start
+                table.write(pair_keys[neg], y[neg], prob[neg])
             written_neg = due
     return out
+
+
+def row_items(stream: Stream, rows: slice) -> np.ndarray:
+    """The candidate id of each row in ``rows`` (request-major)."""
+    ids = np.asarray(stream.data.item_ids, dtype=np.str_)
+    return ids[stream.cand.reshape(-1)[rows]]
 
 
 def tune(stream: Stream, parent: bytes, prefix: int, quick: bool = False, settle: bool = False,
@@ -106,14 +135,24 @@ def tune(stream: Stream, parent: bytes, prefix: int, quick: bool = False, settle
     y = stream.label.reshape(-1)[rows]
     users = stream.row_users()[rows]
     base = gauc(y, prob, users)
-    grid = QUICK_GRID if quick else GRID
+    pairs = (users.astype(np.str_), row_items(stream, rows))
     results = []
+    for pair_lam, pair_prior in itertools.product(*PAIR_GRID.values()):
+        g = gauc(y, replay(prob, keys, y, k_rows, k=1, bits=1, lam=0.0, tau=1.0, pairs=pairs, pair_lam=pair_lam,
+                           pair_prior=pair_prior), users)
+        results.append({"pair_lam": pair_lam, "pair_prior": pair_prior, "lam": 0.0, "gauc": round(float(g), 5)})
+    pair = max(results, key=lambda r: r["gauc"])
+    grid = QUICK_GRID if quick else GRID
     for k, bits, lam, tau, gamma in itertools.product(*grid.values()):
-        g = gauc(y, replay(prob, keys, y, k_rows, k=k, bits=bits, lam=lam, tau=tau, gamma=gamma, settle=settle),
-                 users)
-        results.append({"k": k, "bits": bits, "lam": lam, "tau": tau, "gamma": gamma, "gauc": round(float(g), 5)})
+        g = gauc(y, replay(prob, keys, y, k_rows, k=k, bits=bits, lam=lam, tau=tau, gamma=gamma, settle=settle,
+                           pairs=pairs, pair_lam=pair["pair_lam"], pair_prior=pair["pair_prior"]), users)
+        results.append({"k": k, "bits": bits, "lam": lam, "tau": tau, "gamma": gamma, "pair_lam": pair["pair_lam"],
+                        "pair_prior": pair["pair_prior"], "gauc": round(float(g), 5)})
     best = max(results, key=lambda r: r["gauc"])
+    if best["lam"] == 0.0:  # no sketch point beat the table alone: the sketch's defaults, lambda 0
+        best = {**best, "k": 32, "bits": 12, "tau": 1.0, "gamma": 1.0}
     tuned = Tuned(k=int(best["k"]), bits=int(best["bits"]), lam=float(best["lam"]), tau=float(best["tau"]),
-                  gamma=float(best["gamma"]), gauc_base=float(base), gauc_memory=float(best["gauc"]), grid=results, rows=len(y))
+                  gamma=float(best["gamma"]), pair_lam=float(best["pair_lam"]), pair_prior=float(best["pair_prior"]),
+                  gauc_base=float(base), gauc_memory=float(best["gauc"]), grid=results, rows=len(y))
     say(f"memory tuned on the first {prefix} requests: {tuned.describe()}")
     return tuned

@@ -10,10 +10,11 @@ off) and the compensated one (served), so memory off and on are scored on
 the same requests of one run: AUC and gAUC (per user), overall and per time
 slice, progressive (`_learning_eval`).
 
-K, L, lambda, tau (and gamma) are tuned before the stack starts, on the first
-``--tune-fraction`` of the stream only (`_error_memory_tune`: the
-inference service's own sketch replayed over the cold-start model's scores
-and hidden layer). The memory's ``settle_s`` is the attribution window
+K, L, lambda, tau (and gamma), and the exact (user, item) table's lambda and
+prior, are tuned before the stack starts, on the first ``--tune-fraction``
+of the stream only (`_error_memory_tune`: the inference service's own
+sketch and pair table replayed over the cold-start model's scores and
+hidden layer). The memory's ``settle_s`` is the attribution window
 (``--settle-s``): a click's error waits for its window's negatives before
 its buckets take it (services/inference/memory/fresh.py).
 
@@ -33,7 +34,7 @@ before the shift (the base's too, for comparison); null when it is not
 within the replay, ``shift_recovery_not_within_s`` then says how long was
 watched.
 
-Usage: python bench/error_memory.py [--quick] [--requests N] [--no-shift]
+Usage: python bench/error_memory.py [--quick] [--requests N] [--no-shift] [--save-answers FILE.npz]
 The last line printed is one JSON object: gauc_base, gauc_memory, gauc_gain_points, auc_base, auc_memory,
 shift_recovery_s, rank_latency_overhead, click_to_effect_p50_s, click_to_effect_p99_s, bytes_per_model,
 and extras.
@@ -86,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shift-at", type=float, default=0.5,
                    help="the shift starts half a retraining interval after this fraction of the stream")
     p.add_argument("--no-shift", action="store_true", help="skip the replay with the injected shift")
+    p.add_argument("--save-answers", default="",
+                   help="write replay 1's base and compensated scores and send times (npz) here, for offline "
+                        "replays of other memories over the stack's own base (bench/_error_memory_diagnose.py "
+                        "--answers)")
     p.add_argument("--settle-s", type=float, default=None,
                    help="the memory's settle_s: a click waits this long for its window's negatives "
                         "(default: the attribution window; 0: clicks into the sketch at once)")
@@ -125,14 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     prefix = max(int(args.tune_fraction * n), 1)
     settle_s = args.attribution_window_ms / 1000 if args.settle_s is None else args.settle_s
     tuned = tune(stream, parent, prefix, quick=args.quick, settle=settle_s > 0, say=c.say)
-    env = memory_env("on", tuned.k, tuned.bits, tuned.lam, tuned.tau, tuned.gamma, settle_s)
+    env = memory_env("on", tuned.k, tuned.bits, tuned.lam, tuned.tau, tuned.gamma, settle_s, tuned.pair_lam,
+                     tuned.pair_prior)
     trainer = make_trainer("auto", parent, stream.spec, seed=args.seed, say=c.say,
                            overrides={"attribution_window_ms": str(args.attribution_window_ms)})
 
     c.say("replay 1: the stream as it is, memory on; then latency, click-to-effect and size on the same stack")
     loop, answers, measured = replay(stream, parent, every, trainer, env, window_ms=args.attribution_window_ms,
                                      after=lambda info: measure(info, data, args.seed, c.say), say=c.say)
-    base, memory, _ = answers.arrays(stream.n, stream.k)
+    base, memory, sent = answers.arrays(stream.n, stream.k)
+    if args.save_answers:
+        np.savez(args.save_answers, base=base, memory=memory, sent_at=sent, requests=stream.n, seed=args.seed,
+                 retrain_every=every)
     modes = sorted(set(answers.modes))
     res = scored(stream, base, memory, buckets)
     edges = bucket_edges(stream, buckets)
@@ -171,13 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         shift_out["shift_at_request"] = at
         c.say("after the shift: " + ", ".join(f"{k.removeprefix('shift_')}={v}" for k, v in shift_out.items()))
 
-    # Bytes at the service's default K and L (the sketch's own count, as its gauge reports it);
-    # the tuned sketch's are what the replica's loopwise_inference_memory_bytes said.
-    from loopwise.inference.memory.sketch import Sketch
+    # Bytes at the service's defaults (the memory's own count, as its gauge reports it: the sketch
+    # at the default K and L and the pair table); the tuned memory's are what the replica's
+    # loopwise_inference_memory_bytes said.
+    from loopwise.inference.memory import ModelMemory
     from loopwise.inference.settings import InferenceSettings
 
     defaults = InferenceSettings()
-    size = Sketch(coldstart.HIDDEN_DIM, defaults.error_memory_k, defaults.error_memory_bits).nbytes
+    size = ModelMemory("", "", "", coldstart.HIDDEN_DIM, defaults.memory_configs()[0]).nbytes
     result = {
         "gauc_base": rounded(res["base"]["gauc"]), "gauc_memory": rounded(res["memory"]["gauc"]),
         "gauc_gain_points": rounded(100 * (res["memory"]["gauc"] - res["base"]["gauc"]), 3),
@@ -192,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "bytes_per_model": int(size), "bytes_per_model_tuned": measured.get("bytes_per_model"),
         "default_k_bits": [defaults.error_memory_k, defaults.error_memory_bits],
         "tuned": {"k": tuned.k, "bits": tuned.bits, "lambda": tuned.lam, "tau": tuned.tau, "gamma": tuned.gamma,
+                  "pair_lambda": tuned.pair_lam, "pair_prior": tuned.pair_prior,
                   "prefix_requests": prefix, "prefix_gauc_base": rounded(tuned.gauc_base),
                   "prefix_gauc_memory": rounded(tuned.gauc_memory), "grid_points": len(tuned.grid),
                   "settle_s": settle_s},

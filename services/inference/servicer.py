@@ -191,7 +191,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         prob = snap.adjust(own, sparse, loaded.sparse_base) if snap.sequence else own
         if memory is None or hidden.ndim != 2 or hidden.shape[1] != memory.dim:
             return prob, hidden, None, own
-        return prob, hidden, memory.compensate(prob, hidden), own
+        return prob, hidden, memory.compensate(prob, hidden, request.user_id, request.candidates.ids), own
 
     @rpc("Rewrite")
     async def Rewrite(self, request: inference_pb2.RewriteRequest, context) -> inference_pb2.RewriteResponse:  # noqa: N802

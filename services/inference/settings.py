@@ -62,6 +62,12 @@ class InferenceSettings(GrpcSettings):
     # negatives are there too (memory/fresh.py): the miner's attribution window; 0: at once.
     error_memory_settle_s: float = 0.0
     error_memory_seed: int = 0  # the hyperplanes: the same on every replica
+    # The exact (user, item) table beside the sketch (memory/pairs.py): its lambda (0: no table),
+    # its prior (pseudo-count; 0: a pair seen is scored by its own mean label), and 2^bits slots.
+    # 1.0 and 0: tuned on the first 10% of bench/error_memory.py's stream (services/inference/README.md).
+    error_memory_pair_lambda: float = 1.0
+    error_memory_pair_prior: float = 0.0
+    error_memory_pair_bits: int = 16
     error_memory_models: str = ""
     # On start, errors of the last this many seconds are read (at most warmup_records per partition).
     error_memory_warmup_s: float = 900.0
@@ -91,5 +97,8 @@ class InferenceSettings(GrpcSettings):
                                params=Params(lam=self.error_memory_lambda, tau=self.error_memory_tau,
                                              gamma=self.error_memory_gamma, prior=self.error_memory_prior),
                                half_life_s=self.error_memory_half_life_s, settle_s=self.error_memory_settle_s,
-                               seed=self.error_memory_seed)
+                               seed=self.error_memory_seed,
+                               pair=Params(lam=self.error_memory_pair_lambda, gamma=1.0,
+                                           prior=self.error_memory_pair_prior),
+                               pair_bits=self.error_memory_pair_bits)
         return default, per_model(default, self.error_memory_models)

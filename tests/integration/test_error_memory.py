@@ -130,3 +130,35 @@ def test_a_replica_started_later_warms_up_and_a_new_version_starts_empty(start_i
     assert ranked.scores == ranked.base_scores == ranked.compensated_scores
     assert ranked.base_scores == pytest.approx(list(base), abs=1e-6)
     assert metrics.memory_resets.labels("default", "ranker")._value.get() == 2
+
+
+def test_a_pairs_own_errors_move_that_pair_on_both_replicas_and_nothing_else(start_inference, broker, topics):
+    """The exact (user, item) table: a user's non-clicks on two candidates lower exactly those two
+    for that user, on every replica (the sketch's lambda 0: the table alone)."""
+    on = {"error_memory_models": "ranker:mode=on,lambda=0,pair_lambda=1,pair_prior=0",
+          "error_memory_warmup_s": 0.0}
+    replicas = [start_inference(**on), start_inference(**on)]
+    wait_ready(replicas)
+    base = np.array(rank(replicas[0]).base_scores)
+    event = read_events(broker, topics.impressions, want=1)[0]
+    imp = event.impression
+    hidden = representation.decode(imp.representation, imp.representation_scale, imp.representation_dim)
+    producer = KafkaProducer(bootstrap_servers=broker)
+    for i in (3, 12):  # one popular, one unpopular candidate: no click
+        producer.send(topics.errors, learning_pb2.PredictionError(
+            error_id=f"pair{i}", tenant="default", model="ranker", version=imp.version, request_id="r",
+            user_id=event.user_id, candidate_id=IDS[i], label=0.0, served_score=float(base[i]),
+            key=hidden[i].tolist(), time_ms=int(time.time() * 1000)).SerializeToString())
+    producer.flush()
+    producer.close()
+    for r in replicas:
+        deadline = time.monotonic() + 15.0
+        while (scores := np.array(rank(r).scores))[3] > 1e-6:
+            assert time.monotonic() < deadline, "the pair's errors never reached the memory"
+            time.sleep(0.05)
+        assert scores[12] == pytest.approx(0.0, abs=1e-6)  # prior 0: the pair's own mean label
+        others = np.delete(np.arange(len(IDS)), [3, 12])
+        assert np.abs(scores[others] - base[others]).max() < 1e-6
+        with Client(inference=target(r)) as lw:  # another user: untouched
+            other = lw.rank(IDS, user_id="u2", request_id=f"r{time.monotonic_ns()}", features=FEATURES)
+        assert np.array(other.scores) == pytest.approx(np.array(other.base_scores), abs=1e-6)

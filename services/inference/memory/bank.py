@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from ..metrics import InferenceMetrics
 from .compensate import compensate
 from .config import MemoryConfig
 from .fresh import Fresh
+from .pairs import PairTable
 from .sketch import Sketch, canonical
 
 log = logging.getLogger(__name__)
@@ -49,27 +50,47 @@ class ModelMemory:
         self.sketch = Sketch(dim, config.k, config.bits, seed=config.seed, half_life_s=config.half_life_s)
         # clicks waiting for their window's negatives (`fresh`), with settle_s > 0
         self.fresh = Fresh(dim, config.seed) if config.settle_s > 0 else None
+        # the exact (user, item) table, with pair_lambda > 0
+        self.pairs = PairTable(config.pair_bits, config.seed) if config.pair.lam > 0 else None
         self.clock = 0.0  # the newest error time written, seconds
+
+    @property
+    def nbytes(self) -> int:
+        return self.sketch.nbytes + (self.pairs.nbytes if self.pairs is not None else 0)
 
     @property
     def serves(self) -> bool:
         """Whether the compensated scores are served (mode ``on``) or only computed."""
         return self.config.mode == "on"
 
-    def compensate(self, p_base: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-        """Compensated probabilities of one call (one vectorised read)."""
+    def compensate(self, p_base: np.ndarray, hidden: np.ndarray, user: str | Sequence[str] = "",
+                   items: Sequence[str] = ()) -> np.ndarray:
+        """Compensated probabilities of one call (one vectorised read): the sketch's correction of
+        ``hidden``, plus the pair table's of (``user``, ``items``) when it has one (``user``: one id
+        for the call or one per row; no ``items``: no pair correction)."""
         keys = canonical(hidden)
         params = self.config.params
         out = compensate(p_base, self.sketch.read(keys), params)
+        extra = np.zeros(len(out), dtype=np.float32)
         waiting = self.fresh.error(keys, p_base, params) if self.fresh is not None else None
-        if waiting is None or params.lam == 0.0:
+        if waiting is not None and params.lam != 0.0:
+            extra += np.float32(params.lam) * waiting
+        if self.pairs is not None and len(items) == len(out):
+            extra += np.float32(self.config.pair.lam) * self.pairs.error(self.pairs.keys(user, items), p_base,
+                                                                         self.config.pair)
+        if not extra.any():
             return out
-        return np.clip(out + np.float32(params.lam) * waiting, 0.0, 1.0).astype(np.float32)
+        return np.clip(out + extra, 0.0, 1.0).astype(np.float32)
 
-    def write(self, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray, times_s: np.ndarray) -> None:
+    def write(self, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray, times_s: np.ndarray,
+              users: Sequence[str] = (), items: Sequence[str] = ()) -> None:
+        """Add a batch of errors: to the pair table at once (with ``users`` and ``items``, one per
+        error), to the sketch at once or, clicks with ``settle_s``, once settled."""
         keys = canonical(keys)
         if len(times_s):
             self.clock = max(self.clock, float(np.max(times_s)))
+        if self.pairs is not None and len(items) == len(keys):
+            self.pairs.write(self.pairs.keys(users, items), labels, preds)
         if self.fresh is None:
             self.sketch.write(keys, labels, preds, times_s)
             return
@@ -137,11 +158,11 @@ class MemoryBank:
                 self._write(memory, mine, None)
             if self.metrics is not None:
                 self.metrics.memory_resets.labels(tenant, model).inc()
-                self.metrics.memory_bytes.labels(tenant, model).set(memory.sketch.nbytes)
+                self.metrics.memory_bytes.labels(tenant, model).set(memory.nbytes)
             log.info("error memory started", extra={"tenant": tenant, "model": model, "version": version,
                                                     "mode": config.mode, "k": config.k, "bits": config.bits,
                                                     "warm_errors": memory.sketch.writes,
-                                                    "bytes": memory.sketch.nbytes})
+                                                    "pair_lambda": config.pair.lam, "bytes": memory.nbytes})
         if current is not None:
             self._previous[key] = current
         self._current[key] = memory
@@ -188,15 +209,18 @@ class MemoryBank:
         labels = np.array([e.label for e in ok], dtype=np.float32)
         preds = np.array([e.served_score for e in ok], dtype=np.float32)
         times = np.array([e.time_ms for e in ok], dtype=np.float64) / 1000.0
+        users = np.array([e.user_id for e in ok], dtype=np.str_)
+        items = np.array([e.candidate_id for e in ok], dtype=np.str_)
         finite = np.isfinite(keys).all(axis=1) & np.isfinite(labels) & np.isfinite(preds)
         if not finite.all():
             self._count(memory.tenant, memory.model, "malformed", int((~finite).sum()))
             keys, labels, preds, times = keys[finite], labels[finite], preds[finite], times[finite]
+            users, items = users[finite], items[finite]
         if len(keys) == 0:
             return 0
         preds = np.clip(preds, 0.0, 1.0)
-        self._score(memory, keys, labels, preds)
-        memory.write(keys, labels, preds, times)
+        self._score(memory, keys, labels, preds, users, items)
+        memory.write(keys, labels, preds, times, users, items)
         self._count(memory.tenant, memory.model, "written", len(keys))
         if self.metrics is not None and produced_ms is not None:
             now_ms = time.time() * 1000
@@ -206,12 +230,13 @@ class MemoryBank:
         self._observe_fill(memory)
         return len(keys)
 
-    def _score(self, memory: ModelMemory, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> None:
+    def _score(self, memory: ModelMemory, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray,
+               users: np.ndarray, items: np.ndarray) -> None:
         """Prequential: base vs compensated prediction of each error before it is written."""
         if self.metrics is None:
             return
         m = self.metrics
-        compensated = memory.compensate(preds, keys)
+        compensated = memory.compensate(preds, keys, users, items)
         key = (memory.tenant, memory.model)
         m.memory_scored.labels(*key).inc(len(labels))
         positive = labels >= 0.5
