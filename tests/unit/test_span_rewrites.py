@@ -214,6 +214,7 @@ def test_a_canary_is_judged_against_its_sources_history_from_its_first_turns() -
     rid = json.loads(m.refresh(now_ms=1_000).put["play heet"])["rule_id"]
     trial = m.canary.trials[rid]
     assert trial.control_turns >= 5 and trial.control_successes == 0  # "play heet" heard before: all failed
+    trial.evidence_turns = 0  # the canary's own turns decide here (strong evidence: the next test)
     users = [u for u in (f"y{i}" for i in range(100)) if bucket(rid, u) < 0.5][:m.canary.min_turns]
     for u in users:
         m.observe_session([TurnRecord(10**8, "play heet", "play_movie:7", rewritten="play heat", rule_id=rid,
@@ -235,3 +236,19 @@ def test_span_counts_decay_with_event_time_like_the_chain() -> None:
     assert s.pairs["soul"]["seoul"][1] == [1, 2, 3]  # distinct users do not decay
     back = SpanStats.from_dict(s.to_dict())
     assert back.decayed_ms == 1000 and back.counts == s.counts
+
+
+def test_a_rule_on_strong_evidence_is_promoted_at_the_next_refresh_and_a_thin_one_waits() -> None:
+    m = canary_miner()
+    m.canary.min_turns = 5
+    rid = json.loads(m.refresh(now_ms=1_000).put["play heet"])["rule_id"]
+    trial = m.canary.trials[rid]
+    assert (trial.evidence_turns, trial.evidence_successes) == (6, 6)  # 6 users rephrased to success
+    out = m.refresh(now_ms=2_000)
+    rec = [r for r in out.records if r.rule_id == rid]
+    assert [r.action for r in rec] == ["promoted"] and rec[0].reason.startswith("evidence strong")
+    assert "canary" not in json.loads(out.put["play heet"])
+    thin = canary_miner()
+    thin.canary.min_turns = 7  # more than the 6 users behind it: the canary's turns decide
+    rid = json.loads(thin.refresh(now_ms=1_000).put["play heet"])["rule_id"]
+    assert not [r for r in thin.refresh(now_ms=2_000).records if r.rule_id == rid]

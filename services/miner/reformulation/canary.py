@@ -12,7 +12,11 @@ for as many control turns). `decide` runs a two-proportion z-test on
 them once each arm has ``min_turns``: the canary is **promoted** (served to
 everyone) when its success rate beats the control's with a one-sided p-value
 below ``alpha``, **withdrawn** when it loses at that level, and left running
-otherwise.
+otherwise. Until the canary has its turns, the rule's own evidence stands in
+for it (``evidence``: the distinct users who, having said the source, got
+the target by rephrasing, and how many of them succeeded): a rule whose
+evidence already beats the control at that level is promoted at once (strong
+evidence; rollback still watches it), never withdrawn on it.
 
 >>> m = CanaryMonitor(share=0.5, min_turns=20)
 >>> m.start("r1", source="play heet", kind="utterance", time_ms=0)
@@ -40,6 +44,8 @@ class Trial:
     canary_successes: int = 0
     control_turns: int = 0
     control_successes: int = 0
+    evidence_turns: int = 0  # the rule's mined evidence (see the module docstring)
+    evidence_successes: int = 0
 
     @property
     def canary_success(self) -> float:
@@ -87,11 +93,13 @@ class CanaryMonitor:
         return self.share < 1.0
 
     def start(self, rule_id: str, *, source: str, kind: str, time_ms: int,
-              history: tuple[int, int] = (0, 0)) -> None:
-        """A new trial; ``history``: (turns, successes) of the source heard before, the control's start."""
+              history: tuple[int, int] = (0, 0), evidence: tuple[int, int] = (0, 0)) -> None:
+        """A new trial; ``history``: (turns, successes) of the source heard before, the control's
+        start; ``evidence``: (users, successes) behind the rule."""
         if rule_id not in self.trials:
             self.trials[rule_id] = Trial(source, kind, time_ms, control_turns=int(history[0]),
-                                         control_successes=int(history[1]))
+                                         control_successes=int(history[1]), evidence_turns=int(evidence[0]),
+                                         evidence_successes=int(evidence[1]))
             self._index = None
 
     def stop(self, rule_id: str) -> Trial | None:
@@ -138,6 +146,13 @@ class CanaryMonitor:
 
     def decide(self, rule_id: str) -> Verdict:
         t = self.trials[rule_id]
+        if t.canary_turns < self.min_turns and t.evidence_turns >= self.min_turns <= t.control_turns:
+            z = two_proportion_z(t.evidence_successes, t.evidence_turns, t.control_successes, t.control_turns)
+            p = 0.5 * math.erfc(z / math.sqrt(2))
+            if z > 0 and p < self.alpha:
+                return Verdict("promote", f"evidence strong: {t.evidence_successes} of {t.evidence_turns} users "
+                                          f"got the target, control {t.control_success:.3f} of "
+                                          f"{t.control_turns}; z={z:.2f}, p={p:.3g}", z)
         if t.canary_turns < self.min_turns or t.control_turns < self.min_turns:
             return Verdict("wait", f"{t.canary_turns} canary / {t.control_turns} control turns "
                                    f"< {self.min_turns}")

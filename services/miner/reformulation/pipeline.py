@@ -186,7 +186,8 @@ class TenantMiner:
                                 success_before=before, turns_before=n_before)
             if self.canary.enabled:
                 self.canary.start(rule.rule_id, source=rule.source, kind=rule.kind, time_ms=now_ms,
-                                  history=self._history(rule))
+                                  history=self._history(rule),
+                                  evidence=(int(rule.support), int(round(rule.support * rule.target_success))))
                 out.put[rule.key] = rule.table_value(self.canary.share)
                 out.records.append(rule.record("canary", time_ms=now_ms, canary_share=self.canary.share))
             else:
