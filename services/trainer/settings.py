@@ -33,7 +33,7 @@
 | LOOPWISE_TRAINER_WATCHDOG | true | production watchdog (watchdog.py): roll the pointer back when the serving version's online AUC is below the static model's |
 | LOOPWISE_TRAINER_WATCHDOG_MARGIN / _Z | 0.005 / 3.0 | ... below by more than the margin plus Z DeLong standard errors of the paired difference ... |
 | LOOPWISE_TRAINER_WATCHDOG_MIN_LABELS / _WINDOW | 2000 / 20000 | ... on at least that many final labels (a tenth of each class), the newest _WINDOW |
-| LOOPWISE_TRAINER_WATCHDOG_COOLDOWN_S | 300 | no second rollback of a model for that long |
+| LOOPWISE_TRAINER_WATCHDOG_COOLDOWN_S | 30 | no second rollback of a model for that long |
 | LOOPWISE_TRAINER_WATCHDOG_CANDIDATES | 3 | earlier versions scored on the judged rows for the rollback target (else the cold-start version) |
 | LOOPWISE_TRAINER_WATCHDOG_CHECK_S / _MAX_PENDING | 1.0 / 50000 | how often final labels are judged / rows waiting for a final label, at most |
 | LOOPWISE_TRAINER_PARITY_TOL | 1e-4 | max abs difference ONNX vs torch, else the export is refused |
@@ -146,7 +146,7 @@ class TrainerSettings(BaseSettings):
     trainer_watchdog_z: float = 3.0
     trainer_watchdog_min_labels: int = 2_000
     trainer_watchdog_window: int = 20_000
-    trainer_watchdog_cooldown_s: float = 300.0
+    trainer_watchdog_cooldown_s: float = 30.0
     trainer_watchdog_candidates: int = 3
     trainer_watchdog_check_s: float = 1.0
     trainer_watchdog_max_pending: int = 50_000

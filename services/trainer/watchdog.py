@@ -31,7 +31,7 @@ compares the two on the examples the trainer reads anyway:
   among the ``LOOPWISE_TRAINER_WATCHDOG_CANDIDATES`` newest, whose AUC on the same rows (scored
   in process: a base version serves as exported until deltas start on it) is
   not below the static model's, else to the cold-start version, which is the
-  static model itself. Keeping the newest fit version keeps what the loop
+  static model itself (a version rolled back before is never a target again). Keeping the newest fit version keeps what the loop
   learnt; the static model is the floor the goal names. The move is recorded
   in the pointer history (action ``watchdog_rollback``), announced as
   ``rolled_back`` on ``loopwise.models.v1`` (inference's watcher swaps at once),
@@ -143,17 +143,19 @@ def _score(onnx_session: Any, spec: FeatureSpec, records: list[bytes]) -> np.nda
 
 
 def choose_target(current: str, versions: list[str], static_version: str, static_auc: float,
-                  auc_of: Callable[[str], float], candidates: int) -> tuple[str, dict[str, float]]:
+                  auc_of: Callable[[str], float], candidates: int, exclude: frozenset[str] = frozenset()
+                  ) -> tuple[str, dict[str, float]]:
     """The newest version before ``current`` (among ``candidates`` checked, the static one
-    aside) whose AUC (``auc_of``) is not below ``static_auc``, else ``static_version``;
-    and the AUC of each version checked.
+    and ``exclude``, the versions rolled back before, aside) whose AUC (``auc_of``) is not
+    below ``static_auc``, else ``static_version``; and the AUC of each version checked.
 
     >>> choose_target("v5", ["v1", "v2", "v3", "v4", "v5"], "v1", 0.7, {"v4": 0.6, "v3": 0.72}.get, 3)
     ('v3', {'v4': 0.6, 'v3': 0.72})
     """
     checked: dict[str, float] = {}
     for version in sorted((v for v in versions if version_number(v) < version_number(current)
-                           and v != static_version), key=version_number, reverse=True)[:candidates]:
+                           and v != static_version and v not in exclude),
+                          key=version_number, reverse=True)[:candidates]:
         value = auc_of(version)
         checked[version] = value
         if np.isfinite(value) and value >= static_auc:
@@ -292,8 +294,13 @@ class Watchdog:
             ok = np.isfinite(p)
             return paired_auc(label[ok], stat[ok], p[ok])[1] if ok.any() else float("nan")
 
+        # A version rolled back before fell below the static model online once (with its
+        # deltas): its offline AUC on other rows does not clear it (measured: v10 rolled back,
+        # then chosen again as the target of v11's rollback, and below again).
+        before = frozenset(str(e.get("from")) for e in pointers.history(self.store, self.trainer.redis, tenant, model)
+                           if e.get("action") == HISTORY_ACTION)
         target, checked = choose_target(serving, self.store.versions(tenant, model), static.version,
-                                        v.auc_static, auc_of, st.trainer_watchdog_candidates)
+                                        v.auc_static, auc_of, st.trainer_watchdog_candidates, before)
         facts = {"tenant": tenant, "model": model, "from": serving, "to": target, "labels": v.labels,
                  "positives": v.positives, "auc_production": round(v.auc_production, 5),
                  "auc_static": round(v.auc_static, 5), "se": round(v.se, 5), "margin": st.trainer_watchdog_margin,

@@ -91,6 +91,8 @@ def test_rollback_target_is_the_newest_earlier_version_not_below_static():
     assert choose_target("v6", versions, "v1", 0.70, aucs.get, 2)[0] == "v1"
     # An unreadable version (NaN) is skipped; later versions than the current one never count.
     assert choose_target("v4", versions, "v1", 0.70, {"v3": float("nan"), "v2": 0.8}.get, 3)[0] == "v2"
+    # A version rolled back before is no target, whatever its AUC here.
+    assert choose_target("v6", versions, "v1", 0.70, aucs.get, 3, frozenset({"v3"}))[0] == "v2"
     # No cold-start version in the store and nothing fit: nothing to roll back to.
     assert choose_target("v3", ["v2", "v3"], "", 0.7, {"v2": 0.5}.get, 3)[0] == ""
 
@@ -193,3 +195,15 @@ def test_the_gate_refuses_a_candidate_below_the_static_model():
                   static=static)
     assert trained.publish, trained.reason
     assert trained.figures()["candidate_auc"] > trained.figures()["static_auc"]
+
+
+def test_a_version_rolled_back_before_is_no_target_again(tmp_path):
+    cold = coldstart.build_onnx(SPEC)
+    # v2 and v3 rank like the static model offline; v3 was rolled back before; v4 serves, backwards.
+    store = store_with(tmp_path, (cold, "trainer"), (cold, "trainer"), (inverted(cold), "trainer"))
+    pointers.move(store, None, "default", "ranker", "v3", "published", serving="v4")
+    pointers.move(store, None, "default", "ranker", "v1", "watchdog_rollback")
+    pointers.move(store, None, "default", "ranker", "v4", "published")
+    dog = Watchdog(FakeTrainer(store))
+    moved = dog.check("default", "ranker", feed(dog, served_examples(3000, "v4")))
+    assert moved is not None and moved[:2] == ("v4", "v2")
