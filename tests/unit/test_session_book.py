@@ -239,3 +239,13 @@ def test_a_turn_record_round_trips_through_its_compact_dict():
     d = t.to_dict()
     assert TurnRecord(**d) == t and "barge_in" not in d and "rule_id" not in d
     assert d["slots"] is not t.slots  # a copy
+
+
+def test_a_users_table_value_stays_small_however_many_events_they_send():
+    """Written at every turn: the remembered ids are short hashes, the turns their set fields."""
+    table: dict = {}
+    b = book(table, max_turns=8)
+    for i in range(200):
+        b.add(key(), f"{i:032x}", turn(i), 0)  # 32-character event ids, as the client makes them
+    assert len(table[key()]) < 1_500  # 8 turns: ~4.2 kB with the 64 full ids and every field
+    assert b.add(key(), f"{199:032x}", turn(199), 0).duplicate

@@ -3,8 +3,8 @@ Faust table ``sessions`` in the miner, a dict in tests), closed by turn gaps
 and by per-partition watermarks.
 
 Keys are ``tenant|u|user_id`` (the key of the turns topic). A value holds the
-user's open `SessionState`, the ids of their most recent events (a redelivered
-turn is a duplicate, not a repeat), the id of the session's first event (the
+user's open `SessionState`, the (hashed) ids of their most recent events (a
+redelivered turn is a duplicate, not a repeat), the id of the session's first event (the
 closed session's deterministic id derives from it) and the partition it was
 read from.
 
@@ -52,7 +52,13 @@ from dataclasses import dataclass
 
 from .sessions import DEFAULT_GAP_MS, DEFAULT_MAX_TURNS, SessionState, TurnRecord
 
-RECENT_IDS = 64  # event ids remembered per user for dedupe
+RECENT_IDS = 32  # event ids remembered per user for dedupe (a redelivery is within a commit or two)
+
+
+def id_key(event_id: str) -> str:
+    """What the book remembers of an event id: 48 bits of its hash (12 characters, not 32 or
+    more: the value is written to the table, and its changelog, at every turn)."""
+    return hashlib.blake2b(event_id.encode(), digest_size=6).hexdigest()
 
 
 def session_id(tenant: str, user: str, first_event_id: str) -> str:
@@ -124,9 +130,10 @@ class SessionBook:
         """Add the turn ``event_id`` of the user ``key``, read from ``partition``; ``received_ms``:
         when the collector received it (0: unknown, the turn's own time moves the watermark)."""
         data = self._read(key) or {"state": {"turns": []}, "ids": [], "first": ""}
-        if event_id in data["ids"]:
+        seen = id_key(event_id)
+        if seen in data["ids"]:
             return Added(duplicate=True)
-        data["ids"] = (data["ids"] + [event_id])[-RECENT_IDS:]
+        data["ids"] = (data["ids"] + [seen])[-RECENT_IDS:]
         state = SessionState.from_dict(data["state"])
         turns = state.add(turn, gap_ms=self.gap_ms, max_turns=self.max_turns)
         closed = None
