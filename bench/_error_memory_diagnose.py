@@ -21,8 +21,9 @@ schedule; no hidden keys, so only the key-free memories). Then, per version:
   click's error written at once or settled with its window's negatives
   (``LAG`` requests later, as `_error_memory_tune`), of the service's
   sketch on the hidden keys, and of the service's exact (user, item) table
-  (`memory/pairs.py`) alone and beside the sketch (``pair_*``, ``hybrid_*``:
-  ``--pair-lambda``, ``--pair-prior``).
+  (`memory/pairs.py`) alone, from the errors (``pair_table``) or with the
+  pairs shown written at Rank (``pair_table_at_rank``), and beside the
+  sketch (``hybrid_*``), at ``--pair-lambda`` and ``--pair-prior``.
 
 Prints one JSON object last. Nothing here tunes anything: it explains.
 """
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     scored: dict[str, np.ndarray] = {f"{name}_{how}": np.full(len(y), np.nan) for name in (*keys, "sketch", "hybrid")
                                      for how, _ in hows}
     scored["pair_table"] = np.full(len(y), np.nan)
+    scored["pair_table_at_rank"] = np.full(len(y), np.nan)
     row_user, row_item = users.astype(np.str_), row_items(stream, slice(0, len(y)))
     pair_args = {"pair_lam": args.pair_lambda, "pair_prior": args.pair_prior}
     spread: list[dict[str, Any]] = []
@@ -166,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                 scored[f"sketch_{how}"][rows] = sketch_replay(prob[rows], codes, y[rows], k, **sketch)
                 scored[f"hybrid_{how}"][rows] = sketch_replay(prob[rows], codes, y[rows], k, **sketch, pairs=pairs,
                                                               **pair_args)
-        scored["pair_table"][rows] = sketch_replay(prob[rows], codes, y[rows], k, k=1, bits=1, lam=0.0, tau=1.0,
-                                                   pairs=pairs, **pair_args)
+        for name, at_rank in (("pair_table", False), ("pair_table_at_rank", True)):
+            scored[name][rows] = sketch_replay(prob[rows], codes, y[rows], k, k=1, bits=1, lam=0.0, tau=1.0,
+                                               pairs=pairs, pair_at_rank=at_rank, **pair_args)
         if hidden is not None:
             spread.append({"version": int(v) + 1, **spread_of(codes), **separability(codes, keys["pair"][rows])})
     ok = np.isfinite(prob)

@@ -56,13 +56,14 @@ class Answers:
 
 
 def memory_env(mode: str, k: int, bits: int, lam: float, tau: float, gamma: float, settle_s: float = 0.0,
-               pair_lam: float = 0.0, pair_prior: float = 1.0) -> dict[str, str]:
+               pair_lam: float = 0.0, pair_prior: float = 1.0, pair_at_rank: bool = False) -> dict[str, str]:
     """The inference settings of the memory (`loopwise.inference.settings`)."""
     return {"LOOPWISE_ERROR_MEMORY_MODE": mode, "LOOPWISE_ERROR_MEMORY_K": str(k),
             "LOOPWISE_ERROR_MEMORY_BITS": str(bits), "LOOPWISE_ERROR_MEMORY_LAMBDA": str(lam),
             "LOOPWISE_ERROR_MEMORY_TAU": str(tau), "LOOPWISE_ERROR_MEMORY_GAMMA": str(gamma),
             "LOOPWISE_ERROR_MEMORY_SETTLE_S": str(settle_s), "LOOPWISE_ERROR_MEMORY_PAIR_LAMBDA": str(pair_lam),
-            "LOOPWISE_ERROR_MEMORY_PAIR_PRIOR": str(pair_prior)}
+            "LOOPWISE_ERROR_MEMORY_PAIR_PRIOR": str(pair_prior),
+            "LOOPWISE_ERROR_MEMORY_PAIR_AT_RANK": str(pair_at_rank).lower()}
 
 
 @contextmanager

@@ -17,8 +17,9 @@ with its request's negatives (its effect on its own exact key in between is
 not modelled: a replayed request never repeats its exact key).
 
 Two stages, both on the prefix: first the exact (user, item) table alone
-(`memory/pairs.py`: ``pair_lambda`` x ``pair_prior``, the sketch's lambda 0;
-a click at once, the negatives ``lag`` requests later), then the sketch's
+(`memory/pairs.py`: ``pair_lambda`` x ``pair_prior`` x ``pair_at_rank``, the
+sketch's lambda 0; a click at once, the negatives ``lag`` requests later or,
+with ``pair_at_rank``, each pair as shown at once), then the sketch's
 grid with that table on. In each the point with the best gAUC of the
 compensated scores over the prefix wins; nothing after the prefix is looked
 at.
@@ -40,7 +41,7 @@ GRID = {"k": (16, 32, 64), "bits": (8, 10, 12, 14), "lam": (0.1, 0.25, 0.5, 1.0)
         "gamma": (1.0, 0.0)}
 QUICK_GRID = {"k": (16, 32, 64), "bits": (8, 10, 12), "lam": (0.1, 0.25, 0.5, 1.0), "tau": (0.1, 0.5),
               "gamma": (1.0, 0.0)}
-PAIR_GRID = {"pair_lam": (0.0, 0.25, 0.5, 1.0), "pair_prior": (0.0, 0.5, 1.0)}
+PAIR_GRID = {"pair_lam": (0.0, 0.25, 0.5, 1.0), "pair_prior": (0.0, 0.5, 1.0), "pair_at_rank": (False, True)}
 BLOCK = 10  # requests read together before their labels are written
 LAG = 100  # requests between a request and its negatives (2 s window at ~50 requests/s)
 
@@ -54,6 +55,7 @@ class Tuned:
     gamma: float
     pair_lam: float
     pair_prior: float
+    pair_at_rank: bool
     gauc_base: float
     gauc_memory: float
     grid: list[dict[str, float]]
@@ -61,7 +63,7 @@ class Tuned:
 
     def describe(self) -> str:
         return (f"K={self.k} L={self.bits} lambda={self.lam} tau={self.tau} gamma={self.gamma} "
-                f"pair_lambda={self.pair_lam} pair_prior={self.pair_prior}: prefix gAUC {self.gauc_base:.4f} -> "
+                f"pair_lambda={self.pair_lam} pair_prior={self.pair_prior} pair_at_rank={self.pair_at_rank}: prefix gAUC {self.gauc_base:.4f} -> "
                 f"{self.gauc_memory:.4f} ({len(self.grid)} points, {self.rows} rows)")
 
 
@@ -80,10 +82,12 @@ def score_with_keys(artifact: bytes, sparse: np.ndarray, dense: np.ndarray) -> t
 
 def replay(prob: np.ndarray, keys: np.ndarray, y: np.ndarray, k_rows: int, *, k: int, bits: int, lam: float,
            tau: float, gamma: float = 1.0, lag: int = LAG, seed: int = 0, settle: bool = False,
-           pairs: tuple[np.ndarray, np.ndarray] | None = None, pair_lam: float = 0.0, pair_prior: float = 1.0
-           ) -> np.ndarray:
+           pairs: tuple[np.ndarray, np.ndarray] | None = None, pair_lam: float = 0.0, pair_prior: float = 1.0,
+           pair_at_rank: bool = False) -> np.ndarray:
     """Progressive compensated scores of ``prob`` (rows request-major, ``k_rows`` per request);
-    ``pairs`` (user, item id per row) and ``pair_lam`` > 0: with the exact (user, item) table."""
+    ``pairs`` (user, item id per row) and ``pair_lam`` > 0: with the exact (user, item) table, its
+    negatives ``lag`` requests later, or with ``pair_at_rank`` each pair as shown right after its
+    block is read (then its click; the replica that answered, `ModelMemory.shown`)."""
     from loopwise.inference.memory.compensate import Params, compensate
     from loopwise.inference.memory.pairs import PairTable
     from loopwise.inference.memory.sketch import Sketch
@@ -103,7 +107,10 @@ def replay(prob: np.ndarray, keys: np.ndarray, y: np.ndarray, k_rows: int, *, k:
         pos = np.flatnonzero(y[rows] > 0) + a * k_rows
         if table is not None and pair_keys is not None:
             out[rows] = np.clip(out[rows] + pair_lam * table.error(pair_keys[rows], prob[rows], pair_params), 0, 1)
-            table.write(pair_keys[pos], y[pos], prob[pos])  # a click: into its pair at once
+            if pair_at_rank:  # shown, unclicked, then the click at once: the final label at once
+                table.write(pair_keys[rows], y[rows], prob[rows])
+            else:
+                table.write(pair_keys[pos], y[pos], prob[pos])  # a click: into its pair at once
         if len(pos) and not settle:
             memory.write(keys[pos], y[pos], prob[pos])
         due = max(b - lag, 0)
@@ -112,7 +119,7 @@ def replay(prob: np.ndarray, keys: np.ndarray, y: np.ndarray, k_rows: int, *, k:
             # the window's negatives (and, with settle, its clicks)
             late = np.arange(span.start, span.stop) if settle else np.flatnonzero(y[span] <= 0) + span.start
             memory.write(keys[late], y[late], prob[late])
-            if table is not None and pair_keys is not None:
+            if table is not None and pair_keys is not None and not pair_at_rank:
                 neg = np.flatnonzero(y[span] <= 0) + span.start
                 table.write(pair_keys[neg], y[neg], prob[neg])
             written_neg = due
@@ -137,22 +144,26 @@ def tune(stream: Stream, parent: bytes, prefix: int, quick: bool = False, settle
     base = gauc(y, prob, users)
     pairs = (users.astype(np.str_), row_items(stream, rows))
     results = []
-    for pair_lam, pair_prior in itertools.product(*PAIR_GRID.values()):
+    for pair_lam, pair_prior, at_rank in itertools.product(*PAIR_GRID.values()):
         g = gauc(y, replay(prob, keys, y, k_rows, k=1, bits=1, lam=0.0, tau=1.0, pairs=pairs, pair_lam=pair_lam,
-                           pair_prior=pair_prior), users)
-        results.append({"pair_lam": pair_lam, "pair_prior": pair_prior, "lam": 0.0, "gauc": round(float(g), 5)})
+                           pair_prior=pair_prior, pair_at_rank=at_rank), users)
+        results.append({"pair_lam": pair_lam, "pair_prior": pair_prior, "pair_at_rank": at_rank, "lam": 0.0,
+                        "gauc": round(float(g), 5)})
     pair = max(results, key=lambda r: r["gauc"])
     grid = QUICK_GRID if quick else GRID
     for k, bits, lam, tau, gamma in itertools.product(*grid.values()):
         g = gauc(y, replay(prob, keys, y, k_rows, k=k, bits=bits, lam=lam, tau=tau, gamma=gamma, settle=settle,
-                           pairs=pairs, pair_lam=pair["pair_lam"], pair_prior=pair["pair_prior"]), users)
+                           pairs=pairs, pair_lam=pair["pair_lam"], pair_prior=pair["pair_prior"],
+                           pair_at_rank=pair["pair_at_rank"]), users)
         results.append({"k": k, "bits": bits, "lam": lam, "tau": tau, "gamma": gamma, "pair_lam": pair["pair_lam"],
-                        "pair_prior": pair["pair_prior"], "gauc": round(float(g), 5)})
+                        "pair_prior": pair["pair_prior"], "pair_at_rank": pair["pair_at_rank"],
+                        "gauc": round(float(g), 5)})
     best = max(results, key=lambda r: r["gauc"])
     if best["lam"] == 0.0:  # no sketch point beat the table alone: the sketch's defaults, lambda 0
         best = {**best, "k": 32, "bits": 12, "tau": 1.0, "gamma": 1.0}
     tuned = Tuned(k=int(best["k"]), bits=int(best["bits"]), lam=float(best["lam"]), tau=float(best["tau"]),
                   gamma=float(best["gamma"]), pair_lam=float(best["pair_lam"]), pair_prior=float(best["pair_prior"]),
+                  pair_at_rank=bool(best["pair_at_rank"]),
                   gauc_base=float(base), gauc_memory=float(best["gauc"]), grid=results, rows=len(y))
     say(f"memory tuned on the first {prefix} requests: {tuned.describe()}")
     return tuned

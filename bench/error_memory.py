@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     settle_s = args.attribution_window_ms / 1000 if args.settle_s is None else args.settle_s
     tuned = tune(stream, parent, prefix, quick=args.quick, settle=settle_s > 0, say=c.say)
     env = memory_env("on", tuned.k, tuned.bits, tuned.lam, tuned.tau, tuned.gamma, settle_s, tuned.pair_lam,
-                     tuned.pair_prior)
+                     tuned.pair_prior, tuned.pair_at_rank)
     trainer = make_trainer("auto", parent, stream.spec, seed=args.seed, say=c.say,
                            overrides={"attribution_window_ms": str(args.attribution_window_ms)})
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "bytes_per_model": int(size), "bytes_per_model_tuned": measured.get("bytes_per_model"),
         "default_k_bits": [defaults.error_memory_k, defaults.error_memory_bits],
         "tuned": {"k": tuned.k, "bits": tuned.bits, "lambda": tuned.lam, "tau": tuned.tau, "gamma": tuned.gamma,
-                  "pair_lambda": tuned.pair_lam, "pair_prior": tuned.pair_prior,
+                  "pair_lambda": tuned.pair_lam, "pair_prior": tuned.pair_prior, "pair_at_rank": tuned.pair_at_rank,
                   "prefix_requests": prefix, "prefix_gauc_base": rounded(tuned.gauc_base),
                   "prefix_gauc_memory": rounded(tuned.gauc_memory), "grid_points": len(tuned.grid),
                   "settle_s": settle_s},

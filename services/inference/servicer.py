@@ -147,6 +147,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if compensated is not None:
             self.metrics.memory_compensation.labels(mode).observe(float(np.abs(compensated - base).mean()))
         request_id = request.request_id or uuid.uuid4().hex
+        if compensated is not None and memory is not None:  # on the event loop, like the memory's writes
+            memory.shown(request_id, request.user_id, request.candidates.ids, base)
         if self.guard is not None and snap.sequence:
             self.guard.remember(request_id, tenant, loaded.model, loaded.version, snap, request.candidates.ids,
                                 own, served)

@@ -64,10 +64,13 @@ class InferenceSettings(GrpcSettings):
     error_memory_seed: int = 0  # the hyperplanes: the same on every replica
     # The exact (user, item) table beside the sketch (memory/pairs.py): its lambda (0: no table),
     # its prior (pseudo-count; 0: a pair seen is scored by its own mean label), and 2^bits slots.
-    # 1.0 and 0: tuned on the first 10% of bench/error_memory.py's stream (services/inference/README.md).
+    # lambda 1.0 as tuned on the first 10% of bench/error_memory.py's stream; prior 1 (the tuning's 0
+    # would score every candidate of a list shown again 0: ties; 1 halves them, their order kept).
     error_memory_pair_lambda: float = 1.0
-    error_memory_pair_prior: float = 0.0
+    error_memory_pair_prior: float = 1.0
     error_memory_pair_bits: int = 16
+    # The replica answering a Rank writes its pairs as shown (unclicked so far) at once.
+    error_memory_pair_at_rank: bool = True
     error_memory_models: str = ""
     # On start, errors of the last this many seconds are read (at most warmup_records per partition).
     error_memory_warmup_s: float = 900.0
@@ -100,5 +103,6 @@ class InferenceSettings(GrpcSettings):
                                seed=self.error_memory_seed,
                                pair=Params(lam=self.error_memory_pair_lambda, gamma=1.0,
                                            prior=self.error_memory_pair_prior),
-                               pair_bits=self.error_memory_pair_bits)
+                               pair_bits=self.error_memory_pair_bits,
+                               pair_at_rank=self.error_memory_pair_at_rank)
         return default, per_model(default, self.error_memory_models)

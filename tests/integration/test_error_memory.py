@@ -63,9 +63,10 @@ def wait_shifted(service, base: np.ndarray, timeout: float = 15.0):
 
 def test_errors_in_one_region_shift_rank_there_and_not_elsewhere_on_both_replicas(start_inference, broker,
                                                                                    topics):
-    on = {"error_memory_models": "ranker:mode=on,lambda=1.0", "error_memory_warmup_s": 0.0}
+    on = {"error_memory_models": "ranker:mode=on,lambda=1.0,pair_lambda=0", "error_memory_warmup_s": 0.0}
     replicas = [start_inference(**on), start_inference(**on)]
-    shadow = start_inference(error_memory_mode="shadow", error_memory_lambda=1.0, emit_impressions=False)
+    shadow = start_inference(error_memory_mode="shadow", error_memory_lambda=1.0, error_memory_pair_lambda=0.0,
+                             emit_impressions=False)
     wait_ready([*replicas, shadow])
     before = [rank(r) for r in replicas]
     assert before[0].memory_mode == "on"
@@ -103,7 +104,7 @@ def test_errors_in_one_region_shift_rank_there_and_not_elsewhere_on_both_replica
 
 def test_a_replica_started_later_warms_up_and_a_new_version_starts_empty(start_inference, broker, topics,
                                                                          model_store, coldstart_onnx):
-    on = {"error_memory_mode": "on", "error_memory_lambda": 1.0, "store_scan_s": 0.2}
+    on = {"error_memory_mode": "on", "error_memory_lambda": 1.0, "error_memory_pair_lambda": 0.0, "store_scan_s": 0.2}
     first = start_inference(**on)
     wait_ready([first])
     base = np.array(rank(first).base_scores)
@@ -134,8 +135,8 @@ def test_a_replica_started_later_warms_up_and_a_new_version_starts_empty(start_i
 
 def test_a_pairs_own_errors_move_that_pair_on_both_replicas_and_nothing_else(start_inference, broker, topics):
     """The exact (user, item) table: a user's non-clicks on two candidates lower exactly those two
-    for that user, on every replica (the sketch's lambda 0: the table alone)."""
-    on = {"error_memory_models": "ranker:mode=on,lambda=0,pair_lambda=1,pair_prior=0",
+    for that user, on every replica (the sketch's lambda 0: the table alone; no pairs written at Rank)."""
+    on = {"error_memory_models": "ranker:mode=on,lambda=0,pair_lambda=1,pair_prior=0,pair_at_rank=false",
           "error_memory_warmup_s": 0.0}
     replicas = [start_inference(**on), start_inference(**on)]
     wait_ready(replicas)
@@ -162,3 +163,18 @@ def test_a_pairs_own_errors_move_that_pair_on_both_replicas_and_nothing_else(sta
         with Client(inference=target(r)) as lw:  # another user: untouched
             other = lw.rank(IDS, user_id="u2", request_id=f"r{time.monotonic_ns()}", features=FEATURES)
         assert np.array(other.scores) == pytest.approx(np.array(other.base_scores), abs=1e-6)
+
+
+def test_pairs_shown_by_a_replica_are_corrected_there_at_once(start_inference):
+    """pair_at_rank: the replica that answered counts its pairs as shown and unclicked at once (prior 1:
+    halved, the call's order kept); another replica waits for the errors."""
+    on = {"error_memory_models": "ranker:mode=on,lambda=0,pair_lambda=1,pair_prior=1", "error_memory_warmup_s": 0.0}
+    answering, other = start_inference(**on), start_inference(**on)
+    wait_ready([answering, other])
+    first = rank(answering)
+    base = np.array(first.base_scores)
+    assert np.array(first.scores) == pytest.approx(base, abs=1e-6)  # read before its own impression
+    again = rank(answering)
+    assert np.array(again.scores) == pytest.approx(base / 2, abs=1e-6)
+    assert list(again.ranking) == list(first.ranking)
+    assert np.array(rank(other).scores) == pytest.approx(base, abs=1e-6)

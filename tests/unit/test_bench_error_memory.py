@@ -66,3 +66,15 @@ def test_the_demos_shifted_user_clicks_a_target_genre_or_rejects(movielens) -> N
     assert feedback(movielens, row, [*others, horror, rated], shifted=True) == (3, True)
     liked = bool(movielens.rating[row] >= 4)
     assert feedback(movielens, row, [*others, horror, rated], shifted=False) == (4, liked)
+
+
+def test_the_tuning_replay_lowers_a_pair_shown_again_at_once_only_with_pair_at_rank() -> None:
+    k, n = 2, 40  # one user, the same two items every request, never clicked
+    prob = np.full(n * k, 0.3)
+    y = np.zeros(n * k)
+    keys = np.ones((n * k, 4), dtype=np.float32)
+    pairs = (np.full(n * k, "u"), np.tile(["a", "b"], n))
+    args = {"k": 1, "bits": 1, "lam": 0.0, "tau": 1.0, "lag": 100, "pairs": pairs, "pair_lam": 1.0, "pair_prior": 0.0}
+    assert np.allclose(replay(prob, keys, y, k, **args), prob)  # the window never closes within the replay
+    at_rank = replay(prob, keys, y, k, **args, pair_at_rank=True)
+    assert np.allclose(at_rank[:10 * k], 0.3) and np.allclose(at_rank[10 * k:], 0.0)  # after the first block

@@ -103,3 +103,39 @@ def test_pair_settings_and_overrides():
             per_model(MemoryConfig(), spec)
     default, _ = InferenceSettings(error_memory_pair_lambda=0.7, error_memory_pair_prior=0.25).memory_configs()
     assert default.pair == Params(lam=0.7, gamma=1.0, prior=0.25)
+
+
+def error_of(request: str, user: str, item: str, label: float) -> learning_pb2.PredictionError:
+    e = error(user, item, label)
+    e.request_id = request
+    return e
+
+
+def test_pairs_shown_here_count_once_with_their_errors_and_once_elsewhere():
+    """pair_at_rank: the answering replica counts a shown pair at Rank; its request's errors then add
+    only the click. A replica that did not answer counts the errors. Both end with the same sums."""
+    config = MemoryConfig(mode="on", params=Params(lam=0.0), pair=Params(lam=1.0, gamma=1.0, prior=1.0))
+    here, elsewhere = (MemoryBank(config).serve("default", "ranker", "v1", DIM) for _ in range(2))
+    hidden = np.ones((2, DIM), dtype=np.float32)
+    base = np.full(2, 0.4, dtype=np.float32)
+    assert np.array_equal(here.compensate(base, hidden, "u1", ["a", "b"]), base)
+    here.shown("r1", "u1", ["a", "b"], base)
+    assert here.compensate(base, hidden, "u1", ["a", "b"]).tolist() == pytest.approx([0.2, 0.2])  # at once
+    assert np.array_equal(elsewhere.compensate(base, hidden, "u1", ["a", "b"]), base)
+    errors = [error_of("r1", "u1", "a", 1.0), error_of("r1", "u1", "b", 0.0)]  # a's click, b's window close
+    for memory in (here, elsewhere):
+        MemoryBank(config)._write(memory, errors, None)
+    for memory in (here, elsewhere):
+        assert np.allclose(memory.pairs.read(memory.pairs.keys("u1", ["a", "b"])), [[1.0, 1.0, 0.4], [1.0, 0.0, 0.4]])
+
+
+def test_a_shown_pair_that_lost_its_slot_comes_back_whole_with_its_click():
+    config = MemoryConfig(mode="on", pair=Params(lam=1.0, gamma=1.0, prior=1.0), pair_bits=1)
+    memory = MemoryBank(config).serve("default", "ranker", "v1", DIM)
+    items = [f"item{i}" for i in range(40)]
+    keys = memory.pairs.keys("u1", items)
+    rival = next(i for i in range(1, 40) if keys[i] & np.uint64(1) == keys[0] & np.uint64(1))
+    memory.shown("r1", "u1", [items[0]], np.full(1, 0.4, dtype=np.float32))
+    memory.shown("r2", "u1", [items[rival]], np.full(1, 0.4, dtype=np.float32))  # takes item0's slot
+    MemoryBank(config)._write(memory, [error_of("r1", "u1", items[0], 1.0)], None)
+    assert np.allclose(memory.pairs.read(keys[:1]), [[1.0, 1.0, 0.4]])  # not a count of 0

@@ -3,7 +3,8 @@
 - `sketch.Sketch`: the locality-sensitive sketch (default; constant memory).
 - `knn.ExactKnn`: exact kNN over recent errors (the reference in tests and benchmarks).
 - `compensate`: the compensation formula both share.
-- `config.MemoryConfig`: mode (off | shadow | on), K, L, lambda, tau, gamma, prior, decay.
+- `config.MemoryConfig`: mode (off | shadow | on), K, L, lambda, tau, gamma, prior, decay, the pair table.
+- `pairs.PairTable`: the exact (user, item) table beside the sketch.
 - `bank.MemoryBank`: the memories per (tenant, model, version) of one replica.
 - `consumer.ErrorConsumer`: feeds the bank from ``loopwise.errors.v1``.
 """

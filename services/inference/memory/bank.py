@@ -8,6 +8,10 @@ not serve yet wait in a bounded pending queue per (tenant, model): another
 replica may have swapped first). The replaced version's memory is kept
 until the next swap, so a rollback finds it; its errors are still written.
 
+Beside the sketch, a memory may keep an exact (user, item) table
+(`pairs.PairTable`, ``pair_lambda`` > 0), which `Rank` also writes
+(`ModelMemory.shown`, ``pair_at_rank``).
+
 Before a batch of errors is written, the memory's current compensation of
 each error's served prediction is scored against its label (prequential):
 squared error and counts per score bin per scorer (``base``, ``memory``),
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -39,6 +43,7 @@ Key = tuple[str, str]
 # Score bins of the prequential metrics: [0, 0.05), ..., [0.95, 1], named by their upper edge.
 SCORE_BINS = 20
 BIN_EDGES = [f"{(b + 1) / SCORE_BINS:.2f}" for b in range(SCORE_BINS)]
+SERVED_MAX = 100_000  # request ids remembered per memory for `ModelMemory.shown`
 
 
 class ModelMemory:
@@ -52,6 +57,8 @@ class ModelMemory:
         self.fresh = Fresh(dim, config.seed) if config.settle_s > 0 else None
         # the exact (user, item) table, with pair_lambda > 0
         self.pairs = PairTable(config.pair_bits, config.seed) if config.pair.lam > 0 else None
+        # request ids this replica answered whose pairs `shown` wrote (pair_at_rank), oldest first
+        self.served: OrderedDict[str, None] = OrderedDict()
         self.clock = 0.0  # the newest error time written, seconds
 
     @property
@@ -82,15 +89,31 @@ class ModelMemory:
             return out
         return np.clip(out + extra, 0.0, 1.0).astype(np.float32)
 
+    def shown(self, request_id: str, user: str, items: Sequence[str], p_base: np.ndarray) -> None:
+        """A `Rank` answered here (after its read): with ``pair_at_rank``, its pairs are shown and
+        unclicked so far (pairs.py); the request's errors will add only their clicks."""
+        if self.pairs is None or not self.config.pair_at_rank or not user or not request_id:
+            return
+        self.pairs.write(self.pairs.keys(user, items), np.zeros(len(p_base), dtype=np.float32), p_base)
+        self.served[request_id] = None
+        while len(self.served) > SERVED_MAX:
+            self.served.popitem(last=False)
+
     def write(self, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray, times_s: np.ndarray,
-              users: Sequence[str] = (), items: Sequence[str] = ()) -> None:
+              users: Sequence[str] = (), items: Sequence[str] = (), requests: Sequence[str] = ()) -> None:
         """Add a batch of errors: to the pair table at once (with ``users`` and ``items``, one per
-        error), to the sketch at once or, clicks with ``settle_s``, once settled."""
+        error; of a request answered here (``requests``, `shown`) only a click, its impression is in),
+        to the sketch at once or, clicks with ``settle_s``, once settled."""
         keys = canonical(keys)
         if len(times_s):
             self.clock = max(self.clock, float(np.max(times_s)))
         if self.pairs is not None and len(items) == len(keys):
-            self.pairs.write(self.pairs.keys(users, items), labels, preds)
+            here = np.array([r in self.served for r in requests], dtype=bool) if len(requests) == len(keys) \
+                else np.zeros(len(keys), dtype=bool)
+            take = ~here | (labels > 0)
+            if take.any():
+                self.pairs.write(self.pairs.keys(np.asarray(users)[take], np.asarray(items)[take]), labels[take],
+                                 preds[take], counted=here[take])
         if self.fresh is None:
             self.sketch.write(keys, labels, preds, times_s)
             return
@@ -211,16 +234,17 @@ class MemoryBank:
         times = np.array([e.time_ms for e in ok], dtype=np.float64) / 1000.0
         users = np.array([e.user_id for e in ok], dtype=np.str_)
         items = np.array([e.candidate_id for e in ok], dtype=np.str_)
+        requests = np.array([e.request_id for e in ok], dtype=np.str_)
         finite = np.isfinite(keys).all(axis=1) & np.isfinite(labels) & np.isfinite(preds)
         if not finite.all():
             self._count(memory.tenant, memory.model, "malformed", int((~finite).sum()))
             keys, labels, preds, times = keys[finite], labels[finite], preds[finite], times[finite]
-            users, items = users[finite], items[finite]
+            users, items, requests = users[finite], items[finite], requests[finite]
         if len(keys) == 0:
             return 0
         preds = np.clip(preds, 0.0, 1.0)
         self._score(memory, keys, labels, preds, users, items)
-        memory.write(keys, labels, preds, times, users, items)
+        memory.write(keys, labels, preds, times, users, items, requests)
         self._count(memory.tenant, memory.model, "written", len(keys))
         if self.metrics is not None and produced_ms is not None:
             now_ms = time.time() * 1000

@@ -4,7 +4,7 @@
 ``model:key=value,key=value;model2:...`` with keys ``mode`` (off | shadow |
 on), ``k``, ``bits`` (L), ``lambda``, ``tau``, ``gamma``, ``prior``,
 ``half_life_s``, ``settle_s``, ``seed``, and the exact (user, item) table's
-``pair_lambda`` (0: no table), ``pair_prior``, ``pair_bits`` — e.g.
+``pair_lambda`` (0: no table), ``pair_prior``, ``pair_bits``, ``pair_at_rank`` — e.g.
 ``ranker:mode=on,lambda=0.4,pair_lambda=1;cold:mode=off``.
 """
 
@@ -27,8 +27,10 @@ class MemoryConfig:
     settle_s: float = 0.0
     seed: int = 0
     # the exact (user, item) table (pairs.py): its lambda (0: none) and prior; gamma is 1 (its own labels)
-    pair: Params = Params(lam=1.0, gamma=1.0, prior=0.0)
+    pair: Params = Params(lam=1.0, gamma=1.0, prior=1.0)
     pair_bits: int = 16
+    # the replica answering a Rank writes its pairs as shown at once (pairs.py)
+    pair_at_rank: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -49,6 +51,8 @@ class MemoryConfig:
                 config["mode"] = value
             elif key in ("k", "bits", "seed", "pair_bits"):
                 config[key] = int(value)
+            elif key == "pair_at_rank":
+                config[key] = value.lower() in ("1", "true", "yes", "on")
             elif key in ("half_life_s", "settle_s"):
                 config[key] = float(value)
             elif key in ("lambda", "tau", "gamma", "prior"):

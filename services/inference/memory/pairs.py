@@ -21,6 +21,14 @@ sketch's (``pair_lambda``; 0 turns the table off).
   own. Constant memory (``nbytes``), O(1) reads and writes.
 - A click goes in at once: it moves only its own pair, so there is no
   window to wait for (unlike the sketch's `settle_s`).
+- Shown at once (``pair_at_rank``, `ModelMemory.shown`): the replica that
+  answers a `Rank` writes each candidate's pair as shown, unclicked so far
+  (count 1, label 0: the fake negative of docs/methods.md §6), so a pair
+  shown again before its window closes is already corrected there; that
+  request's errors then add only what the impression did not (a click's
+  label; its negatives are already counted). Other replicas count the pair
+  from its errors, as without: after the window every replica holds the
+  same sums.
 """
 
 from __future__ import annotations
@@ -72,8 +80,11 @@ class PairTable:
         h[~known] = 0
         return h
 
-    def write(self, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray) -> None:
-        """Add errors of pairs ``keys`` (from `keys`; 0 is skipped)."""
+    def write(self, keys: np.ndarray, labels: np.ndarray, preds: np.ndarray, counted: np.ndarray | None = None
+              ) -> None:
+        """Add errors of pairs ``keys`` (from `keys`; 0 is skipped). ``counted`` (bool per error): the
+        pair's impression is already in (`ModelMemory.shown`): only the label is added, unless the
+        pair lost its slot meanwhile (then it comes in whole)."""
         keep = keys != 0
         keys = keys[keep]
         if not len(keys):
@@ -86,7 +97,8 @@ class PairTable:
         own = self.fingerprint[slots] == keys  # two new pairs on one slot in a batch: the last holds it
         y = np.asarray(labels, dtype=np.float32)[keep][own]
         p = np.asarray(preds, dtype=np.float32)[keep][own]
-        np.add.at(self.table, slots[own], np.stack([np.ones_like(y), y, p], axis=1))
+        whole = np.ones_like(y) if counted is None else (fresh | ~np.asarray(counted)[keep])[own].astype(np.float32)
+        np.add.at(self.table, slots[own], np.stack([whole, y, whole * p], axis=1))
         self.writes += int(own.sum())
 
     def read(self, keys: np.ndarray) -> np.ndarray:
