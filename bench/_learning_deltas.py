@@ -30,13 +30,18 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
 def delta_figures(metrics: dict[str, str], seconds: float) -> dict[str, Any]:
     """Example produced -> its delta applied in the inference replica (p50, p99 from the
     replica's histogram, so within its buckets), delta bytes the trainer published per second
-    of replay; nothing when the stack published no deltas."""
+    of replay (nothing when the stack published no deltas); and the rollbacks: delta streams the
+    replica's guard dropped back to their base, production versions the trainer's watchdog
+    rolled back for falling below the static model."""
     from urllib.request import urlopen
 
     from prometheus_client.parser import text_string_to_metric_families
 
     buckets: list[tuple[float, float]] = []
     published = 0.0
+    rollbacks = {"delta_rollbacks": 0.0, "production_rollbacks": 0.0}
+    names = {"loopwise_inference_delta_rollbacks_total": "delta_rollbacks",
+             "loopwise_trainer_production_rollbacks_total": "production_rollbacks"}
     for service in ("inference", "trainer"):
         url = metrics.get(service, "")
         try:
@@ -49,7 +54,9 @@ def delta_figures(metrics: dict[str, str], seconds: float) -> dict[str, Any]:
                     buckets.append((float(sample.labels["le"]), sample.value))
                 elif sample.name == "loopwise_trainer_delta_bytes_total":
                     published += sample.value
-    out: dict[str, Any] = {}
+                elif sample.name in names:
+                    rollbacks[names[sample.name]] += sample.value
+    out: dict[str, Any] = {k: int(v) for k, v in rollbacks.items()}
     p50, p99 = histogram_quantile(0.5, buckets), histogram_quantile(0.99, buckets)
     if p50 is not None and p99 is not None:
         out.update(delta_to_serving_p50_s=round(p50, 2), delta_to_serving_p99_s=round(p99, 2),

@@ -363,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         **fresh,
         "null_reasons": reasons or None,
     }
+    if "loopwise" in results and "static" in results:
+        # time buckets where the served loop ranked worse than the static model (goal: none)
+        below = np.asarray(results["loopwise"]["curve"]) < np.asarray(results["static"]["curve"])
+        result["buckets_below_static"] = f"{int(below.sum())} of {buckets}"
     if loop:
         result.update({k: v for k, v in loop.extra.items() if not k.startswith("shadow_scores")
                        and k not in result and not isinstance(v, np.ndarray)})
