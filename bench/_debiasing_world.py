@@ -15,6 +15,12 @@ model's top 5; ``recall@5`` = share of the user's relevant items (one draw of
 ``R``) in the top 5, out of ``min(5, relevant)``; rare-item DCG@5 = DCG@5 of
 the model's ranking among the rare items only (the half of the catalogue with
 the fewest ratings).
+
+`item_rate_dcg` is the data's own ceiling for a method's weights, no model: DCG@5 of
+ranking every user's items by the item's weighted click rate on the trained pairs
+(``sum(y * w) / n``, the estimator a model's item terms start from). When the
+true-theta IPS rate ranks worse than the naive one, the clicks of the subsample are too
+few for the unbiased estimator's variance, whatever the model.
 """
 
 from __future__ import annotations
@@ -141,3 +147,11 @@ def metrics(truth: Truth, scores: np.ndarray, relevant: np.ndarray, users: np.nd
     s = scores
     return {"dcg": float(dcg_at(g, s).mean()), "recall": float(np.nanmean(recall_at(relevant[users], s))),
             "rare_dcg": float(dcg_at(g, s, truth.rare).mean())}
+
+
+def item_rate_dcg(truth: Truth, clicks: np.ndarray, weight: np.ndarray, trained: np.ndarray, users: np.ndarray
+                  ) -> float:
+    """Mean DCG@5 of the evaluated ``users`` ranking items by ``sum(y * w) / n`` over the trained pairs."""
+    seen = trained.sum(0)
+    rate = (clicks * weight * trained).sum(0) / np.maximum(seen, 1)
+    return float(dcg_at(truth.gamma[users], np.broadcast_to(rate, (len(users), rate.size))).mean())

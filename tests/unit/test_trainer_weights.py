@@ -91,3 +91,26 @@ def test_gate_figures_self_normalised_by_the_ips_weights():
     assert ev.logloss(y, p, w) == pytest.approx(expected)
     # Bins: 0.1 holds the negatives (gap 0.3), 0.5 the positive (3 * |0.5 - 1| = 1.5); over sum(w) = 6.
     assert ev.ece(y, p, 10, w) == pytest.approx((0.3 + 1.5) / 6)
+
+
+def test_ips_loss_is_rel_mf_pointwise_loss_by_hand():
+    """``y*w*(-log p) + (1 - y*w)*(-log(1 - p))`` per row: a positive of weight w keeps the
+    negative term with factor 1 - w (Rel-MF's unbiased loss), an unclicked row is plain BCE."""
+    logit = torch.tensor([0.0, 2.0, -1.0])
+    label = torch.tensor([1.0, 1.0, 0.0])
+    weight = torch.tensor([4.0, 1.0, 1.0])
+    p = 1 / (1 + np.exp(-np.array([0.0, 2.0, -1.0])))
+    rows = [4 * -np.log(p[0]) + (1 - 4) * -np.log(1 - p[0]), -np.log(p[1]), -np.log(1 - p[2])]
+    assert float(ips_loss(logit, label, weight)) == pytest.approx(np.mean(rows), rel=1e-6)
+
+
+def test_ips_loss_in_expectation_over_exposure_is_the_loss_on_relevance():
+    """Clicks Y = O * R with O ~ Bernoulli(theta), R ~ Bernoulli(gamma), weight 1/theta: the
+    expected loss is BCE against gamma (unbiased), the unweighted one BCE against theta*gamma."""
+    theta, gamma = 0.2, 0.6
+    logit = torch.tensor([0.4])
+    q = theta * gamma  # P(click)
+    expected = q * float(ips_loss(logit, torch.tensor([1.0]), torch.tensor([1 / theta]))) + \
+        (1 - q) * float(ips_loss(logit, torch.tensor([0.0]), torch.tensor([1.0])))
+    bce = float(torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.tensor([gamma])))
+    assert expected == pytest.approx(bce, rel=1e-6)
