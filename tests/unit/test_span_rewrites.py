@@ -252,3 +252,20 @@ def test_a_rule_on_strong_evidence_is_promoted_at_the_next_refresh_and_a_thin_on
     thin.canary.min_turns = 7  # more than the 6 users behind it: the canary's turns decide
     rid = json.loads(thin.refresh(now_ms=1_000).put["play heet"])["rule_id"]
     assert not [r for r in thin.refresh(now_ms=2_000).records if r.rule_id == rid]
+
+
+def test_a_span_rule_that_would_break_an_utterance_that_works_is_not_made() -> None:
+    """"was" -> "wars" (users fixing "star was") fails most turns heard with "was", but "paris was
+    a woman" works when heard: no span rule for "was"."""
+    from loopwise.miner.reformulation.spans import SpanStats, select_span_rules
+
+    s = SpanStats(SpanConfig(min_support=3))
+    heard = {"play star was": [20, 0], "play star wars": [30, 30], "play paris was a woman": [3, 3]}
+    s.reindex(heard)
+    for u in range(4):
+        s.observe_pair("was", "wars", f"u{u}", heard)
+    assert s.counts["was"][0] == 23 and 1 - s.counts["was"][1] / 23 >= 0.8  # fails mostly
+    assert [r.source for r in select_span_rules(s, "t")] == ["was"]  # without the veto
+    assert select_span_rules(s, "t", heard=heard) == []
+    heard["play paris was a woman"] = [3, 1]  # worked once: not a veto
+    assert [r.source for r in select_span_rules(s, "t", heard=heard)] == ["was"]

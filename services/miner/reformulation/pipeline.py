@@ -160,7 +160,7 @@ class TenantMiner:
                 min_source_turns=rc.min_source_turns, config=cc, blocklist=self.monitor.blocklist,
                 skip={r.key for r in found} | set(self.rules), carriers=self._carriers[1])
         if self.config.spans.enabled:
-            found += select_span_rules(self.spans, self.tenant, self.monitor.blocklist)
+            found += select_span_rules(self.spans, self.tenant, self.monitor.blocklist, self.heard)
         for rule in found:
             live = self.rules.get(rule.key)
             if live is not None:

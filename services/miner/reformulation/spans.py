@@ -17,8 +17,11 @@ the miner's ``heard`` outcomes when a span is first tracked, and for every
 later turn. `select_span_rules` keeps a pair when enough distinct users made
 it, it is most of its source's replacements (``min_share``), turns containing
 the source fail often (``min_source_defect``) and turns containing the
-target succeed by ``min_margin`` more; the most specific qualifying span
-wins over the longer ones containing it. The rule applies in any carrier
+target succeed by ``min_margin`` more, and no utterance heard with it has
+worked (``max_working``: successes, and most of its turns, of any one heard
+text containing the span: "was" -> "wars", learnt from "star was", must not
+break "paris was a woman"); the most specific qualifying span wins over the
+longer ones containing it. The rule applies in any carrier
 phrase (`loopwise.spans.RuleSet`); a whole-utterance rule wins over it.
 The pair weights and the tracked spans' outcomes decay like the chain's
 weights (`SpanStats.decay`: halved every half-life of event time, in steps
@@ -54,6 +57,7 @@ class SpanConfig:
     min_target_turns: int = 3
     min_target_success: float = 0.6
     min_margin: float = 0.2
+    max_working: int = 1  # successes of a heard text containing the source that veto the rule
     max_pairs: int = 200_000
     sketch_k: int = 16
 
@@ -152,6 +156,17 @@ class SpanStats:
         self.counts[span] = [turns, successes]
         self._longest = max(self._longest, len(words))
 
+    def works_somewhere(self, span: str, heard: Mapping[str, Sequence[int]]) -> bool:
+        """Whether a heard text containing ``span`` worked: more than ``max_working`` successes,
+        most of its turns."""
+        words = span.split()
+        for text in self._by_word.get(min(words, key=lambda w: len(self._by_word.get(w, ()))), ()):
+            counts = heard.get(text)
+            if counts is not None and counts[1] > self.config.max_working and 2 * counts[1] > counts[0] \
+                    and _contains(text, span):
+                return True
+        return False
+
     def reindex(self, heard: Mapping[str, Sequence[int]]) -> None:
         """Index the heard texts by word anew (after the miner forgot some)."""
         self._by_word = {}
@@ -230,8 +245,10 @@ def observe_session(stats: SpanStats, turns: Sequence[TurnRecord], kinds: Sequen
                 stats.observe_pair(src, dst, turn.user_id, heard)
 
 
-def select_span_rules(stats: SpanStats, tenant: str, blocklist: Blocklist | None = None) -> list[Rule]:
-    """Span rules for the current counts (module docstring), most specific first."""
+def select_span_rules(stats: SpanStats, tenant: str, blocklist: Blocklist | None = None,
+                      heard: Mapping[str, Sequence[int]] | None = None) -> list[Rule]:
+    """Span rules for the current counts (module docstring), most specific first; ``heard``:
+    normalised text -> [turns, successes] of the turns served as heard (the veto)."""
     config, blocklist = stats.config, blocklist or Blocklist()
     found: list[Rule] = []
     for src, counts in stats.counts.items():  # only tracked spans have the users a rule needs
@@ -249,7 +266,8 @@ def select_span_rules(stats: SpanStats, tenant: str, blocklist: Blocklist | None
         tgt_success = tgt[1] / tgt[0]
         margin = tgt_success - src_success
         if 1 - src_success < config.min_source_defect or tgt_success < config.min_target_success \
-                or margin < config.min_margin or not blocklist.allows(src, dst, rewrite=dst):
+                or margin < config.min_margin or not blocklist.allows(src, dst, rewrite=dst) \
+                or (heard is not None and stats.works_somewhere(src, heard)):
             continue
         found.append(Rule(tenant=tenant, rule_id=rule_id(tenant, span_key(src), dst), source=src,
                           source_state="", target=dst, rewrite=dst, support=users, confidence=margin,
