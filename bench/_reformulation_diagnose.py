@@ -15,20 +15,28 @@ reports its confusion kind and why no rule fixed it:
   partial title that names another movie): the users saying it want different movies;
 - ``supported``: enough users fixed it in training and still no rule (a miner threshold).
 
-Usage: python bench/_reformulation_diagnose.py [--users N] [--minutes M]
+With ``--canaries SHARE``, instead: both populations mined with new rules as canaries on
+SHARE of the users, two refreshes (the canaries' decisions on their evidence), then the
+test seed served with the table as it stands (canaries to their share): rules, canaries
+left, defect reduction and win/loss.
+
+Usage: python bench/_reformulation_diagnose.py [--users N] [--minutes M] [--canaries SHARE]
 """
 
 from __future__ import annotations
 
 import argparse
 from collections import Counter, defaultdict
+from dataclasses import replace
 
-from _reformulation_offline import OFFLINE, mine, rule_rewriter
+from _reformulation_offline import OFFLINE, mine, record_of, reduction, rule_rewriter
 
+from loopwise.miner.reformulation.pipeline import TenantMiner
 from loopwise.miner.reformulation.rules import rewrite_table
+from loopwise.miner.reformulation.sessions import sessionize
 from loopwise.spans import RuleSet
 from loopwise.text import normalize
-from loopwise.tools.simulate.assistant import World, movielens_catalog, simulate
+from loopwise.tools.simulate.assistant import World, movielens_catalog, simulate, summarize
 from loopwise.tools.simulate.catalog import NLU_CARRIERS
 
 
@@ -48,12 +56,36 @@ def kind_of(world: World, said_title: str, spoken: str, heard_title: str) -> str
     return "asr_edit"
 
 
+def canaries(share: float, users: int, minutes: float) -> None:
+    from loopwise.tools.simulate.places import PlacesWorld
+
+    for name, world in (("movies", World(movielens_catalog())), ("places", PlacesWorld())):
+        train = []
+        for i, s in enumerate((1, 2)):
+            train += simulate(world, users=users, minutes=minutes, seed=s, start_ms=1_700_000_000_000 + i * 86_400_000)
+        m = TenantMiner("default", replace(OFFLINE, canary_share=share))
+        for session in sessionize([record_of(t) for t in train]):
+            m.observe_session(session)
+        end = max(t.time_ms for t in train)
+        m.refresh(now_ms=end + 1)
+        m.refresh(now_ms=end + 2)
+        before = summarize(simulate(world, users=users, minutes=minutes, seed=101))
+        served = RuleSet.from_table(m.table())
+        after = summarize(simulate(world, users=users, minutes=minutes, seed=101, rewrite=rule_rewriter(served)))
+        print(f"{name}: rules {len(m.rules)}, canaries left {len(m.canary.trials)}, defect reduction "
+              f"{reduction(before, after):.3f}, win/loss {after.win_loss:.1f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=1500)
     p.add_argument("--minutes", type=float, default=240.0)
     p.add_argument("--min-support", type=float, default=3.0)
+    p.add_argument("--canaries", type=float, default=None, metavar="SHARE")
     a = p.parse_args()
+    if a.canaries is not None:
+        canaries(a.canaries, a.users, a.minutes)
+        return
     world = World(movielens_catalog())
     train = []
     for i, s in enumerate((1, 2)):

@@ -179,9 +179,10 @@ def test_a_new_rule_is_a_canary_and_is_promoted_when_it_beats_its_control() -> N
     assert 0.35 < share < 0.65  # deterministic by user: the rest is the control
     outcomes(m, value["rule_id"], canary_ok=True, control_ok=False)
     second = m.refresh(now_ms=61_000)
-    assert [r.action for r in second.records] == ["promoted"]
+    mine = [r for r in second.records if r.source == "play heet"]  # (the span rule "heet": on its evidence)
+    assert [r.action for r in mine] == ["promoted"] and mine[0].reason.startswith("canary won")
     assert "canary" not in json.loads(second.put["play heet"])
-    rec = second.records[0]
+    rec = mine[0]
     assert rec.canary_share == 1.0 and rec.canary_turns >= 20 and rec.control_turns >= 20
     assert rec.canary_success > rec.control_success and rec.time_ms - first.records[0].time_ms == 60_000
 
@@ -249,7 +250,7 @@ def test_a_rule_on_strong_evidence_is_promoted_at_the_next_refresh_and_a_thin_on
     assert [r.action for r in rec] == ["promoted"] and rec[0].reason.startswith("evidence strong")
     assert "canary" not in json.loads(out.put["play heet"])
     thin = canary_miner()
-    thin.canary.min_turns = 7  # more than the 6 users behind it: the canary's turns decide
+    thin.canary.min_turns = 7  # the source's history (6 turns) is too short to judge: the canary's turns decide
     rid = json.loads(thin.refresh(now_ms=1_000).put["play heet"])["rule_id"]
     assert not [r for r in thin.refresh(now_ms=2_000).records if r.rule_id == rid]
 

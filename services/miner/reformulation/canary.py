@@ -14,8 +14,9 @@ everyone) when its success rate beats the control's with a one-sided p-value
 below ``alpha``, **withdrawn** when it loses at that level, and left running
 otherwise. Until the canary has its turns, the rule's own evidence stands in
 for it (``evidence``: the distinct users who, having said the source, got
-the target by rephrasing, and how many of them succeeded): a rule whose
-evidence already beats the control at that level is promoted at once (strong
+the target by rephrasing, and how many of them succeeded; the rule had
+``min_support`` of them): once the control has ``min_turns``, a rule whose
+evidence already beats it at that level is promoted at once (strong
 evidence; rollback still watches it), never withdrawn on it.
 
 >>> m = CanaryMonitor(share=0.5, min_turns=20)
@@ -146,7 +147,7 @@ class CanaryMonitor:
 
     def decide(self, rule_id: str) -> Verdict:
         t = self.trials[rule_id]
-        if t.canary_turns < self.min_turns and t.evidence_turns >= self.min_turns <= t.control_turns:
+        if t.canary_turns < self.min_turns and t.evidence_turns and self.min_turns <= t.control_turns:
             z = two_proportion_z(t.evidence_successes, t.evidence_turns, t.control_successes, t.control_turns)
             p = 0.5 * math.erfc(z / math.sqrt(2))
             if z > 0 and p < self.alpha:
