@@ -109,7 +109,9 @@ def test_a_canary_is_promoted_when_it_beats_its_control(start_miner, start_colle
     mine = [r for r in records if r.rule_id == rule_id]
     assert [r.action for r in mine] == ["canary", "promoted"]
     assert mine[0].canary_share == 0.5 and mine[1].canary_success > mine[1].control_success
-    assert mine[1].canary_turns >= 15 and mine[1].control_turns >= 15
+    # on the canary's own turns, or earlier on the rule's evidence (its 6 users) once the control has its 15
+    assert mine[1].control_turns >= 15
+    assert mine[1].canary_turns >= 15 or mine[1].reason.startswith("evidence strong")
     assert procs.metric_value(url, "loopwise_miner_rules_promoted_total") == 1.0
 
 
