@@ -28,6 +28,7 @@ next full version.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -102,6 +103,8 @@ class DeltaTrainer:
         self.sequence = 0
         self.why_not = ""
         self.until_ms: int | None = None  # the base's newest training example
+        self.stream_started = 0.0  # monotonic time of the stream's start (`restream`)
+        self._base_tables: dict[str, torch.Tensor] = {}  # the base's sparse tables, as loaded
         self._examples: list[tuple[bytes, int]] = []
         self._backlog: deque[tuple[bytes, int]] = deque()  # requeued after a rebase, served after fresh ones
         self._history: deque[tuple[bytes, int, int]] = deque(maxlen=settings.trainer_delta_max_buffer)
@@ -146,8 +149,10 @@ class DeltaTrainer:
             return False
         model, why = base_model(production, spec, self.settings)
         self.base_version, self.stream, self.sequence = version, uuid.uuid4().hex[:12], 0
+        self.stream_started = time.monotonic()
         self._backlog.clear()
         self.model, self.why_not = model, why
+        self._base_tables = {}
         until = production.manifest.metrics.get("train_until_ms") if production and production.manifest else None
         self.until_ms = int(until) if until is not None else (model.train_until_ms if model is not None else None)
         if model is None:
@@ -163,6 +168,7 @@ class DeltaTrainer:
         model.set_sparse(True)
         model.train()
         self.layout = sparse.Layout.of_config(model.config)
+        self._base_tables = {name: getattr(model, name).weight.detach().clone() for name in self.layout.tables()}
         self.builder = InputBuilder(spec)
         log.info("deltas on a new base", extra={"tenant": self.tenant, "model": self.model_name, "version": version,
                                                 "stream": self.stream, "tables": list(self.layout.tables())})
@@ -203,15 +209,43 @@ class DeltaTrainer:
         touched = self._touched(part.sparse)
         rows = sum(len(i) for i in touched.values())
         produced = [ms for _, ms in taken if ms > 0] or [0]
+        records = self._encode(touched, first_ms=min(produced), last_ms=max(produced), examples=n)
+        return Step(records, self.sequence, n, rows, total / n)
+
+    def restream(self) -> list[bytes]:
+        """Start a new stream on the same base, carrying on from the current tables: its first
+        deltas hold every row that differs from the base, so a replica that takes the new stream
+        from its sequence 1 has the same tables as one that followed the old one. A replica
+        whose guard rolled the old stream back takes the new one afresh (and judges it again),
+        and one that starts reads only the newest stream of a base. Nothing when no delta was
+        published on this base yet (the next step starts the stream anyway)."""
+        if self.model is None or self.layout is None or self.sequence == 0:
+            return []
+        changed = {}
+        for name, base in self._base_tables.items():
+            now = getattr(self.model, name).weight.detach()
+            differs = (now != base).reshape(len(base), -1).any(dim=1).numpy()
+            changed[name] = np.flatnonzero(differs).astype(np.int64)
+        self.stream, self.sequence, self.stream_started = uuid.uuid4().hex[:12], 0, time.monotonic()
+        records = self._encode(changed, first_ms=0, last_ms=0, examples=0)
+        log.info("delta stream restarted", extra={"tenant": self.tenant, "model": self.model_name,
+                                                  "version": self.base_version, "stream": self.stream,
+                                                  "rows": int(sum(len(i) for i in changed.values())),
+                                                  "deltas": len(records)})
+        return records
+
+    def _encode(self, touched: dict[str, np.ndarray], *, first_ms: int, last_ms: int, examples: int) -> list[bytes]:
+        """The current values of ``touched`` rows as the stream's next deltas (numbered on)."""
+        assert self.model is not None and self.layout is not None
         records = []
         for chunk in self._chunks(touched):
             self.sequence += 1
-            rows_out = {name: (ids, tables[name][0].weight.detach()[torch.from_numpy(ids)].numpy())
+            rows_out = {name: (ids, getattr(self.model, name).weight.detach()[torch.from_numpy(ids)].numpy())
                         for name, ids in chunk.items()}
             records.append(sparse.encode_delta(
                 self.tenant, self.model_name, self.base_version, self.stream, self.sequence, self.layout, rows_out,
-                first_example_ms=min(produced), last_example_ms=max(produced), examples=n))
-        return Step(records, self.sequence, n, rows, total / n)
+                first_example_ms=first_ms, last_example_ms=last_ms, examples=examples))
+        return records
 
     def _chunks(self, touched: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
         """The touched rows in groups of at most `MAX_DELTA_BYTES` encoded (one delta each)."""

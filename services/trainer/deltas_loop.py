@@ -9,7 +9,11 @@ still re-read every interval, so those go out at once), takes one step on the sp
 worker thread and sends its deltas on ``loopwise.deltas.v1`` (key
 ``tenant|model``, so one model's deltas keep their order). Deltas a failed
 send left behind go first, and no new step is taken while any is left, so no
-sequence goes missing on the topic while its base serves. Counted in
+sequence goes missing on the topic while its base serves. Every
+``trainer_delta_restream_s`` a base's stream starts again on the same tables
+(`deltas.DeltaTrainer.restream`: its first deltas carry every row changed since
+the base), so a replica whose guard rolled the stream back tries it again, and a
+restarted one reads only the newest stream. Counted in
 ``loopwise_trainer_deltas_total{outcome}``, ``loopwise_trainer_delta_bytes_total``,
 ``loopwise_trainer_delta_sequence`` and ``loopwise_trainer_delta_step_seconds``.
 """
@@ -63,6 +67,12 @@ class DeltaLoop:
         example comes."""
         s = self.settings
         for key, dt in list(self.trainers.items()):
+            if (s.trainer_delta_restream_s > 0 and not self._outbox.get(key) and dt.sequence > 0
+                    and now - dt.stream_started >= s.trainer_delta_restream_s):
+                records = await asyncio.to_thread(dt.restream)
+                if records:
+                    self._outbox[key] = records
+                    self.metrics.deltas.labels(*key, "restreamed").inc()
             waiting = dt.waiting()
             due = now - self._last.get(key, 0.0) >= s.trainer_delta_interval_s
             try:

@@ -37,7 +37,7 @@ class TrainerMetrics:
                               ["tenant", "model"], registry=r)
         self.deltas = Counter("loopwise_trainer_deltas_total",
                               "Delta steps by outcome: published, empty (nothing touched), no_base (the serving "
-                              "version takes no deltas), failed", ["tenant", "model", "outcome"], registry=r)
+                              "version takes no deltas), failed, restreamed (a new stream on the same tables)", ["tenant", "model", "outcome"], registry=r)
         self.delta_bytes = Counter("loopwise_trainer_delta_bytes_total", "Bytes of the deltas published",
                                    ["tenant", "model"], registry=r)
         self.delta_sequence = Gauge("loopwise_trainer_delta_sequence",

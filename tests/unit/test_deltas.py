@@ -502,3 +502,77 @@ def test_a_new_version_gets_its_first_deltas_without_waiting_for_a_new_example(m
     assert trainer.producer.sent[1:] == [("v2", 1, 20)]
     asyncio.run(loop.tick(102.0))
     assert len(trainer.producer.sent) == 2
+
+
+# -- a new stream on the same tables ------------------------------------------------------------
+
+def test_a_restreamed_base_serves_the_same_tables_and_a_rolled_back_replica_takes_it_again():
+    production, model = trained_production()
+    base_tables = model.sparse_tables()
+    trainer = DeltaTrainer("default", "ranker", SETTINGS)
+    trainer.rebase("v2", production, SPEC)
+    assert trainer.restream() == []  # nothing published on this base yet
+    steps = [trainer.step(records(make_examples(200, seed=s))) for s in (1, 2, 3)]
+    old_stream = trainer.stream
+    follower, dropped = DeltaRegistry(("default",)), DeltaRegistry(("default",))
+    for raw in (r for st_ in steps for r in st_.records):
+        follower.offer(sparse.decode_delta(raw))
+        dropped.offer(sparse.decode_delta(raw))
+    assert dropped.rollback("default", "ranker", "v2", old_stream)
+    restream = trainer.restream()
+    assert restream and trainer.stream != old_stream and trainer.sequence == len(restream)
+    fresh = DeltaRegistry(("default",))  # a replica that reads only the new stream
+    for raw in restream:
+        for registry in (follower, dropped, fresh):
+            assert registry.offer(sparse.decode_delta(raw))[0] == "applied"
+    loaded = loaded_like("v2", sparse.Layout.of_config(model.config), base_tables)
+    data = build_window_data(InputBuilder(SPEC), make_examples(300, seed=9))
+    expected = torch_prob(trainer.model, data)
+    for registry in (follower, dropped, fresh):
+        snap = registry.serving(loaded)
+        assert snap.stream == trainer.stream
+        served = snap.adjust(onnx_prob(production.onnx, data), data.sparse, base_tables)
+        assert np.abs(served - expected).max() < 2e-4
+    # The stream goes on from there.
+    nxt = trainer.step(records(make_examples(100, seed=4)))
+    assert sparse.decode_delta(nxt.records[0]).sequence == len(restream) + 1
+
+
+def test_the_loop_restreams_a_base_after_its_interval(tmp_path):
+    import asyncio
+    import dataclasses
+
+    from loopwise.modelstore import ModelStore, pointers
+    from loopwise.trainer import publish as pub
+    from loopwise.trainer.deltas_loop import DeltaLoop
+    from loopwise.trainer.metrics import TrainerMetrics
+
+    store = ModelStore(str(tmp_path / "models"))
+    store.publish("default", "ranker", coldstart.build_onnx(SPEC), feature_spec=SPEC,
+                  hidden_dim=coldstart.HIDDEN_DIM, source="coldstart")
+
+    class Producer:
+        def __init__(self):
+            self.sent = []
+
+        async def send_and_wait(self, topic, value, key):
+            self.sent.append(sparse.decode_delta(value))
+
+    trainer = types.SimpleNamespace(
+        settings=dataclasses.replace(SETTINGS, trainer_delta_restream_s=30.0), metrics=TrainerMetrics(),
+        store=store, redis=None, producer=Producer(), _stopping=None,
+        production=lambda t, m: pub.load_production(store, t, m, pointers.serving_version(store, None, t, m)))
+    loop = DeltaLoop(trainer)
+    for i, e in enumerate(make_examples(30, seed=12)):
+        loop.add("default", "ranker", e.SerializeToString(), i, i)
+    asyncio.run(loop.tick(1_000.0))
+    dt = loop.trainers[("default", "ranker")]
+    first = [d.stream for d in trainer.producer.sent]
+    assert first and set(first) == {dt.stream}
+    asyncio.run(loop.tick(dt.stream_started + 10))  # too early, nothing waits: nothing sent
+    assert len(trainer.producer.sent) == len(first)
+    asyncio.run(loop.tick(dt.stream_started + 31))
+    again = trainer.producer.sent[len(first):]
+    assert again and {d.stream for d in again} == {dt.stream} != {first[0]}
+    assert [d.sequence for d in again] == list(range(1, len(again) + 1))
+    assert trainer.metrics.deltas.labels("default", "ranker", "restreamed")._value.get() == 1
