@@ -217,7 +217,7 @@ class DeltaTrainer:
         deltas hold every row that differs from the base, so a replica that takes the new stream
         from its sequence 1 has the same tables as one that followed the old one. A replica
         whose guard rolled the old stream back takes the new one afresh (and judges it again),
-        and one that starts reads only the newest stream of a base. Nothing when no delta was
+        and the newest stream alone rebuilds the tables. Nothing when no delta was
         published on this base yet (the next step starts the stream anyway)."""
         if self.model is None or self.layout is None or self.sequence == 0:
             return []

@@ -158,7 +158,7 @@ class TrainerSettings(BaseSettings):
     trainer_delta_every_n: int = 2000
     trainer_delta_max_buffer: int = 100_000
     # A base's delta stream starts again (same tables, every changed row re-sent) this often:
-    # replicas whose guard dropped it try again, restarted ones read only the newest stream (0: never).
+    # replicas whose guard dropped it try again (0: never).
     trainer_delta_restream_s: float = 30.0
     # ONNX export.
     trainer_parity_tol: float = 1e-4
