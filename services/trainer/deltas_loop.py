@@ -12,7 +12,7 @@ send left behind go first, and no new step is taken while any is left, so no
 sequence goes missing on the topic while its base serves. Every
 ``trainer_delta_restream_s`` a base's stream starts again on the same tables
 (`deltas.DeltaTrainer.restream`: its first deltas carry every row changed since
-the base), so a replica whose guard rolled the stream back tries it again, and a
+the base), so a replica whose guard rolled the stream back tries it again, and the
 newest stream alone rebuilds the tables. Counted in
 ``loopwise_trainer_deltas_total{outcome}``, ``loopwise_trainer_delta_bytes_total``,
 ``loopwise_trainer_delta_sequence`` and ``loopwise_trainer_delta_step_seconds``.
