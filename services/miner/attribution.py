@@ -68,8 +68,10 @@ class PositionModel(Protocol):
 @dataclass(frozen=True)
 class AttributionConfig:
     window_ms: int = 30 * 60 * 1000
-    # Clip M of the inverse-propensity weights.
+    # Clip M of the inverse-propensity weights; weights False: every example weighs 1 (the
+    # propensities are still computed and recorded on the example).
     clip: float = 0.05
+    weights: bool = True
     # Preference strength of "click over skipped-above": dwell of this many ms
     # counts as fully satisfied; unknown dwell counts as `unknown_dwell`.
     full_dwell_ms: int = 30_000
@@ -341,7 +343,7 @@ class Attribution:
         logged = shown.logged[position - 1] if len(shown.logged) == len(shown.ids) else 0.0
         exposure = logged if logged > 0 else self.exposure.propensity(imp.tenant, cid)
         propensity = pos_p * exposure
-        click_weight = clipped_weight(propensity, self.config.clip)
+        click_weight = clipped_weight(propensity, self.config.clip) if self.config.weights else 1.0
         weight = click_weight if label > 0 else 1.0
         return learning_pb2.Example(
             example_id=stable_id(imp.tenant, imp.request_id, cid, ("fake_negative", "positive")[label > 0] if fake

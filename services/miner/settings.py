@@ -34,6 +34,11 @@ class MinerSettings(BaseSettings):
     close_interval_s: float = 1.0
     # Clip M of the inverse-propensity weights; eta of the exposure propensity.
     ips_clip: float = 0.05
+    # Weigh clicks by 1 / max(propensity, M) (the propensities are recorded on every example
+    # either way). Off by default: through the stack on bench/learning.py --requests 15000 the
+    # weights cost 4-6 AUC points (seed 7: 0.657 with them, 0.696 without; seed 8: 0.653 vs
+    # 0.713; static 0.658) and no trainer variant gained from them on bench/debiasing.py.
+    ips_weights: bool = False
     exposure_eta: float = 0.5
     # Item exposure: "popularity" ((positives / max)^eta, in memory) or "impressions" (share
     # of the tenant's impressions that showed the item, kept in the table ``exposure``).

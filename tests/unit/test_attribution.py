@@ -71,6 +71,20 @@ def test_click_is_positive_at_once_and_the_rest_negative_at_close():
     assert len(second.errors) == 1 and len(closing.errors) == 2
 
 
+def test_without_weights_a_click_weighs_1_and_keeps_its_propensity():
+    click = F.click("r1", "c2", position=3, at_ms=T0 + 1000, user_id="u1")
+    for mode in ("window", "fnw"):
+        weighted, plain = engine(feedback_mode=mode), engine(feedback_mode=mode, weights=False)
+        for w in (weighted, plain):
+            w.process(b"k", impression(3))
+        [a] = [e for e in weighted.process(b"k", click).examples if e.label > 0]
+        [b] = [e for e in plain.process(b"k", click).examples if e.label > 0]
+        assert a.weight > 1.0 and b.weight == 1.0
+        if mode == "fnw":  # the trainer's FNW weights read the click weight
+            assert a.click_weight == a.weight and b.click_weight == 1.0
+        assert b.propensity == a.propensity > 0 and b.position_propensity == a.position_propensity
+
+
 def test_feedback_before_impression_waits_then_dead_letters():
     w = engine()
     out = w.process(b"k", F.click("r9", "c0", at_ms=T0))

@@ -77,7 +77,7 @@ class AttributionAgents:
         self.dead = dead
         self.attribution = Attribution(
             AttributionConfig(window_ms=settings.attribution_window_ms, clip=settings.ips_clip,
-                              feedback_mode=settings.feedback_mode),
+                              weights=settings.ips_weights, feedback_mode=settings.feedback_mode),
             position_model(settings), exposure_model(settings, tables))
         self.windows = Windows(self.attribution, tables.attribution, topics=topics.inputs,
                                idle_s=settings.idle_s, caught_up=positions.caught_up,
