@@ -392,9 +392,9 @@ def test_the_guard_does_not_judge_on_one_kind_of_label_alone():
     assert registry.snapshot("default", "ranker", "v2").sequence == 3
 
 
-def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
-    import asyncio
-
+def loop_on_coldstart(tmp_path, producer, settings=SETTINGS):
+    """A `DeltaLoop` over a stand-in trainer whose store serves the cold-start model and whose
+    producer is ``producer``; (loop, stand-in)."""
     from loopwise.modelstore import ModelStore, pointers
     from loopwise.trainer import publish as pub
     from loopwise.trainer.deltas_loop import DeltaLoop
@@ -403,6 +403,14 @@ def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
     store = ModelStore(str(tmp_path / "models"))
     store.publish("default", "ranker", coldstart.build_onnx(SPEC), feature_spec=SPEC,
                   hidden_dim=coldstart.HIDDEN_DIM, source="coldstart")
+    trainer = types.SimpleNamespace(
+        settings=settings, metrics=TrainerMetrics(), store=store, redis=None, producer=producer,
+        production=lambda t, m: pub.load_production(store, t, m, pointers.serving_version(store, None, t, m)))
+    return DeltaLoop(trainer), trainer
+
+
+def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
+    import asyncio
 
     class Producer:
         def __init__(self):
@@ -414,10 +422,7 @@ def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
                 raise ConnectionError("broker away")
             self.sent.append(sparse.decode_delta(value).sequence)
 
-    trainer = types.SimpleNamespace(
-        settings=SETTINGS, metrics=TrainerMetrics(), store=store, redis=None, producer=Producer(),
-        production=lambda t, m: pub.load_production(store, t, m, pointers.serving_version(store, None, t, m)))
-    loop = DeltaLoop(trainer)
+    loop, trainer = loop_on_coldstart(tmp_path, Producer())
     for i, e in enumerate(make_examples(30, seed=12)):
         loop.add("default", "ranker", e.SerializeToString(), i, i)
     with pytest.raises(ConnectionError):
@@ -542,15 +547,6 @@ def test_the_loop_restreams_a_base_after_its_interval(tmp_path):
     import asyncio
     import dataclasses
 
-    from loopwise.modelstore import ModelStore, pointers
-    from loopwise.trainer import publish as pub
-    from loopwise.trainer.deltas_loop import DeltaLoop
-    from loopwise.trainer.metrics import TrainerMetrics
-
-    store = ModelStore(str(tmp_path / "models"))
-    store.publish("default", "ranker", coldstart.build_onnx(SPEC), feature_spec=SPEC,
-                  hidden_dim=coldstart.HIDDEN_DIM, source="coldstart")
-
     class Producer:
         def __init__(self):
             self.sent = []
@@ -558,11 +554,8 @@ def test_the_loop_restreams_a_base_after_its_interval(tmp_path):
         async def send_and_wait(self, topic, value, key):
             self.sent.append(sparse.decode_delta(value))
 
-    trainer = types.SimpleNamespace(
-        settings=dataclasses.replace(SETTINGS, trainer_delta_restream_s=30.0), metrics=TrainerMetrics(),
-        store=store, redis=None, producer=Producer(), _stopping=None,
-        production=lambda t, m: pub.load_production(store, t, m, pointers.serving_version(store, None, t, m)))
-    loop = DeltaLoop(trainer)
+    loop, trainer = loop_on_coldstart(tmp_path, Producer(),
+                                      dataclasses.replace(SETTINGS, trainer_delta_restream_s=30.0))
     for i, e in enumerate(make_examples(30, seed=12)):
         loop.add("default", "ranker", e.SerializeToString(), i, i)
     asyncio.run(loop.tick(1_000.0))
