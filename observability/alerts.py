@@ -51,6 +51,19 @@ def _dead_share(dead: str, read: str) -> str:
     return f"sum(rate({dead}[5m])) / clamp_min(sum(rate({read}[5m])), 1)"
 
 
+def _applied(window: str) -> str:
+    """Deltas each replica applied per (tenant, model) in ``window``: inference creates the
+    ``applied`` series at 0 when a version starts serving, so a replica that never applied
+    one answers 0 rather than nothing."""
+    return f'sum by (instance, tenant, model) (increase(loopwise_inference_deltas_total{{result="applied"}}[{window}]))'
+
+
+def _trainer_deltas(outcome: str, window: str) -> str:
+    """The trainer's delta steps of ``outcome`` (a regex) per (tenant, model) in ``window``; the
+    trainer creates every outcome's series at 0 for a (tenant, model) it takes examples of."""
+    return f'sum by (tenant, model) (increase(loopwise_trainer_deltas_total{{outcome=~"{outcome}"}}[{window}]))'
+
+
 def _published(hours: int) -> str:
     """(tenant, model) with a version published in the last ``hours``: the counter grew, or its
     series is new (a trainer's first publish since it started creates it; increase() misses that)."""
@@ -139,6 +152,75 @@ ALERTS: tuple[Alert, ...] = (
         "{{ $labels.instance }} has not confirmed its rewrite table of {{ $labels.tenant }} for 5 minutes",
         "The local copy of the rewrite table was last confirmed current {{ $value | humanizeDuration }} ago "
         "(loopwise_inference_rewrite_table_age_seconds): Redis is unreachable from this replica."),
+    # The self-learning loop's safety signals: the watchdog's production rollbacks, the deltas'
+    # guard, and how fresh the deltas are. Their counters exist at 0 from the start (the trainer's
+    # for its tenants' default model, inference's when a version serves), so increase() sees a
+    # first rollback and an idle stack answers 0, not nothing.
+    Alert(
+        "LoopwiseProductionRolledBack",
+        "sum by (tenant, model, reason) (increase(loopwise_trainer_production_rollbacks_total[1h]))",
+        "", "0m", "warning",
+        "The watchdog rolled production of {{ $labels.tenant }}/{{ $labels.model }} back",
+        "In the last hour the serving version's online AUC fell below the static cold-start model's on the "
+        "same traffic and the trainer's watchdog moved the pointer back ({{ $labels.reason }}; "
+        "loopwise_trainer_production_rollbacks_total, loopwise_trainer_production_online_auc{scorer}). "
+        "The model serves again, but a version the gate passed served worse than the model a fresh stack "
+        "starts from: compare the gate's holdout figures (`loopwise model list`) with the online ones."),
+    Alert(
+        "LoopwiseProductionRollbacksRepeated",
+        "sum by (tenant, model) (increase(loopwise_trainer_production_rollbacks_total[6h]))",
+        "sum by (tenant, model) (increase(loopwise_trainer_production_rollbacks_total[6h])) >= 3",
+        "0m", "critical",
+        "Production of {{ $labels.tenant }}/{{ $labels.model }} rolled back 3 times or more in 6 hours",
+        "{{ $value | humanize }} watchdog rollbacks in 6 h (loopwise_trainer_production_rollbacks_total): "
+        "the trainer keeps publishing versions that serve worse online than the static model, so the loop "
+        "spends its time on old versions or the cold-start one. The gate's holdout does not predict online "
+        "quality: look at the feedback mode and the attribution window, the replay window's size, and the "
+        "gate's static comparison (LOOPWISE_TRAINER_GATE_STATIC)."),
+    Alert(
+        "LoopwiseDeltaRollbacksRepeated",
+        "sum by (instance, tenant, model) (increase(loopwise_inference_delta_rollbacks_total[1h]))",
+        "sum by (instance, tenant, model) (increase(loopwise_inference_delta_rollbacks_total[1h])) >= 6",
+        "0m", "warning",
+        "{{ $labels.instance }} dropped the deltas of {{ $labels.tenant }}/{{ $labels.model }} 6 times or more "
+        "in an hour",
+        "The guard of {{ $labels.instance }} dropped delta streams back to their base version "
+        "{{ $value | humanize }} times in an hour (loopwise_inference_delta_rollbacks_total; "
+        "loopwise_inference_delta_online_auc{scorer} shows base against deltas): the trainer's delta steps "
+        "serve worse than the version they start from, and each restream is dropped again. Look at the "
+        "sparse tables' learning rates (LOOPWISE_TRAINER_EMBEDDING_LR, _LINEAR_LR, _CROSS_LR) and the "
+        "guard's margin (LOOPWISE_DELTA_GUARD_MARGIN); the base version keeps serving meanwhile."),
+    Alert(
+        "LoopwiseDeltaFreshnessSlow",
+        "histogram_quantile(0.99, sum by (instance, le) "
+        "(rate(loopwise_inference_delta_example_to_applied_seconds_bucket[10m])))",
+        "", "15m", "warning",
+        "Examples reach Rank on {{ $labels.instance }} through deltas in more than 5 s (p99)",
+        "The 99th percentile from an example produced to its delta applied on {{ $labels.instance }} is "
+        "{{ $value | humanizeDuration }} (loopwise_inference_delta_example_to_applied_seconds; the goal is "
+        "p99 5 s, p50 2 s): look at the trainer's consumer lag and delta step time "
+        "(loopwise_trainer_delta_step_seconds) and at this replica's deltas consumer."),
+    Alert(
+        "LoopwiseDeltasNotApplied",
+        _applied("10m"),
+        f"{_applied('10m')} == 0 and on (tenant, model) {_trainer_deltas('published', '10m')} > 0",
+        "10m", "warning",
+        "{{ $labels.instance }} applies no deltas of {{ $labels.tenant }}/{{ $labels.model }}",
+        "The trainer publishes deltas but {{ $labels.instance }} applied none in 10 minutes "
+        "(loopwise_inference_deltas_total{result}: pending waits for a missing sequence, stale_stream is "
+        "another base's): its deltas consumer is down (loopwise_inference_delta_consumer_up), it serves "
+        "another version than the trainer's base, or its guard dropped the stream and no restream came "
+        "(LOOPWISE_TRAINER_DELTA_RESTREAM_S). Rank serves the base version without what was learnt since."),
+    Alert(
+        "LoopwiseTrainerDeltasStopped",
+        _trainer_deltas("failed|no_base", "10m"),
+        f"{_trainer_deltas('failed|no_base', '10m')} > 0"
+        f" unless on (tenant, model) {_trainer_deltas('published', '10m')} > 0",
+        "10m", "warning",
+        "The trainer publishes no deltas of {{ $labels.tenant }}/{{ $labels.model }}",
+        "In 10 minutes the trainer's delta steps failed or found no base that takes deltas, and none was "
+        "published (loopwise_trainer_deltas_total{outcome}; its log says why: `delta step failed`, `no deltas "
+        "on this version`): the model learns only through full versions, every training run's time apart."),
 )
 
 # The thresholds of the alerts whose ``expr`` is left empty above: signal > threshold.
@@ -149,6 +231,8 @@ THRESHOLDS = {
     "LoopwiseRankLatencyHigh": "0.05",
     "LoopwiseRewriteRollbacks": "3",
     "LoopwiseInferenceStaleRewrites": "300",
+    "LoopwiseProductionRolledBack": "0",
+    "LoopwiseDeltaFreshnessSlow": "5",
 }
 
 

@@ -14,7 +14,8 @@ real Prometheus scraping the local stack. ``--check`` only compares.
 Dashboards: traffic and latency per RPC; learning (online AUC and Brier
 score of the served scores, holdout AUC, feedback joins, position
 propensities, defect rate and live rewrite rules); training
-runs, gate decisions and model versions; Kafka lag and dead letters. Every
+runs, gate decisions, model versions, the deltas' freshness and the
+production and delta rollbacks; Kafka lag and dead letters. Every
 panel queries the data source chosen in the ``datasource`` variable; queries
 use Grafana's ``$__rate_interval`` and ``$__range``.
 """
@@ -190,8 +191,8 @@ LEARNING = Board("loopwise-learning", "Loopwise / Learning",
                  ))
 
 MODELS = Board("loopwise-models", "Loopwise / Training runs, gate and versions",
-               "Training runs and their gate decisions, the versions published and served, hot swaps and "
-               "refused versions.", (
+               "Training runs and their gate decisions, the versions published and served, hot swaps, "
+               "refused versions, the deltas' freshness and the rollbacks.", (
                    ("Runs and gate", (
                        Chart("Runs by outcome (over the range)", "short",
                              (q("sum by (tenant, model, outcome) (increase(loopwise_trainer_runs_total[$__range]))",
@@ -231,6 +232,30 @@ MODELS = Board("loopwise-models", "Loopwise / Training runs, gate and versions",
                              (q("histogram_quantile(0.9, sum by (le) "
                                 "(rate(loopwise_inference_model_swap_seconds_bucket[1h])))", "p90"),),
                              "From a new version seen to serving it."),
+                   )),
+                   ("Deltas and rollbacks", (
+                       Chart("Example to its delta applied in Rank", "s",
+                             tuple(q(f"histogram_quantile({p}, sum by (le) "
+                                     f"(rate(loopwise_inference_delta_example_to_applied_seconds_bucket[{RATE}])))",
+                                     f"p{round(p * 100)}") for p in (0.5, 0.99)),
+                             "From an example produced to the delta that carries it applied on a replica (live "
+                             "deltas). The goal is p50 2 s, p99 5 s (alert LoopwiseDeltaFreshnessSlow)."),
+                       Chart("Deltas per second", "ops",
+                             (q(f"sum by (tenant, model, outcome) (rate(loopwise_trainer_deltas_total[{RATE}]))",
+                                "trainer {{tenant}}/{{model}} {{outcome}}"),
+                              q(f"sum by (tenant, model, result) (rate(loopwise_inference_deltas_total[{RATE}]))",
+                                "inference {{tenant}}/{{model}} {{result}}")),
+                             "Delta steps of the trainer by outcome, and delta records read by the replicas by "
+                             "result (applied, pending, duplicate, stale_stream, rolled_back, rejected ones)."),
+                       Chart("Rollbacks (over the range)", "short",
+                             (q("sum by (tenant, model) "
+                                "(increase(loopwise_trainer_production_rollbacks_total[$__range]))",
+                                "production {{tenant}}/{{model}}"),
+                              q("sum by (tenant, model) (increase(loopwise_inference_delta_rollbacks_total[$__range]))",
+                                "deltas {{tenant}}/{{model}}")),
+                             "production: the trainer's watchdog moved the pointer back (online AUC below the static "
+                             "model's); deltas: a replica's guard dropped a delta stream back to its base version.",
+                             "stat"),
                    )),
                ))
 

@@ -158,8 +158,13 @@ class Inference:
                                    else health_pb2.HealthCheckResponse.SERVING)
 
     def _serving_version(self, loaded: models.LoadedModel) -> None:
-        """A version serves now: its error memory starts (fresh, or the one it had if it was just replaced)."""
+        """A version serves now: its error memory starts (fresh, or the one it had if it was just replaced).
+        Its deltas' applied and rolled-back counters exist at 0 from now on, so the alert rules
+        (observability/alerts.py) see a replica that applies none and a first rollback."""
         self.memory.serve(loaded.tenant, loaded.model, loaded.version, loaded.manifest.hidden_dim)
+        if self.deltas is not None:
+            self.metrics.deltas.labels(loaded.tenant, loaded.model, "applied")
+            self.metrics.delta_rollbacks.labels(loaded.tenant, loaded.model)
 
     async def _model_loaded(self) -> None:
         if not self._serving and len(self.model_registry):

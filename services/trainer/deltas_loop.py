@@ -32,6 +32,10 @@ from .deltas import DeltaTrainer
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+# loopwise_trainer_deltas_total's outcomes, each created at 0 for a (tenant, model) the loop
+# knows (its tenants' default model from the start, another at its first example), so the
+# alert rules (observability/alerts.py) see the first of each.
+OUTCOMES = ("published", "empty", "no_base", "failed", "restreamed")
 
 
 class DeltaLoop:
@@ -45,6 +49,13 @@ class DeltaLoop:
         self._last: dict[Key, float] = {}  # last step
         self._checked: dict[Key, float] = {}  # last look at the pointer while no example waits
         self._outbox: dict[Key, list[bytes]] = {}  # not yet acked, in sequence order
+        if self.settings.deltas:
+            for tenant in self.settings.tenants:
+                self._count_from_zero(tenant, self.settings.default_model)
+
+    def _count_from_zero(self, tenant: str, model: str) -> None:
+        for outcome in OUTCOMES:
+            self.metrics.deltas.labels(tenant, model, outcome)
 
     def add(self, tenant: str, model: str, value: bytes, produced_ms: int, time_ms: int) -> None:
         """A new example (on the event loop)."""
@@ -52,6 +63,7 @@ class DeltaLoop:
         dt = self.trainers.get(key)
         if dt is None:
             dt = self.trainers[key] = DeltaTrainer(tenant, model, self.settings)
+            self._count_from_zero(tenant, model)
         dt.add(value, produced_ms, time_ms)
 
     async def run(self) -> None:
@@ -101,7 +113,7 @@ class DeltaLoop:
         version = await asyncio.to_thread(pointers.serving_version, t.store, t.redis, tenant, model, tolerant=True)
         if not version or version == dt.base_version:
             return False
-        production = await asyncio.to_thread(t.production, tenant, model)
+        production = await asyncio.to_thread(t.runner.production, tenant, model)
         spec = production.manifest.spec() if production and production.manifest else coldstart.DEFAULT_SPEC
         await asyncio.to_thread(dt.rebase, version, production, spec)
         self._outbox.pop(key, None)  # the old base's: no replica serves it any more

@@ -173,6 +173,9 @@ class Watchdog:
         self.metrics = trainer.metrics
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._static: dict[tuple[str, str], _Static] = {}
+        if self.settings.trainer_watchdog:  # the rollbacks' series exist at 0 from the start (alert rules)
+            for tenant in self.settings.tenants:
+                self.metrics.rollbacks.labels(tenant, self.settings.default_model, REASON)
 
     # -- intake (event loop) ------------------------------------------------------------
     def add(self, tenant: str, model: str, ex: learning_pb2.Example, record: bytes) -> None:
@@ -184,6 +187,7 @@ class Watchdog:
         s = self._streams.get((tenant, model))
         if s is None:
             s = self._streams[(tenant, model)] = _Stream(self.settings.trainer_watchdog_window)
+            self.metrics.rollbacks.labels(tenant, model, REASON)  # at 0, before any rollback
         at = ex.impression_time_ms or ex.label_time_ms
         s.newest_ms = max(s.newest_ms, at)
         key = (ex.request_id, ex.candidate_id)

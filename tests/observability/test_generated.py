@@ -82,6 +82,11 @@ def test_the_alerts_cover_what_the_operators_watch() -> None:
         "rewrite rollbacks": ('loopwise_miner_rules_withdrawn_total{reason="rollback"}',),
         "no new model": ('loopwise_trainer_runs_total{outcome="published"}',),
         "stale version": ('loopwise_inference_model_version{role="serving"}',),
+        "production rollbacks": ("loopwise_trainer_production_rollbacks_total",),
+        "delta rollbacks": ("loopwise_inference_delta_rollbacks_total",),
+        "delta freshness": ("loopwise_inference_delta_example_to_applied_seconds_bucket",),
+        "deltas not applied": ('loopwise_inference_deltas_total{result="applied"}',
+                               'loopwise_trainer_deltas_total{outcome=~"published"}'),
     }
     for what, needles in watched.items():
         for needle in needles:
