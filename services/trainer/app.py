@@ -11,11 +11,11 @@
   due after ``trainer_every_n`` new examples or ``trainer_interval_s`` seconds
   with new ones, whichever first, once the window holds
   ``trainer_min_examples``.
-- A run (in a worker thread, one at a time) builds the inputs with the
-  production model's feature spec, trains, evaluates against production,
-  exports and checks the ONNX model (`train.run`), publishes it when it
-  passes (`publish.publish`: store, weights, Redis pointer) and announces
-  ``published`` or ``refused`` on ``loopwise.models.v1``.
+- A run (`runner.Runner`, in a worker thread, one at a time) builds the
+  inputs with the production model's feature spec, trains, evaluates against
+  production, exports and checks the ONNX model (`train.run`) and publishes it
+  when it passes (`publish.publish`: store, weights, Redis pointer); the
+  trainer then announces ``published`` or ``refused`` on ``loopwise.models.v1``.
 - Between full runs (``LOOPWISE_DELTAS``), every new example also goes to
   `deltas_loop.DeltaLoop`: small steps on the serving version's sparse tables,
   published as deltas on ``loopwise.deltas.v1``.
@@ -29,7 +29,6 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,36 +37,23 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from google.protobuf.message import DecodeError
 
 from loopwise import logs, runtime, stamps
-from loopwise.features import InputBuilder
 from loopwise.kafka_security import aiokafka_security
-from loopwise.modelstore import ModelStore, StoreError, coldstart, pointers, version_number
+from loopwise.modelstore import ModelStore
 from loopwise.topics import ensure_topics
 from loopwise.v1 import learning_pb2
 
 from . import publish as pub
 from . import records
-from .data import PartCache, example_time
+from .data import example_time
 from .deltas_loop import DeltaLoop
 from .metrics import TrainerMetrics
 from .replay_buffer import ReplayBuffer
+from .runner import Runner, RunResult
 from .settings import TrainerSettings
-from .train import Production, run
 from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 FETCH_WAIT_MS = 100  # examples feed the deltas within a second: not aiokafka's 500 ms default
-
-
-@dataclass
-class RunResult:
-    tenant: str
-    model: str
-    action: str  # published, refused, failed
-    version: str
-    previous_version: str
-    reason: str
-    figures: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 class _Revoked(ConsumerRebalanceListener):
@@ -103,7 +89,6 @@ class Trainer:
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.results: list[RunResult] = []
-        self.parts = PartCache()  # built inputs per window segment, reused across runs
         # /metrics, /healthz and /readyz (ready: loopwise_trainer_ready, until the drain).
         self.http = runtime.MetricsServer(
             self.metrics.registry, ready=runtime.ready_metric(self.metrics.registry, "loopwise_trainer_ready"))
@@ -120,6 +105,8 @@ class Trainer:
         self.metrics.consumer_lag.source = self.lag
         self.deltas = DeltaLoop(self)
         self.watchdog = Watchdog(self)
+        self.runner = Runner(settings, self.metrics, self.store, self.redis, self.window, self.watchdog.static_model,
+                             self._stopping.is_set)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -329,7 +316,7 @@ class Trainer:
             await self.commit()  # not required (a run reads buffered records too), but cheap and durable
         except Exception as exc:  # noqa: BLE001
             log.warning("flush or commit before the run failed", extra={"error": repr(exc)})
-        result = await asyncio.to_thread(self.train_and_publish, tenant, model)
+        result = await asyncio.to_thread(self.runner.train_and_publish, tenant, model)
         self._last_run[key] = time.monotonic()
         self.results.append(result)
         if result.action in ("published", "refused") and self.producer is not None:
@@ -341,67 +328,6 @@ class Trainer:
             except Exception as exc:  # noqa: BLE001 - the store and the pointer are the truth
                 log.error("announcement failed", extra={"tenant": tenant, "model": model, "error": repr(exc)})
         return result
-
-    # -- one run (blocking, in a worker thread) ---------------------------------------------
-    def production(self, tenant: str, model: str) -> Production | None:
-        version = pointers.serving_version(self.store, self.redis, tenant, model, tolerant=True)
-        try:
-            return pub.load_production(self.store, tenant, model, version)
-        except StoreError as exc:
-            log.error("production model unreadable; the candidate is compared with nothing",
-                      extra={"tenant": tenant, "model": model, "version": version, "error": str(exc)})
-            return None
-
-    def train_and_publish(self, tenant: str, model: str) -> RunResult:
-        m = self.metrics
-        started = time.perf_counter()
-        production = None
-        try:
-            production = self.production(tenant, model)
-            spec = production.manifest.spec() if production and production.manifest else coldstart.DEFAULT_SPEC
-            t0 = time.perf_counter()
-            data = self.parts.window_data(self.window, tenant, model, InputBuilder(spec))
-            m.run_seconds.labels("build").observe(time.perf_counter() - t0)
-            static = self.watchdog.static_model(tenant, model) if self.settings.trainer_gate_static else None
-            outcome = run(data, production, spec, self.settings, should_stop=self._stopping.is_set, static=static)
-            for stage, seconds in outcome.timings.items():
-                m.run_seconds.labels(stage).observe(seconds)
-            figures = outcome.figures()
-            figures["skipped_rows"] = float(data.skipped)
-            self._record_figures(tenant, model, outcome)
-            previous = production.version if production else ""
-            if outcome.candidate.stopped:
-                result = RunResult(tenant, model, "failed", "", previous, outcome.reason, figures)
-            elif outcome.publish:
-                t1 = time.perf_counter()
-                manifest = pub.publish(self.store, self.redis, tenant, model, outcome, production)
-                m.run_seconds.labels("publish").observe(time.perf_counter() - t1)
-                m.published.labels(tenant, model).set(version_number(manifest.version))
-                result = RunResult(tenant, model, "published", manifest.version, previous, outcome.reason, figures)
-            else:
-                result = RunResult(tenant, model, "refused", "", previous, outcome.reason, figures)
-        except Exception as exc:  # noqa: BLE001 - a failed run is logged and counted, the service goes on
-            log.exception("training run failed", extra={"tenant": tenant, "model": model})
-            result = RunResult(tenant, model, "failed", "", production.version if production else "", repr(exc))
-        result.seconds = time.perf_counter() - started
-        m.runs.labels(tenant, model, result.action).inc()
-        m.run_seconds.labels("total").observe(result.seconds)
-        m.last_run.labels(tenant, model).set(time.time())
-        log.info("training run", extra={"tenant": tenant, "model": model, "action": result.action,
-                                        "version": result.version, "previous_version": result.previous_version,
-                                        "reason": result.reason, "seconds": round(result.seconds, 3),
-                                        "figures": result.figures})
-        return result
-
-    def _record_figures(self, tenant: str, model: str, outcome: Any) -> None:
-        m = self.metrics
-        m.examples_per_s.labels(tenant, model).set(outcome.candidate.examples_per_s)
-        m.parity.labels(tenant, model).set(outcome.parity_max_abs_diff)
-        for role, figures in (("candidate", outcome.evaluation.candidate),
-                              ("production", outcome.evaluation.production or {}),
-                              ("static", outcome.evaluation.static or {})):
-            for name, value in figures.items():
-                m.gate.labels(tenant, model, role, name).set(value)
 
 
 def main() -> None:

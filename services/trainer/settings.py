@@ -137,7 +137,7 @@ class TrainerSettings(BaseSettings):
     # (`model.Ranker.fold_calibration`): monotone, so AUC and gAUC are unchanged.
     trainer_calibrate: bool = True
     # The gate also compares the candidate with the static cold-start model on the holdout
-    # (paired DeLong standard error; `train.evaluate`): a candidate below it is refused.
+    # (paired DeLong standard error; `gate.evaluate`): a candidate below it is refused.
     trainer_gate_static: bool = True
     # Production watchdog (watchdog.py): the serving version's online AUC on final labels
     # against the static model's on the same rows; below by margin + z standard errors

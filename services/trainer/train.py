@@ -10,14 +10,14 @@ Usage (see the README)::
   pairs from that slice are left out of training too.
 - `train_once`: warm start (the production model's torch weights when the
   trainer produced it, else the cold-start graph's prior when shapes match,
-  else fresh), then epochs of clipped-IPS loss on examples plus the
+  else fresh), then the epochs of `fit.fit`: clipped-IPS loss on examples plus the
   Bradley-Terry term on pairs; CUDA with bf16 autocast when available.
   Rows of the miner's fake-negative mode (``WindowData.fnw``) train at once (the
   settle filter waits out the window for the others only) with FNW weights
   (`model.fnw_weights`); the gate sees their final labels (`final_labels`).
-- `evaluate`: candidate (torch) and production (onnxruntime) on the holdout,
+- `gate.evaluate`: candidate (torch) and production (onnxruntime) on the holdout,
   then the gate; with the static cold-start model given, a candidate whose AUC is
-  below its AUC on the same holdout is refused too (`against_static`).
+  below its AUC on the same holdout is refused too (`gate.against_static`).
 - `run`: all of it plus ONNX export, parity and the serving contract (every weight finite).
 """
 
@@ -35,23 +35,13 @@ import torch
 
 from loopwise.features import FeatureSpec
 from loopwise.modelstore import Manifest
-from loopwise.modelstore.coldstart import DEFAULT_SPEC
 from loopwise.modelstore.contract import ContractError, check_finite_weights
-from loopwise.ranking_metrics import paired_auc
 
-from . import evaluation as ev
 from .data import WindowData, final_labels
-from .export import ExportError, check_contract, export_onnx, parity, predict_onnx, session
-from .model import (
-    Ranker,
-    adagrad_step,
-    bradley_terry_loss,
-    copy_matching,
-    from_state_bytes,
-    init_from_coldstart,
-    ips_loss,
-    sampled_ips_loss,
-)
+from .export import ExportError, check_contract, export_onnx, parity
+from .fit import fit
+from .gate import Evaluation, evaluate
+from .model import Ranker, copy_matching, from_state_bytes, init_from_coldstart
 from .settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -100,15 +90,6 @@ class Candidate:
 
 
 @dataclass
-class Evaluation:
-    candidate: dict[str, float]
-    production: dict[str, float] | None
-    decision: ev.Decision
-    holdout_rows: int
-    static: dict[str, float] | None = None  # the static model's figures on the holdout (`against_static`)
-
-
-@dataclass
 class Outcome:
     candidate: Candidate
     evaluation: Evaluation
@@ -133,17 +114,6 @@ class Outcome:
                    final_loss=c.final_loss, parity_max_abs_diff=self.parity_max_abs_diff,
                    **{f"{k}_seconds": v for k, v in self.timings.items()})
         return {k: float(v) for k, v in out.items()}
-
-
-def tolerances(settings: TrainerSettings) -> ev.Tolerances:
-    return ev.Tolerances(auc=settings.trainer_tolerance_auc, gauc=settings.trainer_tolerance_gauc,
-                         logloss=settings.trainer_tolerance_logloss, ece=settings.trainer_tolerance_ece)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def split_holdout(data: WindowData, fraction: float, min_holdout: int = 0, unseen_after_ms: int | None = None
@@ -201,11 +171,6 @@ def crosses_of(spec: FeatureSpec, settings: TrainerSettings) -> list[list[int]]:
             raise ValueError(f"trainer_crosses {item!r}: no sparse field {missing} in the spec {names}")
         out.append([names.index(parts[0]), names.index(parts[1])])
     return out
-
-
-def n_weighted(weight: np.ndarray) -> int:
-    """How many examples carry a weight other than 1."""
-    return int(np.count_nonzero(weight != 1.0))
 
 
 def layers_of(settings: TrainerSettings) -> tuple[int, ...]:
@@ -266,181 +231,14 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
     train, holdout = split_holdout(data, settings.trainer_holdout_fraction, settings.trainer_min_holdout,
                                    int(seen) if seen is not None else None)
     holdout = final_labels(holdout, data)
-    device = pick_device(settings.trainer_device)
-    model.to(device).train()
-    # The tables (embedding, FM, first-order, cross) take row-wise Adagrad steps
-    # (`adagrad_step`, VW's adaptive per-feature rate) with accumulators kept in
-    # the model, so a warm start continues each row's rate. Adam restarted at
-    # every run would move every row it touches by ~lr in its first steps, and a
-    # weight that only ever sees negatives by lr every batch, however small its
-    # gradient already is. The dense layers use Adam (``lr``: small on an
-    # incremental warm start, since its moments restart). With
-    # trainer_embedding_optimizer=adam the embedding/FM tables use SparseAdam.
-    batch = max(1, settings.trainer_batch_size)
-    model.set_sparse(settings.trainer_sparse_embedding)
-    adagrad = model.linear_tables()
-    if settings.trainer_embedding_optimizer == "adagrad":
-        adagrad += [(w, acc) for w, acc in model.factor_tables()]
-    elif settings.trainer_embedding_optimizer != "adam":
-        raise ValueError(f"trainer_embedding_optimizer {settings.trainer_embedding_optimizer!r}: adagrad or adam")
-    own = {id(w) for w, _ in adagrad}
-    tables = [p for p in model.sparse_parameters() if id(p) not in own]
-    rest = [p for p in model.parameters() if id(p) not in own and id(p) not in {id(q) for q in tables}]
-    rates = {id(w): settings.trainer_linear_lr or settings.trainer_lr for w, _ in model.linear_tables()}
-    if model.cross is not None and settings.trainer_cross_lr > 0:
-        rates[id(model.cross.weight)] = settings.trainer_cross_lr
-    rates.update({id(w): settings.trainer_embedding_lr or settings.trainer_lr for w, _ in model.factor_tables()})
-    initial = {id(w): settings.trainer_adagrad_initial for w, _ in adagrad}
-    if model.cross is not None:
-        initial[id(model.cross.weight)] = settings.trainer_cross_adagrad_initial
-    optimizers: list[torch.optim.Optimizer] = []
-    if tables and settings.trainer_sparse_embedding:
-        optimizers.append(torch.optim.SparseAdam(tables, lr=lr))
-    elif tables:
-        rest = tables + rest
-    if rest:
-        optimizers.append(torch.optim.Adam(rest, lr=lr, weight_decay=settings.trainer_weight_decay))
-
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
-
-    sparse, dense, label = t(train.sparse), t(train.dense), t(train.label)
-    weight = t(np.minimum(train.weight, settings.trainer_max_weight).astype(np.float32))
-    # FNW click scales, no smaller than the trainer's own weight clip allows (1 / max_weight)
-    fnw = t(np.where(train.fnw_rows(), np.maximum(train.fnw, 1.0 / settings.trainer_max_weight), 0.0)
-            .astype(np.float32)) if train.fnw_rows().any() else None
-    if settings.trainer_weighting not in ("loss", "sample"):
-        raise ValueError(f"trainer_weighting {settings.trainer_weighting!r}: loss or sample")
-    # "loss": the Rel-MF loss, every row once, scaled by its weight; "sample": rows drawn in
-    # proportion to their weights with `sampled_ips_loss` (gradients bounded, so row-wise
-    # Adagrad cannot normalise a weight away).
-    sample = settings.trainer_weighting == "sample" and n_weighted(train.weight) > 0
-    loss_fn = sampled_ips_loss if sample else ips_loss
-    ps, pd, os_, od, strength = (t(train.pref_sparse), t(train.pref_dense), t(train.other_sparse),
-                                 t(train.other_dense), t(train.strength))
-    n, n_pairs = len(train), train.n_pairs
-    steps = max(1, math.ceil(n / batch)) if n else (1 if n_pairs else 0)
-    pair_batch = math.ceil(n_pairs / steps) if n_pairs and steps else 0
-    autocast = device.type == "cuda"
-    gen = torch.Generator(device="cpu").manual_seed(settings.trainer_seed)
-    started = time.perf_counter()
-    final_loss, epochs_done, stopped = float("nan"), 0, False
-    for _ in range(settings.trainer_epochs):
-        if sample:
-            perm = torch.multinomial(weight.cpu(), n, replacement=True, generator=gen).to(device)
-        else:
-            perm = torch.randperm(n, generator=gen).to(device) if n else None
-        pperm = torch.randperm(n_pairs, generator=gen).to(device) if n_pairs else None
-        total = 0.0
-        for step in range(steps):
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = torch.zeros((), device=device)
-                if perm is not None:
-                    rows = perm[step * batch:(step + 1) * batch]
-                    logit, _ = model.logits(sparse[rows], dense[rows])
-                    loss = loss + loss_fn(logit.float(), label[rows], weight[rows],
-                                          None if fnw is None else fnw[rows])
-                if pperm is not None and settings.trainer_bt_weight > 0:
-                    prow = pperm[step * pair_batch:(step + 1) * pair_batch]
-                    if len(prow):
-                        zp, _ = model.logits(ps[prow], pd[prow])
-                        zo, _ = model.logits(os_[prow], od[prow])
-                        loss = loss + settings.trainer_bt_weight * bradley_terry_loss(
-                            zp.float(), zo.float(), strength[prow])
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
-            for table, _ in adagrad:
-                table.grad = None
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            for table, acc in adagrad:
-                adagrad_step(table, acc, rates[id(table)], initial=initial[id(table)])
-            total += float(loss.detach())
-        if stopped:
-            break
-        epochs_done += 1
-        final_loss = total / max(steps, 1)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    model.set_sparse(False)
-    model.cpu().eval()
+    fitted = fit(model, train, settings, lr, should_stop)
+    n = len(train)
     until = int(train.time_ms.max()) if n else (int(seen) if seen is not None and init == "warm" else 0)
     model.train_until_ms = until or None
     return Candidate(model=model, spec=spec, init=init, parent_version=production.version if production else "",
-                     holdout=holdout, train_rows=n, train_pairs=n_pairs, epochs=epochs_done, seconds=seconds,
-                     device=str(device), final_loss=final_loss, stopped=stopped, train_until_ms=until)
-
-
-def evaluate(candidate: Candidate, production: Production | None, settings: TrainerSettings,
-             static: Production | None = None) -> Evaluation:
-    """Candidate and production on the same holdout, and the gate's decision; with ``static``
-    (the cold-start model, ``trainer_gate_static``) also `against_static`."""
-    h = candidate.holdout
-    bins = settings.trainer_ece_bins
-    # The loss the candidate minimised weighs a positive by its IPS weight: so do the gate's
-    # log loss and calibration (self-normalised), else they judge it on the biased click rate.
-    weight = np.minimum(h.weight, settings.trainer_max_weight)
-    cand_prob = candidate.predict(h.sparse, h.dense)
-    if settings.trainer_calibrate and len(h):
-        # Training with IPS and FNW weights and warm starts leaves the logit's scale and
-        # offset off; a monotone two-parameter fit on the holdout (in sample: 2 parameters on
-        # the whole holdout) puts them right before the gate judges log loss and calibration.
-        z = np.log(np.clip(cand_prob, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(cand_prob, 1e-7, 1 - 1e-7))
-        scale, shift = ev.platt(z, h.label, weight)
-        candidate.model.fold_calibration(scale, shift)
-        candidate.calibration = (scale, shift)
-        cand_prob = candidate.predict(h.sparse, h.dense)
-    cand = ev.evaluate(h.label, cand_prob, h.user, bins, weight)
-    prod = None
-    se: dict[str, float] = {}
-    if production is not None:
-        try:
-            prob, _ = predict_onnx(session(production.onnx, threads=max(settings.trainer_threads, 1)),
-                                   h.sparse, h.dense)
-            prod = ev.evaluate(h.label, prob, h.user, bins, weight)
-            se = ev.difference_se(h.label, cand, cand_prob, prod, prob, weight)
-        except Exception as exc:  # noqa: BLE001 - a production model that cannot score is no bar
-            log.error("production model could not score the holdout",
-                      extra={"version": production.version, "error": repr(exc)})
-    if len(h) < settings.trainer_min_holdout and production is not None:
-        decision = ev.Decision(False, f"holdout of {len(h)} rows < {settings.trainer_min_holdout}")
-    else:
-        decision = ev.decide(cand, prod, tolerances(settings), se, settings.trainer_tolerance_se)
-    versus = None
-    if static is not None and (production is None or static.version != production.version) and len(h):
-        versus, refusal = against_static(candidate, cand_prob, static, settings)
-        if refusal and decision.publish:
-            decision = ev.Decision(False, refusal)
-    return Evaluation(cand, prod, decision, len(h), versus)
-
-
-def against_static(candidate: Candidate, cand_prob: np.ndarray, static: Production, settings: TrainerSettings
-                   ) -> tuple[dict[str, float] | None, str]:
-    """The static (cold-start) model on the candidate's holdout: its figures, and why the
-    candidate is refused ("" when it is not): its AUC below the static model's by more than
-    ``trainer_tolerance_auc`` or ``trainer_tolerance_se`` paired (DeLong) standard errors."""
-    h = candidate.holdout
-    spec = static.manifest.spec() if static.manifest else DEFAULT_SPEC
-    if spec.to_dict() != candidate.spec.to_dict():
-        return None, ""  # built for another spec: the holdout's inputs do not fit it
-    try:
-        prob, _ = predict_onnx(session(static.onnx, threads=max(settings.trainer_threads, 1)), h.sparse, h.dense)
-    except Exception as exc:  # noqa: BLE001 - a static model that cannot score is no bar
-        log.error("static model could not score the holdout", extra={"version": static.version, "error": repr(exc)})
-        return None, ""
-    auc_static, auc_cand, se = paired_auc(h.label > 0.5, prob.astype(np.float64), cand_prob.astype(np.float64))
-    figures = {"auc": auc_static, "auc_se": se}
-    if not (math.isfinite(auc_static) and math.isfinite(auc_cand)):
-        return figures, ""
-    t = max(settings.trainer_tolerance_auc, round(settings.trainer_tolerance_se * se, 4))
-    if auc_cand < auc_static - t:
-        return figures, f"below the static model: auc {auc_cand:.4f} < static {auc_static:.4f} - {t}"
-    return figures, ""
+                     holdout=holdout, train_rows=n, train_pairs=train.n_pairs, epochs=fitted.epochs,
+                     seconds=fitted.seconds, device=fitted.device, final_loss=fitted.final_loss,
+                     stopped=fitted.stopped, train_until_ms=until)
 
 
 def run(data: WindowData, production: Production | None, spec: FeatureSpec, settings: TrainerSettings,

@@ -254,7 +254,7 @@ class Watchdog:
         return self._static[key]
 
     def static_model(self, tenant: str, model: str) -> Production:
-        """The static model for the gate (`train.against_static`)."""
+        """The static model for the gate (`gate.against_static`)."""
         return self.static(tenant, model).model
 
     def check(self, tenant: str, model: str, rows: list[_Pending]) -> tuple[str, str, str] | None:

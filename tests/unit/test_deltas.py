@@ -405,7 +405,8 @@ def loop_on_coldstart(tmp_path, producer, settings=SETTINGS):
                   hidden_dim=coldstart.HIDDEN_DIM, source="coldstart")
     trainer = types.SimpleNamespace(
         settings=settings, metrics=TrainerMetrics(), store=store, redis=None, producer=producer,
-        production=lambda t, m: pub.load_production(store, t, m, pointers.serving_version(store, None, t, m)))
+        runner=types.SimpleNamespace(  # `runner.Runner.production`: the serving version's model
+            production=lambda t, m: pub.load_production(store, t, m, pointers.serving_version(store, None, t, m))))
     return DeltaLoop(trainer), trainer
 
 
@@ -493,7 +494,8 @@ def test_a_new_version_gets_its_first_deltas_without_waiting_for_a_new_example(m
 
     trainer = types.SimpleNamespace(settings=SETTINGS, metrics=TrainerMetrics(), store=None, redis=None,
                                     producer=Producer(),
-                                    production=lambda t, m: v1 if serving["version"] == "v1" else v2)
+                                    runner=types.SimpleNamespace(
+                                        production=lambda t, m: v1 if serving["version"] == "v1" else v2))
     loop = DeltaLoop(trainer)
     for i, e in enumerate(make_examples(30, seed=14)):
         loop.add("default", "ranker", e.SerializeToString(), 1_000 + i, i)
