@@ -20,6 +20,7 @@ with atheris.instrument_imports(include=["loopwise"]):
     import numpy as np
 
     from loopwise.features import InputBuilder
+    from loopwise.inference.errors_reader import decode
     from loopwise.inference.memory.bank import MemoryBank
     from loopwise.inference.memory.config import MemoryConfig
     from loopwise.inference.memory.consumer import ErrorConsumer
@@ -195,8 +196,7 @@ def memory_target() -> Callable[[bytes], None]:
         metrics = InferenceMetrics()
         bank = MemoryBank(MemoryConfig(mode="on"), metrics=metrics, tenants=["default"])
         memory = bank.serve("default", "ranker", "v1", 64)
-        consumer = object.__new__(ErrorConsumer)
-        consumer.metrics, consumer.bank, consumer._started_ms = metrics, bank, 0
+        consumer = ErrorConsumer(bank, metrics)
         fdp = atheris.FuzzedDataProvider(data)
         values = []
         for _ in range(fdp.ConsumeIntInRange(1, 4)):
@@ -208,7 +208,7 @@ def memory_target() -> Callable[[bytes], None]:
             except Exception:  # noqa: BLE001
                 pass
             values.append(SimpleNamespace(value=value, timestamp=0))
-        consumer._handle(values)
+        consumer.write(*decode(values, metrics))
         served = memory.compensate(np.full(8, 0.3, dtype=np.float32), keys)
         if not all(math.isfinite(float(s)) and 0.0 <= s <= 1.0 for s in served):
             raise Broken("fuzzed errors broke the memory's compensation")

@@ -22,13 +22,13 @@ from . import models
 from .deltas import DeltaRegistry
 from .deltas_consumer import DeltaConsumer, oldest_serving_ms, publish_status
 from .deltas_guard import DeltaGuard
+from .errors_reader import ErrorsReader
 from .impressions import ImpressionEmitter
 from .memory import ErrorConsumer, MemoryBank
 from .metrics import InferenceMetrics
 from .rewrites import RewriteTable
 from .servicer import InferenceServicer
 from .settings import InferenceSettings
-from .topic_reader import TopicReader
 from .watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class Inference:
     oldest version serving, into `DeltaRegistry` (Rank applies the
     serving version's snapshot), `DeltaGuard` judges them on the errors topic's labels,
     and the replica's applied sequence goes to Redis every ``delta_status_s``.
+    The errors topic has one reader, `ErrorsReader`, when the memory or the guard
+    is on: each error decoded once, for both.
     """
 
     def __init__(self, settings: InferenceSettings) -> None:
@@ -76,24 +78,22 @@ class Inference:
         default, per_model = settings.memory_configs()
         self.memory = MemoryBank(default, per_model, self.metrics, pending=settings.error_memory_pending,
                                  tenants=settings.tenants)
-        self.errors = (ErrorConsumer(settings.kafka_bootstrap, settings.topics.errors, self.memory, self.metrics,
-                                     warmup_s=settings.error_memory_warmup_s,
-                                     warmup_records=settings.error_memory_warmup_records)
-                       if default.mode != "off" or any(c.mode != "off" for c in per_model.values()) else None)
+        self.memory_errors = (ErrorConsumer(self.memory, self.metrics, warmup_s=settings.error_memory_warmup_s,
+                                            warmup_records=settings.error_memory_warmup_records)
+                              if default.mode != "off" or any(c.mode != "off" for c in per_model.values()) else None)
         self.watcher = ModelWatcher(settings, self.store, self.model_registry, self.redis, self.metrics,
                                     on_loaded=self._model_loaded, on_swap=self._serving_version)
-        self.deltas = self.delta_consumer = self.delta_guard = self.delta_labels = None
+        self.deltas = self.delta_consumer = self.delta_guard = None
         if settings.deltas:
             self.deltas = DeltaRegistry(settings.tenants, keep_bases=settings.delta_keep_bases,
                                         max_pending=settings.delta_max_pending)
-            self.delta_consumer = DeltaConsumer(settings.kafka_bootstrap, settings.topics.deltas, self.deltas,
+            self.delta_consumer = DeltaConsumer(settings, settings.topics.deltas, self.deltas,
                                                 self.metrics, since=lambda: oldest_serving_ms(self.model_registry))
             self.delta_guard = DeltaGuard(self.deltas, self.metrics, margin=settings.delta_guard_margin,
                                           z=settings.delta_guard_z,
                                           min_labels=settings.delta_guard_min_labels,
                                           window=settings.delta_guard_window, remember=settings.delta_guard_remember)
-            self.delta_labels = TopicReader(settings.kafka_bootstrap, settings.topics.errors, self.delta_guard.handle,
-                                            from_start=False, name="loopwise-inference-delta-guard")
+        self.errors = self._errors_reader()
         self._status_task: asyncio.Task | None = None
         self.servicer = InferenceServicer(settings, self.model_registry, self.emitter, self.rewrites, self.metrics,
                                           self.memory, self.deltas, self.delta_guard)
@@ -118,7 +118,7 @@ class Inference:
         names = ([self.settings.topics.impressions, self.settings.topics.deadletter]
                  if self.emitter is not None else []) + (
             [self.settings.topics.models] if self.settings.watch_announcements else []) + (
-            [self.settings.topics.errors] if self.errors is not None or self.deltas is not None else []) + (
+            [self.settings.topics.errors] if self.errors is not None else []) + (
             [self.settings.topics.deltas] if self.deltas is not None else [])
         if names:
             try:
@@ -134,10 +134,25 @@ class Inference:
         if self.errors is not None:
             self.errors.start()
         self.watcher.start()
-        if self.delta_labels is not None:
-            self.delta_labels.start()
+        if self.deltas is not None:
             self._status_task = asyncio.create_task(self._delta_status(), name="delta-status")
         log.info("inference started", extra={"port": self.grpc.port, "metrics_port": self.grpc.metrics_port})
+
+    def _errors_reader(self) -> ErrorsReader | None:
+        """The errors topic's one reader, for the memory and the guard (None when neither is on).
+
+        With the memory on it starts at the memory's warm-up; the guard judges only the labels of
+        calls it remembers, so those older errors pass it by. Without the memory it starts at the
+        topic's end.
+        """
+        memory, guard = self.memory_errors, self.delta_guard
+        sinks = ([memory.write] if memory is not None else []) + ([guard.labels] if guard is not None else [])
+        if not sinks:
+            return None
+        return ErrorsReader(self.settings, self.settings.topics.errors, sinks, self.metrics,
+                            start_at=memory.warmup_offsets if memory is not None else None,
+                            up=(lambda up: self.metrics.memory_consumer_up.set(1 if up else 0))
+                            if memory is not None else None)
 
     async def _delta_status(self) -> None:
         """This replica's applied delta sequence per served model, to Redis (for ``loopwise model show``)."""
@@ -180,11 +195,9 @@ class Inference:
         if self._status_task is not None:
             self._status_task.cancel()
             await asyncio.wait([self._status_task], timeout=5.0)
-        for reader in (self.delta_consumer, self.delta_labels):
+        for reader in (self.delta_consumer, self.errors):
             if reader is not None:
                 await reader.stop()
-        if self.errors is not None:
-            await self.errors.stop()
         await self.rewrites.stop()
         await self.grpc.stop(self.settings.grace_s, self.settings.drain_s)
         if self.emitter is not None:

@@ -6,10 +6,10 @@ no consumer group: each replica its own offsets) from the creation of the
 oldest version this replica serves (every delta of those bases came after
 it, so a replica that starts or restarts rebuilds the same overlays as one
 that never stopped, without reading older bases' deltas; from the
-beginning where the broker cannot look offsets up by time), the errors topic
-(the guard's labels) from its end. After a lost connection it resumes where
-it was. The inference service starts the deltas reader once its first model
-serves.
+beginning where the broker cannot look offsets up by time). After a lost
+connection it resumes where it was. The inference service starts the deltas
+reader once its first model serves. (The guard's labels come with the errors
+topic's one reader, `errors_reader.ErrorsReader`.)
 
 `DeltaConsumer` decodes each delta (`loopwise.modelstore.sparse.decode_delta`:
 a bad one is rejected with its reason, counted, never applied) and offers it
@@ -37,6 +37,7 @@ from typing import Any
 
 from loopwise import redis_keys, stamps
 from loopwise.modelstore.sparse import DeltaError, decode_delta
+from loopwise.settings import BaseSettings
 
 from .deltas import DeltaRegistry
 from .metrics import InferenceMetrics
@@ -49,12 +50,12 @@ log = logging.getLogger(__name__)
 class DeltaConsumer:
     """The deltas topic into the registry (see the module doc)."""
 
-    def __init__(self, bootstrap: str, topic: str, registry: DeltaRegistry, metrics: InferenceMetrics,
+    def __init__(self, settings: BaseSettings, topic: str, registry: DeltaRegistry, metrics: InferenceMetrics,
                  since: Callable[[], int | None] | None = None) -> None:
         self.registry, self.metrics = registry, metrics
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="delta-apply")
         self._started_ms = stamps.now_ms()
-        self.reader = TopicReader(bootstrap, topic, self._handle, from_start=True, name="loopwise-inference-deltas",
+        self.reader = TopicReader(settings, topic, self._handle, from_start=True, name="loopwise-inference-deltas",
                                   up=lambda up: metrics.delta_consumer_up.set(1 if up else 0), since=since)
 
     def start(self) -> None:

@@ -5,8 +5,9 @@ A `Rank` call scored with deltas (sequence > 0) is remembered (`remember`,
 the newest ``remember`` calls): its candidate ids, the base version's own
 probability (the graph's ``prob``, computed anyway) and the served one. When a
 label for one of its candidates arrives (a `PredictionError` on
-``loopwise.errors.v1``, read from its end by every replica), both scores are
-kept with it, per (tenant, model, version, stream), the newest ``window``.
+``loopwise.errors.v1``, read by every replica's `errors_reader.ErrorsReader`),
+both scores are kept with it, per (tenant, model, version, stream), the newest
+``window``.
 Every tenth of ``min_labels`` new labels the AUC of both on those labels is
 compared: a paired comparison on the same impressions, so the traffic's own
 drift cancels out. When at least ``min_labels`` are in, with both kinds of
@@ -39,7 +40,6 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from loopwise.ranking_metrics import paired_auc
 from loopwise.v1 import learning_pb2
@@ -137,11 +137,10 @@ class DeltaGuard:
         del self._windows[key]
         return True
 
-    async def handle(self, records: list) -> None:
-        """A batch of the errors topic (`topic_reader.TopicReader`)."""
-        for record in records:
-            try:
-                error = learning_pb2.PredictionError.FromString(record.value or b"")
-            except DecodeError:
-                continue
+    def labels(self, errors: list[learning_pb2.PredictionError], produced_ms: list[int] | None = None) -> None:
+        """A decoded batch of the errors topic (a sink of `errors_reader.ErrorsReader`); each judged in turn.
+
+        Errors of calls not remembered here (another replica's, or older than this replica's
+        memory, such as those the error memory warms up on) are ignored by `label`."""
+        for error in errors:
             self.label(error)

@@ -88,10 +88,15 @@ class InferenceMetrics:
                                  ["tenant", "model"], registry=r)
         self.memory_bytes = Gauge("loopwise_inference_memory_bytes", "Bytes of one version's error sketch",
                                   ["tenant", "model"], registry=r)
+        self.errors_read = Counter(
+            "loopwise_inference_errors_read_total",
+            "Records of the errors topic read (once per replica, for the error memory and the deltas' guard), "
+            "by result: decoded, malformed (undecodable)", ["result"], registry=r)
         self.memory_writes = Counter(
             "loopwise_inference_memory_writes_total",
             "Prediction errors read for the error memory, by result: written, pending (version not serving "
-            "here yet), ignored (mode off, a tenant not served here), malformed (undecodable, wrong key size, non-finite)",
+            "here yet), ignored (mode off, a tenant not served here), malformed (wrong key size, non-finite; "
+            "undecodable records: loopwise_inference_errors_read_total)",
             ["tenant", "model", "result"], registry=r)
         self.memory_resets = Counter("loopwise_inference_memory_resets_total",
                                      "Error memories started fresh (a version started serving)",

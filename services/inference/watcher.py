@@ -7,9 +7,11 @@ the pointer persisted in the store, else the newest complete version
 `ModelWatcher.run` reads every Redis pointer with one ``MGET`` each
 ``poll_s`` (0.5 s) and lists the store (versions and persisted pointers) each
 ``store_scan_s`` (2 s) for new models and versions. A `ModelAnnouncement` on ``loopwise.models.v1`` is only a wake-up
-(read with aiokafka, no consumer group, from the latest offset): the watcher
-polls at once, and a "promoted"/"rolled_back" version is given a fresh chance
-if it was refused before. The pointer always decides.
+(read by a `topic_reader.TopicReader`, no consumer group, from the latest
+offset, and from the latest again after a lost connection: what was announced
+meanwhile the pointer poll finds): the watcher polls at once, and a
+"promoted"/"rolled_back" version is given a fresh chance if it was refused
+before. The pointer always decides.
 
 A changed version is loaded, checked and warmed up in a single loader thread
 (`models.load`, warmed up on the recent real inputs), then put in the model registry; requests already running keep
@@ -37,17 +39,16 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from google.protobuf.message import DecodeError
 
 from loopwise.errors import ModelError
-from loopwise.kafka_security import aiokafka_security
 from loopwise.modelstore import ModelStore, pointers
 from loopwise.v1 import learning_pb2
 
 from . import models
 from .metrics import InferenceMetrics
 from .settings import InferenceSettings
+from .topic_reader import TopicReader
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +82,24 @@ class ModelWatcher:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
-        # Set while the models topic is followed (tests wait on it).
-        self.announcements_ready = asyncio.Event()
+        self._announcements = TopicReader(settings, settings.topics.models, self._on_announcements, from_start=False,
+                                          name="loopwise-inference-models", resume=False)
+
+    @property
+    def announcements_ready(self) -> asyncio.Event:
+        """Set while the models topic is followed (tests wait on it)."""
+        return self._announcements.ready
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self.run(), name="model-watcher"))
         if self.settings.watch_announcements:
-            self._tasks.append(asyncio.create_task(self._announcements(), name="model-announcements"))
+            self._announcements.start()
 
     async def stop(self) -> None:
         self._stopping = True
+        await self._announcements.stop()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -267,41 +274,7 @@ class ModelWatcher:
                                               "action": ann.action})
         self.wake(rescan=True)
 
-    async def _announcements(self) -> None:
-        delay = 0.5
-        topic = self.settings.topics.models
-        while not self._stopping:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap, group_id=None, auto_offset_reset="latest",
-                enable_auto_commit=False, request_timeout_ms=10_000, metadata_max_age_ms=10_000,
-                retry_backoff_ms=200, client_id="loopwise-inference-models", **aiokafka_security(self.settings))
-            try:
-                await consumer.start()
-                # Assign every partition and resolve the end offsets now, so
-                # that an announcement produced after `announcements_ready` is seen.
-                await consumer.topics()
-                partitions = consumer.partitions_for_topic(topic)
-                if not partitions:
-                    raise RuntimeError(f"topic {topic} has no partitions yet")
-                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-                consumer.assign(tps)
-                await consumer.seek_to_end(*tps)
-                for tp in tps:
-                    await consumer.position(tp)
-                self.announcements_ready.set()
-                delay = 0.5
-                async for record in consumer:
-                    self.handle_announcement(record.value)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the pointer poll still works without Kafka
-                log.warning("models topic unreadable; following the pointers only",
-                            extra={"error": repr(exc), "retry_s": delay})
-            finally:
-                self.announcements_ready.clear()
-                try:
-                    await consumer.stop()
-                except Exception:  # noqa: BLE001
-                    pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+    async def _on_announcements(self, records: list) -> None:
+        """A batch of the models topic (`topic_reader.TopicReader`)."""
+        for record in records:
+            self.handle_announcement(record.value or b"")

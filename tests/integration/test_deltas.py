@@ -144,7 +144,7 @@ def test_deltas_that_do_worse_online_than_their_version_are_rolled_back(broker, 
         producer.send(topics.deltas, key=b"default|ranker", value=delta).get(30)
         wait_for(lambda: rank(inference).delta_sequence == 1, 20, "the delta applied")
         assert rank(inference).scores[0] > base.scores[0] + 0.1
-        wait_for(lambda: inference.delta_labels.ready.is_set(), 20, "the guard reading the errors topic")
+        wait_for(lambda: inference.errors.ready.is_set(), 20, "the guard reading the errors topic")
         rng = np.random.default_rng(0)
         with Client(inference=target(inference)) as lw:
             for r in range(60):  # nobody wants the new item; the others get some clicks

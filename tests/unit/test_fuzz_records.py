@@ -138,6 +138,7 @@ def aimed_errors() -> st.SearchStrategy[bytes]:
 @BUDGET
 @given(st.lists(st.one_of(records(learning_pb2.PredictionError), aimed_errors()), min_size=1, max_size=6))
 def test_the_error_memory_intake_writes_or_counts_every_record(values):
+    from loopwise.inference.errors_reader import decode
     from loopwise.inference.memory.bank import MemoryBank
     from loopwise.inference.memory.config import MemoryConfig
     from loopwise.inference.memory.consumer import ErrorConsumer
@@ -146,11 +147,10 @@ def test_the_error_memory_intake_writes_or_counts_every_record(values):
     metrics = InferenceMetrics()
     bank = MemoryBank(MemoryConfig(mode="on"), metrics=metrics, tenants=["default"])
     memory = bank.serve("default", "ranker", "v1", 64)
-    consumer = object.__new__(ErrorConsumer)
-    consumer.metrics, consumer.bank, consumer._started_ms = metrics, bank, 0
-    consumer._handle([SimpleNamespace(value=v, timestamp=0) for v in values])
+    ErrorConsumer(bank, metrics).write(*decode([SimpleNamespace(value=v, timestamp=0) for v in values], metrics))
     counted = sum(s.value for m in metrics.registry.collect() if m.name == "loopwise_inference_memory_writes"
                   for s in m.samples if s.name.endswith("_total"))
+    counted += metrics.registry.get_sample_value("loopwise_inference_errors_read_total", {"result": "malformed"}) or 0
     assert counted >= len(values), "a record neither written nor counted"
     keys = np.random.default_rng(0).standard_normal((8, 64)).astype(np.float32)
     served = memory.compensate(np.full(8, 0.3, dtype=np.float32), keys)

@@ -6,7 +6,8 @@
 - `config.MemoryConfig`: mode (off | shadow | on), K, L, lambda, tau, gamma, prior, decay, the pair table.
 - `pairs.PairTable`: the exact (user, item) table beside the sketch.
 - `bank.MemoryBank`: the memories per (tenant, model, version) of one replica.
-- `consumer.ErrorConsumer`: feeds the bank from ``loopwise.errors.v1``.
+- `consumer.ErrorConsumer`: the memory's side of ``loopwise.errors.v1`` (warm-up offsets,
+  decoded errors into the bank; the replica's `errors_reader.ErrorsReader` reads the topic).
 """
 
 from .bank import MemoryBank, ModelMemory

@@ -1,64 +1,48 @@
-"""Every replica reads the whole ``loopwise.errors.v1`` stream into its memories.
+"""The error memory's side of ``loopwise.errors.v1``: where the replica's
+reader starts, and the decoded errors into the bank.
 
-A `topic_reader.TopicReader` (every partition, no consumer group), so replicas
-hold the same memories. On start the consumer warms up from the recent
-errors: each partition is positioned at the first record of the last
-``warmup_s`` seconds (`offsets_for_times`), or, where the broker cannot say,
-at most ``warmup_records`` records before its end. Errors of versions not
-serving yet wait in the bank (`MemoryBank`). After a lost connection it
-resumes where it was. The records are parsed and written in batches of at
-most ``batch`` on the event loop: a batch write is a few vectorised numpy
-operations (1,000 errors ≈ 30 ms on 2 busy cores, most of it decoding and
-scoring them), so a `Rank` call waits at most that long behind one and never
-on I/O for the memory.
+Every replica reads the whole errors stream (`errors_reader.ErrorsReader`:
+every partition, no consumer group, each record decoded once for the memory
+and the deltas' guard), so replicas hold the same memories. With the memory
+on, the reader warms up from the recent errors (`ErrorConsumer.warmup_offsets`):
+each partition is positioned at the first record of the last ``warmup_s``
+seconds (`offsets_for_times`), or, where the broker cannot say, at most
+``warmup_records`` records before its end. Errors of versions not serving
+yet wait in the bank (`MemoryBank`). The errors are written in the reader's
+batches (at most 1,000) on the event loop: a batch write is a few vectorised
+numpy operations (1,000 errors ≈ 30 ms on 2 busy cores, most of it decoding
+and scoring them), so a `Rank` call waits at most that long behind one and
+never on I/O for the memory.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from google.protobuf.message import DecodeError
 
 from loopwise.v1 import learning_pb2
 
 from ..metrics import InferenceMetrics
-from ..topic_reader import TopicReader
 from .bank import MemoryBank
 
 log = logging.getLogger(__name__)
 
 
 class ErrorConsumer:
-    def __init__(self, bootstrap: str, topic: str, bank: MemoryBank, metrics: InferenceMetrics, *,
-                 warmup_s: float = 900.0, warmup_records: int = 100_000, batch: int = 1_000) -> None:
-        self.topic, self.bank, self.metrics = topic, bank, metrics
+    """The warm-up offsets (`warmup_offsets`) and the sink of decoded errors (`write`) of the memory."""
+
+    def __init__(self, bank: MemoryBank, metrics: InferenceMetrics, *, warmup_s: float = 900.0,
+                 warmup_records: int = 100_000) -> None:
+        self.bank, self.metrics = bank, metrics
         self.warmup_s, self.warmup_records = warmup_s, warmup_records
-        self._started_ms = 0
-        self.reader = TopicReader(bootstrap, topic, self._on_batch, from_start=False,
-                                  name="loopwise-inference-errors", start_at=self._warmup_offsets, batch=batch,
-                                  up=lambda up: metrics.memory_consumer_up.set(1 if up else 0))
+        self._started_ms = 0  # records produced before the warm-up's offsets were taken: no lag measured
 
-    @property
-    def ready(self) -> asyncio.Event:
-        """Set while every partition is assigned and positioned (tests wait on it)."""
-        return self.reader.ready
-
-    def start(self) -> None:
-        self._started_ms = int(time.time() * 1000)
-        self.reader.start()
-
-    async def stop(self) -> None:
-        await self.reader.stop()
-
-    async def _on_batch(self, records: list) -> None:
-        self._handle(records)
-
-    async def _warmup_offsets(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
-                              ) -> dict[TopicPartition, int]:
+    async def warmup_offsets(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+                             ) -> dict[TopicPartition, int]:
         """First offset of the last ``warmup_s`` per partition (bounded by ``warmup_records``)."""
+        self._started_ms = self._started_ms or int(time.time() * 1000)
         begin = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
         bounded = {tp: max(begin[tp], end[tp] - self.warmup_records) for tp in tps}
@@ -73,17 +57,8 @@ class ErrorConsumer:
             return bounded
         return {tp: end[tp] if found.get(tp) is None else max(found[tp].offset, bounded[tp]) for tp in tps}
 
-    def _handle(self, records: list) -> None:
-        errors, produced = [], []
-        for record in records:
-            error = learning_pb2.PredictionError()
-            try:
-                error.ParseFromString(record.value or b"")
-            except DecodeError:
-                self.metrics.memory_writes.labels("", "", "malformed").inc()
-                continue
-            errors.append(error)
-            # the lag of live records only: the warm-up's are as old as the warm-up reaches
-            produced.append(record.timestamp if (record.timestamp or 0) >= self._started_ms else 0)
-        if errors:
-            self.bank.write(errors, produced)
+    def write(self, errors: list[learning_pb2.PredictionError], produced_ms: list[int]) -> None:
+        """A decoded batch into the bank (``produced_ms`` aligned with ``errors``)."""
+        # the lag of live records only: the warm-up's are as old as the warm-up reaches
+        started = self._started_ms
+        self.bank.write(errors, [t if t >= started else 0 for t in produced_ms])
