@@ -6,8 +6,16 @@ the newest ``remember`` calls): its candidate ids, the base version's own
 probability (the graph's ``prob``, computed anyway) and the served one. When a
 label for one of its candidates arrives (a `PredictionError` on
 ``loopwise.errors.v1``, read by every replica's `errors_reader.ErrorsReader`),
-both scores are kept with it, per (tenant, model, version, stream), the newest
-``window``.
+it is kept with the call; once every candidate of the call is labelled, the
+call's (base, served, label) rows join its (tenant, model, version, stream)'s
+window of the newest ``window`` labels. Whole calls only: a click's label comes
+at once and its call's negatives when the attribution window closes, so judged
+label by label the newest clicks meet only older calls' negatives, and deltas,
+which move every score as they learn, were compared across time instead of
+within calls (bench/learning.py's replay, 12,000 requests: the guard saw AUC
+0.65 for the deltas against 0.90 for the base on its labels and rolled 3
+streams back in two minutes, while on the final labels the calls it judged were served at
+0.71 with the deltas against 0.66 by the base).
 Every tenth of ``min_labels`` new labels the AUC of both on those labels is
 compared: a paired comparison on the same impressions, so the traffic's own
 drift cancels out. When at least ``min_labels`` are in, with both kinds of
@@ -28,9 +36,10 @@ better ranker is not calibrated to the observed clicks (on bench/learning.py
 loss 0.02 nats worse than the base's, while the same deltas lifted AUC from
 0.744 to 0.870 in process).
 
-Labels arrive when the miner emits them: a click at once, a negative when its
-attribution window closes (or at once in the fake-negative mode); calls
-older than the remembered ones are not judged.
+Labels arrive when the miner emits them: a click (or a reject) at once, the
+other candidates' negatives when the attribution window closes, in either
+feedback mode; calls older than the remembered ones, and calls one of whose
+labels never comes, are not judged. A label delivered again counts once.
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ class Served:
     ids: tuple[str, ...]
     base: np.ndarray  # the version's own probability per candidate
     served: np.ndarray  # with the deltas
+    labels: np.ndarray  # per candidate, its label once known (NaN until then)
 
 
 class _Window:
@@ -68,9 +78,10 @@ class _Window:
         self.rows: deque[tuple[float, float, float]] = deque(maxlen=size)
         self.new = 0  # labels since the last judgement
 
-    def add(self, base: float, served: float, y: float) -> None:
-        self.rows.append((base, served, y))
-        self.new += 1
+    def add(self, base: np.ndarray, served: np.ndarray, y: np.ndarray) -> None:
+        """One whole call's candidates."""
+        self.rows.extend(zip(base.tolist(), served.tolist(), y.tolist(), strict=True))
+        self.new += len(y)
 
     def compare(self) -> tuple[float, float, float, int]:
         """(AUC of the base, AUC of the deltas, standard error of their difference, positives)."""
@@ -92,7 +103,7 @@ class DeltaGuard:
         if snap.sequence == 0 or not request_id:
             return
         self._served[request_id] = Served(tenant, model, version, snap.stream, snap.sequence, tuple(ids), base,
-                                          served)
+                                          served, np.full(len(base), np.nan))
         while len(self._served) > self.capacity:
             self._served.popitem(last=False)
 
@@ -105,14 +116,19 @@ class DeltaGuard:
             i = s.ids.index(error.candidate_id)
         except ValueError:
             return False
-        y = float(error.label > 0)
+        if not np.isnan(s.labels[i]):
+            return False  # delivered again (at least once): counted already
+        s.labels[i] = float(error.label > 0)
+        if np.isnan(s.labels).any():
+            return False  # the call is judged whole, once its last candidate is labelled
+        del self._served[error.request_id]
         key = (s.tenant, s.model, s.version, s.stream)
         win = self._windows.get(key)
         if win is None:
             win = self._windows[key] = _Window(self.window)
             for old in [k for k in self._windows if k[:2] == key[:2] and k != key]:
                 del self._windows[old]
-        win.add(float(s.base[i]), float(s.served[i]), y)
+        win.add(s.base, s.served, s.labels)
         every = max(1, self.min_labels // 10)
         if win.new < every:
             return False

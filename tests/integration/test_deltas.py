@@ -128,7 +128,7 @@ def test_deltas_that_do_worse_online_than_their_version_are_rolled_back(broker, 
     from loopwise.modelstore import coldstart, sparse
 
     ensure_topics(broker, topics.all(), 2)
-    inference = start_inference(delta_guard_min_labels=40, delta_guard_margin=0.05)
+    inference = start_inference(delta_guard_min_labels=40, delta_guard_margin=0.01)
     wait_serving(target(inference))
     base = rank(inference)
     request = rank_request("default", [NEW, *OTHERS], user_id="u1", user=USER, context={"hour": "20"},
@@ -149,7 +149,7 @@ def test_deltas_that_do_worse_online_than_their_version_are_rolled_back(broker, 
         with Client(inference=target(inference)) as lw:
             for r in range(60):  # nobody wants the new item; the others get some clicks
                 lw.rank_raw(inference_request(request, f"guard-{r}"))
-                for cid in (NEW, OTHERS[r % 9]):
+                for cid in (NEW, *OTHERS):  # every candidate labelled, as the miner does: calls are judged whole
                     label = 0.0 if cid == NEW else float(rng.random() < 0.5)
                     error = learning_pb2.PredictionError(tenant="default", request_id=f"guard-{r}", candidate_id=cid,
                                                          label=label, model="ranker", version="v1")

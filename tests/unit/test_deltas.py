@@ -571,3 +571,39 @@ def test_the_loop_restreams_a_base_after_its_interval(tmp_path):
     assert again and {d.stream for d in again} == {dt.stream} != {first[0]}
     assert [d.sequence for d in again] == list(range(1, len(again) + 1))
     assert trainer.metrics.deltas.labels("default", "ranker", "restreamed")._value.get() == 1
+
+
+def test_the_guard_judges_whole_calls_not_clicks_ahead_of_their_negatives():
+    """A click's label comes at once, its call's negatives when the attribution window closes:
+    judged label by label, the newest clicks meet only older calls' negatives. Deltas that move
+    every score over time (here: each call a little lower than the one before, as deltas that
+    learn "shown, not clicked" do) then look worse than their base on that mix although they rank
+    each call better (measured on bench/learning.py's replay: guard 0.65 for the deltas against
+    0.90 for the base on its labels, while on the final labels the deltas served 0.71 against
+    the base's 0.66). Only calls whose every candidate is labelled are judged."""
+    registry, guard = guarded()
+    snap = registry.snapshot("default", "ranker", "v2")
+    ids = [f"i{j}" for j in range(5)]
+    rng = np.random.default_rng(8)
+    lag, calls = 20, 200  # a call's negatives come 20 calls after its click
+    clicked = rng.integers(0, 5, calls)
+    rollbacks = 0
+    for r in range(calls + lag):
+        if r < calls:
+            base = rng.uniform(0.2, 0.6, 5).astype(np.float32)
+            served = (base - 0.01 * r).astype(np.float32)  # the deltas drift every score down...
+            served[clicked[r]] += 0.05  # ...and rank the clicked one higher than the base does
+            guard.remember(f"w{r}", "default", "ranker", "v2", snap, ids, base, served)
+            rollbacks += guard.label(learning_pb2.PredictionError(
+                tenant="default", request_id=f"w{r}", candidate_id=ids[clicked[r]], label=1.0))
+        old = r - lag
+        if old >= 0:
+            for j in range(5):
+                if j != clicked[old]:
+                    rollbacks += guard.label(learning_pb2.PredictionError(
+                        tenant="default", request_id=f"w{old}", candidate_id=ids[j], label=0.0))
+    assert rollbacks == 0
+    assert registry.snapshot("default", "ranker", "v2").sequence == 3
+    auc_base = guard.metrics.delta_online_auc.labels("default", "ranker", "base")._value.get()
+    auc_deltas = guard.metrics.delta_online_auc.labels("default", "ranker", "deltas")._value.get()
+    assert auc_deltas > auc_base
