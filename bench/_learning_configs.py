@@ -42,6 +42,13 @@ def deltas_setting() -> bool | None:
     return bool(fields["deltas"].default) if "deltas" in fields else None
 
 
+def delta_interval_s() -> float:
+    """The trainer's default delta step interval (``LOOPWISE_TRAINER_DELTA_INTERVAL_S``)."""
+    from loopwise.trainer.settings import TrainerSettings
+
+    return float(TrainerSettings.__dataclass_fields__["trainer_delta_interval_s"].default)
+
+
 def configurations(feedback: str, whole_versions: bool) -> tuple[list[Config], str]:
     """The stack runs for ``--feedback-mode`` (window, fnw, both or default) and whether to add
     the whole-versions run; and the name of the default configuration's run."""

@@ -14,8 +14,8 @@
   validation gate: the real trainer does.
 - `examples_to_arrays`: the miner's `Example` records (from Kafka) to model
   inputs, hashed with `InputBuilder` exactly as serving hashes a request.
-- `run_inprocess`: score a segment with the current model, then retrain on the
-  labels seen so far: the loop with instant labels and no stack.
+- `RealTrainer`: the real trainer's pure API in process (whole versions, and its
+  `DeltaTrainer` for `_learning_inprocess.run_inprocess`'s deltas).
 """
 
 from __future__ import annotations
@@ -243,36 +243,6 @@ def training_rows(end_row: int, new_from: int, replay: float, window: int, rng: 
     return np.concatenate([old, new])
 
 
-def run_inprocess(stream: Stream, parent: bytes, every: int, trainer: Any,
-                  say: Callable[[str], None] = print) -> LoopRun:
-    """Score each block of ``every`` requests with the serving version, then retrain on the
-    labels of every request so far (``trainer.train_rows``) and serve the result if any."""
-    assert stream.sparse is not None and stream.dense is not None
-    k = stream.k
-    scores = np.empty(stream.n * k, dtype=np.float64)
-    version = np.ones(stream.n, dtype=np.int64)
-    scorer = OnnxScorer(parent)
-    current, trained_to = 1, 0
-    for start in range(0, stream.n, every):
-        stop = min(start + every, stream.n)
-        a, b = start * k, stop * k
-        scores[a:b] = scorer.score(stream.sparse[a:b], stream.dense[a:b])
-        version[start:stop] = current
-        if stop == stream.n:
-            break
-        t = time.perf_counter()
-        artifact, info = trainer.train_rows(stream, b, trained_to)
-        trained_to = b
-        info.update(after_request=stop, seconds=round(time.perf_counter() - t, 2))
-        if artifact is not None:
-            scorer = OnnxScorer(artifact)
-            current += 1
-            info["version"] = f"v{current}"
-        trainer.stats.history.append(info)
-        say(f"  after request {stop}: " + ", ".join(f"{k_}={v}" for k_, v in info.items()))
-    return LoopRun(scores=scores, version=version, trainer=trainer.name, stats=trainer.stats, mode="inprocess")
-
-
 # -- the real trainer, in-process -------------------------------------------------------------
 
 
@@ -328,10 +298,38 @@ class RealTrainer:
                 "holdout_auc": round(outcome.evaluation.candidate.get("auc", float("nan")), 4)}
         if not outcome.publish:
             return None, info
+        import hashlib
+
+        from loopwise.modelstore import Manifest, sparse
+
         self._version += 1
-        self.production = self.train.Production(version=f"v{self._version}", onnx=outcome.onnx,
-                                                manifest=None, weights=state_bytes(cand.model))
+        version = f"v{self._version}"
+        # the manifest fields the delta trainer builds on (publish.publish writes them too)
+        manifest = Manifest(tenant="default", model=DEFAULT_MODEL, version=version,
+                            sha256=hashlib.sha256(outcome.onnx).hexdigest(), feature_spec=self.spec.to_dict(),
+                            hidden_dim=int(cand.model.config["hidden_dim"]), source="trainer",
+                            metrics={"train_until_ms": cand.train_until_ms,
+                                     "sparse_layout": sparse.Layout.of_config(cand.model.config).to_dict()})
+        self.production = self.train.Production(version=version, onnx=outcome.onnx, manifest=manifest,
+                                                weights=state_bytes(cand.model))
         return outcome.onnx, info
+
+    def delta_trainer(self) -> Any:
+        """The trainer's own `DeltaTrainer` with these settings; None when deltas are off."""
+        from loopwise.trainer.deltas import DeltaTrainer
+
+        return DeltaTrainer("default", DEFAULT_MODEL, self.settings) if self.settings.deltas else None
+
+    def train_until_ms(self) -> int | None:
+        """The newest training example's time of the last run's candidate."""
+        return int(self.outcome.candidate.train_until_ms) if self.outcome is not None else None
+
+    @staticmethod
+    def row_times(stream: Stream) -> np.ndarray:
+        """Each stream row's time as `train_rows` gives it to the trainer (ms; requests of one
+        second apart by their index)."""
+        req = np.arange(stream.n * stream.k) // stream.k
+        return stream.timestamps()[req].astype(np.int64) * 1000 + req % 1000
 
     def train_rows(self, stream: Stream, end: int, new_from: int) -> tuple[bytes | None, dict[str, Any]]:
         """In-process loop: the window is the last ``window_rows`` labelled stream rows (weight 1: no
@@ -340,9 +338,8 @@ class RealTrainer:
 
         assert stream.sparse is not None and stream.dense is not None
         start = max(0, end - self.window_rows)
-        req = np.arange(start, end) // stream.k
-        ts = stream.timestamps()[req].astype(np.int64) * 1000 + req % 1000
-        users = stream.users()[req]
+        ts = self.row_times(stream)[start:end]
+        users = stream.users()[np.arange(start, end) // stream.k]
         data = WindowData(stream.sparse[start:end].astype(np.int64), stream.dense[start:end],
                           stream.label.reshape(-1)[start:end].astype(np.float32),
                           np.ones(end - start, dtype=np.float32), ts, user_keys(users.tolist()))

@@ -25,7 +25,9 @@ Learners, all scored before they learn a request's labels (progressive):
   else triggered by the bench (the replay waits) on the miner's examples and
   pairs read back from Kafka, published to the stack's model store + Redis
   pointer + models topic, so the inference service hot-swaps) or
-  ``inprocess`` (no stack: labels at once, versions scored in-process). The
+  ``inprocess`` (no stack: labels at once, versions scored in-process, and
+  between them the trainer's own sparse delta steps every
+  ``--inprocess-delta-block`` requests: `_learning_inprocess`). The
   bench-triggered trainer is ``loopwise.trainer``'s in-process API
   (`train.run`: holdout, gate, export) when it imports, else the bench's
   stand-in (`_learning_loopwise.StandinTrainer`); ``--trainer`` forces one and
@@ -43,7 +45,10 @@ mode of the miner (``--feedback-mode both``: ``window`` and ``fnw``, fake negati
 once with FNW weights), plus deltas off (``loopwise_whole_versions``) when the trainer
 has sparse deltas; ``loopwise`` is the run of the services' default configuration. The
 in-process loop runs too at the same cadence (``inprocess``, labels at once: the bound
-the stack's delays are measured against; ``--no-inprocess-baseline`` skips it).
+the stack's delays are measured against; ``--no-inprocess-baseline`` skips it): versions
+every ``--retrain-every`` requests and delta steps every as many requests as the stack's
+replay made in one of the trainer's delta intervals (its measured request rate times
+``LOOPWISE_TRAINER_DELTA_INTERVAL_S``).
 
 Reported: AUC, gAUC (per user, weighted by rows), request AUC (per request),
 AUC per time bucket (table and bench/results/learning.png), throughput, and
@@ -70,9 +75,10 @@ from typing import Any
 
 import _common as c
 import numpy as np
-from _learning_configs import Config, configurations, freshness_keys
+from _learning_configs import Config, configurations, delta_interval_s, freshness_keys
 from _learning_eval import bucket_ids, summarize
-from _learning_loopwise import LoopRun, OnnxScorer, make_trainer, run_inprocess
+from _learning_inprocess import run_inprocess
+from _learning_loopwise import LoopRun, OnnxScorer, make_trainer
 from _learning_peers import PeerRun, river_peer, vw_peer
 from _learning_stream import Stream, build_stream, featurize
 
@@ -110,6 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--whole-versions", action=argparse.BooleanOptionalAction, default=True,
                    help="stack mode: also run the default configuration with sparse deltas off (when the "
                         "trainer has them)")
+    p.add_argument("--inprocess-delta-block", type=int, default=10,
+                   help="in-process loop: a sparse delta step every this many requests (0: whole versions only; "
+                        "the stack run's baseline takes the stack's own cadence: the trainer's delta interval at "
+                        "the replay's measured request rate)")
     p.add_argument("--inprocess-baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="stack mode: also run the in-process loop at the same cadence (auc_inprocess)")
     p.add_argument("--peers", default="vw,river", help="online peers to run (comma-separated; '' for none)")
@@ -203,9 +213,11 @@ def run_static(stream: Stream, parent: bytes) -> tuple[np.ndarray, float]:
 
 
 def run_loopwise(args: argparse.Namespace, stream: Stream, parent: bytes, every: int, mode: str | None = None,
-                 service_env: dict[str, str] | None = None) -> tuple[LoopRun | None, str]:
+                 service_env: dict[str, str] | None = None, delta_block: int | None = None
+                 ) -> tuple[LoopRun | None, str]:
     """One Loopwise loop: ``mode`` stack or inprocess (default ``--loopwise``); ``service_env``:
-    the stack's extra settings."""
+    the stack's extra settings; ``delta_block``: in-process delta steps every this many requests
+    (None: ``--inprocess-delta-block``)."""
     mode = mode or args.loopwise
     if mode == "off":
         return None, "--loopwise off"
@@ -225,7 +237,8 @@ def run_loopwise(args: argparse.Namespace, stream: Stream, parent: bytes, every:
           + (f", {' '.join(f'{k}={v}' for k, v in service_env.items())}" if service_env else ""))
     try:
         if mode == "inprocess":
-            return run_inprocess(stream, parent, every, trainer, say=c.say), ""
+            return run_inprocess(stream, parent, every, trainer, say=c.say,
+                                 delta_block=delta_block if delta_block is not None else args.inprocess_delta_block), ""
         from _learning_stack import run_stack
 
         return run_stack(stream, parent, every, trainer, window_ms=args.attribution_window_ms, keep=args.keep,
@@ -264,12 +277,15 @@ def run_all(args: argparse.Namespace, stream: Stream, parent: bytes, every: int,
                 record(key.replace("_scores", ""), value,
                        config="each published version scored in-process from its trigger on")
     if args.loopwise == "stack" and args.inprocess_baseline:
-        loop, why = run_loopwise(args, stream, parent, every, mode="inprocess")
+        # the stack's delta cadence in requests: its step interval at the replay's measured rate
+        rate = runs["loopwise"].extra.get("replay_rank_per_s") if "loopwise" in runs else None
+        block = max(1, round(rate * delta_interval_s())) if rate else None
+        loop, why = run_loopwise(args, stream, parent, every, mode="inprocess", delta_block=block)
         if loop is None:
             reasons["inprocess"] = why
         else:
             runs["inprocess"] = loop
-            record("inprocess", loop.scores, config=f"in-process {loop.trainer}, labels at once; every {every} "
+            record("inprocess", loop.scores, config=f"{loop.mode}; {loop.trainer}, labels at once; every {every} "
                                                     "requests", versions=int(loop.version.max()))
     return runs
 

@@ -179,38 +179,48 @@ class DeltaTrainer:
         """Train the sparse tables on ``taken`` (`take`); the delta of the rows touched."""
         if self.model is None or self.builder is None or self.layout is None or not taken:
             return Step([], self.sequence, 0, 0, float("nan"))
-        s, m = self.settings, self.model
         part = build_example_part(self.builder, [v for v, _ in taken])
         n = len(part.label)
         if n == 0:
             return Step([], self.sequence, 0, 0, float("nan"))
+        loss = self.learn(part.sparse, part.dense, part.label, part.weight, getattr(part, "fnw", None))
+        touched = self._touched(part.sparse)
+        rows = sum(len(i) for i in touched.values())
+        produced = [ms for _, ms in taken if ms > 0] or [0]
+        records = self._encode(touched, first_ms=min(produced), last_ms=max(produced), examples=n)
+        return Step(records, self.sequence, n, rows, loss)
+
+    def learn(self, sparse_ids: np.ndarray, dense: np.ndarray, label: np.ndarray, weight: np.ndarray,
+              fnw: np.ndarray | None = None) -> float:
+        """One step's training of the sparse tables on these rows (hashed inputs, labels, IPS
+        weights, FNW click scales or None); the mean loss. `step` encodes what it touched; an
+        in-process loop (bench/learning.py) calls it directly."""
+        assert self.model is not None
+        s, m = self.settings, self.model
+        n = len(label)
         rates = {"fm": s.trainer_embedding_lr or s.trainer_lr, "bias": s.trainer_linear_lr or s.trainer_lr,
                  "cross": s.trainer_cross_lr or s.trainer_linear_lr or s.trainer_lr}
         initial = {"fm": s.trainer_adagrad_initial, "bias": s.trainer_adagrad_initial,
                    "cross": s.trainer_cross_adagrad_initial}
         tables = {"fm": (m.fm, getattr(m, "fm_acc", None)), "bias": (m.bias, getattr(m, "bias_acc", None)),
                   "cross": (m.cross, getattr(m, "cross_acc", None))}
-        sparse_ids = torch.from_numpy(part.sparse)
-        dense = torch.from_numpy(part.dense)
-        label = torch.from_numpy(part.label)
-        weight = torch.from_numpy(np.minimum(part.weight, s.trainer_max_weight).astype(np.float32))
+        ids = torch.from_numpy(np.ascontiguousarray(sparse_ids, dtype=np.int64))
+        x = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+        y = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))
+        w = torch.from_numpy(np.minimum(weight, s.trainer_max_weight).astype(np.float32))
         batch, total = max(1, s.trainer_batch_size), 0.0
         for start in range(0, n, batch):
             rows = slice(start, start + batch)
-            logit, _ = m.logits(sparse_ids[rows], dense[rows])
-            fnw = getattr(part, "fnw", None)  # fake-negative-mode rows: FNW-weighted
+            logit, _ = m.logits(ids[rows], x[rows])
+            # fake-negative-mode rows: FNW-weighted
             extra = {"fnw": torch.from_numpy(fnw[rows])} if fnw is not None and fnw[rows].any() else {}
-            loss = ips_loss(logit, label[rows], weight[rows], **extra)
+            loss = ips_loss(logit, y[rows], w[rows], **extra)
             loss.backward()
             for name, (t, acc) in tables.items():
                 if t is not None and acc is not None:
                     adagrad_step(t.weight, acc, rates[name], initial=initial[name])
-            total += float(loss.detach()) * len(label[rows])
-        touched = self._touched(part.sparse)
-        rows = sum(len(i) for i in touched.values())
-        produced = [ms for _, ms in taken if ms > 0] or [0]
-        records = self._encode(touched, first_ms=min(produced), last_ms=max(produced), examples=n)
-        return Step(records, self.sequence, n, rows, total / n)
+            total += float(loss.detach()) * len(y[rows])
+        return total / max(n, 1)
 
     def restream(self) -> list[bytes]:
         """Start a new stream on the same base, carrying on from the current tables: its first

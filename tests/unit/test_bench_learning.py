@@ -190,3 +190,30 @@ def test_histogram_quantile_like_prometheus() -> None:
     assert histogram_quantile(0.99, buckets) == pytest.approx(2.0 + 3.0 * 9 / 10)
     assert histogram_quantile(0.5, [(1.0, 0.0), (inf, 0.0)]) is None
     assert histogram_quantile(0.99, [(1.0, 1.0), (inf, 10.0)]) == 1.0  # in +Inf: the last finite bound
+
+
+def test_the_inprocess_loop_learns_with_the_trainers_deltas_between_versions() -> None:
+    """`run_inprocess` with ``delta_block``: the first block is scored by the cold-start model
+    (as serving's ONNX scores it), the next by it plus the trainer's own `DeltaTrainer` steps on
+    the labels before: a request shown again has its negatives lower and its click higher."""
+    from _learning_inprocess import run_inprocess
+    from _learning_loopwise import OnnxScorer, RealTrainer
+
+    from loopwise.modelstore import coldstart
+
+    stream = featurize(build_stream(_tiny_movielens(), None, k=5, seed=1))
+    for name in ("sparse", "dense"):  # request 1 is request 0 again
+        getattr(stream, name)[5:10] = getattr(stream, name)[0:5]
+    stream.label[1] = stream.label[0]
+    assert stream.label[0].sum() == 1
+    parent = coldstart.build_onnx(stream.spec)
+    trainer = RealTrainer(parent, stream.spec, overrides={"attribution_window_ms": "0"})
+    run = run_inprocess(stream, parent, 1_000, trainer, say=lambda _: None, delta_block=1)
+    assert run.extra["delta_steps"] == stream.n and "deltas every 1" in run.mode
+    cold = OnnxScorer(parent).score(stream.sparse[:5], stream.dense[:5])
+    assert np.allclose(run.scores[:5], cold, atol=1e-4)
+    y = stream.label[0] > 0
+    moved = run.scores[5:10] - run.scores[:5]
+    assert (moved[y] > 0).all() and (moved[~y] < 0).all()
+    whole = run_inprocess(stream, parent, 1_000, RealTrainer(parent, stream.spec), say=lambda _: None)
+    assert whole.mode == "inprocess" and np.allclose(whole.scores[5:10], whole.scores[:5])

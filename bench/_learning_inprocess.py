@@ -1,0 +1,117 @@
+"""The Loopwise loop without a stack (bench/learning.py ``--loopwise inprocess`` and the
+``auc_inprocess`` baseline of a stack run): labels at once, the same trainer code.
+
+`run_inprocess` scores each block of requests with what serves, then learns from the
+block's labels:
+
+- whole versions every ``every`` requests (``trainer.train_rows``: the trainer's own
+  `train.run` on the window of labelled rows, published when its gate passes);
+- with ``delta_block`` > 0 and a trainer with sparse deltas (`RealTrainer.delta_trainer`),
+  also the trainer's own `deltas.DeltaTrainer` between versions: every ``delta_block``
+  requests one step on the sparse tables (`DeltaTrainer.learn`) on the block's rows, and
+  the requests scored by the base version plus those tables (the torch model the deltas
+  are taken from: serving's ONNX plus the same tables, `test_deltas` checks their parity).
+  A new version becomes the base, and the rows it has not learned (its holdout, newer
+  than its ``train_until_ms``) are learned again on it, as the delta loop's requeue does.
+  ``delta_block`` is the stack's delta cadence in requests: its step interval times the
+  replay's request rate (``--inprocess-delta-block``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from _learning_loopwise import LoopRun, OnnxScorer
+from _learning_stream import Stream
+
+
+class DeltaScorer:
+    """A `DeltaTrainer` on the serving version, scoring and learning blocks of stream rows."""
+
+    def __init__(self, stream: Stream, dt: Any) -> None:
+        import torch
+
+        self.torch, self.stream, self.dt = torch, stream, dt
+
+    def score(self, a: int, b: int) -> np.ndarray:
+        torch, s = self.torch, self.stream
+        assert s.sparse is not None and s.dense is not None and self.dt.model is not None
+        with torch.no_grad():
+            prob, _ = self.dt.model(torch.from_numpy(s.sparse[a:b].astype(np.int64)),
+                                    torch.from_numpy(s.dense[a:b]))
+        return prob.numpy().astype(np.float64)
+
+    def learn(self, a: int, b: int) -> None:
+        s = self.stream
+        assert s.sparse is not None and s.dense is not None
+        label = s.label.reshape(-1)[a:b]
+        self.dt.learn(s.sparse[a:b], s.dense[a:b], label, np.ones(len(label), dtype=np.float32))
+
+    def rebase(self, version: str, production: Any, relearn_after_ms: int | None, times: np.ndarray,
+               upto: int, block: int) -> None:
+        """Build on ``version`` and learn again the rows before ``upto`` newer than
+        ``relearn_after_ms`` (the version's newest training example; ``times`` per row)."""
+        self.dt.rebase(version, production, self.stream.spec)
+        if self.dt.model is None:
+            raise RuntimeError(f"no deltas on {version}: {self.dt.why_not}")
+        if relearn_after_ms is None:
+            return
+        rows = np.flatnonzero(times[:upto] > relearn_after_ms)
+        k = self.stream.k
+        for start in range(0, len(rows), block * k):
+            part = rows[start:start + block * k]
+            s = self.stream
+            assert s.sparse is not None and s.dense is not None
+            label = s.label.reshape(-1)[part]
+            self.dt.learn(s.sparse[part], s.dense[part], label, np.ones(len(part), dtype=np.float32))
+
+
+def run_inprocess(stream: Stream, parent: bytes, every: int, trainer: Any, say: Callable[[str], None] = print,
+                  delta_block: int = 0) -> LoopRun:
+    """Score each block of requests with what serves, then learn (see the module docstring)."""
+    assert stream.sparse is not None and stream.dense is not None
+    k = stream.k
+    scores = np.empty(stream.n * k, dtype=np.float64)
+    version = np.ones(stream.n, dtype=np.int64)
+    scorer = OnnxScorer(parent)
+    deltas = None
+    make = getattr(trainer, "delta_trainer", None)
+    if delta_block > 0 and make is not None:
+        dt = make()
+        if dt is not None:
+            deltas = DeltaScorer(stream, dt)
+            deltas.rebase("v1", trainer.production, None, trainer.row_times(stream), 0, delta_block)
+    block = delta_block if deltas is not None else every
+    current, trained_to, steps = 1, 0, 0
+    for start in range(0, stream.n, block):
+        stop = min(start + block, stream.n, (start // every + 1) * every)
+        a, b = start * k, stop * k
+        scores[a:b] = deltas.score(a, b) if deltas is not None else scorer.score(stream.sparse[a:b],
+                                                                                  stream.dense[a:b])
+        version[start:stop] = current
+        if deltas is not None:
+            deltas.learn(a, b)
+            steps += 1
+        if stop == stream.n:
+            break
+        if stop % every:
+            continue
+        t = time.perf_counter()
+        artifact, info = trainer.train_rows(stream, b, trained_to)
+        trained_to = b
+        info.update(after_request=stop, seconds=round(time.perf_counter() - t, 2))
+        if artifact is not None:
+            scorer = OnnxScorer(artifact)
+            current += 1
+            info["version"] = f"v{current}"
+            if deltas is not None:
+                deltas.rebase(info["version"], trainer.production, trainer.train_until_ms(),
+                              trainer.row_times(stream), b, delta_block)
+        trainer.stats.history.append(info)
+        say(f"  after request {stop}: " + ", ".join(f"{k_}={v}" for k_, v in info.items()))
+    mode = f"inprocess, deltas every {delta_block} requests" if deltas is not None else "inprocess"
+    return LoopRun(scores=scores, version=version, trainer=trainer.name, stats=trainer.stats, mode=mode,
+                   extra={"delta_steps": steps})
