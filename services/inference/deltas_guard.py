@@ -112,13 +112,12 @@ class DeltaGuard:
         s = self._served.get(error.request_id)
         if s is None or error.tenant != s.tenant:
             return False
-        try:
-            i = s.ids.index(error.candidate_id)
-        except ValueError:
+        at = [j for j, cid in enumerate(s.ids) if cid == error.candidate_id]  # a candidate shown twice: both
+        if not at:
             return False
-        if not np.isnan(s.labels[i]):
+        if not np.isnan(s.labels[at[0]]):
             return False  # delivered again (at least once): counted already
-        s.labels[i] = float(error.label > 0)
+        s.labels[at] = float(error.label > 0)
         if np.isnan(s.labels).any():
             return False  # the call is judged whole, once its last candidate is labelled
         del self._served[error.request_id]

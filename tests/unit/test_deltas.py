@@ -607,3 +607,25 @@ def test_the_guard_judges_whole_calls_not_clicks_ahead_of_their_negatives():
     auc_base = guard.metrics.delta_online_auc.labels("default", "ranker", "base")._value.get()
     auc_deltas = guard.metrics.delta_online_auc.labels("default", "ranker", "deltas")._value.get()
     assert auc_deltas > auc_base
+
+
+def test_the_guard_judges_a_call_once_each_candidate_is_labelled_once():
+    """A label delivered again counts once; a candidate shown twice in a call gets one label
+    (the miner emits one per candidate id), and the call still completes."""
+    registry, guard = guarded()
+    snap = registry.snapshot("default", "ranker", "v2")
+    ids = ["a", "b", "a"]
+    guard.remember("d1", "default", "ranker", "v2", snap, ids, np.array([0.3, 0.2, 0.3], dtype=np.float32),
+                   np.array([0.4, 0.1, 0.4], dtype=np.float32))
+
+    def label(cid, y):
+        return guard.label(learning_pb2.PredictionError(tenant="default", request_id="d1", candidate_id=cid,
+                                                        label=y))
+
+    label("a", 1.0)
+    label("a", 1.0)  # delivered again
+    assert "d1" in guard._served and not guard._windows
+    label("b", 0.0)
+    assert "d1" not in guard._served
+    (window,) = guard._windows.values()
+    assert sorted(y for _, _, y in window.rows) == [0.0, 1.0, 1.0] and window.new == 3
