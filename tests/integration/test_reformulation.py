@@ -113,10 +113,10 @@ def test_sessions_become_a_served_rule_which_is_withdrawn_when_it_does_harm(
 
 
 def test_a_killed_miner_keeps_its_counts_and_rules(start_miner, start_collector, start_inference, redis_url):
+    r = redis.Redis.from_url(redis_url)
+    r.delete(redis_keys.rewrite_table("default"))  # before the replica loads it (an earlier test's rule)
     proc, app_id, url = start_miner()
     collector, inference = start_collector(), start_inference()
-    r = redis.Redis.from_url(redis_url)
-    r.delete(redis_keys.rewrite_table("default"))
     with Client(f"127.0.0.1:{collector.port}", f"127.0.0.1:{inference.port}") as lw:
         lw.report(evidence(lw, range(10), stamps.now_ms()))
         wait_rewrite(lw, "play heet", True)
@@ -215,9 +215,12 @@ def test_sessions_mined_after_the_last_checkpoint_are_mined_again_after_a_kill(
     meanwhile; after a kill -9 the sessions since the checkpoint are read again, so four users'
     evidence before the kill and a fifth's after it make a rule (it needs 5 turns of the source)."""
     never = {"LOOPWISE_REFORM_CHECKPOINT_INTERVAL_S": "3600"}
+    # Redis is shared by the whole run: an earlier test's "play heet" rule goes before the
+    # replica loads its table (deleting the table does not move its version counter, so a
+    # replica that had loaded it would serve the old rule until its full re-read).
+    redis.Redis.from_url(redis_url).delete(redis_keys.rewrite_table("default"))
     proc, app_id, url = start_miner(**never)
     collector, inference = start_collector(), start_inference()
-    redis.Redis.from_url(redis_url).delete(redis_keys.rewrite_table("default"))
     with Client(f"127.0.0.1:{collector.port}", f"127.0.0.1:{inference.port}") as lw:
         lw.report(evidence(lw, range(4), stamps.now_ms()))  # 4 turns of "play heet": below 5
         states = wait_metric(url, "loopwise_miner_chain_states", {"tenant": "default"}, lambda v: v >= 3)
