@@ -44,29 +44,21 @@ class DeltaScorer:
                                     torch.from_numpy(s.dense[a:b]))
         return prob.numpy().astype(np.float64)
 
-    def learn(self, a: int, b: int) -> None:
+    def learn(self, rows: slice | np.ndarray) -> None:
+        """One step on these stream rows, labels at once, weight 1."""
         s = self.stream
         assert s.sparse is not None and s.dense is not None
-        label = s.label.reshape(-1)[a:b]
-        self.dt.learn(s.sparse[a:b], s.dense[a:b], label, np.ones(len(label), dtype=np.float32))
+        label = s.label.reshape(-1)[rows]
+        self.dt.learn(s.sparse[rows], s.dense[rows], label, np.ones(len(label), dtype=np.float32))
 
-    def rebase(self, version: str, production: Any, relearn_after_ms: int | None, times: np.ndarray,
-               upto: int, block: int) -> None:
-        """Build on ``version`` and learn again the rows before ``upto`` newer than
-        ``relearn_after_ms`` (the version's newest training example; ``times`` per row)."""
+    def rebase(self, version: str, production: Any, relearn: np.ndarray, block: int) -> None:
+        """Build on ``version`` and learn the stream rows ``relearn`` again, ``block`` requests' worth a step."""
         self.dt.rebase(version, production, self.stream.spec)
         if self.dt.model is None:
             raise RuntimeError(f"no deltas on {version}: {self.dt.why_not}")
-        if relearn_after_ms is None:
-            return
-        rows = np.flatnonzero(times[:upto] > relearn_after_ms)
-        k = self.stream.k
-        for start in range(0, len(rows), block * k):
-            part = rows[start:start + block * k]
-            s = self.stream
-            assert s.sparse is not None and s.dense is not None
-            label = s.label.reshape(-1)[part]
-            self.dt.learn(s.sparse[part], s.dense[part], label, np.ones(len(part), dtype=np.float32))
+        step = block * self.stream.k
+        for start in range(0, len(relearn), step):
+            self.learn(relearn[start:start + step])
 
 
 def run_inprocess(stream: Stream, parent: bytes, every: int, trainer: Any, say: Callable[[str], None] = print,
@@ -83,7 +75,7 @@ def run_inprocess(stream: Stream, parent: bytes, every: int, trainer: Any, say: 
         dt = make()
         if dt is not None:
             deltas = DeltaScorer(stream, dt)
-            deltas.rebase("v1", trainer.production, None, trainer.row_times(stream), 0, delta_block)
+            deltas.rebase("v1", trainer.production, np.zeros(0, dtype=np.int64), delta_block)
     block = delta_block if deltas is not None else every
     current, trained_to, steps = 1, 0, 0
     for start in range(0, stream.n, block):
@@ -93,7 +85,7 @@ def run_inprocess(stream: Stream, parent: bytes, every: int, trainer: Any, say: 
                                                                                   stream.dense[a:b])
         version[start:stop] = current
         if deltas is not None:
-            deltas.learn(a, b)
+            deltas.learn(slice(a, b))
             steps += 1
         if stop == stream.n:
             break
@@ -107,9 +99,9 @@ def run_inprocess(stream: Stream, parent: bytes, every: int, trainer: Any, say: 
             scorer = OnnxScorer(artifact)
             current += 1
             info["version"] = f"v{current}"
-            if deltas is not None:
-                deltas.rebase(info["version"], trainer.production, trainer.train_until_ms(),
-                              trainer.row_times(stream), b, delta_block)
+            if deltas is not None:  # the rows it has not learned (newer than its newest training example)
+                relearn = np.flatnonzero(trainer.row_times(stream, 0, b) > trainer.train_until_ms())
+                deltas.rebase(info["version"], trainer.production, relearn, delta_block)
         trainer.stats.history.append(info)
         say(f"  after request {stop}: " + ", ".join(f"{k_}={v}" for k_, v in info.items()))
     mode = f"inprocess, deltas every {delta_block} requests" if deltas is not None else "inprocess"

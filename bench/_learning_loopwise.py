@@ -320,15 +320,16 @@ class RealTrainer:
 
         return DeltaTrainer("default", DEFAULT_MODEL, self.settings) if self.settings.deltas else None
 
-    def train_until_ms(self) -> int | None:
+    def train_until_ms(self) -> int:
         """The newest training example's time of the last run's candidate."""
-        return int(self.outcome.candidate.train_until_ms) if self.outcome is not None else None
+        assert self.outcome is not None, "no run yet"
+        return int(self.outcome.candidate.train_until_ms)
 
     @staticmethod
-    def row_times(stream: Stream) -> np.ndarray:
-        """Each stream row's time as `train_rows` gives it to the trainer (ms; requests of one
-        second apart by their index)."""
-        req = np.arange(stream.n * stream.k) // stream.k
+    def row_times(stream: Stream, start: int = 0, end: int | None = None) -> np.ndarray:
+        """Stream rows ``[start, end)``'s times as `train_rows` gives them to the trainer (ms;
+        requests of one second apart by their index)."""
+        req = np.arange(start, stream.n * stream.k if end is None else end) // stream.k
         return stream.timestamps()[req].astype(np.int64) * 1000 + req % 1000
 
     def train_rows(self, stream: Stream, end: int, new_from: int) -> tuple[bytes | None, dict[str, Any]]:
@@ -338,7 +339,7 @@ class RealTrainer:
 
         assert stream.sparse is not None and stream.dense is not None
         start = max(0, end - self.window_rows)
-        ts = self.row_times(stream)[start:end]
+        ts = self.row_times(stream, start, end)
         users = stream.users()[np.arange(start, end) // stream.k]
         data = WindowData(stream.sparse[start:end].astype(np.int64), stream.dense[start:end],
                           stream.label.reshape(-1)[start:end].astype(np.float32),

@@ -112,11 +112,15 @@ class DeltaGuard:
         s = self._served.get(error.request_id)
         if s is None or error.tenant != s.tenant:
             return False
-        at = [j for j, cid in enumerate(s.ids) if cid == error.candidate_id]  # a candidate shown twice: both
-        if not at:
+        cid = error.candidate_id
+        try:
+            i = s.ids.index(cid)
+        except ValueError:
             return False
-        if not np.isnan(s.labels[at[0]]):
+        if not np.isnan(s.labels[i]):
             return False  # delivered again (at least once): counted already
+        # a candidate shown twice has one label (the miner's, per id) at every position
+        at = i if s.ids.count(cid) == 1 else [j for j, other in enumerate(s.ids) if other == cid]
         s.labels[at] = float(error.label > 0)
         if np.isnan(s.labels).any():
             return False  # the call is judged whole, once its last candidate is labelled

@@ -17,6 +17,7 @@ from loopwise.settings import BaseSettings
 from loopwise.topics import ensure_topics
 from loopwise.v1 import learning_pb2
 
+from ..recorders import consumer_recorder
 from .test_inference import target, wait_serving
 
 LIGHT = {"emit_impressions": False, "pointer_poll_s": 30.0, "store_scan_s": 30.0}
@@ -82,23 +83,9 @@ def test_the_memory_and_the_guard_share_each_decoded_error(start_inference, brok
 
 def test_every_reader_uses_the_service_settings(start_inference, monkeypatch):
     """TLS/SASL come from the service's settings, not from the environment."""
-    from loopwise.inference import watcher
-
     monkeypatch.setenv("LOOPWISE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
     built: list[dict] = []
-
-    class Recorder:
-        def __init__(self, *args, **kwargs) -> None:
-            built.append(kwargs)
-
-        async def start(self) -> None:
-            raise RuntimeError("no broker here")
-
-        async def stop(self) -> None:
-            pass
-
-    monkeypatch.setattr(topic_reader, "AIOKafkaConsumer", Recorder)
-    monkeypatch.setattr(watcher, "AIOKafkaConsumer", Recorder, raising=False)
+    monkeypatch.setattr(topic_reader, "AIOKafkaConsumer", consumer_recorder(built))
     service = start_inference(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="svc",
                               kafka_sasl_password="pw", emit_impressions=False)
     wait_serving(target(service))

@@ -18,6 +18,8 @@ from loopwise.inference.topic_reader import TopicReader
 from loopwise.settings import BaseSettings
 from loopwise.v1 import learning_pb2
 
+from ..recorders import consumer_recorder
+
 
 def record(value: bytes, timestamp: int = 0) -> SimpleNamespace:
     return SimpleNamespace(value=value, timestamp=timestamp)
@@ -64,18 +66,7 @@ def test_the_guard_passes_over_errors_of_calls_it_does_not_remember():
 def test_a_topic_reader_uses_its_service_settings_not_the_environment(monkeypatch):
     monkeypatch.setenv("LOOPWISE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
     built: list[dict] = []
-
-    class Recorder:
-        def __init__(self, **kwargs) -> None:
-            built.append(kwargs)
-
-        async def start(self) -> None:
-            raise RuntimeError("no broker here")
-
-        async def stop(self) -> None:
-            pass
-
-    monkeypatch.setattr(topic_reader, "AIOKafkaConsumer", Recorder)
+    monkeypatch.setattr(topic_reader, "AIOKafkaConsumer", consumer_recorder(built))
     settings = BaseSettings(kafka_bootstrap="broker:9093", kafka_security_protocol="SASL_PLAINTEXT",
                             kafka_sasl_username="svc", kafka_sasl_password="pw")
 
