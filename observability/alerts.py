@@ -221,6 +221,18 @@ ALERTS: tuple[Alert, ...] = (
         "In 10 minutes the trainer's delta steps failed or found no base that takes deltas, and none was "
         "published (loopwise_trainer_deltas_total{outcome}; its log says why: `delta step failed`, `no deltas "
         "on this version`): the model learns only through full versions, every training run's time apart."),
+    Alert(
+        "LoopwiseTrainerDeltaLoopStalled",
+        # 0: a trainer without a delta loop (LOOPWISE_DELTAS off); a trainer not scraped has no series
+        "time() - max by (instance) (loopwise_trainer_delta_loop_heartbeat_timestamp_seconds > 0)",
+        "", "5m", "warning",
+        "The delta loop of the trainer {{ $labels.instance }} has not passed for 5 minutes",
+        "The trainer's delta loop last ended a pass {{ $value | humanizeDuration }} ago "
+        "(loopwise_trainer_delta_loop_heartbeat_timestamp_seconds; a pass takes a fraction of a second, or a "
+        "send's timeout when the broker is away): a step, a send or a read of the serving pointer hangs, or the "
+        "loop died. It counts nothing meanwhile (LoopwiseTrainerDeltasStopped stays quiet), no delta goes out, "
+        "and the replicas serve their base version without what was learnt since. Restarting the trainer "
+        "starts the loop again (the replay window is on disk)."),
 )
 
 # The thresholds of the alerts whose ``expr`` is left empty above: signal > threshold.
@@ -233,6 +245,7 @@ THRESHOLDS = {
     "LoopwiseInferenceStaleRewrites": "300",
     "LoopwiseProductionRolledBack": "0",
     "LoopwiseDeltaFreshnessSlow": "5",
+    "LoopwiseTrainerDeltaLoopStalled": "300",
 }
 
 

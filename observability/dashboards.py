@@ -256,6 +256,11 @@ MODELS = Board("loopwise-models", "Loopwise / Training runs, gate and versions",
                              "production: the trainer's watchdog moved the pointer back (online AUC below the static "
                              "model's); deltas: a replica's guard dropped a delta stream back to its base version.",
                              "stat"),
+                       Chart("Since the trainer's delta loop last passed", "s",
+                             (q("time() - max by (instance) "
+                                "(loopwise_trainer_delta_loop_heartbeat_timestamp_seconds > 0)", "{{instance}}"),),
+                             "A pass takes seconds at most; one that hangs counts no delta outcome but stops "
+                             "this clock (alert LoopwiseTrainerDeltaLoopStalled above 5 minutes).", "stat"),
                    )),
                ))
 

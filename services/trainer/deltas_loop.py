@@ -16,6 +16,10 @@ the base), so a replica whose guard rolled the stream back tries it again, and t
 newest stream alone rebuilds the tables. Counted in
 ``loopwise_trainer_deltas_total{outcome}``, ``loopwise_trainer_delta_bytes_total``,
 ``loopwise_trainer_delta_sequence`` and ``loopwise_trainer_delta_step_seconds``.
+Every pass, with a step or not, ends by stamping
+``loopwise_trainer_delta_loop_heartbeat_timestamp_seconds``: a pass that never
+returns (a send or a step that hangs) counts nothing, but its heartbeat stops
+(alert LoopwiseTrainerDeltaLoopStalled).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class DeltaLoop:
         self._checked: dict[Key, float] = {}  # last look at the pointer while no example waits
         self._outbox: dict[Key, list[bytes]] = {}  # not yet acked, in sequence order
         if self.settings.deltas:
+            self.metrics.delta_heartbeat.set(time.time())  # the loop is due from now on
             for tenant in self.settings.tenants:
                 self._count_from_zero(tenant, self.settings.default_model)
 
@@ -70,6 +75,7 @@ class DeltaLoop:
         while not self.trainer._stopping.is_set():
             await asyncio.sleep(min(0.1, self.settings.trainer_delta_interval_s))
             await self.tick(time.monotonic())
+            self.metrics.delta_heartbeat.set(time.time())
 
     async def tick(self, now: float) -> None:
         """One pass over the (tenant, model)s: a step where examples wait (every interval, or at
@@ -79,15 +85,15 @@ class DeltaLoop:
         example comes."""
         s = self.settings
         for key, dt in list(self.trainers.items()):
-            if (s.trainer_delta_restream_s > 0 and not self._outbox.get(key) and dt.sequence > 0
-                    and now - dt.stream_started >= s.trainer_delta_restream_s):
-                records = await asyncio.to_thread(dt.restream)
-                if records:
-                    self._outbox[key] = records
-                    self.metrics.deltas.labels(*key, "restreamed").inc()
-            waiting = dt.waiting()
-            due = now - self._last.get(key, 0.0) >= s.trainer_delta_interval_s
             try:
+                if (s.trainer_delta_restream_s > 0 and not self._outbox.get(key) and dt.sequence > 0
+                        and now - dt.stream_started >= s.trainer_delta_restream_s):
+                    records = await asyncio.to_thread(dt.restream)
+                    if records:
+                        self._outbox[key] = records
+                        self.metrics.deltas.labels(*key, "restreamed").inc()
+                waiting = dt.waiting()
+                due = now - self._last.get(key, 0.0) >= s.trainer_delta_interval_s
                 if not self._outbox.get(key) and not waiting:
                     if now - self._checked.get(key, 0.0) >= s.trainer_delta_interval_s:
                         self._checked[key] = now

@@ -43,6 +43,9 @@ class TrainerMetrics:
         self.delta_sequence = Gauge("loopwise_trainer_delta_sequence",
                                     "Sequence of the last delta published on the current base",
                                     ["tenant", "model"], registry=r)
+        self.delta_heartbeat = Gauge("loopwise_trainer_delta_loop_heartbeat_timestamp_seconds",
+                                     "End of the delta loop's last pass, whether or not it stepped (0: no delta "
+                                     "loop, LOOPWISE_DELTAS off)", registry=r)
         self.delta_seconds = Histogram("loopwise_trainer_delta_step_seconds", "Duration of a delta step",
                                        registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.published = Gauge("loopwise_trainer_published_version",

@@ -67,10 +67,12 @@ CASES = {
          *[(f'loopwise_trainer_deltas_total{{{KEY}, outcome="{o}", instance="t"}}', "0x40")
            for o in ("published", "empty", "no_base", "failed", "restreamed")],
          *[(f'loopwise_inference_delta_example_to_applied_seconds_bucket{{le="{le}", instance="i"}}', "0x40")
-           for le in ("2", "5", "7.5", "+Inf")]],
+           for le in ("2", "5", "7.5", "+Inf")],
+         ('loopwise_trainer_delta_loop_heartbeat_timestamp_seconds{instance="t"}', "0+60x40")],
         [firing(name, "35m") for name in (
             "LoopwiseProductionRolledBack", "LoopwiseProductionRollbacksRepeated", "LoopwiseDeltaRollbacksRepeated",
-            "LoopwiseDeltaFreshnessSlow", "LoopwiseDeltasNotApplied", "LoopwiseTrainerDeltasStopped")]),
+            "LoopwiseDeltaFreshnessSlow", "LoopwiseDeltasNotApplied", "LoopwiseTrainerDeltasStopped",
+            "LoopwiseTrainerDeltaLoopStalled")]),
     "a first production rollback fires for an hour": ("1m",
         [(f'loopwise_trainer_production_rollbacks_total{{{KEY}, reason="below_static", instance="t"}}', "0x10 1x80")],
         [firing("LoopwiseProductionRolledBack", "5m"),
@@ -112,6 +114,21 @@ CASES = {
         [(f'loopwise_trainer_deltas_total{{{KEY}, outcome="failed", instance="t"}}', "0+1x40"),
          (f'loopwise_trainer_deltas_total{{{KEY}, outcome="published", instance="t"}}', "0+10x40")],
         [firing("LoopwiseTrainerDeltasStopped", "25m")]),
+    # The delta loop's heartbeat (a timestamp; time() is the evaluation time here) stops at 10m:
+    # older than 5 minutes from 16m, firing 5 minutes later. Nothing is counted meanwhile.
+    "a delta loop whose pass hangs fires, though it counts nothing": ("1m",
+        [('loopwise_trainer_delta_loop_heartbeat_timestamp_seconds{instance="t"}', "0+60x10 600x30"),
+         *[(f'loopwise_trainer_deltas_total{{{KEY}, outcome="{o}", instance="t"}}', "0x40")
+           for o in ("published", "empty", "no_base", "failed", "restreamed")]],
+        [firing("LoopwiseTrainerDeltaLoopStalled", "19m"),
+         firing("LoopwiseTrainerDeltaLoopStalled", "25m", {"instance": "t"}),
+         firing("LoopwiseTrainerDeltasStopped", "25m")]),
+    "a pass slowed for 4 minutes (a send waiting out its timeout) is quiet": ("1m",
+        [('loopwise_trainer_delta_loop_heartbeat_timestamp_seconds{instance="t"}', "0+60x10 600x3 840+60x20")],
+        [firing("LoopwiseTrainerDeltaLoopStalled", "13m"), firing("LoopwiseTrainerDeltaLoopStalled", "30m")]),
+    "a trainer without a delta loop (its heartbeat at 0) is quiet": ("1m",
+        [('loopwise_trainer_delta_loop_heartbeat_timestamp_seconds{instance="t"}', "0x40")],
+        [firing("LoopwiseTrainerDeltaLoopStalled", "35m")]),
 }
 
 

@@ -87,6 +87,7 @@ def test_the_alerts_cover_what_the_operators_watch() -> None:
         "delta freshness": ("loopwise_inference_delta_example_to_applied_seconds_bucket",),
         "deltas not applied": ('loopwise_inference_deltas_total{result="applied"}',
                                'loopwise_trainer_deltas_total{outcome=~"published"}'),
+        "a hung delta loop": ("loopwise_trainer_delta_loop_heartbeat_timestamp_seconds",),
     }
     for what, needles in watched.items():
         for needle in needles:

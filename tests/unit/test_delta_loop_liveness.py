@@ -1,0 +1,97 @@
+"""The trainer's delta loop says it is alive: `DeltaLoop.run` stamps
+``loopwise_trainer_delta_loop_heartbeat_timestamp_seconds`` after every pass, whether or
+not it stepped, so a pass that never returns (a send or a step that hangs) shows as a
+heartbeat that stops advancing (alert LoopwiseTrainerDeltaLoopStalled), even though no
+delta outcome is counted; and a pass whose restream fails is counted and the loop goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("torch")  # the trainer's extra
+
+from tests.unit.test_deltas import SETTINGS, loop_on_coldstart  # noqa: E402
+from tests.unit.test_trainer import make_examples  # noqa: E402
+
+HEARTBEAT = "loopwise_trainer_delta_loop_heartbeat_timestamp_seconds"
+DEADLINE_S = 30.0
+
+
+class HangingProducer:
+    """Its first send never returns (a broker that takes the request and never answers)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def send_and_wait(self, topic, value, key):
+        self.entered.set()
+        await asyncio.Event().wait()
+
+
+def heartbeat(trainer) -> float:
+    return trainer.metrics.registry.get_sample_value(HEARTBEAT) or 0.0
+
+
+async def advanced_past(trainer, than: float) -> float:
+    deadline = time.monotonic() + DEADLINE_S
+    while heartbeat(trainer) <= than:
+        assert time.monotonic() < deadline, f"the heartbeat stayed at {heartbeat(trainer)}"
+        await asyncio.sleep(0.01)
+    return heartbeat(trainer)
+
+
+def test_the_heartbeat_advances_while_the_loop_passes_and_stops_when_a_pass_hangs(tmp_path):
+    async def scenario() -> None:
+        loop, trainer = loop_on_coldstart(tmp_path, HangingProducer(),
+                                          dataclasses.replace(SETTINGS, trainer_delta_interval_s=0.02))
+        trainer._stopping = threading.Event()
+        task = asyncio.create_task(loop.run())
+        try:
+            # Alive with nothing to learn: no delta outcome counted, the heartbeat advances.
+            first = await advanced_past(trainer, 0.0)
+            await advanced_past(trainer, first)
+            for i, e in enumerate(make_examples(30, seed=21)):
+                loop.add("default", "ranker", e.SerializeToString(), i, i)
+            await asyncio.wait_for(trainer.producer.entered.wait(), DEADLINE_S)
+            hung = heartbeat(trainer)
+            await asyncio.sleep(0.3)  # fifteen intervals
+            assert heartbeat(trainer) == hung
+            assert not task.done()
+            assert trainer.metrics.deltas.labels("default", "ranker", "published")._value.get() == 0
+            assert trainer.metrics.deltas.labels("default", "ranker", "failed")._value.get() == 0
+        finally:
+            trainer._stopping.set()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_restream_is_counted_and_the_loop_goes_on(tmp_path):
+    class Producer:
+        def __init__(self) -> None:
+            self.sent = 0
+
+        async def send_and_wait(self, topic, value, key):
+            self.sent += 1
+
+    loop, trainer = loop_on_coldstart(tmp_path, Producer(),
+                                      dataclasses.replace(SETTINGS, trainer_delta_restream_s=30.0))
+    for i, e in enumerate(make_examples(30, seed=22)):
+        loop.add("default", "ranker", e.SerializeToString(), i, i)
+    asyncio.run(loop.tick(1_000.0))
+    dt = loop.trainers[("default", "ranker")]
+    assert trainer.producer.sent and dt.sequence > 0
+
+    def restream():
+        raise RuntimeError("restream failed")
+
+    dt.restream = restream
+    asyncio.run(loop.tick(dt.stream_started + 31))  # does not raise out of the pass
+    assert trainer.metrics.deltas.labels("default", "ranker", "failed")._value.get() == 1
+    assert trainer.metrics.deltas.labels("default", "ranker", "restreamed")._value.get() == 0
