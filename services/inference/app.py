@@ -67,7 +67,7 @@ class Inference:
                 tenant, model, version, result).inc())
         self.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=1.0,
                                              socket_connect_timeout=1.0)
-        self.emitter = (ImpressionEmitter(settings.kafka_bootstrap, settings.topics.impressions, self.metrics,
+        self.emitter = (ImpressionEmitter(settings, settings.topics.impressions, self.metrics,
                                           deadletter_topic=settings.topics.deadletter,
                                           buffer=settings.impression_buffer, batch=settings.impression_batch,
                                           compression=settings.compression, retry_s=settings.impression_retry_s,

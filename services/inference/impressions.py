@@ -16,6 +16,10 @@ full queue drops the impression and counts it). A background task builds the
   most ``retry_s`` seconds; then the records are dropped and counted
   (``undeliverable``) and the queue moves on.
 
+The producer takes its bootstrap servers and TLS/SASL arguments from the
+settings it is given (the service's: `loopwise.kafka_security.aiokafka_security`),
+never from the environment.
+
 Dead letters go to the dead-letter topic as `learning_pb2.DeadLetter`
 (``service="inference"``), like the miner's; one whose record is too large to
 travel carries the event without its impression's bulky fields.
@@ -41,6 +45,7 @@ from aiokafka import errors as kerr
 from loopwise import codec, representation, stamps
 from loopwise.kafka_security import aiokafka_security
 from loopwise.limits import MAX_EVENT_BYTES, MAX_RECORD_BYTES
+from loopwise.settings import BaseSettings
 from loopwise.v1 import events_pb2, learning_pb2
 
 from .metrics import InferenceMetrics
@@ -100,10 +105,10 @@ def skeleton(event: events_pb2.Event) -> events_pb2.Event:
 
 
 class ImpressionEmitter:
-    def __init__(self, bootstrap: str, topic: str, metrics: InferenceMetrics, *, deadletter_topic: str,
+    def __init__(self, settings: BaseSettings, topic: str, metrics: InferenceMetrics, *, deadletter_topic: str,
                  buffer: int = 10_000, batch: int = 500, compression: str = "zstd", retry_s: float = 30.0,
                  on_degraded: Callable[[bool], Any] | None = None) -> None:
-        self.bootstrap = bootstrap
+        self.settings = settings
         self.topic = topic
         self.deadletter_topic = deadletter_topic
         self.metrics = metrics
@@ -157,11 +162,11 @@ class ImpressionEmitter:
         """A started producer; keeps trying (the bounded queue holds, then drops, the impressions)."""
         delay = 0.2
         while True:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
+            producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
                                         compression_type=self.compression, linger_ms=5,
                                         enable_idempotence=False, request_timeout_ms=10_000,
                                         max_request_size=MAX_RECORD_BYTES, client_id="loopwise-inference",
-                                        **aiokafka_security())
+                                        **aiokafka_security(self.settings))
             try:
                 await producer.start()
                 return producer

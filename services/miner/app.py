@@ -79,7 +79,7 @@ def create_app(settings: MinerSettings | None = None) -> Miner:
     metrics = MinerMetrics()
     positions = ReadPositions(consumer_highwater(app))
     metrics.consumer_lag.source = positions.lag
-    outbox = Outbox(settings.kafka_bootstrap)
+    outbox = Outbox(settings)
     reformulation = ReformulationAgents(app, settings, metrics, topics, tables, positions)
     attribution = AttributionAgents(app, settings, metrics, topics, tables, positions, outbox,
                                     DeadLetters(topics.deadletter, metrics))

@@ -9,7 +9,9 @@ the `Outbox` collects one agent batch's records, groups them by partition
 request stay together and co-partitioned with the inputs), appends them to
 aiokafka record batches and awaits every acknowledgement in `Outbox.flush` —
 which the agent calls before its input offsets can be committed, so a crash
-re-reads and re-sends (same deterministic ids), never skips.
+re-reads and re-sends (same deterministic ids), never skips. Its producer takes
+the bootstrap servers and TLS/SASL arguments from the miner's settings, never
+from the environment.
 
 `DeadLetters` sends a record the miner cannot use, with its reason and where
 it was read, to ``loopwise.deadletter.v1`` through the Faust producer (flushed
@@ -28,6 +30,7 @@ from aiokafka.partitioner import murmur2
 
 from loopwise import stamps
 from loopwise.kafka_security import aiokafka_security
+from loopwise.settings import BaseSettings
 from loopwise.v1 import learning_pb2
 
 from .metrics import MinerMetrics
@@ -38,9 +41,10 @@ log = logging.getLogger(__name__)
 class Outbox:
     """Output records added during a batch, produced and acknowledged by `flush`."""
 
-    def __init__(self, bootstrap: str, *, linger_ms: int = 0, max_batch_bytes: int = 1 << 20,
+    def __init__(self, settings: BaseSettings, *, linger_ms: int = 0, max_batch_bytes: int = 1 << 20,
                  request_timeout_ms: int = 30_000) -> None:
-        self._config = dict(bootstrap_servers=bootstrap, acks="all", linger_ms=linger_ms,
+        self.settings = settings
+        self._config = dict(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=linger_ms,
                             max_batch_size=max_batch_bytes, request_timeout_ms=request_timeout_ms)
         self.producer: AIOKafkaProducer | None = None  # made on the running loop, at the first flush
         self._pending: dict[str, list[tuple[bytes, bytes]]] = defaultdict(list)
@@ -50,7 +54,7 @@ class Outbox:
 
     async def start(self) -> AIOKafkaProducer:
         if self.producer is None:
-            self.producer = AIOKafkaProducer(**self._config, **aiokafka_security())
+            self.producer = AIOKafkaProducer(**self._config, **aiokafka_security(self.settings))
         if not self._started:
             await self.producer.start()
             self._started = True

@@ -9,7 +9,9 @@
   end. A workaround for brokers that under-report end offsets (the local
   Tansu broker does, by whole batches, and Faust's recovery stops at the end
   offsets reported): off by default (``LOOPWISE_CHANGELOG_CATCH_UP``), on in
-  the local stack and in the tests that run a miner on Tansu.
+  the local stack and in the tests that run a miner on Tansu. Its consumer
+  takes the bootstrap servers and TLS/SASL arguments from the miner's
+  settings, never from the environment.
 - `InputRewind`: seeks the inputs back to their committed offsets once Faust's
   recovery is over. Faust (0.15) starts fetching the stream partitions while it
   completes the recovery and then clears its stream queues
@@ -34,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, TableT
 
 from loopwise.kafka_security import aiokafka_security
+from loopwise.settings import BaseSettings
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +109,12 @@ class ChangelogCatchUp:
     worker (the table is partitioned like them).
     """
 
-    def __init__(self, app: faust.App, table: TableT, inputs: tuple[str, ...], bootstrap: str,
+    def __init__(self, app: faust.App, table: TableT, inputs: tuple[str, ...], settings: BaseSettings,
                  idle_s: float) -> None:
         self.app = app
         self.table = table
         self.inputs = inputs
-        self.bootstrap = bootstrap
+        self.settings = settings
         self.idle_s = idle_s
 
     async def __call__(self) -> None:
@@ -119,8 +122,9 @@ class ChangelogCatchUp:
         partitions = sorted({tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.inputs})
         if not partitions:
             return
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                    group_id=None, auto_offset_reset="earliest", **aiokafka_security())
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+                                    group_id=None, auto_offset_reset="earliest",
+                                    **aiokafka_security(self.settings))
         await consumer.start()
         applied = 0
         try:

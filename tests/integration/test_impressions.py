@@ -19,6 +19,7 @@ from loopwise.inference.app import IMPRESSIONS_HEALTH
 from loopwise.inference.impressions import ImpressionEmitter
 from loopwise.inference.metrics import InferenceMetrics
 from loopwise.miner.settings import MinerSettings
+from loopwise.settings import BaseSettings
 from loopwise.tools.procs import free_port
 from loopwise.v1 import events_pb2, inference_pb2, inference_pb2_grpc, learning_pb2
 from loopwise.validation import Limits, check_event
@@ -100,7 +101,8 @@ def _event(request_id: str, blob: int = 0) -> tuple[bytes, bytes]:
 
 def test_a_refused_record_is_dead_lettered_and_the_rest_delivered(loop_thread, broker, topics):
     metrics = InferenceMetrics()
-    emitter = ImpressionEmitter(broker, topics.impressions, metrics, deadletter_topic=topics.deadletter)
+    emitter = ImpressionEmitter(BaseSettings(kafka_bootstrap=broker), topics.impressions, metrics,
+                                deadletter_topic=topics.deadletter)
 
     async def run():
         emitter.start()

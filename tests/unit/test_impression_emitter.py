@@ -15,6 +15,7 @@ from loopwise.inference.impressions import ImpressionEmitter
 from loopwise.inference.metrics import InferenceMetrics
 from loopwise.inference.servicer import InferenceServicer
 from loopwise.inference.settings import InferenceSettings
+from loopwise.settings import BaseSettings
 from loopwise.v1 import events_pb2, inference_pb2, learning_pb2
 
 
@@ -69,7 +70,7 @@ def record(request_id: str, blob: int = 0) -> tuple[bytes, bytes]:
 
 def emitter(producer: FakeProducer, **kwargs) -> tuple[ImpressionEmitter, list[bool]]:
     changes: list[bool] = []
-    e = ImpressionEmitter("unused:1", "imp", InferenceMetrics(), deadletter_topic="dead", retry_s=0.5,
+    e = ImpressionEmitter(BaseSettings(kafka_bootstrap="unused:1"), "imp", InferenceMetrics(), deadletter_topic="dead", retry_s=0.5,
                           on_degraded=changes.append, **kwargs)
     e._producer = producer  # as `_run` would after connecting
     e._set_degraded(False)

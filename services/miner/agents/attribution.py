@@ -82,7 +82,7 @@ class AttributionAgents:
         self.windows = Windows(self.attribution, tables.attribution, topics=topics.inputs,
                                idle_s=settings.idle_s, caught_up=positions.caught_up,
                                on_ahead=lambda _ms: metrics.clock_ahead.inc())
-        catch_up = ChangelogCatchUp(app, tables.attribution, topics.inputs, settings.kafka_bootstrap,
+        catch_up = ChangelogCatchUp(app, tables.attribution, topics.inputs, settings,
                                     settings.catch_up_idle_s) if settings.changelog_catch_up else None
         self.recovery = RecoveryGate(app, self._rebuild, catch_up, on_ready=lambda: metrics.ready.set(1),
                                      rewind=InputRewind(app, topics.inputs))

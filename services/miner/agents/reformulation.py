@@ -137,7 +137,7 @@ class ReformulationAgents:
                                 write_back=True)
 
         def catch_up(table: Any, inputs: tuple[str, ...]) -> ChangelogCatchUp | None:
-            return ChangelogCatchUp(app, table, inputs, settings.kafka_bootstrap, settings.catch_up_idle_s) \
+            return ChangelogCatchUp(app, table, inputs, settings, settings.catch_up_idle_s) \
                 if settings.changelog_catch_up else None
 
         # After each rebalance, once Faust has recovered: the inputs rewound to their committed
