@@ -9,8 +9,15 @@
   its weight, as in the ReLoop2 / DIN evaluations; groups without a defined AUC
   are skipped.
 - `paired_auc`: the AUCs of two scorers on the same labels and the DeLong
-  standard error of their difference (the online guards: inference's delta guard,
-  the trainer's production watchdog and its gate against the static model).
+  standard error of their difference (the trainer's gate against the static model).
+- `paired_call_auc`: the same comparison within calls (a (positive, negative)
+  pair counts only when both were candidates of one call), with a standard error
+  across calls (the online guards: inference's delta guard and the trainer's
+  production watchdog). A scorer whose scores move up or down over time (deltas as
+  they learn, a new version's calibration) ranks each call as well as before, but
+  its pooled AUC over a window of calls falls: pooled, it is judged on the drift.
+  `judge_auc` takes it when enough calls hold both classes, else the pooled one
+  (calls of one candidate each: nothing to rank within a call).
 
 A label above 0.5 is a positive. An AUC is undefined, and NaN, for a group
 without both classes (and for a group holding a NaN score); `gauc` is NaN when
@@ -128,3 +135,50 @@ def paired_auc(label: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, 
     d10, d01 = vb10 - va10, vb01 - va01
     var = d10.var(ddof=1) / m + d01.var(ddof=1) / n
     return float(va10.mean()), float(vb10.mean()), float(np.sqrt(max(var, 0.0)))
+
+
+def paired_call_auc(label: np.ndarray, a: np.ndarray, b: np.ndarray, call: np.ndarray, min_calls: int = 2
+                    ) -> tuple[float, float, float]:
+    """Within-call AUCs of scores ``a`` and ``b`` on the same labels (bool): each call's AUC
+    weighted by its (positive, negative) pairs, so each is the share of a call's pairs ordered
+    right; and the standard error of the difference ``b - a`` across calls (each call's
+    difference, with its weight, as one cluster); NaNs with fewer than ``min_calls`` (at least
+    2) calls holding both classes.
+
+    >>> y = np.array([1, 0, 0, 1, 0, 0], dtype=bool); call = np.array([1, 1, 1, 2, 2, 2])
+    >>> drift = np.array([.3, .2, .1, .9, .8, .7])  # each call ranked right, the second all higher
+    >>> paired_call_auc(y, drift, drift, call)[:2], round(paired_auc(y, drift, drift)[1], 4)
+    ((1.0, 1.0), 0.75)
+    """
+    a_per, _, both = grouped_auc(label, a, call)
+    b_per, _, _ = grouped_auc(label, b, call)
+    y = np.asarray(label).reshape(-1) > 0.5
+    _, gid = np.unique(np.asarray(call).reshape(-1), return_inverse=True)
+    npos = np.bincount(gid.reshape(-1), weights=y, minlength=len(both))
+    nneg = np.bincount(gid.reshape(-1), weights=~y, minlength=len(both))
+    ok = both & np.isfinite(a_per) & np.isfinite(b_per)
+    if int(ok.sum()) < max(2, min_calls):
+        return float("nan"), float("nan"), float("nan")
+    w = (npos * nneg)[ok]
+    total = w.sum()
+    auc_a, auc_b = float(w @ a_per[ok] / total), float(w @ b_per[ok] / total)
+    d = b_per[ok] - a_per[ok]
+    g = len(w)
+    var = float((w * w) @ (d - (auc_b - auc_a)) ** 2) / total ** 2 * g / (g - 1)
+    return auc_a, auc_b, float(np.sqrt(max(var, 0.0)))
+
+
+def judge_auc(label: np.ndarray, a: np.ndarray, b: np.ndarray, call: np.ndarray, min_calls: int = 10
+              ) -> tuple[float, float, float, str]:
+    """`paired_call_auc` when at least ``min_calls`` calls hold both classes, else `paired_auc`
+    on the rows pooled; and which one ("calls" or "pooled").
+
+    >>> y = np.array([1, 0, 1, 0], dtype=bool); s = np.array([.9, .1, .8, .2])
+    >>> judge_auc(y, s, s, np.arange(4))[3], judge_auc(y, s, s, np.array([1, 1, 2, 2]), min_calls=2)[3]
+    ('pooled', 'calls')
+    """
+    y = np.asarray(label).reshape(-1) > 0.5
+    within = paired_call_auc(y, a, b, call, min_calls)
+    if np.isfinite(within[0]):
+        return (*within, "calls")
+    return (*paired_auc(y, np.asarray(a, np.float64), np.asarray(b, np.float64)), "pooled")

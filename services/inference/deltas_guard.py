@@ -17,11 +17,16 @@ within calls (bench/learning.py's replay, 12,000 requests: the guard saw AUC
 streams back in two minutes, while on the final labels the calls it judged were served at
 0.71 with the deltas against 0.66 by the base).
 Every tenth of ``min_labels`` new labels the AUC of both on those labels is
-compared: a paired comparison on the same impressions, so the traffic's own
-drift cancels out. When at least ``min_labels`` are in, with both kinds of
+compared within calls (`loopwise.ranking_metrics.judge_auc`: a (positive,
+negative) pair counts when both were candidates of one call; pooled when fewer
+than 10 calls hold both classes, as with calls of one candidate): a paired
+comparison on the same impressions, so the traffic's own drift cancels out, and
+so does the deltas' own drift as they learn (they move every score; pooled over
+the window's calls, scores that rise or fall from call to call read as ranking
+worse than the base, which does not move). When at least ``min_labels`` are in, with both kinds of
 label among them (at least a tenth of ``min_labels`` each), and the deltas'
 AUC is below the base's by more than ``margin`` plus ``z`` standard errors of
-the paired difference (DeLong et al. 1988, `loopwise.ranking_metrics.paired_auc`: the judgement is
+the paired difference (across calls: the judgement is
 repeated every few labels, so chance alone must not trip it; with 200 labels
 and no such allowance, 4 of 10 delta streams on bench/learning.py --quick were
 rolled back on differences of 1-2 AUC points while deltas lifted the run's
@@ -50,7 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loopwise.ranking_metrics import paired_auc
+from loopwise.ranking_metrics import judge_auc
 from loopwise.v1 import learning_pb2
 
 from .deltas import DeltaRegistry, Snapshot
@@ -72,21 +77,24 @@ class Served:
 
 
 class _Window:
-    """The newest ``size`` labelled (base score, served score, label) triples."""
+    """The newest ``size`` labelled (base score, served score, label, call number) rows."""
 
     def __init__(self, size: int) -> None:
-        self.rows: deque[tuple[float, float, float]] = deque(maxlen=size)
+        self.rows: deque[tuple[float, float, float, int]] = deque(maxlen=size)
         self.new = 0  # labels since the last judgement
+        self.calls = 0
 
     def add(self, base: np.ndarray, served: np.ndarray, y: np.ndarray) -> None:
         """One whole call's candidates."""
-        self.rows.extend(zip(base.tolist(), served.tolist(), y.tolist(), strict=True))
+        self.calls += 1
+        self.rows.extend(zip(base.tolist(), served.tolist(), y.tolist(), [self.calls] * len(y), strict=True))
         self.new += len(y)
 
     def compare(self) -> tuple[float, float, float, int]:
-        """(AUC of the base, AUC of the deltas, standard error of their difference, positives)."""
+        """(AUC of the base, AUC of the deltas, both within calls, standard error of their
+        difference, positives)."""
         a = np.asarray(self.rows, dtype=np.float64)
-        return (*paired_auc(a[:, 2] > 0, a[:, 0], a[:, 1]), int(a[:, 2].sum()))
+        return (*judge_auc(a[:, 2] > 0, a[:, 0], a[:, 1], a[:, 3])[:3], int(a[:, 2].sum()))
 
 
 class DeltaGuard:
