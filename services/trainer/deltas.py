@@ -41,7 +41,8 @@ from loopwise.limits import MAX_RECORD_BYTES
 from loopwise.modelstore import sparse
 
 from .data import build_example_part
-from .model import Ranker, adagrad_step, from_state_bytes, init_from_coldstart, ips_loss
+from .fit import frozen_dense, learn_sparse
+from .model import Ranker, from_state_bytes, init_from_coldstart
 from .settings import TrainerSettings
 from .train import Production, crosses_of
 
@@ -160,12 +161,7 @@ class DeltaTrainer:
             log.warning("no deltas on this version", extra={"tenant": self.tenant, "model": self.model_name,
                                                            "version": version, "reason": why})
             return True
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for t in (model.fm, model.bias, model.cross):
-            if t is not None:
-                t.weight.requires_grad_(True)
-        model.set_sparse(True)
+        frozen_dense(model)
         model.train()
         self.layout = sparse.Layout.of_config(model.config)
         self._base_tables = {name: getattr(model, name).weight.detach().clone() for name in self.layout.tables()}
@@ -196,31 +192,7 @@ class DeltaTrainer:
         weights, FNW click scales or None); the mean loss. `step` encodes what it touched; an
         in-process loop (bench/learning.py) calls it directly."""
         assert self.model is not None
-        s, m = self.settings, self.model
-        n = len(label)
-        rates = {"fm": s.trainer_embedding_lr or s.trainer_lr, "bias": s.trainer_linear_lr or s.trainer_lr,
-                 "cross": s.trainer_cross_lr or s.trainer_linear_lr or s.trainer_lr}
-        initial = {"fm": s.trainer_adagrad_initial, "bias": s.trainer_adagrad_initial,
-                   "cross": s.trainer_cross_adagrad_initial}
-        tables = {"fm": (m.fm, getattr(m, "fm_acc", None)), "bias": (m.bias, getattr(m, "bias_acc", None)),
-                  "cross": (m.cross, getattr(m, "cross_acc", None))}
-        ids = torch.from_numpy(np.ascontiguousarray(sparse_ids, dtype=np.int64))
-        x = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
-        y = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))
-        w = torch.from_numpy(np.minimum(weight, s.trainer_max_weight).astype(np.float32))
-        batch, total = max(1, s.trainer_batch_size), 0.0
-        for start in range(0, n, batch):
-            rows = slice(start, start + batch)
-            logit, _ = m.logits(ids[rows], x[rows])
-            # fake-negative-mode rows: FNW-weighted
-            extra = {"fnw": torch.from_numpy(fnw[rows])} if fnw is not None and fnw[rows].any() else {}
-            loss = ips_loss(logit, y[rows], w[rows], **extra)
-            loss.backward()
-            for name, (t, acc) in tables.items():
-                if t is not None and acc is not None:
-                    adagrad_step(t.weight, acc, rates[name], initial=initial[name])
-            total += float(loss.detach()) * len(y[rows])
-        return total / max(n, 1)
+        return learn_sparse(self.model, self.settings, sparse_ids, dense, label, weight, fnw)
 
     def restream(self) -> list[bytes]:
         """Start a new stream on the same base, carrying on from the current tables: its first

@@ -13,6 +13,11 @@ settled and split by `train.train_once`):
   term on the pairs spread over the same steps.
 - CUDA with bf16 autocast when the device is a GPU; ``should_stop`` is asked
   before every step (a stopped fit reports the epochs it finished).
+
+`learn_sparse`: one pass over rows in their order on the sparse tables alone (FM,
+first-order, cross; the dense network frozen), as a delta step learns
+(`deltas.DeltaTrainer.learn`) and as a published candidate learns its holdout
+(`train.fold_recent`).
 """
 
 from __future__ import annotations
@@ -183,3 +188,46 @@ def fit(model: Ranker, train: WindowData, settings: TrainerSettings, lr: float,
     model.set_sparse(False)
     model.cpu().eval()
     return Fitted(epochs=epochs_done, final_loss=final_loss, stopped=stopped, seconds=seconds, device=str(device))
+
+
+def learn_sparse(model: Ranker, settings: TrainerSettings, sparse_ids: np.ndarray, dense: np.ndarray,
+                 label: np.ndarray, weight: np.ndarray, fnw: np.ndarray | None = None) -> float:
+    """One pass of row-wise Adagrad on the model's sparse tables (``fm``, ``bias``, ``cross``)
+    over these rows, in order, in batches of ``trainer_batch_size`` (hashed inputs, labels, IPS
+    weights, FNW click scales or None); the mean loss. The tables must take gradients and the
+    dense layers not (`frozen_dense`)."""
+    s, m = settings, model
+    n = len(label)
+    rates = {"fm": s.trainer_embedding_lr or s.trainer_lr, "bias": s.trainer_linear_lr or s.trainer_lr,
+             "cross": s.trainer_cross_lr or s.trainer_linear_lr or s.trainer_lr}
+    initial = {"fm": s.trainer_adagrad_initial, "bias": s.trainer_adagrad_initial,
+               "cross": s.trainer_cross_adagrad_initial}
+    tables = {"fm": (m.fm, getattr(m, "fm_acc", None)), "bias": (m.bias, getattr(m, "bias_acc", None)),
+              "cross": (m.cross, getattr(m, "cross_acc", None))}
+    ids = torch.from_numpy(np.ascontiguousarray(sparse_ids, dtype=np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+    y = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))
+    w = torch.from_numpy(np.minimum(weight, s.trainer_max_weight).astype(np.float32))
+    batch, total = max(1, s.trainer_batch_size), 0.0
+    for start in range(0, n, batch):
+        rows = slice(start, start + batch)
+        logit, _ = m.logits(ids[rows], x[rows])
+        # fake-negative-mode rows: FNW-weighted
+        extra = {"fnw": torch.from_numpy(fnw[rows])} if fnw is not None and fnw[rows].any() else {}
+        loss = ips_loss(logit, y[rows], w[rows], **extra)
+        loss.backward()
+        for name, (t, acc) in tables.items():
+            if t is not None and acc is not None:
+                adagrad_step(t.weight, acc, rates[name], initial=initial[name])
+        total += float(loss.detach()) * len(y[rows])
+    return total / max(n, 1)
+
+
+def frozen_dense(model: Ranker) -> None:
+    """Only the sparse tables (``fm``, ``bias``, ``cross``) take gradients, sparse ones."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for t in (model.fm, model.bias, model.cross):
+        if t is not None:
+            t.weight.requires_grad_(True)
+    model.set_sparse(True)

@@ -29,6 +29,7 @@
 | LOOPWISE_TRAINER_TOLERANCE_* | see below | how much worse than production a candidate may be |
 | LOOPWISE_TRAINER_TOLERANCE_SE | 1.0 | ... or that many standard errors of the paired difference, if larger |
 | LOOPWISE_TRAINER_CALIBRATE | true | Platt-recalibrate each candidate on its holdout (folded into its weights) before the gate |
+| LOOPWISE_TRAINER_FOLD_HOLDOUT | true | a candidate that passed the gate learns its holdout (its newest examples) on its sparse tables, in time order, before it is exported (`train.fold_recent`) |
 | LOOPWISE_TRAINER_GATE_STATIC | true | the gate also refuses a candidate whose holdout AUC is below the static (cold-start) model's (tolerance _AUC or _SE paired standard errors) |
 | LOOPWISE_TRAINER_WATCHDOG | true | production watchdog (watchdog.py): roll the pointer back when the serving version's online AUC is below the static model's |
 | LOOPWISE_TRAINER_WATCHDOG_MARGIN / _Z | 0.005 / 3.0 | ... below by more than the margin plus Z DeLong standard errors of the paired difference ... |
@@ -136,6 +137,9 @@ class TrainerSettings(BaseSettings):
     # Platt scaling of each candidate on the gate's holdout, folded into its parameters
     # (`model.Ranker.fold_calibration`): monotone, so AUC and gAUC are unchanged.
     trainer_calibrate: bool = True
+    # A candidate that passed the gate learns its holdout's rows on its sparse tables (as the
+    # deltas would once it serves) before export (`train.fold_recent`).
+    trainer_fold_holdout: bool = True
     # The gate also compares the candidate with the static cold-start model on the holdout
     # (paired DeLong standard error; `gate.evaluate`): a candidate below it is refused.
     trainer_gate_static: bool = True

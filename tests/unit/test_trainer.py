@@ -303,7 +303,9 @@ def test_publish_stores_weights_and_the_next_run_warm_starts(tmp_path):
     check_contract(onnx_bytes, SPEC, coldstart.HIDDEN_DIM)
     prod = pub.load_production(store, "default", "ranker", "v2")
     assert prod.weights is not None
-    warm = run(data, prod, SPEC, TrainerSettings(**{**FAST.__dict__, "trainer_epochs": 0,
+    # v2 learned its holdout after the gate (fold_recent): it has learned the whole window.
+    assert out.candidate.folded_rows > 0 and manifest.metrics["train_until_ms"] == data.time_ms.max()
+    warm = run(data, prod, SPEC, TrainerSettings(**{**FAST.__dict__, "trainer_epochs": 0, "trainer_incremental": False,
                                                     "trainer_tolerance_auc": 1e-9}))
     # Zero epochs from the parent's weights: the same model, so it scores exactly like production.
     assert warm.candidate.init == "warm"
@@ -490,3 +492,45 @@ def test_first_step_moves_first_order_and_cross_weights_by_their_rates():
     assert moved.max().item() == pytest.approx(3.0) and set(moved[moved > 0].round(decimals=4).tolist()) == {3.0}
     assert cand.model.bias.weight.detach().abs().max().item() == pytest.approx(0.3)
     assert cand.model.cross_acc.max().item() > 0  # the accumulator is kept with the model
+
+
+def test_a_published_candidate_learns_its_holdout_on_its_sparse_tables_after_the_gate():
+    """The gate judges the candidate on its holdout first; then (trainer_fold_holdout) its
+    sparse tables learn those rows, in time order, as the deltas would once it serves: the
+    dense network is untouched, the holdout's loss falls, and train_until_ms moves to its
+    newest row so that the deltas do not learn them again."""
+    import dataclasses
+
+    import torch
+
+    from loopwise.trainer.gate import evaluate
+    from loopwise.trainer.model import ips_loss
+    from loopwise.trainer.train import fold_recent, train_once
+
+    data = window_data(3000)
+    cold = Production("v1", coldstart.build_onnx(SPEC))
+    cand = train_once(data, cold, SPEC, FAST)
+    evaluate(cand, cold, FAST)  # calibrates, as run does before folding
+    recent = cand.recent
+    assert recent is not None and len(recent) == len(cand.holdout) > 0
+    before = {k: v.clone() for k, v in cand.model.state_dict().items()}
+    until = cand.train_until_ms
+
+    def loss() -> float:
+        with torch.no_grad():
+            logit, _ = cand.model.logits(torch.from_numpy(recent.sparse.astype(np.int64)),
+                                         torch.from_numpy(recent.dense))
+            return float(ips_loss(logit, torch.from_numpy(recent.label), torch.ones(len(recent))))
+
+    first = loss()
+    assert fold_recent(cand, FAST) == len(recent) == cand.folded_rows
+    after = cand.model.state_dict()
+    assert loss() < first
+    tables = {"fm.weight", "bias.weight", "cross.weight", "fm_acc", "bias_acc", "cross_acc"}
+    assert {k for k in after if not torch.equal(after[k], before[k])} <= tables
+    assert any(not torch.equal(after[k], before[k]) for k in ("bias.weight", "cross.weight"))
+    assert cand.train_until_ms == int(recent.time_ms.max()) > until
+    assert all(p.grad is None for p in cand.model.parameters())
+    # Off: run publishes the candidate as the gate judged it.
+    off = run(data, cold, SPEC, dataclasses.replace(FAST, trainer_fold_holdout=False))
+    assert off.publish and off.candidate.folded_rows == 0 and off.candidate.train_until_ms == until
