@@ -20,7 +20,8 @@ deltas until the next full version (logged once). A new full version
 (through the gate) replaces the base and starts a new stream: the sequence resets.
 The examples it has not learned (`requeue`: those newer than its
 ``train_until_ms``, e.g. the ones that arrived while it trained, kept in a
-history of the last ``trainer_delta_max_buffer``) wait for the next step again,
+history of the last ``trainer_delta_max_buffer``) wait for the next step again
+(up to ``trainer_delta_catchup_rows`` of them in it),
 so no example is lost to serving between a delta on the old base and the
 next full version.
 """
@@ -136,10 +137,16 @@ class DeltaTrainer:
 
     def take(self) -> list[tuple[bytes, int]]:
         """The examples for the next `step` (called on the thread that calls `add`): every fresh
-        one, then up to ``trainer_delta_every_n`` of the backlog, so a big requeue never holds
-        fresh examples back for long."""
+        one, then up to ``trainer_delta_catchup_rows`` of the backlog.
+
+        A new version's backlog is the seconds between its newest training example and its
+        announcement (~20 s of traffic at a version every 5,000 requests on bench/learning.py,
+        ~46,000 rows), and the repeated impressions they hold are most of what a delta
+        teaches. Taken ``trainer_delta_every_n`` (2,000) a step it took ~6 s to relearn (each
+        step's encoding and publishing, not its learning: a pass learns ~70,000 rows/s), and
+        the version served that long without them; in one step, one delta carries them all."""
         taken, self._examples = self._examples, []
-        for _ in range(min(len(self._backlog), self.settings.trainer_delta_every_n)):
+        for _ in range(min(len(self._backlog), self.settings.trainer_delta_catchup_rows)):
             taken.append(self._backlog.popleft())
         return taken
 

@@ -42,6 +42,7 @@
 | LOOPWISE_DELTAS | true | sparse deltas between full versions (deltas.py): steps on the sparse tables, published on loopwise.deltas.v1 |
 | LOOPWISE_TRAINER_DELTA_INTERVAL_S / _DELTA_EVERY_N | 0.1 / 2000 | a delta step every T seconds with new examples, or at N new examples (see the README: 0.1 s measured better than 0.5 s) |
 | LOOPWISE_TRAINER_DELTA_MAX_BUFFER | 100000 | examples waiting for a delta step, at most (the oldest dropped) |
+| LOOPWISE_TRAINER_DELTA_CATCHUP_ROWS | 100000 | examples a new base has not learned (requeued) taken into one delta step, at most: its catch-up in one delta |
 | LOOPWISE_TRAINER_DELTA_RESTREAM_S | 30 | a base's delta stream starts again on the same tables this often (replicas whose guard dropped it try again; 0: never) |
 """
 
@@ -161,6 +162,8 @@ class TrainerSettings(BaseSettings):
     trainer_delta_interval_s: float = 0.1
     trainer_delta_every_n: int = 2000
     trainer_delta_max_buffer: int = 100_000
+    # Requeued examples (a new base has not learned them) taken into one step, at most.
+    trainer_delta_catchup_rows: int = 100_000
     # A base's delta stream starts again (same tables, every changed row re-sent) this often:
     # replicas whose guard dropped it try again (0: never).
     trainer_delta_restream_s: float = 30.0

@@ -346,7 +346,7 @@ def test_a_new_full_version_resets_the_sequence_and_requeues_what_it_has_not_lea
     assert trainer.rebase("v3", production, SPEC) and not trainer.rebase("v3", production, SPEC)
     assert trainer.stream != stream and trainer.sequence == 0
     assert trainer.requeue() == 20
-    trainer.settings = TrainerSettings(**{**SETTINGS.__dict__, "trainer_delta_every_n": 8})
+    trainer.settings = TrainerSettings(**{**SETTINGS.__dict__, "trainer_delta_catchup_rows": 8})
     fresh = make_examples(1, seed=8)[0]
     trainer.add(fresh.SerializeToString(), 5_000, 20_000)
     # Fresh examples first, then the backlog, a bounded share per step.
@@ -358,6 +358,22 @@ def test_a_new_full_version_resets_the_sequence_and_requeues_what_it_has_not_lea
     assert trainer.step(trainer.take()).examples == 8
     last = trainer.step(trainer.take())
     assert last.examples == 4 and sparse.decode_delta(last.records[0]).first_example_ms == 0
+
+
+def test_a_new_base_relearns_its_whole_backlog_in_one_step_by_default():
+    """The seconds between a new version's newest training example and its announcement come
+    back in its first delta, not ``trainer_delta_every_n`` a step."""
+    production, _ = trained_production()
+    trainer = DeltaTrainer("default", "ranker", TrainerSettings(**{**SETTINGS.__dict__, "trainer_delta_every_n": 8}))
+    trainer.rebase("v2", production, SPEC)
+    for i, e in enumerate(make_examples(40, seed=7)):
+        trainer.add(e.SerializeToString(), 1_000 + i, 10_000 + i)
+    trainer.step(trainer.take())
+    production.manifest.metrics["train_until_ms"] = 10_009
+    trainer.rebase("v3", production, SPEC)
+    assert trainer.requeue() == 30
+    first = trainer.step(trainer.take())
+    assert first.sequence == 1 and first.examples == 30 and trainer.waiting() == 0
 
 
 def test_a_step_touching_many_rows_publishes_several_deltas_under_the_record_limit(monkeypatch):
