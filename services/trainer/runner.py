@@ -3,7 +3,8 @@
 `Runner.train_and_publish` (tenant, model): the serving version from the
 pointer (`production`), the window's inputs built with its feature spec
 (`data.PartCache`, segments built once across runs), `train.run` (train,
-gate, export, checks), then `publish.publish` when the candidate passes
+gate, the holdout and the rows that came meanwhile learned (`newer`), export,
+checks), then `publish.publish` when the candidate passes
 (store, weights, Redis pointer). It returns a `RunResult` (published,
 refused or failed), records the run's metrics and logs one ``training run``
 line; a failure is logged and counted, never raised. Announcing the result
@@ -19,15 +20,15 @@ from dataclasses import dataclass, field
 
 import redis
 
-from loopwise.features import InputBuilder
+from loopwise.features import FeatureSpec, InputBuilder
 from loopwise.modelstore import ModelStore, StoreError, coldstart, pointers, version_number
 
 from . import publish as pub
-from .data import PartCache
+from .data import PartCache, WindowData
 from .metrics import TrainerMetrics
 from .replay_buffer import ReplayBuffer
 from .settings import TrainerSettings
-from .train import Outcome, Production, run
+from .train import Outcome, Production, after, run, settle
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,12 @@ class Runner:
                       extra={"tenant": tenant, "model": model, "version": version, "error": str(exc)})
             return None
 
+    def newer(self, tenant: str, model: str, spec: FeatureSpec, since_ms: int) -> WindowData:
+        """The window's rows newer than ``since_ms`` (those that came while the run trained),
+        settled as a run's are: a passed candidate learns them before it is exported."""
+        data = self.parts.window_data(self.window, tenant, model, InputBuilder(spec))
+        return after(settle(data, self.settings.attribution_window_ms), since_ms)
+
     def train_and_publish(self, tenant: str, model: str) -> RunResult:
         m = self.metrics
         started = time.perf_counter()
@@ -81,7 +88,8 @@ class Runner:
             data = self.parts.window_data(self.window, tenant, model, InputBuilder(spec))
             m.run_seconds.labels("build").observe(time.perf_counter() - t0)
             static = self.static_model(tenant, model) if self.settings.trainer_gate_static else None
-            outcome = run(data, production, spec, self.settings, should_stop=self.should_stop, static=static)
+            outcome = run(data, production, spec, self.settings, should_stop=self.should_stop, static=static,
+                          newer=lambda since: self.newer(tenant, model, spec, since))
             for stage, seconds in outcome.timings.items():
                 m.run_seconds.labels(stage).observe(seconds)
             figures = outcome.figures()

@@ -18,8 +18,9 @@ Usage (see the README)::
 - `gate.evaluate`: candidate (torch) and production (onnxruntime) on the holdout,
   then the gate; with the static cold-start model given, a candidate whose AUC is
   below its AUC on the same holdout is refused too (`gate.against_static`).
-- `fold_recent`: a candidate that passed the gate learns its holdout on its sparse
-  tables, in time order, as the deltas would (``trainer_fold_holdout``).
+- `fold_recent`: a candidate that passed the gate learns its holdout, and the rows
+  that came while it trained, on its sparse tables, in time order, as the deltas
+  would (``trainer_fold_holdout``).
 - `run`: all of it plus ONNX export, parity and the serving contract (every weight finite).
 """
 
@@ -245,25 +246,38 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
                      stopped=fitted.stopped, train_until_ms=until, recent=recent)
 
 
-def fold_recent(candidate: Candidate, settings: TrainerSettings) -> int:
+def fold_recent(candidate: Candidate, settings: TrainerSettings,
+                newer: Callable[[int], WindowData] | None = None) -> int:
     """The candidate, once the gate has judged it on its holdout, learns the holdout's rows
-    (its newest examples) on its sparse tables, in time order, ``trainer_delta_every_n`` rows a
-    step, with the dense network frozen: as the deltas would learn them on it once it serves
-    (`deltas.DeltaTrainer.requeue`), but before it serves. Its ``train_until_ms`` moves to the
-    newest row learned, so the deltas do not learn them again. Rows learned.
+    (its newest examples), then ``newer(train_until_ms)``'s (the window's rows that came while
+    it trained, when given), on its sparse tables, in time order, ``trainer_delta_every_n``
+    rows a step, with the dense network frozen: as the deltas would learn them on it once it
+    serves (`deltas.DeltaTrainer.requeue`), but before it serves. Its ``train_until_ms`` moves
+    to the newest row learned, so the deltas do not learn them again. Rows learned.
 
     Measured on a bench/learning.py capture (16,500 requests, a version every 5,000): v3's
     newest training example was 27 s older than its announcement (the holdout, the training,
     the trainer's read lag), and the repeated (user, item) impressions those seconds hold are
     most of what a delta teaches; on v3's first 500 requests it ranked calls at 0.631 (static
     0.687) and served, with the deltas still relearning that backlog, 0.617, while v2 with its
-    deltas would have ranked them at 0.716. The same v3 having learned its holdout: 0.721."""
-    recent = candidate.recent
+    deltas would have ranked them at 0.716. The same v3 having learned its holdout: 0.721.
+    With the holdout learned, the training's own ~10-20 s still came back only through the
+    deltas, and the first ~300 requests of a version served without them."""
     model = candidate.model
-    if recent is None or not len(recent) or all(t is None for t in (model.fm, model.bias, model.cross)):
+    if all(t is None for t in (model.fm, model.bias, model.cross)):
         return 0
-    order = np.argsort(recent.time_ms, kind="stable")
-    rows = recent.take(order)
+    learned = _fold(candidate, candidate.recent, settings)
+    if newer is not None:
+        learned += _fold(candidate, newer(candidate.train_until_ms), settings)
+    candidate.folded_rows = learned
+    return learned
+
+
+def _fold(candidate: Candidate, rows: WindowData | None, settings: TrainerSettings) -> int:
+    if rows is None or not len(rows):
+        return 0
+    model = candidate.model
+    rows = rows.take(np.argsort(rows.time_ms, kind="stable"))
     fnw = rows.fnw if rows.fnw is not None and rows.fnw_rows().any() else None
     grads = [p.requires_grad for p in model.parameters()]
     sparse_mode = [t.sparse for t in model._tables()]
@@ -282,14 +296,15 @@ def fold_recent(candidate: Candidate, settings: TrainerSettings) -> int:
     model.eval()
     candidate.train_until_ms = max(candidate.train_until_ms, int(rows.time_ms.max()))
     model.train_until_ms = candidate.train_until_ms
-    candidate.folded_rows = len(rows)
     return len(rows)
 
 
 def run(data: WindowData, production: Production | None, spec: FeatureSpec, settings: TrainerSettings,
-        *, should_stop: Callable[[], bool] | None = None, static: Production | None = None) -> Outcome:
+        *, should_stop: Callable[[], bool] | None = None, static: Production | None = None,
+        newer: Callable[[int], WindowData] | None = None) -> Outcome:
     """Train, evaluate, export and check: everything but publishing (``static``: the
-    cold-start model the gate also compares with)."""
+    cold-start model the gate also compares with; ``newer``: the rows that came after a time,
+    learned with the holdout by `fold_recent`)."""
     t0 = time.perf_counter()
     candidate = train_once(data, production, spec, settings, should_stop=should_stop)
     t1 = time.perf_counter()
@@ -303,7 +318,7 @@ def run(data: WindowData, production: Production | None, spec: FeatureSpec, sett
         outcome.reason = evaluation.decision.reason
         return outcome
     if settings.trainer_fold_holdout:
-        fold_recent(candidate, settings)
+        fold_recent(candidate, settings, newer)
         outcome.timings["fold"] = time.perf_counter() - t2
         t2 = time.perf_counter()
     try:

@@ -505,6 +505,7 @@ def test_a_published_candidate_learns_its_holdout_on_its_sparse_tables_after_the
 
     from loopwise.trainer.gate import evaluate
     from loopwise.trainer.model import ips_loss
+    from loopwise.trainer.train import after as newer_than
     from loopwise.trainer.train import fold_recent, train_once
 
     data = window_data(3000)
@@ -534,3 +535,16 @@ def test_a_published_candidate_learns_its_holdout_on_its_sparse_tables_after_the
     # Off: run publishes the candidate as the gate judged it.
     off = run(data, cold, SPEC, dataclasses.replace(FAST, trainer_fold_holdout=False))
     assert off.publish and off.candidate.folded_rows == 0 and off.candidate.train_until_ms == until
+    # The rows that came while it trained (the runner's `newer`) are learned after the holdout.
+    cut = int(np.sort(data.time_ms)[2400])
+    first_part = data.take(np.flatnonzero(data.time_ms <= cut))
+    asked = []
+
+    def newer(since: int):
+        asked.append(since)
+        return newer_than(data, since)
+
+    out = run(first_part, cold, SPEC, FAST, newer=newer)
+    assert out.publish and asked == [int(first_part.time_ms.max())]
+    assert out.candidate.folded_rows == len(out.candidate.recent) + int((data.time_ms > asked[0]).sum())
+    assert out.candidate.train_until_ms == int(data.time_ms.max())
