@@ -71,10 +71,16 @@ class Runner:
                       extra={"tenant": tenant, "model": model, "version": version, "error": str(exc)})
             return None
 
-    def newer(self, tenant: str, model: str, spec: FeatureSpec, since_ms: int) -> WindowData:
+    def newer(self, tenant: str, model: str, spec: FeatureSpec, since_ms: int) -> WindowData | None:
         """The window's rows newer than ``since_ms`` (those that came while the run trained),
-        settled as a run's are: a passed candidate learns them before it is exported."""
-        data = self.parts.window_data(self.window, tenant, model, InputBuilder(spec))
+        settled as a run's are: a passed candidate learns them before it is exported. None
+        when the window cannot be read (logged; the deltas learn those rows instead)."""
+        try:
+            data = self.parts.window_data(self.window, tenant, model, InputBuilder(spec))
+        except Exception:  # noqa: BLE001 - the candidate is published without them
+            log.exception("the rows that came during the run could not be read", extra={"tenant": tenant,
+                                                                                       "model": model})
+            return None
         return after(settle(data, self.settings.attribution_window_ms), since_ms)
 
     def train_and_publish(self, tenant: str, model: str) -> RunResult:

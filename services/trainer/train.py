@@ -77,7 +77,7 @@ class Candidate:
     train_until_ms: int = 0  # time of the newest training example (the next gate's holdout starts after it)
     calibration: tuple[float, float] = (1.0, 0.0)  # (scale, shift) folded in before the gate
     recent: WindowData | None = None  # the holdout's rows as trained on (before `final_labels`)
-    folded_rows: int = 0  # rows of ``recent`` learned after the gate (`fold_recent`)
+    folded_rows: int = 0  # rows learned after the gate: ``recent`` and newer ones (`fold_recent`)
 
     @property
     def examples_per_s(self) -> float:
@@ -115,7 +115,8 @@ class Outcome:
             out[f"static_{k}"] = v
         c = self.candidate
         out.update(holdout_rows=self.evaluation.holdout_rows, train_rows=c.train_rows, train_pairs=c.train_pairs,
-                   train_until_ms=c.train_until_ms, folded_rows=c.folded_rows, epochs=c.epochs, fit_seconds=c.seconds, examples_per_s=c.examples_per_s,
+                   train_until_ms=c.train_until_ms, folded_rows=c.folded_rows, epochs=c.epochs,
+                   fit_seconds=c.seconds, examples_per_s=c.examples_per_s,
                    final_loss=c.final_loss, parity_max_abs_diff=self.parity_max_abs_diff,
                    **{f"{k}_seconds": v for k, v in self.timings.items()})
         return {k: float(v) for k, v in out.items()}
@@ -247,7 +248,7 @@ def train_once(data: WindowData, production: Production | None, spec: FeatureSpe
 
 
 def fold_recent(candidate: Candidate, settings: TrainerSettings,
-                newer: Callable[[int], WindowData] | None = None) -> int:
+                newer: Callable[[int], WindowData | None] | None = None) -> int:
     """The candidate, once the gate has judged it on its holdout, learns the holdout's rows
     (its newest examples), then ``newer(train_until_ms)``'s (the window's rows that came while
     it trained, when given), on its sparse tables, in time order, ``trainer_delta_every_n``
@@ -301,7 +302,7 @@ def _fold(candidate: Candidate, rows: WindowData | None, settings: TrainerSettin
 
 def run(data: WindowData, production: Production | None, spec: FeatureSpec, settings: TrainerSettings,
         *, should_stop: Callable[[], bool] | None = None, static: Production | None = None,
-        newer: Callable[[int], WindowData] | None = None) -> Outcome:
+        newer: Callable[[int], WindowData | None] | None = None) -> Outcome:
     """Train, evaluate, export and check: everything but publishing (``static``: the
     cold-start model the gate also compares with; ``newer``: the rows that came after a time,
     learned with the holdout by `fold_recent`)."""
