@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("torch")  # the trainer's extra
 
-from tests.unit.test_deltas import SETTINGS, loop_on_coldstart  # noqa: E402
+from tests.unit.test_deltas import SETTINGS, loop_on_coldstart, stepped_loop  # noqa: E402
 from tests.unit.test_trainer import make_examples  # noqa: E402
 
 HEARTBEAT = "loopwise_trainer_delta_loop_heartbeat_timestamp_seconds"
@@ -80,12 +80,7 @@ def test_a_failed_restream_is_counted_and_the_loop_goes_on(tmp_path):
         async def send_and_wait(self, topic, value, key):
             self.sent += 1
 
-    loop, trainer = loop_on_coldstart(tmp_path, Producer(),
-                                      dataclasses.replace(SETTINGS, trainer_delta_restream_s=30.0))
-    for i, e in enumerate(make_examples(30, seed=22)):
-        loop.add("default", "ranker", e.SerializeToString(), i, i)
-    asyncio.run(loop.tick(1_000.0))
-    dt = loop.trainers[("default", "ranker")]
+    loop, trainer, dt = stepped_loop(tmp_path, Producer(), seed=22)
     assert trainer.producer.sent and dt.sequence > 0
 
     def restream():

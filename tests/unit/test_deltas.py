@@ -426,6 +426,19 @@ def loop_on_coldstart(tmp_path, producer, settings=SETTINGS):
     return DeltaLoop(trainer), trainer
 
 
+def stepped_loop(tmp_path, producer, seed):
+    """`loop_on_coldstart` restreaming every 30 s, after one pass that stepped on 30 examples;
+    (loop, stand-in, its delta trainer)."""
+    import asyncio
+    import dataclasses
+
+    loop, trainer = loop_on_coldstart(tmp_path, producer, dataclasses.replace(SETTINGS, trainer_delta_restream_s=30.0))
+    for i, e in enumerate(make_examples(30, seed=seed)):
+        loop.add("default", "ranker", e.SerializeToString(), i, i)
+    asyncio.run(loop.tick(1_000.0))
+    return loop, trainer, loop.trainers[("default", "ranker")]
+
+
 def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
     import asyncio
 
@@ -563,7 +576,6 @@ def test_a_restreamed_base_serves_the_same_tables_and_a_rolled_back_replica_take
 
 def test_the_loop_restreams_a_base_after_its_interval(tmp_path):
     import asyncio
-    import dataclasses
 
     class Producer:
         def __init__(self):
@@ -572,12 +584,7 @@ def test_the_loop_restreams_a_base_after_its_interval(tmp_path):
         async def send_and_wait(self, topic, value, key):
             self.sent.append(sparse.decode_delta(value))
 
-    loop, trainer = loop_on_coldstart(tmp_path, Producer(),
-                                      dataclasses.replace(SETTINGS, trainer_delta_restream_s=30.0))
-    for i, e in enumerate(make_examples(30, seed=12)):
-        loop.add("default", "ranker", e.SerializeToString(), i, i)
-    asyncio.run(loop.tick(1_000.0))
-    dt = loop.trainers[("default", "ranker")]
+    loop, trainer, dt = stepped_loop(tmp_path, Producer(), seed=12)
     first = [d.stream for d in trainer.producer.sent]
     assert first and set(first) == {dt.stream}
     asyncio.run(loop.tick(dt.stream_started + 10))  # too early, nothing waits: nothing sent
