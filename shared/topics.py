@@ -6,6 +6,10 @@ import logging
 import os
 import time
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loopwise.settings import BaseSettings
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,13 @@ class Topics:
         return [getattr(self, f.name) for f in fields(self)]
 
 
-def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 4, timeout: float = 30.0) -> None:
-    """Create the topics that do not exist yet (idempotent)."""
+def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 4, timeout: float = 30.0,
+                  settings: BaseSettings | None = None) -> None:
+    """Create the topics that do not exist yet (idempotent).
+
+    The admin client's TLS and SASL arguments come from ``settings`` (a service
+    passes its own); tools and tests that give none read them from the environment.
+    """
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -63,7 +72,7 @@ def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 4, timeou
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="loopwise-admin",
                                      request_timeout_ms=10_000,
-                                     bootstrap_timeout_ms=int(max(timeout, 1.0) * 1000), **kafka_python_security())
+                                     bootstrap_timeout_ms=int(max(timeout, 1.0) * 1000), **kafka_python_security(settings))
             break
         except KafkaError:
             if time.monotonic() > deadline:

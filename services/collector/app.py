@@ -28,7 +28,7 @@ class Collector:
         self.producer = AckedProducer(settings.kafka_bootstrap, compression=settings.compression,
                                       linger_ms=settings.linger_ms,
                                       on_recreate=self.metrics.producer_recreated.inc,
-                                      on_health=lambda up: self.grpc.set_serving(up))
+                                      on_health=lambda up: self.grpc.set_serving(up), settings=settings)
         self.servicer = FeedbackServicer(settings, self.producer, self.metrics)
         service = feedback_pb2.DESCRIPTOR.services_by_name["FeedbackService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
@@ -47,7 +47,8 @@ class Collector:
         try:
             await asyncio.get_running_loop().run_in_executor(
                 None, lambda: ensure_topics(self.settings.kafka_bootstrap, names,
-                                            self.settings.topic_partitions, timeout=5.0))
+                                            self.settings.topic_partitions, timeout=5.0,
+                                            settings=self.settings))
         except Exception as exc:  # noqa: BLE001 - the broker may come later; produce will tell
             log.warning("could not ensure topics", extra={"error": repr(exc)})
         await self.grpc.set_serving(self.producer.healthy)

@@ -23,7 +23,9 @@ altogether. A fresh producer starts clean; the events a dropped producer still
 held were answered UNAVAILABLE and are retried by their clients.
 
 Every producer object is touched on one thread (the ``collector-send``
-executor), so replacing it needs no lock.
+executor), so replacing it needs no lock. Its TLS and SASL arguments come from
+the settings it is given (the collector's); benchmarks and tests that give
+none read them from the environment.
 """
 
 from __future__ import annotations
@@ -33,13 +35,16 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kafka import KafkaProducer
 from kafka import errors as kerr
 
 from loopwise.kafka_security import kafka_python_security
 from loopwise.limits import MAX_RECORD_BYTES
+
+if TYPE_CHECKING:
+    from loopwise.settings import BaseSettings
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +131,11 @@ class AckedProducer:
     def __init__(self, bootstrap: str, *, compression: str = "zstd", linger_ms: int = 2,
                  client_id: str = "loopwise-collector", on_recreate: Callable[[], Any] | None = None,
                  on_health: Callable[[bool], Awaitable[Any]] | None = None,
-                 probe_backoff_s: float = 0.5, probe_backoff_max_s: float = 5.0) -> None:
+                 probe_backoff_s: float = 0.5, probe_backoff_max_s: float = 5.0,
+                 settings: BaseSettings | None = None) -> None:
         self._config = producer_config(bootstrap, compression=compression, linger_ms=linger_ms,
                                        client_id=client_id)
+        self._settings = settings
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="collector-send")
         self._producer: KafkaProducer | None = None
         self._generation = 0
@@ -143,7 +150,7 @@ class AckedProducer:
     # -- executor thread ----------------------------------------------------------
     def _get(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = KafkaProducer(**self._config, **kafka_python_security())
+            self._producer = KafkaProducer(**self._config, **kafka_python_security(self._settings))
             self._generation += 1
         return self._producer
 

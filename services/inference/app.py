@@ -124,7 +124,8 @@ class Inference:
             try:
                 await asyncio.get_running_loop().run_in_executor(
                     None, lambda: ensure_topics(self.settings.kafka_bootstrap, names,
-                                                self.settings.topic_partitions, timeout=5.0))
+                                                self.settings.topic_partitions, timeout=5.0,
+                                                settings=self.settings))
             except Exception as exc:  # noqa: BLE001 - impressions and announcements wait for the broker; Rank does not
                 log.warning("could not ensure the topics", extra={"topics": names, "error": repr(exc)})
         if self.emitter is not None:

@@ -119,7 +119,7 @@ class Trainer:
         try:
             await loop.run_in_executor(None, lambda: ensure_topics(
                 s.kafka_bootstrap, [s.topics.examples, s.topics.preferences, s.topics.models, s.topics.deadletter,
-                                    s.topics.deltas], s.topic_partitions))
+                                    s.topics.deltas], s.topic_partitions, settings=s))
         except Exception as exc:  # noqa: BLE001 - topics may be auto-created or made by an operator
             log.warning("could not ensure the trainer's topics", extra={"error": repr(exc)})
         session_ms = int(s.kafka_session_timeout_s * 1000)

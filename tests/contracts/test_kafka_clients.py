@@ -77,3 +77,17 @@ def test_every_kafka_client_gets_the_security_arguments():
 ])
 def test_the_check_tells_a_missing_helper(source, ok):
     assert (problems(source, "x.py") == []) is ok
+
+
+# Helpers that build a kafka-python client and read the environment when given no settings
+# (for tools and tests): a service must give them its own.
+GIVEN_SETTINGS = ("ensure_topics", "AckedProducer")
+
+
+def test_services_give_their_settings_to_the_client_helpers():
+    calls = [(p, n) for p in sorted((ROOT / "services").rglob("*.py")) for n in ast.walk(ast.parse(p.read_text()))
+             if isinstance(n, ast.Call) and _name(n.func) in GIVEN_SETTINGS]
+    assert {_name(n.func) for _, n in calls} == set(GIVEN_SETTINGS)  # the walk sees them
+    missing = [f"{p.relative_to(ROOT)}:{n.lineno}: {_name(n.func)}(...)" for p, n in calls
+               if not any(k.arg == "settings" for k in n.keywords)]
+    assert not missing, "calls that would read the TLS/SASL settings from the environment:\n" + "\n".join(missing)

@@ -1,9 +1,9 @@
 """The Kafka clients a service builds outside its topic readers (inference's impression
-producer, the miner's outbox producer and its changelog catch-up consumer) take their
-bootstrap and TLS/SASL arguments from the service's settings, not from the environment:
-a service configured in code (or two in one process) must not reach the broker in
-another's clear text. Each client's constructor is replaced by a recorder that keeps its
-keyword arguments and fails to start."""
+producer, the miner's outbox producer and its changelog catch-up consumer, the
+collector's producer and its topic admin) take their bootstrap and TLS/SASL arguments
+from the service's settings, not from the environment: a service configured in code (or
+two in one process) must not reach the broker in another's clear text. Each client's
+constructor is replaced by a recorder that keeps its keyword arguments and fails to start."""
 
 from __future__ import annotations
 
@@ -11,9 +11,14 @@ import asyncio
 from collections.abc import Callable
 from types import SimpleNamespace
 
+import kafka.admin
 import pytest
 from aiokafka import TopicPartition
 
+from loopwise.collector import producer
+from loopwise.collector.app import Collector
+from loopwise.collector.producer import ProduceFailed
+from loopwise.collector.settings import CollectorSettings
 from loopwise.inference import impressions
 from loopwise.inference.impressions import ImpressionEmitter
 from loopwise.inference.metrics import InferenceMetrics
@@ -24,9 +29,9 @@ from loopwise.settings import BaseSettings
 
 from ..recorders import consumer_recorder
 
-SETTINGS = BaseSettings(kafka_bootstrap="broker:9093", kafka_security_protocol="SASL_PLAINTEXT",
-                        kafka_sasl_mechanism="SCRAM-SHA-256", kafka_sasl_username="svc",
-                        kafka_sasl_password="pw")
+SECURITY = dict(kafka_bootstrap="broker:9093", kafka_security_protocol="SASL_PLAINTEXT",
+                kafka_sasl_mechanism="SCRAM-SHA-256", kafka_sasl_username="svc", kafka_sasl_password="pw")
+SETTINGS = BaseSettings(**SECURITY)
 
 
 async def impression_producer(settings: BaseSettings, built: list[dict]) -> None:
@@ -67,3 +72,34 @@ def test_the_client_takes_its_service_settings_not_the_environment(client: str, 
     assert kwargs["bootstrap_servers"] == "broker:9093"
     assert (kwargs["security_protocol"], kwargs["sasl_mechanism"]) == ("SASL_PLAINTEXT", "SCRAM-SHA-256")
     assert (kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == ("svc", "pw")
+
+
+def test_the_collector_producer_and_topic_admin_take_its_settings(monkeypatch) -> None:
+    """kafka-python's clients connect while they are built: each recorder refuses at once."""
+    monkeypatch.setenv("LOOPWISE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    built: dict[str, list[dict]] = {"admin": [], "producer": []}
+
+    def refusing(kind: str) -> Callable:
+        def build(*args, **kwargs):
+            built[kind].append(kwargs)
+            raise RuntimeError("no broker here")
+        return build
+
+    monkeypatch.setattr(kafka.admin, "KafkaAdminClient", refusing("admin"))
+    monkeypatch.setattr(producer, "KafkaProducer", refusing("producer"))
+    settings = CollectorSettings(**SECURITY, grpc_port=0, metrics_port=-1, grace_s=0.1, drain_s=0.1)
+
+    async def run() -> None:
+        collector = Collector(settings)
+        await collector.start()  # ensure_topics: the admin is refused, the collector serves on
+        try:
+            with pytest.raises(ProduceFailed, match="no broker"):
+                await collector.producer.send_batch([("events", b"k", b"v")], timeout=5)
+        finally:
+            await collector.stop()
+
+    asyncio.run(run())
+    for kind, kwargs in ((kind, calls[0]) for kind, calls in built.items()):
+        assert kwargs["bootstrap_servers"] in ("broker:9093", ["broker:9093"]), kind
+        assert (kwargs["security_protocol"], kwargs["sasl_mechanism"]) == ("SASL_PLAINTEXT", "SCRAM-SHA-256"), kind
+        assert (kwargs["sasl_plain_username"], kwargs["sasl_plain_password"]) == ("svc", "pw"), kind
