@@ -279,7 +279,7 @@ class SparseRows(_message.Message):
     def __init__(self, table: _Optional[str] = ..., ids: _Optional[bytes] = ..., values: _Optional[bytes] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class SparseDelta(_message.Message):
-    __slots__ = ("event_id", "tenant", "model", "base_version", "stream", "sequence", "created_ms", "first_example_ms", "last_example_ms", "examples", "tables", "buckets", "fm_dim", "linear", "cross_a", "cross_b", "cross_buckets")
+    __slots__ = ("event_id", "tenant", "model", "base_version", "stream", "sequence", "created_ms", "first_example_ms", "last_example_ms", "examples", "tables", "buckets", "fm_dim", "linear", "cross_a", "cross_b", "cross_buckets", "impressions_through_ms")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +297,7 @@ class SparseDelta(_message.Message):
     CROSS_A_FIELD_NUMBER: _ClassVar[int]
     CROSS_B_FIELD_NUMBER: _ClassVar[int]
     CROSS_BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_THROUGH_MS_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     tenant: str
     model: str
@@ -314,4 +315,5 @@ class SparseDelta(_message.Message):
     cross_a: _containers.RepeatedScalarFieldContainer[int]
     cross_b: _containers.RepeatedScalarFieldContainer[int]
     cross_buckets: int
-    def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., base_version: _Optional[str] = ..., stream: _Optional[str] = ..., sequence: _Optional[int] = ..., created_ms: _Optional[int] = ..., first_example_ms: _Optional[int] = ..., last_example_ms: _Optional[int] = ..., examples: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[SparseRows, _Mapping]]] = ..., buckets: _Optional[int] = ..., fm_dim: _Optional[int] = ..., linear: _Optional[bool] = ..., cross_a: _Optional[_Iterable[int]] = ..., cross_b: _Optional[_Iterable[int]] = ..., cross_buckets: _Optional[int] = ...) -> None: ...
+    impressions_through_ms: int
+    def __init__(self, event_id: _Optional[str] = ..., tenant: _Optional[str] = ..., model: _Optional[str] = ..., base_version: _Optional[str] = ..., stream: _Optional[str] = ..., sequence: _Optional[int] = ..., created_ms: _Optional[int] = ..., first_example_ms: _Optional[int] = ..., last_example_ms: _Optional[int] = ..., examples: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[SparseRows, _Mapping]]] = ..., buckets: _Optional[int] = ..., fm_dim: _Optional[int] = ..., linear: _Optional[bool] = ..., cross_a: _Optional[_Iterable[int]] = ..., cross_b: _Optional[_Iterable[int]] = ..., cross_buckets: _Optional[int] = ..., impressions_through_ms: _Optional[int] = ...) -> None: ...
