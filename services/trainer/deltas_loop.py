@@ -20,6 +20,13 @@ Every pass, with a step or not, ends by stamping
 ``loopwise_trainer_delta_loop_heartbeat_timestamp_seconds``: a pass that never
 returns (a send or a step that hangs) counts nothing, but its heartbeat stops
 (alert LoopwiseTrainerDeltaLoopStalled).
+
+A (tenant, model) whose pass fails (a restream, a step or a send that raises) is
+counted as outcome ``failed`` and left alone for a pause that starts at
+``trainer_delta_interval_s`` and doubles with each failure in a row up to
+`BACKOFF_MAX_S`; the first pass that succeeds ends it. The first failure is
+logged with its traceback, each repeat (at most one per pause) in one line, and
+the recovery once; the other (tenant, model)s go on meanwhile.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ Key = tuple[str, str]
 # knows (its tenants' default model from the start, another at its first example), so the
 # alert rules (observability/alerts.py) see the first of each.
 OUTCOMES = ("published", "empty", "no_base", "failed", "restreamed")
+# The longest pause after failed passes of one (tenant, model), in seconds.
+BACKOFF_MAX_S = 30.0
 
 
 class DeltaLoop:
@@ -53,6 +62,7 @@ class DeltaLoop:
         self._last: dict[Key, float] = {}  # last step
         self._checked: dict[Key, float] = {}  # last look at the pointer while no example waits
         self._outbox: dict[Key, list[bytes]] = {}  # not yet acked, in sequence order
+        self._failing: dict[Key, tuple[int, float, float]] = {}  # failures in a row, pause, retry at
         if self.settings.deltas:
             self.metrics.delta_heartbeat.set(time.time())  # the loop is due from now on
             for tenant in self.settings.tenants:
@@ -82,33 +92,57 @@ class DeltaLoop:
         once at ``trainer_delta_every_n``) or deltas are unsent; where none wait, the serving
         pointer is still re-read every interval, so a new version's first deltas (the examples
         it has not learned) go out at once, before its replicas swap it in, not when the next
-        example comes."""
-        s = self.settings
+        example comes. A (tenant, model) whose last pass failed waits out its pause."""
         for key, dt in list(self.trainers.items()):
+            failing = self._failing.get(key)
+            if failing is not None and now < failing[2]:
+                continue
             try:
-                if (s.trainer_delta_restream_s > 0 and not self._outbox.get(key) and dt.sequence > 0
-                        and now - dt.stream_started >= s.trainer_delta_restream_s):
-                    records = await asyncio.to_thread(dt.restream)
-                    if records:
-                        self._outbox[key] = records
-                        self.metrics.deltas.labels(*key, "restreamed").inc()
-                waiting = dt.waiting()
-                due = now - self._last.get(key, 0.0) >= s.trainer_delta_interval_s
-                if not self._outbox.get(key) and not waiting:
-                    if now - self._checked.get(key, 0.0) >= s.trainer_delta_interval_s:
-                        self._checked[key] = now
-                        if await self.rebase(*key):
-                            await self.step(*key)
-                    continue
-                if not self._outbox.get(key) and waiting < s.trainer_delta_every_n and not due:
-                    continue
-                self._last[key] = now
-                await self.step(*key)
+                await self._pass(key, dt, now)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - logged; the next step tries again
-                log.exception("delta step failed", extra={"tenant": key[0], "model": key[1]})
-                self.metrics.deltas.labels(*key, "failed").inc()
+            except Exception as exc:  # noqa: BLE001 - logged and counted; tried again after a pause
+                self._failed(key, now, exc)
+            else:
+                if failing is not None:
+                    del self._failing[key]
+                    log.info("delta steps work again", extra={"tenant": key[0], "model": key[1],
+                                                             "failures": failing[0]})
+
+    def _failed(self, key: Key, now: float, exc: Exception) -> None:
+        """Count a failed pass and pause the (tenant, model): the interval, doubled with each
+        failure in a row up to `BACKOFF_MAX_S`."""
+        self.metrics.deltas.labels(*key, "failed").inc()
+        failures, pause, _ = self._failing.get(key, (0, 0.0, 0.0))
+        pause = min(max(pause * 2, self.settings.trainer_delta_interval_s), BACKOFF_MAX_S)
+        self._failing[key] = (failures + 1, pause, now + pause)
+        extra = {"tenant": key[0], "model": key[1], "failures": failures + 1, "retry_in_s": round(pause, 3)}
+        if failures == 0:
+            log.exception("delta step failed", extra=extra)
+        else:
+            log.warning("delta step failed again", extra={**extra, "error": repr(exc)})
+
+    async def _pass(self, key: Key, dt: DeltaTrainer, now: float) -> None:
+        """The pass of one (tenant, model): its restream when due, then its step when due."""
+        s = self.settings
+        if (s.trainer_delta_restream_s > 0 and not self._outbox.get(key) and dt.sequence > 0
+                and now - dt.stream_started >= s.trainer_delta_restream_s):
+            records = await asyncio.to_thread(dt.restream)
+            if records:
+                self._outbox[key] = records
+                self.metrics.deltas.labels(*key, "restreamed").inc()
+        waiting = dt.waiting()
+        due = now - self._last.get(key, 0.0) >= s.trainer_delta_interval_s
+        if not self._outbox.get(key) and not waiting:
+            if now - self._checked.get(key, 0.0) >= s.trainer_delta_interval_s:
+                self._checked[key] = now
+                if await self.rebase(*key):
+                    await self.step(*key)
+            return
+        if not self._outbox.get(key) and waiting < s.trainer_delta_every_n and not due:
+            return
+        self._last[key] = now
+        await self.step(*key)
 
     async def rebase(self, tenant: str, model: str) -> bool:
         """Build on the serving version if it is new (its stream at sequence 0, the examples it

@@ -2,12 +2,14 @@
 ``loopwise_trainer_delta_loop_heartbeat_timestamp_seconds`` after every pass, whether or
 not it stepped, so a pass that never returns (a send or a step that hangs) shows as a
 heartbeat that stops advancing (alert LoopwiseTrainerDeltaLoopStalled), even though no
-delta outcome is counted; and a pass whose restream fails is counted and the loop goes on."""
+delta outcome is counted; and a pass whose restream fails is counted, the loop goes on and
+tries that (tenant, model) again after a growing pause."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 import time
 
@@ -72,7 +74,10 @@ def test_the_heartbeat_advances_while_the_loop_passes_and_stops_when_a_pass_hang
     asyncio.run(scenario())
 
 
-def test_a_failed_restream_is_counted_and_the_loop_goes_on(tmp_path):
+def test_a_failed_restream_is_counted_the_loop_goes_on_and_tries_again_after_a_pause(tmp_path, caplog):
+    """A restream that keeps failing is tried a few times over 10 s of passes (every 0.1 s),
+    each try counted as failed and logged once, the first with its traceback, not once a
+    pass; once it works again the loop restreams."""
     class Producer:
         def __init__(self) -> None:
             self.sent = 0
@@ -82,11 +87,32 @@ def test_a_failed_restream_is_counted_and_the_loop_goes_on(tmp_path):
 
     loop, trainer, dt = stepped_loop(tmp_path, Producer(), seed=22)
     assert trainer.producer.sent and dt.sequence > 0
+    tries, works = [], dt.restream
 
     def restream():
+        tries.append(1)
         raise RuntimeError("restream failed")
 
+    def count(outcome: str) -> float:
+        return trainer.metrics.deltas.labels("default", "ranker", outcome)._value.get()
+
+    async def passes(start: float, n: int, until=lambda: False) -> None:
+        for i in range(n):
+            await loop.tick(start + i * 0.1)
+            if until():
+                return
+
     dt.restream = restream
-    asyncio.run(loop.tick(dt.stream_started + 31))  # does not raise out of the pass
-    assert trainer.metrics.deltas.labels("default", "ranker", "failed")._value.get() == 1
-    assert trainer.metrics.deltas.labels("default", "ranker", "restreamed")._value.get() == 0
+    start = dt.stream_started + 31
+    with caplog.at_level(logging.INFO, logger="loopwise.trainer.deltas_loop"):
+        asyncio.run(loop.tick(start))  # does not raise out of the pass
+        assert count("failed") == 1 and count("restreamed") == 0
+        asyncio.run(passes(start + 0.1, 100))
+        assert 2 <= len(tries) <= 10 and count("failed") == len(tries)
+        failed = [r for r in caplog.records if r.message.startswith("delta step failed")]
+        assert len(failed) == len(tries) and [r.exc_info is not None for r in failed] == [True] + [False] * (
+            len(tries) - 1)
+        dt.restream, sent = works, trainer.producer.sent
+        asyncio.run(passes(start + 10.1, 400, until=lambda: count("restreamed")))  # 40 s: past the longest pause
+    assert count("restreamed") == 1 and trainer.producer.sent > sent and count("failed") == len(tries)
+    assert any(r.message == "delta steps work again" for r in caplog.records)
