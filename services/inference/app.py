@@ -26,6 +26,7 @@ from .errors_reader import ErrorsReader
 from .impressions import ImpressionEmitter
 from .memory import ErrorConsumer, MemoryBank
 from .metrics import InferenceMetrics
+from .pending import PendingShows
 from .rewrites import RewriteTable
 from .servicer import InferenceServicer
 from .settings import InferenceSettings
@@ -83,12 +84,16 @@ class Inference:
                               if default.mode != "off" or any(c.mode != "off" for c in per_model.values()) else None)
         self.watcher = ModelWatcher(settings, self.store, self.model_registry, self.redis, self.metrics,
                                     on_loaded=self._model_loaded, on_swap=self._serving_version)
-        self.deltas = self.delta_consumer = self.delta_guard = None
+        self.deltas = self.delta_consumer = self.delta_guard = self.pending = None
         if settings.deltas:
+            if settings.pending_step > 0:
+                self.pending = PendingShows(settings.pending_step, settings.pending_max_age_s,
+                                            settings.pending_max_held, self.metrics)
             self.deltas = DeltaRegistry(settings.tenants, keep_bases=settings.delta_keep_bases,
                                         max_pending=settings.delta_max_pending)
             self.delta_consumer = DeltaConsumer(settings, settings.topics.deltas, self.deltas,
-                                                self.metrics, since=lambda: oldest_serving_ms(self.model_registry))
+                                                self.metrics, since=lambda: oldest_serving_ms(self.model_registry),
+                                                pending=self.pending)
             self.delta_guard = DeltaGuard(self.deltas, self.metrics, margin=settings.delta_guard_margin,
                                           z=settings.delta_guard_z,
                                           min_labels=settings.delta_guard_min_labels,
@@ -96,7 +101,7 @@ class Inference:
         self.errors = self._errors_reader()
         self._status_task: asyncio.Task | None = None
         self.servicer = InferenceServicer(settings, self.model_registry, self.emitter, self.rewrites, self.metrics,
-                                          self.memory, self.deltas, self.delta_guard)
+                                          self.memory, self.deltas, self.delta_guard, self.pending)
         service = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
         self.grpc = GrpcService(host=settings.grpc_host, port=settings.grpc_port,
                                 metrics_host=settings.metrics_host, metrics_port=settings.metrics_port,

@@ -19,6 +19,8 @@ event loop that answers `Rank`. Counted in
 its oldest example's production (``loopwise_inference_delta_example_to_applied_seconds``)
 and from its creation (``..._delta_created_to_applied_seconds``) is observed
 and logged (``delta applied``) when it was produced after the replica started.
+An applied delta covers this replica's pending shows up to its
+``impressions_through_ms`` (`pending.PendingShows.covered`).
 
 `publish_status` writes, per served (tenant, model), this replica's
 version, stream and sequence to Redis (`loopwise.redis_keys.delta_replica`,
@@ -42,6 +44,7 @@ from loopwise.settings import BaseSettings
 from .deltas import DeltaRegistry
 from .metrics import InferenceMetrics
 from .models import ModelRegistry
+from .pending import PendingShows
 from .topic_reader import TopicReader
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,8 @@ class DeltaConsumer:
     """The deltas topic into the registry (see the module doc)."""
 
     def __init__(self, settings: BaseSettings, topic: str, registry: DeltaRegistry, metrics: InferenceMetrics,
-                 since: Callable[[], int | None] | None = None) -> None:
-        self.registry, self.metrics = registry, metrics
+                 since: Callable[[], int | None] | None = None, pending: PendingShows | None = None) -> None:
+        self.registry, self.metrics, self.pending = registry, metrics, pending
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="delta-apply")
         self._started_ms = stamps.now_ms()
         self.reader = TopicReader(settings, topic, self._handle, from_start=True, name="loopwise-inference-deltas",
@@ -82,6 +85,9 @@ class DeltaConsumer:
         result, applied = self.registry.offer(delta)
         self.metrics.deltas.labels(delta.tenant, delta.model, result).inc()
         now = time.time()
+        if applied and self.pending is not None:
+            self.pending.covered(delta.tenant, delta.model, delta.base_version,
+                                 max(d.impressions_through_ms for d in applied), int(now * 1000))
         for d in applied:
             if d.created_ms < self._started_ms:
                 continue  # caught up from the topic: not a live latency

@@ -147,6 +147,15 @@ class InferenceMetrics:
         self.delta_rollbacks = Counter("loopwise_inference_delta_rollbacks_total",
                                        "Delta streams dropped back to their base version by the online guard",
                                        ["tenant", "model"], registry=r)
+        self.pending_shows = Gauge("loopwise_inference_pending_shows",
+                                   "Answered calls whose shown candidates' deltas are still pending (pending.py)",
+                                   registry=r)
+        self.pending_dropped = Counter(
+            "loopwise_inference_pending_dropped_total",
+            "Pending shows dropped, by reason: covered (a delta learned them), aged (no delta covered them "
+            "within pending_max_age_s), overflow (over pending_max_held)", ["tenant", "model", "reason"], registry=r)
+        self.pending_adjusted = Counter("loopwise_inference_pending_adjusted_total",
+                                        "Candidates scored with pending shows' steps", registry=r)
         self.delta_online_auc = Gauge(
             "loopwise_inference_delta_online_auc",
             "Online AUC over the guard's window of labelled calls scored with deltas, by scorer: "

@@ -29,6 +29,9 @@ version's probabilities by what the deltas changed in the sparse terms
 (`deltas.Snapshot.adjust`, vectorised over the candidates) before the error
 memory. The answer and the impression name the sequence (``delta_sequence``);
 calls scored with deltas are remembered for the online guard (`deltas_guard`).
+On top of live deltas, the candidates this replica showed that the deltas do
+not cover yet take the trainer's next cross-table steps at once
+(`pending.PendingShows`), and each answered call's candidates join them.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from .impressions import ImpressionEmitter
 from .memory import MemoryBank, ModelMemory
 from .metrics import InferenceMetrics
 from .models import LoadedModel, ModelRegistry
+from .pending import PendingShows
 from .rewrites import RewriteTable
 from .rewrites import response as rewrite_response
 from .settings import InferenceSettings
@@ -89,9 +93,11 @@ def _expired(context, margin_s: float) -> bool:
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, settings: InferenceSettings, model_registry: ModelRegistry, emitter: ImpressionEmitter | None,
                  rewrites: RewriteTable, metrics: InferenceMetrics, memory: MemoryBank | None = None,
-                 deltas: DeltaRegistry | None = None, guard: DeltaGuard | None = None) -> None:
+                 deltas: DeltaRegistry | None = None, guard: DeltaGuard | None = None,
+                 pending: PendingShows | None = None) -> None:
         self.settings = settings
         self.deltas = deltas
+        self.pending = pending
         self.guard = guard
         self.memory = memory
         self.model_registry = model_registry
@@ -135,10 +141,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         snap = self.deltas.serving(loaded) if self.deltas is not None else EMPTY
         start = time.perf_counter()
         if n > self.settings.offload_candidates:
-            base, hidden, compensated, own = await asyncio.get_running_loop().run_in_executor(
-                None, self._score, loaded, memory, request, snap)
+            base, hidden, compensated, own, cross = await asyncio.get_running_loop().run_in_executor(
+                None, self._score, loaded, memory, request, snap, self.pending)
         else:
-            base, hidden, compensated, own = self._score(loaded, memory, request, snap)
+            base, hidden, compensated, own, cross = self._score(loaded, memory, request, snap, self.pending)
         served = compensated if compensated is not None and memory is not None and memory.serves else base
         ranking = np.argsort(-served, kind="stable")
         self.metrics.score_seconds.observe(time.perf_counter() - start)
@@ -147,6 +153,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if compensated is not None:
             self.metrics.memory_compensation.labels(mode).observe(float(np.abs(compensated - base).mean()))
         request_id = request.request_id or uuid.uuid4().hex
+        at_ms = stamps.now_ms()  # the impression's time
+        if self.pending is not None and cross is not None:
+            self.pending.shown(tenant, loaded.model, loaded.version, snap.layout, cross, base, at_ms)
         if compensated is not None and memory is not None:  # on the event loop, like the memory's writes
             memory.shown(request_id, request.user_id, request.candidates.ids, base)
         if self.guard is not None and snap.sequence:
@@ -154,7 +163,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                                 own, served)
         if self.emitter is not None:
             self._offer_when_delivered(context, (tenant, request, request_id, loaded.model, loaded.version,
-                                                 served, ranking, hidden, stamps.now_ms(), base, compensated,
+                                                 served, ranking, hidden, at_ms, base, compensated,
                                                  snap.sequence))
         return inference_pb2.RankResponse(
             request_id=request_id, model=loaded.model, version=loaded.version, scores=served.tolist(),
@@ -181,9 +190,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     @staticmethod
     def _score(loaded: LoadedModel, memory: ModelMemory | None, request: inference_pb2.RankRequest,
-               snap: Snapshot = EMPTY) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-        """The model's probabilities (with ``snap``'s deltas), its hidden layer, the memory's
-        compensation (None without one), and the version's own probabilities."""
+               snap: Snapshot = EMPTY, pending: PendingShows | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """The model's probabilities (with ``snap``'s deltas and, on top of live deltas, the
+        pending shows' steps), its hidden layer, the memory's compensation (None without one),
+        the version's own probabilities, and the candidates' cross ids for `PendingShows.shown`
+        (None when no pending shows apply)."""
         try:
             sparse, dense = loaded.builder.build(request.user_id, request.user, request.context,
                                                  request.candidates)
@@ -191,9 +203,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise InvalidArgument(str(exc), violations=[(exc.field, str(exc))]) from None
         own, hidden = loaded.score(sparse, dense)
         prob = snap.adjust(own, sparse, loaded.sparse_base) if snap.sequence else own
+        cross = None
+        if pending is not None and snap.sequence:
+            prob, cross = pending.adjust(loaded.tenant, loaded.model, loaded.version, snap.layout, prob, sparse)
         if memory is None or hidden.ndim != 2 or hidden.shape[1] != memory.dim:
-            return prob, hidden, None, own
-        return prob, hidden, memory.compensate(prob, hidden, request.user_id, request.candidates.ids), own
+            return prob, hidden, None, own, cross
+        return (prob, hidden, memory.compensate(prob, hidden, request.user_id, request.candidates.ids), own,
+                cross)
 
     @rpc("Rewrite")
     async def Rewrite(self, request: inference_pb2.RewriteRequest, context) -> inference_pb2.RewriteResponse:  # noqa: N802

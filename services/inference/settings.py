@@ -92,6 +92,12 @@ class InferenceSettings(GrpcSettings):
     delta_guard_window: int = 1_000
     delta_guard_remember: int = 10_000  # Rank calls remembered for their labels
     # This replica's applied sequence in Redis, rewritten this often (expires after 3x).
+    # Pending shows (pending.py): on top of live deltas, the candidates this replica showed
+    # take the trainer's next cross-table steps before the deltas bring them. The step is
+    # the trainer's Adagrad rate of the cross table (trainer_cross_lr); 0: off.
+    pending_step: float = 3.0
+    pending_max_age_s: float = 10.0  # dropped when no delta covered them by then
+    pending_max_held: int = 1_000_000  # cross ids held per model (the oldest shows go first)
     delta_status_s: float = 5.0
 
     def memory_configs(self) -> tuple[MemoryConfig, dict[str, MemoryConfig]]:

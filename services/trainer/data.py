@@ -155,6 +155,7 @@ class ExamplePart:
     correction: np.ndarray  # bool
     fnw: np.ndarray  # float32: feedback_mode FAKE_NEGATIVE: `click_scale`, else 0
     skipped: int = 0
+    impression_ms: np.ndarray | None = None  # int64: the impression's time (the replica's clock)
 
 
 @dataclass
@@ -198,8 +199,9 @@ def build_example_part(builder: InputBuilder, examples: Sequence[bytes | learnin
                    field="trainer.example_key", buckets=1 << 62) if n else np.zeros(0, dtype=np.int64)
     correction = np.fromiter((e.correction for e in exs), dtype=bool, count=n)
     fnw = np.fromiter((click_scale(e) for e in exs), dtype=np.float32, count=n)
+    shown = np.fromiter((e.impression_time_ms for e in exs), dtype=np.int64, count=n)
     return ExamplePart(sparse[ok], dense[ok], label[ok], weight[ok], time_ms[ok], user[ok], key[ok],
-                       correction[ok], fnw[ok], skipped=int((~ok).sum()))
+                       correction[ok], fnw[ok], skipped=int((~ok).sum()), impression_ms=shown[ok])
 
 
 def build_pair_part(builder: InputBuilder, pairs: Sequence[bytes | learning_pb2.PreferencePair]) -> PairPart:

@@ -105,6 +105,8 @@ class DeltaTrainer:
         self.sequence = 0
         self.why_not = ""
         self.until_ms: int | None = None  # the base's newest training example
+        # the newest impression time the tables have learned (the deltas' impressions_through_ms)
+        self.impressions_through_ms = 0
         self.stream_started = 0.0  # monotonic time of the stream's start (`restream`)
         self._base_tables: dict[str, torch.Tensor] = {}  # the base's sparse tables, as loaded
         self._examples: list[tuple[bytes, int]] = []
@@ -163,6 +165,7 @@ class DeltaTrainer:
         self._base_tables = {}
         until = production.manifest.metrics.get("train_until_ms") if production and production.manifest else None
         self.until_ms = int(until) if until is not None else (model.train_until_ms if model is not None else None)
+        self.impressions_through_ms = self.until_ms or 0
         if model is None:
             self.layout = self.builder = None
             log.warning("no deltas on this version", extra={"tenant": self.tenant, "model": self.model_name,
@@ -187,6 +190,8 @@ class DeltaTrainer:
         if n == 0:
             return Step([], self.sequence, 0, 0, float("nan"))
         loss = self.learn(part.sparse, part.dense, part.label, part.weight, getattr(part, "fnw", None))
+        if part.impression_ms is not None and len(part.impression_ms):
+            self.impressions_through_ms = max(self.impressions_through_ms, int(part.impression_ms.max()))
         touched = self._touched(part.sparse)
         rows = sum(len(i) for i in touched.values())
         produced = [ms for _, ms in taken if ms > 0] or [0]
@@ -233,7 +238,8 @@ class DeltaTrainer:
                         for name, ids in chunk.items()}
             records.append(sparse.encode_delta(
                 self.tenant, self.model_name, self.base_version, self.stream, self.sequence, self.layout, rows_out,
-                first_example_ms=first_ms, last_example_ms=last_ms, examples=examples))
+                first_example_ms=first_ms, last_example_ms=last_ms, examples=examples,
+                impressions_through_ms=self.impressions_through_ms))
         return records
 
     def _chunks(self, touched: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:

@@ -174,16 +174,18 @@ class Delta:
     first_example_ms: int = 0
     examples: int = 0
     size: int = 0
+    impressions_through_ms: int = 0
 
 
 def encode_delta(tenant: str, model: str, base_version: str, stream: str, sequence: int, layout: Layout,
                  rows: Mapping[str, tuple[np.ndarray, np.ndarray]], *, first_example_ms: int = 0,
-                 last_example_ms: int = 0, examples: int = 0) -> bytes:
+                 last_example_ms: int = 0, examples: int = 0, impressions_through_ms: int = 0) -> bytes:
     """The `SparseDelta` record of ``rows`` ({table: (ids, values [n, dim])})."""
     msg = learning_pb2.SparseDelta(
         event_id=stamps.new_event_id(), tenant=tenant, model=model, base_version=base_version, stream=stream,
         sequence=sequence, created_ms=stamps.now_ms(), first_example_ms=first_example_ms,
-        last_example_ms=last_example_ms, examples=examples, buckets=layout.buckets, fm_dim=layout.fm_dim,
+        last_example_ms=last_example_ms, examples=examples, impressions_through_ms=impressions_through_ms,
+        buckets=layout.buckets, fm_dim=layout.fm_dim,
         linear=layout.linear, cross_a=list(layout.cross_a), cross_b=list(layout.cross_b),
         cross_buckets=layout.cross_buckets)
     for name, (ids, values) in rows.items():
@@ -208,7 +210,7 @@ def decode_delta(data: bytes) -> Delta:
         raise DeltaError(f"bad layout {layout}", "bad_layout")
     out = Delta(msg.tenant, msg.model, msg.base_version, msg.stream, int(msg.sequence), layout,
                 created_ms=msg.created_ms, first_example_ms=msg.first_example_ms, examples=msg.examples,
-                size=len(data))
+                size=len(data), impressions_through_ms=msg.impressions_through_ms)
     for t in msg.tables:
         if t.table not in layout.tables() or t.table in out.rows or t.dim != layout.dim(t.table):
             raise DeltaError(f"table {t.table!r} (dim {t.dim}) not in the layout or repeated", "bad_layout")

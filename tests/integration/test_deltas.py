@@ -61,7 +61,9 @@ def overlays(inference) -> dict:
 def test_a_click_on_a_new_item_raises_its_score_within_seconds(broker, redis_url, topics, model_store, loop_thread,
                                                                start_inference, tmp_path):
     ensure_topics(broker, topics.all(), 2)
-    inference = start_inference(delta_status_s=0.5)
+    # no pending shows: no miner makes these calls' impressions fake negatives here, and the
+    # late replica below must score as this one (tests/integration/test_pending.py has them)
+    inference = start_inference(delta_status_s=0.5, pending_step=0)
     wait_serving(target(inference))
     before = rank(inference)
     assert before.version == "v1" and before.delta_sequence == 0
@@ -106,7 +108,7 @@ def test_a_click_on_a_new_item_raises_its_score_within_seconds(broker, redis_url
         assert state["version"] == "v1" and not state["rolled_back"]
 
         # A replica started now catches up from the topic to the same tables.
-        late = start_inference()
+        late = start_inference(pending_step=0)
         wait_serving(target(late))
         want = overlays(inference)
         wait_for(lambda: overlays(late)["sequence"] == want["sequence"], 20, "the late replica to catch up")
