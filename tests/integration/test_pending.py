@@ -1,0 +1,84 @@
+"""Pending shows on the real stack (services/inference/pending.py): on top of live deltas,
+the candidates a replica showed are scored at once as the trainer will score them once
+their fake negatives reach it, and a delta that learned them covers them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+pytest.importorskip("torch")
+
+from loopwise.client import Client  # noqa: E402
+from loopwise.client.sync import rank_request  # noqa: E402
+from loopwise.topics import ensure_topics  # noqa: E402
+from loopwise.trainer.app import Trainer  # noqa: E402
+from loopwise.trainer.settings import TrainerSettings  # noqa: E402
+from loopwise.v1 import features_pb2, learning_pb2  # noqa: E402
+
+from .test_deltas import USER, clicks  # noqa: E402
+from .test_inference import target, wait_serving  # noqa: E402
+from .test_trainer import produce, wait_for  # noqa: E402
+
+SHOWN = ["p1", "p2", "p3"]
+
+
+def rank(inference, user_id: str = "u9"):
+    with Client(inference=target(inference)) as lw:
+        return lw.rank_raw(rank_request("default", SHOWN, user_id=user_id, user=USER, context={"hour": "20"},
+                                        features={"genre": ["Drama"] * 3, "popularity": [0.1] * 3}))
+
+
+def fake_negatives(user_id: str, at_ms: int) -> list[learning_pb2.Example]:
+    """What the miner emits for a call's candidates in the fake-negative mode."""
+    return [learning_pb2.Example(
+        example_id=f"fn-{uuid.uuid4().hex[:8]}", tenant="default", model="ranker", user_id=user_id,
+        request_id=f"req-{uuid.uuid4().hex[:8]}", candidate_id=c, label=0.0, weight=1.0, position=i + 1,
+        impression_time_ms=at_ms, label_time_ms=at_ms, feedback_mode=learning_pb2.FEEDBACK_MODE_FAKE_NEGATIVE,
+        user=features_pb2.Features(categorical={k: v for k, v in USER.items() if isinstance(v, str)},
+                                   numeric={"activity": 0.4}),
+        context=features_pb2.Features(categorical={"hour": "20"}),
+        candidate=features_pb2.Features(categorical={"genre": "Drama"}, numeric={"popularity": 0.1}))
+        for i, c in enumerate(SHOWN)]
+
+
+def sample(inference, name: str, labels: dict | None = None) -> float:
+    return inference.metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+def test_shown_candidates_are_scored_as_the_trainer_will_until_a_delta_covers_them(
+        broker, redis_url, topics, model_store, loop_thread, start_inference, tmp_path):
+    ensure_topics(broker, topics.all(), 2)
+    inference = start_inference()
+    wait_serving(target(inference))
+    trainer = loop_thread.start(lambda: Trainer(TrainerSettings(
+        kafka_bootstrap=broker, redis_url=redis_url, model_store=model_store.url, topics=topics,
+        metrics_host="127.0.0.1", metrics_port=0, topic_partitions=2, group_id=f"trainer-{uuid.uuid4().hex[:8]}",
+        data_dir=str(tmp_path / "trainer"), commit_interval_s=0.3, trainer_check_s=0.2,
+        trainer_min_examples=10**9, trainer_delta_interval_s=0.2)))
+    try:
+        produce(broker, topics.examples, clicks(5))  # another item: the stream starts
+        wait_for(lambda: rank(inference, "someone-else").delta_sequence > 0, 30, "live deltas")
+
+        first = rank(inference)  # scored with the deltas; its candidates are pending now
+        second = rank(inference)
+        assert first.delta_sequence > 0
+        assert all(b < a for a, b in zip(first.scores, second.scores, strict=True)), (first.scores, second.scores)
+        assert sample(inference, "loopwise_inference_pending_shows") >= 2
+        assert sample(inference, "loopwise_inference_pending_adjusted_total") >= 3
+        # another user's cross rows are not this user's: nothing pending (its own id moves the base a little)
+        assert list(rank(inference, "u10").scores) == pytest.approx(list(first.scores), abs=0.01)
+
+        # The miner's fake negatives for the calls reach the trainer; its delta covers the shows.
+        produce(broker, topics.examples, fake_negatives("u9", int(time.time() * 1000)))
+        labels = {"tenant": "default", "model": "ranker", "reason": "covered"}
+        wait_for(lambda: sample(inference, "loopwise_inference_pending_dropped_total", labels) >= 2, 30,
+                 "a delta that learned the shows to cover them")
+        after = rank(inference)
+        for a, b, c in zip(first.scores, second.scores, after.scores, strict=True):
+            assert c < a  # the trainer learned the negatives
+            assert abs(b - c) < abs(a - c)  # and the pending steps had moved toward what it learned
+    finally:
+        loop_thread.run(trainer.stop())
