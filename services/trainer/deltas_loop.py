@@ -23,8 +23,8 @@ returns (a send or a step that hangs) counts nothing, but its heartbeat stops
 
 A (tenant, model) whose pass fails (a restream, a step or a send that raises) is
 counted as outcome ``failed`` and left alone for a pause that starts at
-``trainer_delta_interval_s`` and doubles with each failure in a row up to
-`BACKOFF_MAX_S`; the first pass that succeeds ends it. The first failure is
+``trainer_delta_interval_s`` (at least `BACKOFF_MIN_S`) and doubles with each
+failure in a row up to `BACKOFF_MAX_S`; the first pass that succeeds ends it. The first failure is
 logged with its traceback, each repeat (at most one per pause) in one line, and
 the recovery once; the other (tenant, model)s go on meanwhile.
 """
@@ -47,7 +47,8 @@ Key = tuple[str, str]
 # knows (its tenants' default model from the start, another at its first example), so the
 # alert rules (observability/alerts.py) see the first of each.
 OUTCOMES = ("published", "empty", "no_base", "failed", "restreamed")
-# The longest pause after failed passes of one (tenant, model), in seconds.
+# The shortest and the longest pause after failed passes of one (tenant, model), in seconds.
+BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 30.0
 
 
@@ -110,11 +111,11 @@ class DeltaLoop:
                                                              "failures": failing[0]})
 
     def _failed(self, key: Key, now: float, exc: Exception) -> None:
-        """Count a failed pass and pause the (tenant, model): the interval, doubled with each
-        failure in a row up to `BACKOFF_MAX_S`."""
+        """Count a failed pass and pause the (tenant, model): the interval (at least
+        `BACKOFF_MIN_S`), doubled with each failure in a row up to `BACKOFF_MAX_S`."""
         self.metrics.deltas.labels(*key, "failed").inc()
         failures, pause, _ = self._failing.get(key, (0, 0.0, 0.0))
-        pause = min(max(pause * 2, self.settings.trainer_delta_interval_s), BACKOFF_MAX_S)
+        pause = min(max(pause * 2, self.settings.trainer_delta_interval_s, BACKOFF_MIN_S), BACKOFF_MAX_S)
         self._failing[key] = (failures + 1, pause, now + pause)
         extra = {"tenant": key[0], "model": key[1], "failures": failures + 1, "retry_in_s": round(pause, 3)}
         if failures == 0:

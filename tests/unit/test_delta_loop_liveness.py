@@ -74,10 +74,11 @@ def test_the_heartbeat_advances_while_the_loop_passes_and_stops_when_a_pass_hang
     asyncio.run(scenario())
 
 
-def test_a_failed_restream_is_counted_the_loop_goes_on_and_tries_again_after_a_pause(tmp_path, caplog):
+@pytest.mark.parametrize("interval_s", [0.1, 0.0])
+def test_a_failed_restream_is_counted_the_loop_goes_on_and_tries_again_after_a_pause(tmp_path, caplog, interval_s):
     """A restream that keeps failing is tried a few times over 10 s of passes (every 0.1 s),
     each try counted as failed and logged once, the first with its traceback, not once a
-    pass; once it works again the loop restreams."""
+    pass (a delta interval of 0 too); once it works again the loop restreams."""
     class Producer:
         def __init__(self) -> None:
             self.sent = 0
@@ -87,6 +88,7 @@ def test_a_failed_restream_is_counted_the_loop_goes_on_and_tries_again_after_a_p
 
     loop, trainer, dt = stepped_loop(tmp_path, Producer(), seed=22)
     assert trainer.producer.sent and dt.sequence > 0
+    loop.settings = dataclasses.replace(loop.settings, trainer_delta_interval_s=interval_s)
     tries, works = [], dt.restream
 
     def restream():
