@@ -6,6 +6,9 @@
 - ``loopwise_whole_versions``: the default configuration with sparse deltas off
   (``LOOPWISE_DELTAS=false``), when the trainer has that setting; without it every
   version the stack serves is a whole one and the default run is that configuration;
+- ``loopwise_no_pending`` (``--pending-ablation``): the default configuration without the
+  replicas' pending shows (``LOOPWISE_PENDING_STEP=0``: shown candidates wait for their
+  deltas like everything else), the ablation of services/inference/pending.py;
 - ``loopwise``: the run of the default configuration (the services' own defaults), the
   production configuration the JSON's ``auc_loopwise`` reports.
 """
@@ -49,9 +52,10 @@ def delta_interval_s() -> float:
     return float(TrainerSettings.__dataclass_fields__["trainer_delta_interval_s"].default)
 
 
-def configurations(feedback: str, whole_versions: bool) -> tuple[list[Config], str]:
+def configurations(feedback: str, whole_versions: bool, pending_ablation: bool = False) -> tuple[list[Config], str]:
     """The stack runs for ``--feedback-mode`` (window, fnw, both or default) and whether to add
-    the whole-versions run; and the name of the default configuration's run."""
+    the whole-versions run and the run without pending shows; and the name of the default
+    configuration's run."""
     default = default_feedback_mode()
     modes = MODES if feedback == "both" else (default if feedback == "default" else feedback,)
     runs = [Config(f"loopwise_{m}", {"LOOPWISE_FEEDBACK_MODE": m},
@@ -59,6 +63,9 @@ def configurations(feedback: str, whole_versions: bool) -> tuple[list[Config], s
     if whole_versions and deltas_setting():
         runs.append(Config("loopwise_whole_versions", {"LOOPWISE_FEEDBACK_MODE": default, "LOOPWISE_DELTAS": "false"},
                            f"feedback {default}, deltas off: whole versions only"))
+    if pending_ablation:
+        runs.append(Config("loopwise_no_pending", {"LOOPWISE_FEEDBACK_MODE": default, "LOOPWISE_PENDING_STEP": "0"},
+                           f"feedback {default}, no pending shows in the replicas"))
     main = f"loopwise_{default}" if default in modes else runs[0].name
     return runs, main
 
@@ -87,6 +94,9 @@ def freshness_keys(loopwise: str, runs: dict[str, Any], get: Callable[[str, str]
     else:
         out["auc_whole_versions"] = None
         reasons["whole_versions"] = "not run (--no-whole-versions or deltas off by default)"
+    if "loopwise_no_pending" in runs:
+        out["auc_no_pending"] = get("loopwise_no_pending", "auc")
+        out["gauc_no_pending"] = get("loopwise_no_pending", "gauc")
     inprocess = "inprocess" if loopwise == "stack" else "loopwise" if loopwise == "inprocess" else ""
     out["auc_inprocess"] = get(inprocess, "auc")
     out["gauc_inprocess"] = get(inprocess, "gauc")

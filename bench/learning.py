@@ -43,7 +43,8 @@ Learners, all scored before they learn a request's labels (progressive):
 Stack mode runs the stack once per configuration (`_learning_configs`): per feedback
 mode of the miner (``--feedback-mode both``: ``window`` and ``fnw``, fake negatives at
 once with FNW weights), plus deltas off (``loopwise_whole_versions``) when the trainer
-has sparse deltas; ``loopwise`` is the run of the services' default configuration. The
+has sparse deltas, plus pending shows off (``loopwise_no_pending``, with
+``--pending-ablation``); ``loopwise`` is the run of the services' default configuration. The
 in-process loop runs too at the same cadence (``inprocess``, labels at once: the bound
 the stack's delays are measured against; ``--no-inprocess-baseline`` skips it): versions
 every ``--retrain-every`` requests and delta steps every as many requests as the stack's
@@ -91,7 +92,8 @@ QUICK_BUCKETS = 10
 RETRAINS = 20  # default: retrain this many times over the stream
 QUICK_RETRAINS = 10
 RESULTS = Path(__file__).resolve().parent / "results"
-LEARNERS = ("static", "loopwise", "loopwise_window", "loopwise_fnw", "loopwise_whole_versions", "inprocess",
+LEARNERS = ("static", "loopwise", "loopwise_window", "loopwise_fnw", "loopwise_whole_versions",
+            "loopwise_no_pending", "inprocess",
             "shadow_loopwise", "vw", "river")
 
 
@@ -116,6 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--whole-versions", action=argparse.BooleanOptionalAction, default=True,
                    help="stack mode: also run the default configuration with sparse deltas off (when the "
                         "trainer has them)")
+    p.add_argument("--pending-ablation", action="store_true",
+                   help="stack mode: also run the default configuration without the replicas' pending shows "
+                        "(LOOPWISE_PENDING_STEP=0; auc_no_pending, gauc_no_pending)")
     p.add_argument("--inprocess-delta-block", type=int, default=10,
                    help="in-process loop: a sparse delta step every this many requests (0: whole versions only; "
                         "the stack run's baseline takes the stack's own cadence: the trainer's delta interval at "
@@ -256,7 +261,7 @@ def run_all(args: argparse.Namespace, stream: Stream, parent: bytes, every: int,
     """Every Loopwise configuration's run (stack mode: `configurations`, then the in-process
     baseline), recorded as a learner; ``loopwise``: the default configuration's."""
     if args.loopwise == "stack":
-        configs, main = configurations(args.feedback_mode, args.whole_versions)
+        configs, main = configurations(args.feedback_mode, args.whole_versions, args.pending_ablation)
     else:
         configs, main = [Config("loopwise")], "loopwise"
     runs: dict[str, LoopRun] = {}
