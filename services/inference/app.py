@@ -86,7 +86,7 @@ class Inference:
                                     on_loaded=self._model_loaded, on_swap=self._serving_version)
         self.deltas = self.delta_consumer = self.delta_guard = self.pending = None
         if settings.deltas:
-            if settings.pending_step > 0:
+            if settings.pending_step > 0 and settings.feedback_mode == "fnw":
                 self.pending = PendingShows(settings.pending_step, settings.pending_max_age_s,
                                             settings.pending_max_held, self.metrics)
             self.deltas = DeltaRegistry(settings.tenants, keep_bases=settings.delta_keep_bases,

@@ -96,6 +96,9 @@ class InferenceSettings(GrpcSettings):
     # take the trainer's next cross-table steps before the deltas bring them. The step is
     # the trainer's Adagrad rate of the cross table (trainer_cross_lr); 0: off.
     pending_step: float = 3.0
+    # The miner's feedback mode (the same LOOPWISE_FEEDBACK_MODE): pending shows mirror the
+    # trainer's fake negatives, so they apply with "fnw" only, not with "window".
+    feedback_mode: str = "fnw"
     pending_max_age_s: float = 10.0  # dropped when no delta covered them by then
     pending_max_held: int = 1_000_000  # cross ids held per model (the oldest shows go first)
     delta_status_s: float = 5.0

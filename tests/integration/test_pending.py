@@ -82,3 +82,10 @@ def test_shown_candidates_are_scored_as_the_trainer_will_until_a_delta_covers_th
             assert abs(b - c) < abs(a - c)  # and the pending steps had moved toward what it learned
     finally:
         loop_thread.run(trainer.stop())
+
+
+def test_with_the_window_feedback_mode_or_a_zero_step_no_shows_are_pending(broker, topics, start_inference):
+    ensure_topics(broker, topics.all(), 2)
+    assert start_inference().pending is not None  # the default: fnw
+    assert start_inference(feedback_mode="window").pending is None  # impressions train when their window closes
+    assert start_inference(pending_step=0).pending is None
