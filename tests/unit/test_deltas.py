@@ -439,6 +439,16 @@ def stepped_loop(tmp_path, producer, seed):
     return loop, trainer, loop.trainers[("default", "ranker")]
 
 
+def test_the_default_models_base_is_built_before_its_first_example(tmp_path):
+    import asyncio
+
+    loop, _ = loop_on_coldstart(tmp_path, producer=None)
+    dt = loop.trainers[("default", "ranker")]  # known from the start: each tenant's default model
+    assert dt.base_version == "" and dt.waiting() == 0
+    asyncio.run(loop.tick(1_000.0))  # a pass with no example: the pointer is read, the base built
+    assert dt.base_version == "v1" and dt.model is not None and dt.sequence == 0
+
+
 def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
     import asyncio
 
