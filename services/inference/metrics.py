@@ -153,7 +153,8 @@ class InferenceMetrics:
         self.pending_dropped = Counter(
             "loopwise_inference_pending_dropped_total",
             "Pending shows dropped, by reason: covered (a delta learned them), aged (no delta covered them "
-            "within pending_max_age_s), overflow (over pending_max_held)", ["tenant", "model", "reason"], registry=r)
+            "within pending_max_age_s), overflow (over pending_max_held), new_base (a new version serves: its "
+            "deltas cover them)", ["tenant", "model", "reason"], registry=r)
         self.pending_adjusted = Counter("loopwise_inference_pending_adjusted_total",
                                         "Candidates scored with pending shows' steps", registry=r)
         self.delta_online_auc = Gauge(

@@ -14,8 +14,9 @@ of what it showed that its deltas do not cover yet, and scores a candidate
 as the trainer will once they do: for each pending show of one of its cross
 rows, the fake negative's Adagrad step on that row (gradient the current
 probability; the accumulator: the squared gradients of this replica's shows
-of the row on this base that deltas covered, then the pending ones'), applied
-to the logit in order. A show is covered, and dropped, when
+of the row that deltas covered, on this base and the ones before it, as the
+trainer's accumulators go on from version to version; then the pending
+ones'), applied to the logit in order. A show is covered, and dropped, when
 an applied delta's ``impressions_through_ms`` (the newest impression its
 stream's tables learned, the base version's training included) reaches the
 show's time; at the latest after ``pending_max_age_s`` (a trainer that stopped
@@ -24,8 +25,8 @@ a version without deltas, or whose deltas the guard rolled back, serves as it
 is.
 
 What it does not know: other replicas' shows (their deltas bring them), the
-trainer's accumulator for rows the base version trained (this replica's own
-sum starts at 0 on each base, so a row the base already knew steps as if new),
+trainer's accumulator for rows trained before this replica started or on
+other replicas' shows (its own sum starts at 0, so such a row steps as if new),
 clicks (a clicked pair is a fake negative first, as in the trainer, until the
 click's positive duplicate arrives in a delta), and the factor and
 first-order tables (their steps go through the deltas only).
@@ -73,10 +74,16 @@ class PendingShows:
 
     def _book(self, tenant: str, model: str, base_version: str, layout: Layout) -> _Book:
         book = self.books.get((tenant, model))
-        if book is None or book.base_version != base_version or book.layout != layout:
+        if book is None or book.layout != layout:
             rows = layout.rows("cross")
             book = _Book(base_version, layout, np.zeros(rows, dtype=np.int32), np.zeros(rows, dtype=np.float32))
             self.books[(tenant, model)] = book
+        elif book.base_version != base_version:
+            # A new base: its deltas cover what it has not learned, so the old base's shows
+            # are no longer pending; the accumulator goes on, as the trainer's does from one
+            # version to the next (a warm start keeps each row's Adagrad state).
+            self._drop(tenant, model, book, lambda ms, b: True, "new_base")
+            book.base_version = base_version
         return book
 
     def adjust(self, tenant: str, model: str, base_version: str, layout: Layout | None, prob: np.ndarray,

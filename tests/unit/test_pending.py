@@ -76,6 +76,13 @@ def test_another_base_an_old_show_or_too_many_shows_are_not_pending():
     assert p.books[("t", "m")].held == 1
     p.covered("t", "m", "v2", through_ms=0, now_ms=2_001)  # but any delta ages the old shows out
     assert p.books[("t", "m")].held == 0
+    # A show on a new base: the old base's shows are dropped, their squared gradients stay
+    show(p, rows(7, [12]), prob, 2_100)
+    show(p, rows(7, [12]), prob, 2_200, base="v2")
+    book = p.books[("t", "m")]
+    assert book.base_version == "v2" and book.held == 1
+    again, _ = p.adjust("t", "m", "v2", LAYOUT, prob, rows(7, [12]))
+    assert -3.0 < float(logit(again)[0] - logit(prob)[0]) < 0  # no longer a first step
     for at in range(5):
         show(p, rows(7, [20 + at]), prob, 3_000 + at)
     assert p.books[("t", "m")].held == 3  # the oldest went first
