@@ -122,6 +122,8 @@ class Trainer:
                                     s.topics.deltas], s.topic_partitions, settings=s))
         except Exception as exc:  # noqa: BLE001 - topics may be auto-created or made by an operator
             log.warning("could not ensure the trainer's topics", extra={"error": repr(exc)})
+        if s.deltas:  # before the consumer: ready (an assignment seen) only once the delta bases are built
+            await self.deltas.prepare()
         session_ms = int(s.kafka_session_timeout_s * 1000)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=s.group_id, enable_auto_commit=False,

@@ -67,9 +67,10 @@ class DeltaLoop:
         if self.settings.deltas:
             self.metrics.delta_heartbeat.set(time.time())  # the loop is due from now on
             for tenant in self.settings.tenants:
-                # Known from the start, so the first passes build its base (~2-3 s: the serving
-                # version's model) before the first examples come, not after: on bench/learning.py
-                # the first delta reached serving 2.5 s (~290 requests) into the replay before.
+                # Known from the start, so its base (~2-3 s: the serving version's model) is built
+                # before the first examples come (`prepare`, before the trainer is ready), not
+                # after: on bench/learning.py the first delta reached serving 2.5 s (~290
+                # requests) into the replay before.
                 key = (tenant, self.settings.default_model)
                 self.trainers[key] = DeltaTrainer(tenant, key[1], self.settings)
                 self._count_from_zero(*key)
@@ -149,6 +150,18 @@ class DeltaLoop:
             return
         self._last[key] = now
         await self.step(*key)
+
+    async def prepare(self) -> None:
+        """Before the trainer reads examples: build the base of every (tenant, model) known so far
+        (each tenant's default model), so its first examples go out in a delta at once. A base
+        that cannot be built now (no serving version yet, a store error) is logged and left to
+        the passes."""
+        for key in list(self.trainers):
+            try:
+                await self.rebase(*key)
+            except Exception:  # noqa: BLE001 - the loop's passes try again
+                log.warning("delta base not built at start", exc_info=True,
+                            extra={"tenant": key[0], "model": key[1]})
 
     async def rebase(self, tenant: str, model: str) -> bool:
         """Build on the serving version if it is new (its stream at sequence 0, the examples it

@@ -448,6 +448,10 @@ def test_the_default_models_base_is_built_before_its_first_example(tmp_path):
     asyncio.run(loop.tick(1_000.0))  # a pass with no example: the pointer is read, the base built
     assert dt.base_version == "v1" and dt.model is not None and dt.sequence == 0
 
+    fresh, _ = loop_on_coldstart(tmp_path / "fresh", producer=None)
+    asyncio.run(fresh.prepare())  # what the trainer awaits before it reads examples
+    assert fresh.trainers[("default", "ranker")].base_version == "v1"
+
 
 def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
     import asyncio
