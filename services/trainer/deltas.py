@@ -206,6 +206,16 @@ class DeltaTrainer:
         assert self.model is not None
         return learn_sparse(self.model, self.settings, sparse_ids, dense, label, weight, fnw)
 
+    def start_stream(self) -> list[bytes]:
+        """The first delta of a stream with nothing to teach yet (no row): replicas learn at once
+        that this base's stream is live (their pending shows apply on top of it), not at the
+        first examples' step. Nothing once the stream has a delta."""
+        if self.model is None or self.layout is None or self.sequence:
+            return []
+        self.sequence += 1
+        return [sparse.encode_delta(self.tenant, self.model_name, self.base_version, self.stream, self.sequence,
+                                    self.layout, {}, impressions_through_ms=self.impressions_through_ms)]
+
     def restream(self) -> list[bytes]:
         """Start a new stream on the same base, carrying on from the current tables: its first
         deltas hold every row that differs from the base, so a replica that takes the new stream

@@ -4,7 +4,8 @@ Every new example the trainer reads also goes to the (tenant, model)'s
 `deltas.DeltaTrainer`. Every ``trainer_delta_interval_s`` with new examples (or
 at ``trainer_delta_every_n`` of them) `DeltaLoop.step` re-reads the serving
 pointer (a new version becomes the base: a new stream, the sequence reset, the
-examples it has not learned requeued; with no example waiting the pointer is
+examples it has not learned requeued, or with none a delta without rows that
+starts the stream at once, so replicas know it is live; with no example waiting the pointer is
 still re-read every interval, so those go out at once), takes one step on the sparse tables in a
 worker thread and sends its deltas on ``loopwise.deltas.v1`` (key
 ``tenant|model``, so one model's deltas keep their order). Deltas a failed
@@ -177,6 +178,8 @@ class DeltaLoop:
         await asyncio.to_thread(dt.rebase, version, production, spec)
         self._outbox.pop(key, None)  # the old base's: no replica serves it any more
         requeued = dt.requeue()
+        if not requeued:  # else the first step's delta starts the stream, with the requeued examples
+            self._outbox[key] = dt.start_stream()
         log.info("delta base", extra={"tenant": tenant, "model": model, "version": version, "stream": dt.stream,
                                       "requeued": requeued, "why_not": dt.why_not or None})
         return True
@@ -185,10 +188,9 @@ class DeltaLoop:
         """One delta step for (tenant, model) on its serving version; the last sequence published (0: none)."""
         key = (tenant, model)
         dt = self.trainers[key]
-        t = self.trainer
         await self.rebase(tenant, model)
         outbox = self._outbox.setdefault(key, [])
-        if not outbox:
+        if not outbox:  # else left by a failed send, or a stream's start: they go first, alone
             t0 = time.perf_counter()
             step = await asyncio.to_thread(dt.step, dt.take())
             self.metrics.delta_seconds.observe(time.perf_counter() - t0)
@@ -199,11 +201,16 @@ class DeltaLoop:
             log.debug("delta step", extra={"tenant": tenant, "model": model, "base": dt.base_version,
                                            "sequence": step.sequence, "examples": step.examples, "rows": step.rows,
                                            "deltas": len(step.records), "loss": round(step.loss, 5)})
+        await self._send(tenant, model, outbox)
+        return dt.sequence
+
+    async def _send(self, tenant: str, model: str, outbox: list[bytes]) -> None:
+        """Send ``outbox`` in order, each record removed once acked."""
+        t = self.trainer
         assert t.producer is not None
         while outbox:
             await t.producer.send_and_wait(self.settings.topics.deltas, outbox[0], key=f"{tenant}|{model}".encode())
             record = outbox.pop(0)
             self.metrics.deltas.labels(tenant, model, "published").inc()
             self.metrics.delta_bytes.labels(tenant, model).inc(len(record))
-        self.metrics.delta_sequence.labels(tenant, model).set(dt.sequence)
-        return dt.sequence
+        self.metrics.delta_sequence.labels(tenant, model).set(self.trainers[(tenant, model)].sequence)

@@ -442,15 +442,30 @@ def stepped_loop(tmp_path, producer, seed):
 def test_the_default_models_base_is_built_before_its_first_example(tmp_path):
     import asyncio
 
-    loop, _ = loop_on_coldstart(tmp_path, producer=None)
+    class Producer:
+        def __init__(self):
+            self.sent = []
+
+        async def send_and_wait(self, topic, value, key):
+            self.sent.append(sparse.decode_delta(value))
+
+    loop, trainer = loop_on_coldstart(tmp_path, Producer())
     dt = loop.trainers[("default", "ranker")]  # known from the start: each tenant's default model
     assert dt.base_version == "" and dt.waiting() == 0
     asyncio.run(loop.tick(1_000.0))  # a pass with no example: the pointer is read, the base built
-    assert dt.base_version == "v1" and dt.model is not None and dt.sequence == 0
+    assert dt.base_version == "v1" and dt.model is not None
+    # and with nothing to teach, the stream starts at once: a delta without rows
+    [start] = trainer.producer.sent
+    assert (start.base_version, start.stream, start.sequence, start.rows) == ("v1", dt.stream, 1, {})
+    for i, e in enumerate(make_examples(30, seed=14)):
+        loop.add("default", "ranker", e.SerializeToString(), i, i)
+    asyncio.run(loop.step("default", "ranker"))
+    assert [d.sequence for d in trainer.producer.sent] == [1, 2] and trainer.producer.sent[1].rows
 
     fresh, _ = loop_on_coldstart(tmp_path / "fresh", producer=None)
     asyncio.run(fresh.prepare())  # what the trainer awaits before it reads examples
     assert fresh.trainers[("default", "ranker")].base_version == "v1"
+    assert fresh._outbox[("default", "ranker")]  # its stream's start, sent by the first pass
 
 
 def test_a_failed_send_leaves_no_gap_in_the_sequence(tmp_path):
