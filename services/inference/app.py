@@ -83,7 +83,8 @@ class Inference:
                                             warmup_records=settings.error_memory_warmup_records)
                               if default.mode != "off" or any(c.mode != "off" for c in per_model.values()) else None)
         self.watcher = ModelWatcher(settings, self.store, self.model_registry, self.redis, self.metrics,
-                                    on_loaded=self._model_loaded, on_swap=self._serving_version)
+                                    on_loaded=self._model_loaded, on_swap=self._serving_version,
+                                    deltas_ready=self._deltas_ready)
         self.deltas = self.delta_consumer = self.delta_guard = self.pending = None
         if settings.deltas:
             if settings.pending_step > 0 and settings.feedback_mode == "fnw":
@@ -109,6 +110,13 @@ class Inference:
                                 settings=settings)
         add_service(self.grpc.server, self.servicer, service)
         self._serving = False
+
+    def _deltas_ready(self, serving: models.LoadedModel, new: models.LoadedModel) -> bool:
+        """Whether ``new`` may replace ``serving`` now: its delta stream is live here, or it has
+        nothing to wait for (no deltas here, none on the serving version, or it takes none)."""
+        if self.deltas is None or not new.takes_deltas or not self.deltas.serving(serving).sequence:
+            return True
+        return bool(self.deltas.serving(new).sequence) or self.deltas.rolled_back(new.tenant, new.model, new.version)
 
     @property
     def port(self) -> int:

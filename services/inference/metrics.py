@@ -147,6 +147,13 @@ class InferenceMetrics:
         self.delta_rollbacks = Counter("loopwise_inference_delta_rollbacks_total",
                                        "Delta streams dropped back to their base version by the online guard",
                                        ["tenant", "model"], registry=r)
+        self.swap_delta_waits = Counter(
+            "loopwise_inference_swap_delta_waits_total",
+            "Swaps that waited for the new version's first delta, by outcome: ready (it came) or timeout "
+            "(delta_swap_wait_s passed)", ["tenant", "model", "outcome"], registry=r)
+        self.swap_delta_wait_seconds = Histogram("loopwise_inference_swap_delta_wait_seconds",
+                                                 "How long a swap waited for the new version's first delta",
+                                                 registry=r, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
         self.pending_shows = Gauge("loopwise_inference_pending_shows",
                                    "Answered calls whose shown candidates' deltas are still pending (pending.py)",
                                    registry=r)

@@ -95,6 +95,9 @@ class InferenceSettings(GrpcSettings):
     # Pending shows (pending.py): on top of live deltas, the candidates this replica showed
     # take the trainer's next cross-table steps before the deltas bring them. The step is
     # the trainer's Adagrad rate of the cross table (trainer_cross_lr); 0: off.
+    # Make before break: while the serving version has live deltas, a new version replaces it
+    # once its own first delta is applied here, or after this many seconds (0: at once).
+    delta_swap_wait_s: float = 2.0
     pending_step: float = 3.0
     # The miner's feedback mode (the same LOOPWISE_FEEDBACK_MODE): pending shows mirror the
     # trainer's fake negatives, so they apply with "fnw" only, not with "window".

@@ -16,7 +16,13 @@ before. The pointer always decides.
 A changed version is loaded, checked and warmed up in a single loader thread
 (`models.load`, warmed up on the recent real inputs), then put in the model registry; requests already running keep
 the `LoadedModel` they picked up, so they finish on the old session. The
-replaced model is kept, so moving the pointer back to it swaps at once. A
+replaced model is kept, so moving the pointer back to it swaps at once.
+Make before break: while the serving version has live deltas, a new version
+that takes deltas replaces it once its own first delta is applied here (the
+trainer starts a new base's stream at once), or after ``delta_swap_wait_s``
+(2 s; 0: at once), so no call is scored by a version without the newest
+examples' deltas (counted in ``..._swap_delta_waits_total{outcome}``: ready,
+timeout). The swaps of other models wait meanwhile. A
 version that fails to load is refused: logged with its reason, counted in
 ``loopwise_inference_model_refusals_total{reason}``, the old version keeps
 serving, and it is not tried again for ``refused_retry_s`` (5 s when it was
@@ -60,8 +66,11 @@ class ModelWatcher:
     def __init__(self, settings: InferenceSettings, store: ModelStore, model_registry: models.ModelRegistry,
                  redis: aioredis.Redis, metrics: InferenceMetrics,
                  on_loaded: Callable[[], Awaitable[None]] | None = None,
-                 on_swap: Callable[[models.LoadedModel], object] | None = None) -> None:
+                 on_swap: Callable[[models.LoadedModel], object] | None = None,
+                 deltas_ready: Callable[[models.LoadedModel, models.LoadedModel], bool] | None = None) -> None:
         self.settings = settings
+        # (serving, new) -> whether a swap need not wait for the new version's deltas.
+        self.deltas_ready = deltas_ready
         # Called with each version as it starts serving (the error memory resets there).
         self.on_swap = on_swap
         self.store = store
@@ -214,6 +223,7 @@ class ModelWatcher:
             except Exception as exc:  # noqa: BLE001 - e.g. an fsspec/network error
                 self._refuse(key, version, "error", repr(exc))
                 return False
+        await self._wait_for_deltas(key, loaded)
         old = self.model_registry.put(loaded)
         if self.on_swap is not None:
             self.on_swap(loaded)
@@ -236,6 +246,27 @@ class ModelWatcher:
         if self.on_loaded is not None:
             await self.on_loaded()
         return True
+
+    async def _wait_for_deltas(self, key: Key, loaded: models.LoadedModel) -> None:
+        """Make before break: while the serving version has live deltas, ``loaded`` replaces it
+        once its own delta stream is live here (``deltas_ready``), or after
+        ``delta_swap_wait_s``; the old version and its deltas serve meanwhile."""
+        current, ready, wait_s = self.model_registry.get(*key), self.deltas_ready, self.settings.delta_swap_wait_s
+        if ready is None or wait_s <= 0 or current is None or ready(current, loaded):
+            return
+        start = time.monotonic()
+        outcome = "timeout"
+        while time.monotonic() - start < wait_s and not self._stopping:
+            await asyncio.sleep(0.01)
+            if ready(current, loaded):
+                outcome = "ready"
+                break
+        waited = time.monotonic() - start
+        self.metrics.swap_delta_waits.labels(*key, outcome).inc()
+        self.metrics.swap_delta_wait_seconds.observe(waited)
+        log.log(logging.INFO if outcome == "ready" else logging.WARNING, "swap waited for the new version's deltas",
+                extra={"tenant": key[0], "model": key[1], "version": loaded.version, "outcome": outcome,
+                       "waited_s": round(waited, 3)})
 
     def _refuse(self, key: Key, version: str, reason: str, message: str) -> None:
         tenant, model = key

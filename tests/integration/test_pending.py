@@ -89,3 +89,52 @@ def test_with_the_window_feedback_mode_or_a_zero_step_no_shows_are_pending(broke
     assert start_inference().pending is not None  # the default: fnw
     assert start_inference(feedback_mode="window").pending is None  # impressions train when their window closes
     assert start_inference(pending_step=0).pending is None
+
+
+def test_a_new_version_replaces_one_with_live_deltas_only_once_its_own_deltas_are_live(
+        broker, redis_url, topics, model_store, coldstart_onnx, loop_thread, start_inference, tmp_path):
+    """Make before break: no answer names the new version without a delta sequence."""
+    import threading
+
+    import redis
+
+    from loopwise import redis_keys
+    from loopwise.modelstore import coldstart, pointers
+
+    client = redis.Redis.from_url(redis_url)
+    client.delete(redis_keys.model_pointer("default", "ranker"), redis_keys.model_history("default", "ranker"))
+    ensure_topics(broker, topics.all(), 2)
+    inference = start_inference(delta_swap_wait_s=10.0)
+    wait_serving(target(inference))
+    trainer = loop_thread.start(lambda: Trainer(TrainerSettings(
+        kafka_bootstrap=broker, redis_url=redis_url, model_store=model_store.url, topics=topics,
+        metrics_host="127.0.0.1", metrics_port=0, topic_partitions=2, group_id=f"trainer-{uuid.uuid4().hex[:8]}",
+        data_dir=str(tmp_path / "trainer"), commit_interval_s=0.3, trainer_check_s=0.2,
+        trainer_min_examples=10**9, trainer_delta_interval_s=0.2)))
+    answers: list[tuple[str, int]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            r = rank(inference, "u11")
+            answers.append((r.version, r.delta_sequence))
+
+    thread = threading.Thread(target=hammer, daemon=True)
+    try:
+        produce(broker, topics.examples, clicks(5))
+        wait_for(lambda: rank(inference, "someone-else").delta_sequence > 0, 30, "live deltas on v1")
+        thread.start()
+        v2 = model_store.publish("default", "ranker", coldstart_onnx, feature_spec=coldstart.DEFAULT_SPEC,
+                                 hidden_dim=coldstart.HIDDEN_DIM, parent_version="v1", source="test").version
+        pointers.move(model_store, client, "default", "ranker", v2, "promoted", serving="v1")
+        wait_for(lambda: any(v == v2 for v, _ in answers[-5:]), 30, "the new version to serve")
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(10)
+        loop_thread.run(trainer.stop())
+        client.delete(redis_keys.model_pointer("default", "ranker"), redis_keys.model_history("default", "ranker"))
+    on_v2 = [seq for v, seq in answers if v == v2]
+    assert on_v2 and min(on_v2) >= 1, on_v2[:10]  # its own stream was live before its first answer
+    assert sample(inference, "loopwise_inference_swap_delta_waits_total",
+                  {"tenant": "default", "model": "ranker", "outcome": "ready"}) == 1
