@@ -72,22 +72,20 @@ class DeltaLoop:
                 # before the first examples come (`prepare`, before the trainer is ready), not
                 # after: on bench/learning.py the first delta reached serving 2.5 s (~290
                 # requests) into the replay before.
-                key = (tenant, self.settings.default_model)
-                self.trainers[key] = DeltaTrainer(tenant, key[1], self.settings)
-                self._count_from_zero(*key)
+                self._trainer(tenant, self.settings.default_model)
 
-    def _count_from_zero(self, tenant: str, model: str) -> None:
-        for outcome in OUTCOMES:
-            self.metrics.deltas.labels(tenant, model, outcome)
+    def _trainer(self, tenant: str, model: str) -> DeltaTrainer:
+        """The (tenant, model)'s delta trainer, made (its outcomes counted from zero) when new."""
+        dt = self.trainers.get((tenant, model))
+        if dt is None:
+            dt = self.trainers[(tenant, model)] = DeltaTrainer(tenant, model, self.settings)
+            for outcome in OUTCOMES:
+                self.metrics.deltas.labels(tenant, model, outcome)
+        return dt
 
     def add(self, tenant: str, model: str, value: bytes, produced_ms: int, time_ms: int) -> None:
         """A new example (on the event loop)."""
-        key = (tenant, model)
-        dt = self.trainers.get(key)
-        if dt is None:
-            dt = self.trainers[key] = DeltaTrainer(tenant, model, self.settings)
-            self._count_from_zero(tenant, model)
-        dt.add(value, produced_ms, time_ms)
+        self._trainer(tenant, model).add(value, produced_ms, time_ms)
 
     async def run(self) -> None:
         while not self.trainer._stopping.is_set():

@@ -52,6 +52,15 @@ def clicks(n: int) -> list[learning_pb2.Example]:
         for i in range(n)]
 
 
+def start_delta_trainer(loop_thread, broker, redis_url, topics, model_store, tmp_path) -> Trainer:
+    """A running trainer that never trains a full version here: deltas only, a step every 0.2 s."""
+    return loop_thread.start(lambda: Trainer(TrainerSettings(
+        kafka_bootstrap=broker, redis_url=redis_url, model_store=model_store.url, topics=topics,
+        metrics_host="127.0.0.1", metrics_port=0, topic_partitions=2, group_id=f"trainer-{uuid.uuid4().hex[:8]}",
+        data_dir=str(tmp_path / "trainer"), commit_interval_s=0.3, trainer_check_s=0.2,
+        trainer_min_examples=10**9, trainer_delta_interval_s=0.2)))
+
+
 def overlays(inference) -> dict:
     snap = inference.deltas.snapshot("default", "ranker", "v1")
     return {"sequence": snap.sequence, "stream": snap.stream,
@@ -67,12 +76,7 @@ def test_a_click_on_a_new_item_raises_its_score_within_seconds(broker, redis_url
     wait_serving(target(inference))
     before = rank(inference)
     assert before.version == "v1" and before.delta_sequence == 0
-    trainer = loop_thread.start(lambda: Trainer(TrainerSettings(
-        kafka_bootstrap=broker, redis_url=redis_url, model_store=model_store.url, topics=topics,
-        metrics_host="127.0.0.1", metrics_port=0, topic_partitions=2, group_id=f"trainer-{uuid.uuid4().hex[:8]}",
-        data_dir=str(tmp_path / "trainer"), commit_interval_s=0.3, trainer_check_s=0.2,
-        trainer_min_examples=10**9,  # no full version in this test: deltas only
-        trainer_delta_interval_s=0.2)))
+    trainer = start_delta_trainer(loop_thread, broker, redis_url, topics, model_store, tmp_path)
     try:
         produce(broker, topics.examples, clicks(20))
         started = time.monotonic()

@@ -14,11 +14,9 @@ pytest.importorskip("torch")
 from loopwise.client import Client  # noqa: E402
 from loopwise.client.sync import rank_request  # noqa: E402
 from loopwise.topics import ensure_topics  # noqa: E402
-from loopwise.trainer.app import Trainer  # noqa: E402
-from loopwise.trainer.settings import TrainerSettings  # noqa: E402
 from loopwise.v1 import features_pb2, learning_pb2  # noqa: E402
 
-from .test_deltas import USER, clicks  # noqa: E402
+from .test_deltas import USER, clicks, start_delta_trainer  # noqa: E402
 from .test_inference import target, wait_serving  # noqa: E402
 from .test_trainer import produce, wait_for  # noqa: E402
 
@@ -53,11 +51,7 @@ def test_shown_candidates_are_scored_as_the_trainer_will_until_a_delta_covers_th
     ensure_topics(broker, topics.all(), 2)
     inference = start_inference()
     wait_serving(target(inference))
-    trainer = loop_thread.start(lambda: Trainer(TrainerSettings(
-        kafka_bootstrap=broker, redis_url=redis_url, model_store=model_store.url, topics=topics,
-        metrics_host="127.0.0.1", metrics_port=0, topic_partitions=2, group_id=f"trainer-{uuid.uuid4().hex[:8]}",
-        data_dir=str(tmp_path / "trainer"), commit_interval_s=0.3, trainer_check_s=0.2,
-        trainer_min_examples=10**9, trainer_delta_interval_s=0.2)))
+    trainer = start_delta_trainer(loop_thread, broker, redis_url, topics, model_store, tmp_path)
     try:
         produce(broker, topics.examples, clicks(5))  # another item: the stream starts
         wait_for(lambda: rank(inference, "someone-else").delta_sequence > 0, 30, "live deltas")
@@ -106,11 +100,7 @@ def test_a_new_version_replaces_one_with_live_deltas_only_once_its_own_deltas_ar
     ensure_topics(broker, topics.all(), 2)
     inference = start_inference(delta_swap_wait_s=10.0)
     wait_serving(target(inference))
-    trainer = loop_thread.start(lambda: Trainer(TrainerSettings(
-        kafka_bootstrap=broker, redis_url=redis_url, model_store=model_store.url, topics=topics,
-        metrics_host="127.0.0.1", metrics_port=0, topic_partitions=2, group_id=f"trainer-{uuid.uuid4().hex[:8]}",
-        data_dir=str(tmp_path / "trainer"), commit_interval_s=0.3, trainer_check_s=0.2,
-        trainer_min_examples=10**9, trainer_delta_interval_s=0.2)))
+    trainer = start_delta_trainer(loop_thread, broker, redis_url, topics, model_store, tmp_path)
     answers: list[tuple[str, int]] = []
     stop = threading.Event()
 

@@ -408,6 +408,16 @@ def test_the_guard_does_not_judge_on_one_kind_of_label_alone():
     assert registry.snapshot("default", "ranker", "v2").sequence == 3
 
 
+class Recorder:
+    """A producer that acks every delta and keeps it, decoded, in ``sent``."""
+
+    def __init__(self):
+        self.sent = []
+
+    async def send_and_wait(self, topic, value, key):
+        self.sent.append(sparse.decode_delta(value))
+
+
 def loop_on_coldstart(tmp_path, producer, settings=SETTINGS):
     """A `DeltaLoop` over a stand-in trainer whose store serves the cold-start model and whose
     producer is ``producer``; (loop, stand-in)."""
@@ -442,14 +452,7 @@ def stepped_loop(tmp_path, producer, seed):
 def test_the_default_models_base_is_built_before_its_first_example(tmp_path):
     import asyncio
 
-    class Producer:
-        def __init__(self):
-            self.sent = []
-
-        async def send_and_wait(self, topic, value, key):
-            self.sent.append(sparse.decode_delta(value))
-
-    loop, trainer = loop_on_coldstart(tmp_path, Producer())
+    loop, trainer = loop_on_coldstart(tmp_path, Recorder())
     dt = loop.trainers[("default", "ranker")]  # known from the start: each tenant's default model
     assert dt.base_version == "" and dt.waiting() == 0
     asyncio.run(loop.tick(1_000.0))  # a pass with no example: the pointer is read, the base built
@@ -606,14 +609,7 @@ def test_a_restreamed_base_serves_the_same_tables_and_a_rolled_back_replica_take
 def test_the_loop_restreams_a_base_after_its_interval(tmp_path):
     import asyncio
 
-    class Producer:
-        def __init__(self):
-            self.sent = []
-
-        async def send_and_wait(self, topic, value, key):
-            self.sent.append(sparse.decode_delta(value))
-
-    loop, trainer, dt = stepped_loop(tmp_path, Producer(), seed=12)
+    loop, trainer, dt = stepped_loop(tmp_path, Recorder(), seed=12)
     first = [d.stream for d in trainer.producer.sent]
     assert first and set(first) == {dt.stream}
     asyncio.run(loop.tick(dt.stream_started + 10))  # too early, nothing waits: nothing sent
