@@ -100,6 +100,12 @@ def freshness_keys(loopwise: str, runs: dict[str, Any], get: Callable[[str, str]
     inprocess = "inprocess" if loopwise == "stack" else "loopwise" if loopwise == "inprocess" else ""
     out["auc_inprocess"] = get(inprocess, "auc")
     out["gauc_inprocess"] = get(inprocess, "gauc")
+    if loopwise == "stack":
+        for name in ("inprocess", "inprocess_interval"):
+            block = runs[name].extra.get("delta_block") if name in runs else None
+            out[f"{name}_delta_block"] = block
+        out["auc_inprocess_interval"] = get("inprocess_interval", "auc")
+        out["gauc_inprocess_interval"] = get("inprocess_interval", "gauc")
     extra = runs["loopwise"].extra if "loopwise" in runs else {}
     for key in ("delta_to_serving_p50_s", "delta_to_serving_p99_s", "delta_bytes_per_s"):
         out[key] = extra.get(key)

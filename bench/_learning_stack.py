@@ -241,6 +241,7 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
         seen_examples: list[learning_pb2.Example] = []
         extra: dict[str, Any] = {}
         replay_start = time.monotonic()
+        paused_s = 0.0  # the replay waiting for the trainer service's runs (no traffic meanwhile)
         rank_seconds = 0.0
         last_flush = time.monotonic()
         with Client(info.collector, info.inference, tenant=tenant) as client:
@@ -269,10 +270,12 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
                 if service and (i + 1) % every == 0 and i + 1 < stream.n:
                     # The replay waits for the service's run (as it waits for its own runs otherwise).
                     client.flush()
-                    wait_until = time.monotonic() + SERVICE_WAIT_S
+                    paused = time.monotonic()
+                    wait_until = paused + SERVICE_WAIT_S
                     while time.monotonic() < wait_until and not watch_service(
                             reader, store, tenant, i + 1, ranked.version, published, first_seen, announced, say):
                         time.sleep(0.2)
+                    paused_s += time.monotonic() - paused
                 if not service and (i + 1) % every == 0 and i + 1 < stream.n:
                     client.flush()
                     trigger = time.monotonic()
@@ -317,6 +320,10 @@ def run_stack(stream: Stream, parent: bytes, every: int, trainer: Any, *,
                 time.sleep(0.2)
         extra.update(delta_figures(info.metrics, replay_s))
         extra["replay_rank_per_s"] = round(stream.n / max(replay_s, 1e-9), 1)
+        # while traffic flowed (the pauses for the trainer service's runs left out)
+        extra["replay_active_rank_per_s"] = round(stream.n / max(replay_s - paused_s, 1e-9), 1)
+        # the states the replay was served from: one per version and delta sequence seen
+        extra["served_states"] = len(set(zip(version.tolist(), sequence.tolist(), strict=True)))
         extra["rank_ms_mean"] = round(1000 * rank_seconds / stream.n, 2)
         extra["clicks_reported"] = clicks
         time.sleep(min(2 * window_ms / 1000 + 1.0, 10.0))

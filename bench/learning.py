@@ -47,9 +47,13 @@ has sparse deltas, plus pending shows off (``loopwise_no_pending``, with
 ``--pending-ablation``); ``loopwise`` is the run of the services' default configuration. The
 in-process loop runs too at the same cadence (``inprocess``, labels at once: the bound
 the stack's delays are measured against; ``--no-inprocess-baseline`` skips it): versions
-every ``--retrain-every`` requests and delta steps every as many requests as the stack's
-replay made in one of the trainer's delta intervals (its measured request rate times
-``LOOPWISE_TRAINER_DELTA_INTERVAL_S``).
+every ``--retrain-every`` requests and a delta step every as many requests as the stack's
+answers saw per update (the replay's requests over the versions and delta sequences its
+answers named; ``inprocess_delta_block``). A second in-process run takes the configured
+cadence instead (``inprocess_interval``: ``LOOPWISE_TRAINER_DELTA_INTERVAL_S`` at the
+replay's request rate while traffic flowed, the pauses for the trainer service's runs left
+out). Neither has the stack's latency: a step's rows are learned before the next block is
+scored, which is what the comparison measures.
 
 Reported: AUC, gAUC (per user, weighted by rows), request AUC (per request),
 AUC per time bucket (table and bench/results/learning.png), throughput, and
@@ -58,7 +62,8 @@ trainer examples/s and trigger-to-serving seconds.
 Usage: python bench/learning.py [--quick] [--requests N] [--loopwise stack|inprocess]
                                 [--feedback-mode both|default|window|fnw]
 The last line printed is one JSON object: auc_static, auc_loopwise, gauc_loopwise (the
-default configuration), auc_vw, gauc_vw, auc_river, auc_whole_versions, auc_inprocess,
+default configuration), auc_vw, gauc_vw, auc_river, auc_whole_versions, auc_inprocess (and
+auc_inprocess_interval, inprocess_delta_block, inprocess_interval_delta_block),
 auc_loopwise_<mode> per feedback mode, delta_to_serving_p50_s / _p99_s and
 delta_bytes_per_s (null while the stack has no deltas), trainer_examples_per_s,
 trigger_to_serving_s, and extras.
@@ -93,7 +98,7 @@ RETRAINS = 20  # default: retrain this many times over the stream
 QUICK_RETRAINS = 10
 RESULTS = Path(__file__).resolve().parent / "results"
 LEARNERS = ("static", "loopwise", "loopwise_window", "loopwise_fnw", "loopwise_whole_versions",
-            "loopwise_no_pending", "inprocess",
+            "loopwise_no_pending", "inprocess", "inprocess_interval",
             "shadow_loopwise", "vw", "river")
 
 
@@ -123,10 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(LOOPWISE_PENDING_STEP=0; auc_no_pending, gauc_no_pending)")
     p.add_argument("--inprocess-delta-block", type=int, default=10,
                    help="in-process loop: a sparse delta step every this many requests (0: whole versions only; "
-                        "the stack run's baseline takes the stack's own cadence: the trainer's delta interval at "
-                        "the replay's measured request rate)")
+                        "a stack run's baselines take the stack's own cadence: see inprocess_delta_block)")
     p.add_argument("--inprocess-baseline", action=argparse.BooleanOptionalAction, default=True,
-                   help="stack mode: also run the in-process loop at the same cadence (auc_inprocess)")
+                   help="stack mode: also run the in-process loop at the same cadence (auc_inprocess, "
+                        "auc_inprocess_interval)")
     p.add_argument("--peers", default="vw,river", help="online peers to run (comma-separated; '' for none)")
     p.add_argument("--tune-fraction", type=float, default=0.1, help="stream prefix the peers are tuned on")
     p.add_argument("--buckets", type=int, default=None, help=f"time buckets (default {BUCKETS}, quick {QUICK_BUCKETS})")
@@ -282,17 +287,29 @@ def run_all(args: argparse.Namespace, stream: Stream, parent: bytes, every: int,
                 record(key.replace("_scores", ""), value,
                        config="each published version scored in-process from its trigger on")
     if args.loopwise == "stack" and args.inprocess_baseline:
-        # the stack's delta cadence in requests: its step interval at the replay's measured rate
-        rate = runs["loopwise"].extra.get("replay_rank_per_s") if "loopwise" in runs else None
-        block = max(1, round(rate * delta_interval_s())) if rate else None
-        loop, why = run_loopwise(args, stream, parent, every, mode="inprocess", delta_block=block)
-        if loop is None:
-            reasons["inprocess"] = why
-        else:
-            runs["inprocess"] = loop
-            record("inprocess", loop.scores, config=f"{loop.mode}; {loop.trainer}, labels at once; every {every} "
-                                                    "requests", versions=int(loop.version.max()))
+        for name, block in inprocess_cadences(stream.n, runs["loopwise"].extra if "loopwise" in runs else {}):
+            loop, why = run_loopwise(args, stream, parent, every, mode="inprocess", delta_block=block)
+            if loop is None:
+                reasons[name] = why
+                continue
+            runs[name] = loop
+            loop.extra["delta_block"] = block
+            record(name, loop.scores, config=f"{loop.mode}; {loop.trainer}, labels at once; every {every} "
+                                             "requests", versions=int(loop.version.max()))
     return runs
+
+
+def inprocess_cadences(requests: int, stack: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """The in-process baselines of a stack run, each (name, requests per delta step):
+    ``inprocess`` at the cadence the stack's traffic saw (requests per version and delta
+    sequence its answers named: every delta a request was scored with, not the ones a newer
+    one overtook before any request), and ``inprocess_interval`` at its configured one (the
+    trainer's delta interval at the replay's request rate while traffic flowed, the pauses
+    for the trainer service's runs left out); None where the stack run has no figure."""
+    states = stack.get("served_states")
+    rate = stack.get("replay_active_rank_per_s") or stack.get("replay_rank_per_s")
+    return [("inprocess", max(1, round(requests / states)) if states else None),
+            ("inprocess_interval", max(1, round(rate * delta_interval_s())) if rate else None)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,10 @@
 """The trainer's delta loop: examples in, deltas out, between full runs (``LOOPWISE_DELTAS``).
 
 Every new example the trainer reads also goes to the (tenant, model)'s
-`deltas.DeltaTrainer`. Every ``trainer_delta_interval_s`` with new examples (or
+`deltas.DeltaTrainer`. The loop passes on a fixed clock, every
+``trainer_delta_interval_s`` (within 0.01-0.1 s), a pass's own time not pushing the next
+one back (a 40 ms step after a 0.1 s sleep made a step every ~150 ms at a 0.1 s
+interval). Every interval with new examples (or
 at ``trainer_delta_every_n`` of them) `DeltaLoop.step` re-reads the serving
 pointer (a new version becomes the base: a new stream, the sequence reset, the
 examples it has not learned requeued, or with none a delta without rows that
@@ -51,6 +54,9 @@ OUTCOMES = ("published", "empty", "no_base", "failed", "restreamed")
 # The shortest and the longest pause after failed passes of one (tenant, model), in seconds.
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 30.0
+# Seconds between two passes of the loop: the delta interval, within these bounds.
+PASS_MIN_S = 0.01
+PASS_MAX_S = 0.1
 
 
 class DeltaLoop:
@@ -88,10 +94,22 @@ class DeltaLoop:
         self._trainer(tenant, model).add(value, produced_ms, time_ms)
 
     async def run(self) -> None:
+        """A pass every `period` (a fixed clock: a pass's own time does not push the next one
+        back; a loop that fell behind, e.g. behind a long step, starts the clock again)."""
+        period = self.period()
+        next_at = time.monotonic()
         while not self.trainer._stopping.is_set():
-            await asyncio.sleep(min(0.1, self.settings.trainer_delta_interval_s))
-            await self.tick(time.monotonic())
+            next_at += period
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            now = time.monotonic()
+            if now - next_at > period:
+                next_at = now
+            await self.tick(now)
             self.metrics.delta_heartbeat.set(time.time())
+
+    def period(self) -> float:
+        """Seconds between two passes: the delta interval, within `PASS_MIN_S`..`PASS_MAX_S`."""
+        return max(PASS_MIN_S, min(PASS_MAX_S, self.settings.trainer_delta_interval_s))
 
     async def tick(self, now: float) -> None:
         """One pass over the (tenant, model)s: a step where examples wait (every interval, or at
@@ -138,7 +156,9 @@ class DeltaLoop:
                 self._outbox[key] = records
                 self.metrics.deltas.labels(*key, "restreamed").inc()
         waiting = dt.waiting()
-        due = now - self._last.get(key, 0.0) >= s.trainer_delta_interval_s
+        # Due one interval after the last step, give or take half a pass (passes come on a
+        # fixed clock, so "not quite an interval yet" would wait a whole extra pass).
+        due = now - self._last.get(key, 0.0) >= s.trainer_delta_interval_s - self.period() / 2
         if not self._outbox.get(key) and not waiting:
             if now - self._checked.get(key, 0.0) >= s.trainer_delta_interval_s:
                 self._checked[key] = now

@@ -180,6 +180,18 @@ def test_freshness_keys_name_every_issue_key() -> None:
     assert out["delta_to_serving_p50_s"] is None and "delta_to_serving_p50_s" in reasons
 
 
+def test_inprocess_baselines_take_the_stacks_cadence_as_served_and_as_configured(monkeypatch) -> None:
+    import learning
+
+    monkeypatch.setattr(learning, "delta_interval_s", lambda: 0.1)
+    # 6,000 requests answered from 300 (version, sequence) states; 190 requests/s while traffic flowed
+    stack = {"served_states": 300, "replay_active_rank_per_s": 190.0, "replay_rank_per_s": 100.0}
+    assert learning.inprocess_cadences(6000, stack) == [("inprocess", 20), ("inprocess_interval", 19)]
+    # an older run without the active rate: the whole replay's rate
+    assert learning.inprocess_cadences(6000, {"replay_rank_per_s": 100.0}) == [("inprocess", None),
+                                                                              ("inprocess_interval", 10)]
+
+
 def test_histogram_quantile_like_prometheus() -> None:
     from _learning_deltas import histogram_quantile
 

@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("torch")  # the trainer's extra
 
+from loopwise.trainer.deltas_loop import DeltaLoop  # noqa: E402
 from tests.unit.test_deltas import SETTINGS, loop_on_coldstart, stepped_loop  # noqa: E402
 from tests.unit.test_trainer import make_examples  # noqa: E402
 
@@ -124,3 +125,31 @@ def test_a_failed_restream_is_counted_the_loop_goes_on_and_tries_again_after_a_p
         asyncio.run(passes(start + 10.1, 400, until=lambda: count("restreamed")))  # 40 s: past the longest pause
     assert count("restreamed") == 1 and trainer.producer.sent > sent and count("failed") == len(tries)
     assert any(r.message == "delta steps work again" for r in caplog.records)
+
+
+def test_passes_a_little_under_an_interval_apart_each_step():
+    """Passes come on a fixed clock, one interval apart give or take scheduling jitter: a pass
+    that comes a little early (0.098 s after the last step at a 0.1 s interval) still steps,
+    rather than leaving the examples to wait a whole extra pass; one well under an interval
+    (at half of it) does not."""
+    loop = DeltaLoop.__new__(DeltaLoop)
+    loop.settings = dataclasses.replace(SETTINGS, trainer_delta_interval_s=0.1, trainer_delta_every_n=1 << 30)
+    steps: list[float] = []
+
+    async def step(tenant, model):
+        steps.append(now)
+
+    class Waiting:  # a delta trainer with examples waiting (no stream yet: nothing to restream)
+        sequence, stream_started = 0, 0.0
+
+        def waiting(self):
+            return 5
+
+    loop.step = step
+    loop._last, loop._checked, loop._outbox = {}, {}, {}
+    key = ("default", "ranker")
+    times = [100.0, 100.098, 100.196, 100.245, 100.296, 100.394]
+    for now in times:
+        asyncio.run(loop._pass(key, Waiting(), now))
+    assert steps == [100.0, 100.098, 100.196, 100.296, 100.394]
+    assert loop.period() == 0.1
