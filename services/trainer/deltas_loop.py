@@ -107,6 +107,11 @@ class DeltaLoop:
             await self.tick(now)
             self.metrics.delta_heartbeat.set(time.time())
 
+    def _due(self, last: float, now: float) -> bool:
+        """One delta interval since ``last``, give or take half a pass: passes come on a fixed
+        clock, so "not quite an interval yet" would wait a whole extra pass."""
+        return now - last >= self.settings.trainer_delta_interval_s - self.period() / 2
+
     def period(self) -> float:
         """Seconds between two passes: the delta interval, within `PASS_MIN_S`..`PASS_MAX_S`."""
         return max(PASS_MIN_S, min(PASS_MAX_S, self.settings.trainer_delta_interval_s))
@@ -156,11 +161,9 @@ class DeltaLoop:
                 self._outbox[key] = records
                 self.metrics.deltas.labels(*key, "restreamed").inc()
         waiting = dt.waiting()
-        # Due one interval after the last step, give or take half a pass (passes come on a
-        # fixed clock, so "not quite an interval yet" would wait a whole extra pass).
-        due = now - self._last.get(key, 0.0) >= s.trainer_delta_interval_s - self.period() / 2
+        due = self._due(self._last.get(key, 0.0), now)
         if not self._outbox.get(key) and not waiting:
-            if now - self._checked.get(key, 0.0) >= s.trainer_delta_interval_s:
+            if self._due(self._checked.get(key, 0.0), now):
                 self._checked[key] = now
                 if await self.rebase(*key):
                     await self.step(*key)
