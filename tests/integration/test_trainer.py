@@ -92,7 +92,8 @@ def test_trainer_publishes_and_resumes(broker, redis_url, topics, model_store, l
         **settings.__dict__, "trainer_tolerance_auc": 1.0, "trainer_tolerance_gauc": 1.0,
         "trainer_tolerance_logloss": 1.0, "trainer_tolerance_ece": 1.0})))
     try:
-        assert again.window.rows("default", "ranker", "examples") == 3000  # from disk, before consuming
+        # from disk (the 500 new ones may be in already: the consumer starts with the trainer)
+        assert again.window.rows("default", "ranker", "examples") in (3000, 3500)
         wait_for(lambda: sample(again, "loopwise_trainer_records_total", kind="examples", outcome="added")
                  + sample(again, "loopwise_trainer_records_total", kind="examples", outcome="duplicate") >= 700,
                  60, "the new records")
