@@ -17,8 +17,7 @@ import pytest
 
 pytest.importorskip("torch")  # the trainer's extra
 
-from loopwise.trainer.deltas_loop import DeltaLoop  # noqa: E402
-from tests.unit.test_deltas import SETTINGS, loop_on_coldstart, stepped_loop  # noqa: E402
+from tests.unit.test_deltas import SETTINGS, Recorder, loop_on_coldstart, stepped_loop  # noqa: E402
 from tests.unit.test_trainer import make_examples  # noqa: E402
 
 HEARTBEAT = "loopwise_trainer_delta_loop_heartbeat_timestamp_seconds"
@@ -127,13 +126,13 @@ def test_a_failed_restream_is_counted_the_loop_goes_on_and_tries_again_after_a_p
     assert any(r.message == "delta steps work again" for r in caplog.records)
 
 
-def test_passes_a_little_under_an_interval_apart_each_step():
+def test_passes_a_little_under_an_interval_apart_each_step(tmp_path):
     """Passes come on a fixed clock, one interval apart give or take scheduling jitter: a pass
     that comes a little early (0.098 s after the last step at a 0.1 s interval) still steps,
     rather than leaving the examples to wait a whole extra pass; one well under an interval
     (at half of it) does not."""
-    loop = DeltaLoop.__new__(DeltaLoop)
-    loop.settings = dataclasses.replace(SETTINGS, trainer_delta_interval_s=0.1, trainer_delta_every_n=1 << 30)
+    loop, _ = loop_on_coldstart(tmp_path, Recorder(), dataclasses.replace(
+        SETTINGS, trainer_delta_interval_s=0.1, trainer_delta_every_n=1 << 30))
     steps: list[float] = []
 
     async def step(tenant, model):
@@ -146,7 +145,6 @@ def test_passes_a_little_under_an_interval_apart_each_step():
             return 5
 
     loop.step = step
-    loop._last, loop._checked, loop._outbox = {}, {}, {}
     key = ("default", "ranker")
     times = [100.0, 100.098, 100.196, 100.245, 100.296, 100.394]
     for now in times:
