@@ -17,6 +17,9 @@
   on SIGTERM or SIGINT, stops it: the service's ``stop`` drains (readiness
   off, in-flight work finished within its grace period). A second signal
   stops waiting for the drain.
+- `cpu_budget`: how many CPUs this process may use: its CPU affinity, capped by
+  its cgroup's CPU quota (a Kubernetes CPU limit), for thread pools that would
+  otherwise size themselves by the node's cores.
 
 The gRPC services also answer the standard gRPC health service
 (`loopwise.grpcserver.GrpcService`), flipped together with ``/readyz``.
@@ -28,6 +31,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import os
 import signal
 import socket
@@ -43,6 +47,49 @@ from prometheus_client.core import GaugeMetricFamily
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def cpu_budget(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use (at least 1): its affinity, capped by its cgroup's CPU
+    quota rounded up (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``).
+    A pod limited to 4 CPUs on a 64-core node gets 4, where torch would start a thread per core
+    and be throttled."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota - 1e-9)))
+    return max(1, cpus)
+
+
+def _cgroup_quota(root: str) -> float | None:
+    """The cgroup's CPU quota in CPUs, or None when unlimited or unreadable."""
+    def read(name: str) -> str | None:
+        try:
+            with open(os.path.join(root, name), encoding="ascii") as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    v2 = read("cpu.max")  # "max 100000" or "400000 100000"
+    if v2 is not None:
+        parts = v2.split()
+        if len(parts) == 2 and parts[0] != "max":
+            try:
+                quota, period = int(parts[0]), int(parts[1])
+            except ValueError:
+                return None
+            return quota / period if quota > 0 and period > 0 else None
+        return None
+    quota_s, period_s = read("cpu/cpu.cfs_quota_us") or read("cpu.cfs_quota_us"), \
+        read("cpu/cpu.cfs_period_us") or read("cpu.cfs_period_us")
+    try:
+        quota, period = int(quota_s or "-1"), int(period_s or "0")
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 class Service(Protocol):

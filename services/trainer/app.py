@@ -50,6 +50,7 @@ from .metrics import TrainerMetrics
 from .replay_buffer import ReplayBuffer
 from .runner import Runner, RunResult
 from .settings import TrainerSettings
+from .train import use_threads
 from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class Trainer:
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
+        log.info("torch threads", extra={"threads": use_threads(s)})  # delta steps and full runs alike
         await loop.run_in_executor(None, self.window.open)
         for tenant, model in self.window.keys():
             self._update_window_gauges(tenant, model)

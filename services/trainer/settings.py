@@ -120,6 +120,9 @@ class TrainerSettings(BaseSettings):
     trainer_weighting: str = "loss"
     trainer_seed: int = 0
     trainer_device: str = "auto"
+    # torch's threads for training and delta steps; 0: the CPUs this process may use
+    # (`loopwise.runtime.cpu_budget`: its affinity capped by its cgroup's CPU quota, e.g. the
+    # chart's trainer CPU limit), not torch's default of one per core of the node.
     trainer_threads: int = 0
     # Examples whose impression time is within this of the window's newest impression
     # are not used yet (their no-feedback negatives have not arrived); the miner's setting.

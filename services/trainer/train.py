@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from loopwise import runtime
 from loopwise.features import FeatureSpec
 from loopwise.modelstore import Manifest
 from loopwise.modelstore.contract import ContractError, check_finite_weights
@@ -218,12 +219,19 @@ def initial_model(spec: FeatureSpec, production: Production | None, settings: Tr
     return model, "fresh"
 
 
+def use_threads(settings: TrainerSettings) -> int:
+    """Set torch's threads to ``trainer_threads`` (0: `runtime.cpu_budget`); the count."""
+    threads = settings.trainer_threads if settings.trainer_threads > 0 else runtime.cpu_budget()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def train_once(data: WindowData, production: Production | None, spec: FeatureSpec, settings: TrainerSettings,
                *, should_stop: Callable[[], bool] | None = None) -> Candidate:
     """Split off the holdout and train a candidate on the rest."""
     torch.manual_seed(settings.trainer_seed)
-    if settings.trainer_threads > 0:
-        torch.set_num_threads(settings.trainer_threads)
+    use_threads(settings)
     data = settle(data, settings.attribution_window_ms)
     model, init = initial_model(spec, production, settings)
     seen: Any = production.manifest.metrics.get("train_until_ms") if production and production.manifest else None

@@ -143,3 +143,48 @@ def test_grpc_health_and_readyz_flip_together(registry):
 
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     assert asyncio.run(scenario()) == [(not_serving, 503), (serving, 200)]
+
+
+def _cgroup(tmp_path, **files):
+    for name, text in files.items():
+        path = tmp_path / name.replace("__", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(tmp_path)
+
+
+def test_cpu_budget_is_capped_by_the_cgroups_cpu_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(64)))
+    # cgroup v2: 4 CPUs, 2.5 CPUs (rounded up), unlimited
+    assert runtime.cpu_budget(_cgroup(tmp_path / "a", **{"cpu.max": "400000 100000\n"})) == 4
+    assert runtime.cpu_budget(_cgroup(tmp_path / "b", **{"cpu.max": "250000 100000"})) == 3
+    assert runtime.cpu_budget(_cgroup(tmp_path / "c", **{"cpu.max": "max 100000"})) == 64
+    # cgroup v1: 2 CPUs; -1 is unlimited
+    assert runtime.cpu_budget(_cgroup(tmp_path / "d", **{"cpu__cpu.cfs_quota_us": "200000",
+                                                          "cpu__cpu.cfs_period_us": "100000"})) == 2
+    assert runtime.cpu_budget(_cgroup(tmp_path / "e", **{"cpu__cpu.cfs_quota_us": "-1",
+                                                          "cpu__cpu.cfs_period_us": "100000"})) == 64
+    # nothing readable, a garbled file, a quota under one CPU
+    assert runtime.cpu_budget(str(tmp_path / "none")) == 64
+    assert runtime.cpu_budget(_cgroup(tmp_path / "f", **{"cpu.max": "lots 100000"})) == 64
+    assert runtime.cpu_budget(_cgroup(tmp_path / "g", **{"cpu.max": "50000 100000"})) == 1
+
+
+def test_cpu_budget_never_exceeds_the_affinity(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert runtime.cpu_budget(_cgroup(tmp_path, **{"cpu.max": "800000 100000"})) == 2
+
+
+def test_the_trainer_uses_its_cpu_budget_unless_told(monkeypatch):
+    import torch
+
+    from loopwise.trainer.settings import TrainerSettings
+    from loopwise.trainer.train import use_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(runtime, "cpu_budget", lambda: 1)
+        assert use_threads(TrainerSettings(trainer_threads=0)) == 1 and torch.get_num_threads() == 1
+        assert use_threads(TrainerSettings(trainer_threads=2)) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
