@@ -75,19 +75,13 @@ def _cgroup_quota(root: str) -> float | None:
 
     v2 = read("cpu.max")  # "max 100000" or "400000 100000"
     if v2 is not None:
-        parts = v2.split()
-        if len(parts) == 2 and parts[0] != "max":
-            try:
-                quota, period = int(parts[0]), int(parts[1])
-            except ValueError:
-                return None
-            return quota / period if quota > 0 and period > 0 else None
-        return None
-    quota_s, period_s = read("cpu/cpu.cfs_quota_us") or read("cpu.cfs_quota_us"), \
-        read("cpu/cpu.cfs_period_us") or read("cpu.cfs_period_us")
+        quota_s, _, period_s = v2.partition(" ")
+    else:  # cgroup v1; a quota of -1 is no limit
+        quota_s = read("cpu/cpu.cfs_quota_us") or read("cpu.cfs_quota_us") or ""
+        period_s = read("cpu/cpu.cfs_period_us") or read("cpu.cfs_period_us") or ""
     try:
-        quota, period = int(quota_s or "-1"), int(period_s or "0")
-    except ValueError:
+        quota, period = int(quota_s), int(period_s)
+    except ValueError:  # "max", unreadable or garbled
         return None
     return quota / period if quota > 0 and period > 0 else None
 
