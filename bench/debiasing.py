@@ -3,14 +3,16 @@
 1. Semi-synthetic (MovieLens-100K, `_debiasing_world`): relevance from a
    low-rank rating fit, exposure ``theta = sigmoid(o_hat) ** p`` for
    p in {0.5, 1, 2, 3, 4}, clicks = exposure x relevance. Each seed draws the
-   clicks and a uniform subsample of all user-item pairs (``--fraction``), and
-   three models train on it through the trainer's pure API
+   clicks; three models train on every user-item pair (Rel-MF's recipe: each
+   unclicked pair is a negative; ``--fraction`` trains on a uniform subsample
+   instead) through the trainer's pure API
    (`loopwise.trainer.train.train_once`, the service's defaults), weighted by
    the miner's own `clipped_weight` (clip = the miner's ``ips_clip``):
    ``naive`` (no weights), ``miner`` (the miner's exposure propensity) and
    ``oracle`` (the true theta). DCG@5, recall@5 and rare-item DCG@5 against
    the true relevance (`_debiasing_world` defines them), mean and standard
-   deviation over seeds.
+   deviation over seeds. The calibration figures (``ece_*``) are measured on a
+   second, independent draw of the evaluated users' clicks (labels not trained on).
 2. Off-policy (`_debiasing_obd`): train on the Open Bandit sample's Bernoulli
    Thompson sampling log, naive or with the logged propensities, and estimate
    on the uniform-random log the click rate of each model's top choice.
@@ -27,33 +29,45 @@ propensities), dcg_oracle (maps p -> mean DCG@5), obd_ctr_naive, obd_ctr_ips,
 seeds, and the rest of the figures, among them ``item_rate_dcg_<method>``: the data's own
 ceiling for each method's weights, no model (`_debiasing_world.item_rate_dcg`).
 
-Measured (2026-11-30, ``--quick``: 2 seeds, 4 % of the pairs, under load; DCG@5
-naive / miner (popularity proxy) / true theta, and the item-rate ceilings of naive / true theta):
+Measured (2026-12-01, every pair, one run at a time on the 2-core machine; DCG@5 naive /
+miner (popularity proxy) / true theta, and the true theta's gain over naive):
 
-| p | naive | miner | oracle | item rate naive | item rate oracle |
+| p | defaults (cross on), `--quick` | no cross, 5 seeds, clip 0.05 | gain | no cross, 5 seeds, clip 0.1 | gain |
 |---|---|---|---|---|---|
-| 0.5 | .682 | .658 | .638 | .885 | .550 |
-| 1 | .737 | .703 | .714 | .849 | .654 |
-| 2 | .799 | .746 | .727 | .874 | .651 |
-| 3 | .784 | .743 | .745 | .853 | .664 |
-| 4 | .825 | .768 | .767 | .901 | .749 |
+| 0.5 | .855 / .788 / .800 | .917 / .913 / .966 | +5.4 % | .917 / .914 / .983 | +7.2 % |
+| 1 | .834 / .789 / .810 | .903 / .885 / .953 | +5.5 % | .903 / .887 / .936 | +3.6 % |
+| 2 | .828 / .785 / .798 | .915 / .908 / .898 | -1.9 % | .915 / .910 / .908 | -0.8 % |
+| 3 | .842 / .785 / .808 | .914 / .904 / .910 | -0.4 % | .914 / .904 / .927 | +1.4 % |
+| 4 | .846 / .789 / .805 | .909 / .902 / .898 | -1.2 % | .909 / .901 / .898 | -1.2 % |
 
-The trainer applies Rel-MF's unbiased loss as written (positives ``w*l_pos + (1 - w)*l_neg``,
-every unclicked pair of the subsample ``l_neg``; unit tests pin it and its expectation), yet
-true-theta IPS loses at every p. The model-free item rates show why: at ~1 click per item
-in the quick subsample the unbiased estimator's variance (a click where theta = 0.05
-counts 20) outweighs the bias it removes, for any model. Ranking by the items' true-theta
-IPS click rate instead of the naive one (2 seeds, no model): 4 % of the pairs -38 % to -17 %
-at every p; 25 % of the pairs -17 % (p = 0.5); all pairs (Rel-MF's setting) +1 % (p = 0.5),
-+5 % (p = 1), -4 % (p = 2), -2 % (p = 3), +2 % (p = 4), and +5 % at p = 0.5 with clip 0.2.
-Through the trainer at 25 % of the pairs, p = 0.5, seed 0: .798 / .752 (cross on),
-.980 / .891 (cross off); with all pairs (cross on) .858 / .801, where the item rates favour
-IPS (+1 %): with enough data the trainer itself (one pass, the memorising cross) still loses,
-which remains open. Ablations (``--p 0.5 2``, quick, naive / oracle): the trainer's own
-weight clip (``--set trainer_max_weight=10 / 5 / 3``) -4.3 / -3.5 / -2.8 % at p = 0.5 and
--6.3 / -3.9 / -3.0 % at p = 2, closer to naive as the weights flatten, never above it; no
-cross .868 / .787 and .825 / .765; neither cross nor first-order table (both Adagrad-updated)
-.847 / .729 and .847 / .766.
+Commands: ``--quick --no-obd``; ``--set trainer_crosses=`` (1,204 s with the OBD check);
+``LOOPWISE_IPS_CLIP=0.1 ... --set trainer_crosses= --no-obd``. The true theta's
+standard deviation over the 5 seeds is 0.013-0.031, naive's 0.005-0.016: the losses at
+p >= 2 are within about one standard deviation, the gains at p <= 1 are not.
+
+- **The data decides first.** Trained on a subsample (4 % or 25 % of the pairs, the
+  earlier defaults), true-theta IPS lost at every p with every trainer variant: at ~1
+  click per item a click where theta = 0.05 counts 20 and the estimator's variance
+  outweighs the bias it removes. The model-free ``item_rate_dcg`` ranking shows it
+  without a model (17-38 % worse than the naive rate at 4 %); with every pair it favours
+  the true theta by +4.0 % and +4.6 % at p = 0.5 and 1, and loses 3.4 % and 3.3 % at
+  p = 2 and 4 (5 seeds, clip 0.05).
+- **The user x item cross memorises.** Each trained pair's first cross step is the
+  Adagrad step ``+-lr`` whatever its weight, so with every pair trained the cross
+  ranks the clicked pairs first, weighted or not, and the weights only reorder the rest:
+  naive drops from .92 to .83-.85 and true-theta IPS loses 3-6 % (the miner's 5-8 %). Without it the trainer
+  gains +5.4 % (p = 0.5) and +5.5 % (p = 1) from the true theta. The cross carries the chronological replay (re-shown
+  candidates; trainer README), so it stays the default; a catalogue-wide ranker, which
+  scores items the user already interacted with, should set ``LOOPWISE_TRAINER_CROSSES=``.
+- **The miner's propensities lose 0.3-2 %** at every p (popularity proxy: rank
+  correlation with the clicked pairs' true theta 0.59 at p = 0.5 down to 0.38 at p = 4;
+  the impressions estimator 0.61 to 0.39): an item-level share cannot see that exposure
+  differs by user. An independence estimate ``share_i x user activity / mean``
+  (``exposure_spearman_user_item``, a reference the miner does not have) correlates 0.76
+  (p = 0.5) to 0.61 (p = 4) on seed 0's draws.
+- **OBD**: top-1 CTR naive 0.0000 vs IPS 0.0048 (std 0.0064), top-10 0.0046 vs 0.0045,
+  clicked items' mean rank percentile 0.470 vs 0.506 (lower is better): the 10,000-round
+  sample is too small to separate them.
 """
 
 from __future__ import annotations
@@ -120,6 +134,7 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
     eval_users = np.arange(0, n_u, args.eval_every)
     runs: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in args.methods}
     quality: dict[str, dict[str, list[float]]] = {"popularity": {}, "impressions": {}}
+    reference: dict[str, dict[str, list[float]]] = {"user_item": {}}
     for p in args.p:
         theta = t.theta(p)
         for seed in range(args.seeds):
@@ -127,7 +142,12 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
             exposed = rng.random(theta.shape) < theta
             clicks = exposed & (rng.random(theta.shape) < t.gamma)
             relevant = rng.random(theta.shape) < t.gamma
-            rows = np.sort(rng.choice(n_u * n_i, int(args.fraction * n_u * n_i), replace=False))
+            # A second, independent log of the evaluated users (the gate's holdout: labels not trained on).
+            fresh = np.zeros(theta.shape, dtype=bool)
+            fresh[eval_users] = ((rng.random((len(eval_users), n_i)) < theta[eval_users])
+                                 & (rng.random((len(eval_users), n_i)) < t.gamma[eval_users]))
+            rows = (np.arange(n_u * n_i) if args.fraction >= 1.0
+                    else np.sort(rng.choice(n_u * n_i, int(args.fraction * n_u * n_i), replace=False)))
             trained = np.zeros(n_u * n_i, dtype=bool)
             trained[rows] = True
             trained = trained.reshape(n_u, n_i)
@@ -135,11 +155,16 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
             for model, by_p in quality.items():
                 prop = exposure_propensity(t, clicks, exposed, model, miner.exposure_eta)[items]
                 by_p.setdefault(str(p), []).append(spearman(prop, theta[users, items]))
+            # A reference the miner does not have: exposure as item share x user activity (independence).
+            share, activity = exposed.mean(0), exposed.mean(1)
+            indep = share[items] * activity[users] / max(exposed.mean(), 1e-12)
+            reference["user_item"].setdefault(str(p), []).append(spearman(indep, theta[users, items]))
             for method in args.methods:
                 w = weights(method, t, clicks, exposed, theta, miner)
                 scores = fit(ids, clicks, w, rows, eval_users, settings(config, seed))
                 figures = world.metrics(t, scores, relevant, eval_users)
-                figures.update(gate_figures(scores, clicks[eval_users], w[eval_users], trained[eval_users]))
+                w_fresh = weights(method, t, fresh, exposed, theta, miner)
+                figures.update(gate_figures(scores, fresh[eval_users], w_fresh[eval_users]))
                 figures["item_rate_dcg"] = world.item_rate_dcg(t, clicks, w, trained, eval_users)
                 for key, value in figures.items():
                     runs[method].setdefault(key, {}).setdefault(str(p), []).append(value)
@@ -159,16 +184,15 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
         if key != "naive" and "naive" in args.methods:
             out[f"dcg_gain_{key}"] = {p: round(out[f"dcg_{key}"][p] / out["dcg_naive"][p] - 1, 4)
                                       for p in out["dcg_naive"]}
-    for model, by_p in quality.items():  # how well each exposure estimator ranks the clicked pairs' theta
+    for model, by_p in {**quality, **reference}.items():  # how well each estimate ranks the clicked pairs' theta
         out[f"exposure_spearman_{model}"] = {p: summary(v)[0] for p, v in by_p.items()}
     return out
 
 
-def gate_figures(prob: np.ndarray, clicks: np.ndarray, w: np.ndarray, trained: np.ndarray) -> dict[str, float]:
-    """The gate's calibration on the pairs not trained on: against the observed clicks, and
-    self-normalised by the IPS weights (`loopwise.trainer.evaluation`)."""
-    held = ~trained
-    y, p, weight = clicks[held].astype(np.float64), prob[held], w[held]
+def gate_figures(prob: np.ndarray, clicks: np.ndarray, w: np.ndarray) -> dict[str, float]:
+    """The gate's calibration on a second log of clicks (labels not trained on): against the
+    observed clicks, and self-normalised by the IPS weights (`loopwise.trainer.evaluation`)."""
+    y, p, weight = clicks.reshape(-1).astype(np.float64), prob.reshape(-1), w.reshape(-1)
     return {"ece_observed": ev.ece(y, p), "ece_weighted": ev.ece(y, p, weight=weight)}
 
 
@@ -199,9 +223,9 @@ def off_policy(args: argparse.Namespace, config: dict[str, Any], miner: MinerSet
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 1/25 of the pairs, every 5th user evaluated")
+    parser.add_argument("--quick", action="store_true", help="2 seeds, every 5th user evaluated")
     parser.add_argument("--seeds", type=int, default=None, help="default 5 (--quick 2)")
-    parser.add_argument("--fraction", type=float, default=None, help="share of all pairs trained on (default 0.25)")
+    parser.add_argument("--fraction", type=float, default=None, help="share of all pairs trained on (default 1: every pair, Rel-MF's recipe)")
     parser.add_argument("--eval-every", type=int, default=None, help="evaluate every n-th user (default 1)")
     parser.add_argument("--p", type=float, nargs="+", default=list(PS), help="exposure skews")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -212,7 +236,7 @@ def main() -> None:
     parser.add_argument("--no-obd", action="store_true", help="skip the off-policy check")
     args = parser.parse_args()
     args.seeds = args.seeds or (2 if args.quick else 5)
-    args.fraction = args.fraction or (0.04 if args.quick else 0.25)
+    args.fraction = args.fraction or 1.0
     args.eval_every = args.eval_every or (5 if args.quick else 1)
     started = time.monotonic()
     config = overrides(args.set)
