@@ -64,7 +64,10 @@ p >= 2 are within about one standard deviation, the gains at p <= 1 are not.
   the impressions estimator 0.61 to 0.39): an item-level share cannot see that exposure
   differs by user. An independence estimate ``share_i x user activity / mean``
   (``exposure_spearman_user_item``, a reference the miner does not have) correlates 0.76
-  (p = 0.5) to 0.61 (p = 4) on seed 0's draws.
+  (p = 0.5) to 0.61 (p = 4) on seed 0's draws, yet as the weights (a one-off check: seeds 0
+  and 1, no cross, every 2nd user) it ranked worse still: .918 / .889 / .863 / .828 / .864
+  at p = 0.5 .. 4 against naive's .924 / .903 / .904 / .921 / .912. Where it underestimates
+  theta its weights blow up; a better rank correlation is not a better weight.
 - **OBD**: top-1 CTR naive 0.0000 vs IPS 0.0048 (std 0.0064), top-10 0.0046 vs 0.0045,
   clicked items' mean rank percentile 0.470 vs 0.506 (lower is better): the 10,000-round
   sample is too small to separate them.
