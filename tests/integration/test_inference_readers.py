@@ -74,6 +74,9 @@ def test_the_memory_and_the_guard_share_each_decoded_error(start_inference, brok
                what="the errors decoded")
     wait_until(lambda: sample(service, "loopwise_inference_errors_read_total", result="malformed") >= 1,
                what="the malformed record counted")
+    # A batch is counted as decoded before its sinks run: wait for both sinks, then check exact counts.
+    wait_until(lambda: sample(service, "loopwise_inference_memory_writes_total", tenant="default", model="ranker",
+                              result="written") >= 20 and len(labelled) >= 20, what="both sinks fed")
     assert sample(service, "loopwise_inference_errors_read_total", result="decoded") == 20
     assert sample(service, "loopwise_inference_memory_writes_total", tenant="default", model="ranker",
                   result="written") == 20
