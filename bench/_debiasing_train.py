@@ -2,11 +2,12 @@
 
 - `pair_inputs`: every (user, item) pair's hashed ids through the serving path's
   own `InputBuilder` (one request per user with the whole catalogue as candidates);
+- `propensity`: a method's exposure propensity from the training log: ``naive``
+  (none), ``miner`` (the miner's default exposure model), ``impressions``
+  (`ImpressionExposure` fed each user's exposed items), ``popularity``
+  (`ExposureCounter`, Rel-MF's proxy, fed the clicks) or ``oracle`` (the true ``theta``);
 - `weights`: the IPS weight of each clicked pair by the miner's own function
-  (`loopwise.miner.debias.clipped_weight`, clip ``ips_clip``) for a method:
-  ``naive`` (1), ``miner`` (the miner's default exposure model, `ImpressionExposure`
-  fed each user's exposed items), ``popularity`` (`ExposureCounter`, Rel-MF's proxy,
-  fed the clicks) or ``oracle`` (the true ``theta``);
+  (`loopwise.miner.debias.clipped_weight`, clip ``ips_clip``);
 - `fit`: `loopwise.trainer.train.train_once` (fresh start, no holdout) on a
   uniform subsample of the pairs; the scores of every pair of the evaluated users.
 """
@@ -61,21 +62,28 @@ def exposure_propensity(truth: Truth, clicks: np.ndarray, exposed: np.ndarray, m
     return np.asarray([estimator.propensity(tenant, x) for x in truth.item_ids])
 
 
-def weights(method: str, truth: Truth, clicks: np.ndarray, exposed: np.ndarray, theta: np.ndarray,
-            miner: MinerSettings) -> np.ndarray:
-    """float32 [users, items]: the clicked pairs' IPS weights for ``method`` (1 elsewhere):
-    ``naive``, ``miner`` (the miner's default exposure model), ``popularity`` or
-    ``impressions`` (that exposure model) or ``oracle`` (the true theta)."""
-    w = np.ones(clicks.shape, dtype=np.float32)
-    users, items = np.nonzero(clicks)
+def propensity(method: str, truth: Truth, clicks: np.ndarray, exposed: np.ndarray, theta: np.ndarray,
+               miner: MinerSettings) -> np.ndarray | None:
+    """The exposure propensity ``method`` estimates from the training log: None for
+    ``naive``, the true ``theta`` [users, items] for ``oracle``, else [items] from the miner's
+    default exposure model (``miner``) or the one named (``popularity``, ``impressions``)."""
     if method == "naive":
-        return w
+        return None
     if method == "oracle":
-        prop = theta[users, items]
-    else:
-        model = miner.exposure_model if method == "miner" else method
-        prop = exposure_propensity(truth, clicks, exposed, model, miner.exposure_eta)[items]
-    w[users, items] = [clipped_weight(float(x), miner.ips_clip) for x in prop]
+        return theta
+    model = miner.exposure_model if method == "miner" else method
+    return exposure_propensity(truth, clicks, exposed, model, miner.exposure_eta)
+
+
+def weights(prop: np.ndarray | None, clicks: np.ndarray, clip: float) -> np.ndarray:
+    """float32 [users, items]: each clicked pair's IPS weight by the miner's own function
+    (`clipped_weight` of ``prop``, [users, items] or [items]; None: 1), 1 elsewhere."""
+    w = np.ones(clicks.shape, dtype=np.float32)
+    if prop is None:
+        return w
+    users, items = np.nonzero(clicks)
+    at = prop[users, items] if prop.ndim == 2 else prop[items]
+    w[users, items] = [clipped_weight(float(x), clip) for x in at]
     return w
 
 

@@ -85,7 +85,15 @@ import _common as c
 import _debiasing_obd as obd
 import _debiasing_world as world
 import numpy as np
-from _debiasing_train import METHODS, exposure_propensity, fit, pair_inputs, settings, weights
+from _debiasing_train import (
+    METHODS,
+    exposure_propensity,
+    fit,
+    pair_inputs,
+    propensity,
+    settings,
+    weights,
+)
 
 from loopwise.miner.settings import MinerSettings
 from loopwise.tools.datasets.fetch import default_cache_dir
@@ -139,7 +147,7 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
     eval_users = np.arange(0, n_u, args.eval_every)
     runs: dict[str, dict[str, dict[str, list[float]]]] = {m: {} for m in args.methods}
     quality: dict[str, dict[str, list[float]]] = {"popularity": {}, "impressions": {}}
-    reference: dict[str, dict[str, list[float]]] = {"user_item": {}}
+    user_item: dict[str, list[float]] = {}  # a reference estimate, not an exposure model of the miner's
     for p in args.p:
         theta = t.theta(p)
         for seed in range(args.seeds):
@@ -163,13 +171,13 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
             # A reference the miner does not have: exposure as item share x user activity (independence).
             share, activity = exposed.mean(0), exposed.mean(1)
             indep = share[items] * activity[users] / max(exposed.mean(), 1e-12)
-            reference["user_item"].setdefault(str(p), []).append(spearman(indep, theta[users, items]))
+            user_item.setdefault(str(p), []).append(spearman(indep, theta[users, items]))
             for method in args.methods:
-                w = weights(method, t, clicks, exposed, theta, miner)
+                prop = propensity(method, t, clicks, exposed, theta, miner)  # from the training log only
+                w = weights(prop, clicks, miner.ips_clip)
                 scores = fit(ids, clicks, w, rows, eval_users, settings(config, seed))
                 figures = world.metrics(t, scores, relevant, eval_users)
-                w_fresh = weights(method, t, fresh, exposed, theta, miner)
-                figures.update(gate_figures(scores, fresh[eval_users], w_fresh[eval_users]))
+                figures.update(gate_figures(scores, fresh[eval_users], weights(prop, fresh, miner.ips_clip)[eval_users]))
                 figures["item_rate_dcg"] = world.item_rate_dcg(t, clicks, w, trained, eval_users)
                 for key, value in figures.items():
                     runs[method].setdefault(key, {}).setdefault(str(p), []).append(value)
@@ -189,7 +197,7 @@ def semi_synthetic(args: argparse.Namespace, config: dict[str, Any], miner: Mine
         if key != "naive" and "naive" in args.methods:
             out[f"dcg_gain_{key}"] = {p: round(out[f"dcg_{key}"][p] / out["dcg_naive"][p] - 1, 4)
                                       for p in out["dcg_naive"]}
-    for model, by_p in {**quality, **reference}.items():  # how well each estimate ranks the clicked pairs' theta
+    for model, by_p in {**quality, "user_item": user_item}.items():  # how well each ranks the clicked pairs' theta
         out[f"exposure_spearman_{model}"] = {p: summary(v)[0] for p, v in by_p.items()}
     return out
 
