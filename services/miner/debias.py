@@ -8,12 +8,13 @@ or x the logged propensity when the client sent one (bring-your-own serving).
 
 Item exposure, per tenant (the same candidate id in two tenants is two items):
 
-- `ImpressionExposure` (the default): exposure is observed for served items,
-  so ``theta_i`` = the share of the tenant's requests whose impression showed
-  ``i``; its counts live in a mapping (the miner's changelog-backed table
-  ``exposure``), so a restarted worker starts from them;
-- `ExposureCounter`: Rel-MF's popularity proxy when nothing is logged,
-  ``(n_i / max_j n_j) ** eta`` from positive counts (in memory).
+- `ExposureCounter` (the default, ``LOOPWISE_EXPOSURE_MODEL=popularity``): Rel-MF's
+  popularity proxy, ``(n_i / max_j n_j) ** eta`` from positive counts;
+- `ImpressionExposure` (``impressions``): exposure is observed for served items,
+  so ``theta_i`` = the share of the tenant's requests whose impression showed ``i``.
+
+Both keep their counts in a mapping (the miner's changelog-backed table ``exposure``,
+`StoredCounts`), so a restarted or rebalanced worker starts from them.
 
 >>> clipped_weight(0.05, clip=0.1)
 10.0
@@ -52,31 +53,95 @@ class ExposureModel(Protocol):
     def propensity(self, tenant: str, item: str) -> float: ...
 
 
-class ExposureCounter:
-    """Item exposure propensity ``(n_i / max_j n_j) ** eta`` from positive counts, per tenant.
+class StoredCounts:
+    """Per-tenant item counts kept in memory and mirrored into ``store`` (bytes keys
+    ``tenant|<tag>|item`` -> count, ASCII numbers) by `flush`; `rebuild` reloads them
+    from it after a restart or a rebalance. With several workers each counts the records
+    of its own partitions (a request is in one partition, so each worker's shares estimate
+    the same rates) and a key holds the last flushed value of whichever worker wrote it.
+    Bounded: beyond ``max_items`` items of a tenant the least-counted half is forgotten
+    (and deleted from the store)."""
 
-    Bounded: beyond ``max_items`` items of a tenant the least-counted half is forgotten.
-    An item never seen positive counts as 1 (its propensity is small, not zero).
-    """
+    tag = "c"
 
-    def __init__(self, eta: float = 0.5, max_items: int = 1_000_000) -> None:
-        self.eta = eta
+    def __init__(self, store: MutableMapping[bytes, bytes] | None, max_items: int) -> None:
+        self.store: MutableMapping[bytes, bytes] = {} if store is None else store
         self.max_items = max_items
         self.counts: dict[str, dict[str, int]] = {}
+        self.dirty: set[tuple[str, str | None]] = set()
+
+    def _count(self, tenant: str, items: Iterable[str]) -> dict[str, int]:
+        counts = self.counts.setdefault(tenant, {})
+        for item in items:
+            counts[item] = counts.get(item, 0) + 1
+            self.dirty.add((tenant, item))
+        if len(counts) > self.max_items:
+            keep = dict(sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[: self.max_items // 2])
+            for item in counts.keys() - keep.keys():
+                self.dirty.discard((tenant, item))
+                self.store.pop(self._key(tenant, item), None)
+            self.counts[tenant] = counts = keep
+        return counts
+
+    def _key(self, tenant: str, item: str) -> bytes:
+        return f"{tenant}|{self.tag}|{item}".encode()
+
+    def _total(self, tenant: str) -> int:
+        """The tenant-wide figure written under ``tenant|n`` (dirty entries with item None)."""
+        raise NotImplementedError
+
+    def _recovered(self, totals: dict[str, int]) -> None:
+        """After `rebuild` reloaded the item counts: the tenant-wide figures (``tenant|n``)."""
+
+    def flush(self) -> int:
+        """Write the counts changed since the last flush to the store; how many keys."""
+        dirty, self.dirty = self.dirty, set()
+        for tenant, item in dirty:
+            if item is None:
+                self.store[f"{tenant}|n".encode()] = str(self._total(tenant)).encode()
+            elif item in self.counts.get(tenant, {}):
+                self.store[self._key(tenant, item)] = str(self.counts[tenant][item]).encode()
+        return len(dirty)
+
+    def rebuild(self) -> None:
+        """Reload every count from the store (what this worker holds of it)."""
+        self.counts, self.dirty = {}, set()
+        totals: dict[str, int] = {}
+        prefix = f"{self.tag}|"
+        for key, value in list(self.store.items()):
+            if value is None:
+                continue
+            tenant, sep, rest = bytes(key).decode().partition("|")
+            if rest == "n":
+                totals[tenant] = int(value)
+            elif sep and rest.startswith(prefix):
+                self.counts.setdefault(tenant, {})[rest[len(prefix):]] = int(value)
+        self._recovered(totals)
+
+
+class ExposureCounter(StoredCounts):
+    """Item exposure propensity ``(n_i / max_j n_j) ** eta`` from positive counts, per tenant.
+
+    The counts (keys ``tenant|c|item``) are mirrored into ``store`` (the miner's table
+    ``exposure``; None: in memory only) as `StoredCounts` says. An item never seen
+    positive counts as 1 (its propensity is small, not zero).
+    """
+
+    tag = "c"
+
+    def __init__(self, eta: float = 0.5, max_items: int = 1_000_000,
+                 store: MutableMapping[bytes, bytes] | None = None) -> None:
+        super().__init__(store, max_items)
+        self.eta = eta
         self.max_count: dict[str, int] = {}
 
     def shown(self, tenant: str, items: Iterable[str]) -> None:
         """Impressions are not what this proxy counts."""
 
     def clicked(self, tenant: str, item: str) -> None:
-        counts = self.counts.setdefault(tenant, {})
-        n = counts.get(item, 0) + 1
-        counts[item] = n
+        n = self._count(tenant, (item,)).get(item, 0)
         if n > self.max_count.get(tenant, 0):
             self.max_count[tenant] = n
-        if len(counts) > self.max_items:
-            keep = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[: self.max_items // 2]
-            self.counts[tenant] = dict(keep)
 
     def propensity(self, tenant: str, item: str) -> float:
         top = self.max_count.get(tenant, 0)
@@ -84,40 +149,32 @@ class ExposureCounter:
             return 1.0
         return (max(self.counts[tenant].get(item, 0), 1) / top) ** self.eta
 
+    def _recovered(self, totals: dict[str, int]) -> None:
+        self.max_count = {tenant: max(counts.values(), default=0) for tenant, counts in self.counts.items()}
 
-class ImpressionExposure:
+
+class ImpressionExposure(StoredCounts):
     """Item exposure propensity per tenant from impressions: ``theta_i`` = (impressions
     showing ``i`` + ``prior``) / (the tenant's impressions + ``prior``), at most 1; 1 before
     the tenant's first impression.
 
-    The counts are kept in memory and mirrored into ``store`` (bytes keys
-    ``tenant|x|item`` -> shown count, ``tenant|n`` -> impressions, ASCII numbers) by
-    `flush`; `rebuild` reloads them from it (after a restart or a rebalance). With
-    several workers each counts the impressions of its own partitions (a request is in
-    one partition, so each share estimates the same rate) and a key holds the last
-    flushed value of whichever worker wrote it. Bounded: beyond ``max_items`` items of a
-    tenant the least-shown half is forgotten (and deleted from the store).
+    The counts are mirrored into ``store`` (keys ``tenant|x|item`` -> shown count,
+    ``tenant|n`` -> impressions) as `StoredCounts` says.
     """
 
-    def __init__(self, store: MutableMapping[bytes, bytes], prior: float = 0.5, max_items: int = 1_000_000
-                 ) -> None:
-        self.store = store
+    tag = "x"
+
+    def __init__(self, store: MutableMapping[bytes, bytes] | None, prior: float = 0.5,
+                 max_items: int = 1_000_000) -> None:
+        super().__init__(store, max_items)
         self.prior = prior
-        self.max_items = max_items
-        self.counts: dict[str, dict[str, int]] = {}
         self.requests: dict[str, int] = {}
-        self.dirty: set[tuple[str, str | None]] = set()
 
     def shown(self, tenant: str, items: Iterable[str]) -> None:
         """One impression of ``tenant`` showed ``items``."""
-        counts = self.counts.setdefault(tenant, {})
         self.requests[tenant] = self.requests.get(tenant, 0) + 1
         self.dirty.add((tenant, None))
-        for item in set(items):
-            counts[item] = counts.get(item, 0) + 1
-            self.dirty.add((tenant, item))
-        if len(counts) > self.max_items:
-            self._forget(tenant, counts)
+        self._count(tenant, set(items))
 
     def clicked(self, tenant: str, item: str) -> None:
         """Clicks are not what this estimator counts (exposure is observed)."""
@@ -128,38 +185,13 @@ class ImpressionExposure:
             return 1.0
         return min((self.counts[tenant].get(item, 0) + self.prior) / (n + self.prior), 1.0)
 
-    # -- the store ------------------------------------------------------------------------
-    def flush(self) -> int:
-        """Write the counts changed since the last flush to the store; how many keys."""
-        dirty, self.dirty = self.dirty, set()
-        for tenant, item in dirty:
-            if item is None:
-                self.store[f"{tenant}|n".encode()] = str(self.requests[tenant]).encode()
-            elif item in self.counts.get(tenant, {}):
-                self.store[f"{tenant}|x|{item}".encode()] = str(self.counts[tenant][item]).encode()
-        return len(dirty)
+    def _total(self, tenant: str) -> int:
+        return self.requests[tenant]
 
-    def rebuild(self) -> None:
-        """Reload every count from the store (what this worker holds of it)."""
-        self.counts, self.requests, self.dirty = {}, {}, set()
-        for key, value in list(self.store.items()):
-            if value is None:
-                continue
-            text = bytes(key).decode()
-            tenant, sep, rest = text.partition("|")
-            if rest == "n":
-                self.requests[tenant] = int(value)
-            elif sep and rest.startswith("x|"):
-                self.counts.setdefault(tenant, {})[rest[2:]] = int(value)
-        for tenant in self.counts:
-            self.requests.setdefault(tenant, max(self.counts[tenant].values(), default=0))
-
-    def _forget(self, tenant: str, counts: dict[str, int]) -> None:
-        keep = dict(sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[: self.max_items // 2])
-        for item in counts.keys() - keep.keys():
-            self.dirty.discard((tenant, item))
-            self.store.pop(f"{tenant}|x|{item}".encode(), None)
-        self.counts[tenant] = keep
+    def _recovered(self, totals: dict[str, int]) -> None:
+        self.requests = totals
+        for tenant, counts in self.counts.items():
+            self.requests.setdefault(tenant, max(counts.values(), default=0))
 
 
 class FixedPositions:

@@ -8,9 +8,11 @@ the deployment (a renamed table starts empty). Keys and values are bytes.
   (`attribution_windows.Windows`), partitioned like the inputs;
 - ``sessions``: ``tenant|u|user_id`` -> the user's open session
   (`reformulation.session_book.SessionBook`), partitioned like the turns;
-- ``exposure``: ``tenant|x|candidate_id`` -> impressions that showed it and
-  ``tenant|n`` -> the tenant's impressions (`debias.ImpressionExposure`), one
-  partition, written on the close timer;
+- ``exposure``: the item exposure counts (`debias.StoredCounts`), one partition,
+  written on the close timer: ``tenant|c|candidate_id`` -> its clicks
+  (`debias.ExposureCounter`, the popularity proxy), or ``tenant|x|candidate_id`` ->
+  impressions that showed it and ``tenant|n`` -> the tenant's impressions
+  (`debias.ImpressionExposure`);
 - ``reformulation``: ``tenant|<chunk>`` and ``tenant|meta`` -> each tenant's
   mining checkpoint (`agents.reformulation`), one partition.
 """

@@ -27,19 +27,20 @@ WINDOW_MS = 2000
 
 @pytest.fixture
 def start_miner(broker, topics, workdir):
-    """``start_miner(app_id=None, window_ms=WINDOW_MS)`` -> a miner process on fresh topics
-    (restartable by app id)."""
+    """``start_miner(app_id=None, window_ms=WINDOW_MS, env=None)`` -> a miner process on fresh
+    topics (restartable by app id; ``env``: more settings)."""
     started = []
     ensure_topics(broker, topics.all(), 2)
 
-    def _start(app_id: str | None = None, window_ms: int = WINDOW_MS):
+    def _start(app_id: str | None = None, window_ms: int = WINDOW_MS, env: dict[str, str] | None = None):
         app_id = app_id or f"miner-{uuid.uuid4().hex[:8]}"
         mport = procs.free_port()
         env = {"LOOPWISE_KAFKA_BOOTSTRAP": broker, "LOOPWISE_APP_ID": app_id, "LOOPWISE_TOPIC_PARTITIONS": "2",
                "LOOPWISE_METRICS_PORT": str(mport), "LOOPWISE_GRPC_HOST": "127.0.0.1",
                "LOOPWISE_ATTRIBUTION_WINDOW_MS": str(window_ms), "LOOPWISE_CLOSE_INTERVAL_S": "0.2",
                "LOOPWISE_FEEDBACK_MODE": "window",  # these tests: the window mode (fnw: test_feedback_fnw.py)
-               "LOOPWISE_CHANGELOG_CATCH_UP": "true", **topics.env()}  # Tansu under-reports end offsets
+               "LOOPWISE_CHANGELOG_CATCH_UP": "true", **topics.env(),  # Tansu under-reports end offsets
+               **(env or {})}
         proc = procs.start_service("loopwise.miner", env, workdir / f"{app_id}-{len(started)}.log")
         started.append(proc)
         url = f"http://127.0.0.1:{mport}/metrics"
@@ -239,3 +240,42 @@ def test_a_tombstone_is_dead_lettered_and_the_rest_of_its_batch_attributed(start
     assert [(e.request_id, e.candidate_id) for e in examples] == [("r-next", "a")]
     assert proc.alive() and procs.metric_value(url, "loopwise_miner_deadlettered_total",
                                                {"reason": "empty_record"}) == 1.0
+
+
+@pytest.mark.parametrize("model", ["popularity", "impressions"])
+def test_a_killed_worker_keeps_its_item_exposure_counts(start_miner, broker, topics, model):
+    """Item exposure propensities survive a kill -9: 16 requests click "pop", one clicks
+    "rare"; after the restart a click on "rare" is still weighed as a rare item's. With the
+    counts lost its propensity would be 1 (the first item seen after the restart)."""
+    env = {"LOOPWISE_EXPOSURE_MODEL": model}
+    proc, app_id, _ = start_miner(env=env)
+    f = EventFactory("default")
+    producer = KafkaProducer(bootstrap_servers=broker)
+
+    def request(request_id: str, shown: list[str], clicked: str) -> None:
+        imp = f.impression(request_id, shown)
+        imp.impression.candidates.CopyFrom(candidates(shown))
+        send(producer, topics.impressions, imp)
+        send(producer, topics.events, f.click(request_id, clicked, position=shown.index(clicked) + 1))
+
+    for i in range(16):
+        request(f"r{i}", ["pop", f"x{i}"], "pop")
+    request("r-rare", ["pop", "rare"], "rare")
+    producer.flush()
+    before = decode(read_records(broker, topics.examples, want=34, timeout=40, idle=1.0), learning_pb2.Example)
+    assert len({e.example_id for e in before}) == 34  # every window closed: the counts were flushed with them
+    rare = [e.exposure_propensity for e in before if (e.request_id, e.label) == ("r-rare", 1.0)]
+    assert rare and rare[0] < 0.5
+    time.sleep(1.0)  # a close tick after the last window: the table's changelog is written
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.popen.wait(5)
+    start_miner(app_id, env=env)
+    request("r-after", ["pop", "rare"], "rare")
+    producer.flush()
+    deadline = time.monotonic() + 60
+    after: list[float] = []
+    while not after and time.monotonic() < deadline:
+        examples = decode(read_records(broker, topics.examples, want=35, timeout=10, idle=1.0), learning_pb2.Example)
+        after = [e.exposure_propensity for e in examples if (e.request_id, e.label) == ("r-after", 1.0)]
+    assert after, "the click after the restart was not attributed"
+    assert after[0] < 0.5, f"exposure counts lost in the restart: propensity {after[0]}"

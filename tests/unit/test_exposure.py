@@ -45,6 +45,43 @@ def test_counts_survive_a_rebuild_from_the_table_mapping():
     assert restarted.propensity("a", "y") == (4 + 0.5) / (11 + 0.5)
 
 
+def test_click_counts_survive_a_rebuild_and_share_the_table_without_mixing():
+    """The popularity proxy (the default) keeps its click counts in the same table under its
+    own tag: a restarted counter has the maxima back, and an impressions estimator reading
+    the same table sees none of them."""
+    table: dict[bytes, bytes] = {}
+    counter = ExposureCounter(eta=0.5, store=table)
+    for item in ["p"] * 16 + ["q"] * 4:
+        counter.clicked("a", item)
+    counter.clicked("b", "q")
+    assert counter.flush() == 3 and table[b"a|c|p"] == b"16" and table[b"b|c|q"] == b"1"
+    restarted = ExposureCounter(eta=0.5, store=table)
+    assert restarted.propensity("a", "q") == 1.0  # nothing before the rebuild
+    restarted.rebuild()
+    for tenant, item in (("a", "p"), ("a", "q"), ("a", "new"), ("b", "q"), ("c", "p")):
+        assert restarted.propensity(tenant, item) == counter.propensity(tenant, item)
+    assert restarted.propensity("a", "q") == 0.5
+    restarted.clicked("a", "q")  # and it goes on counting from there
+    assert restarted.propensity("a", "q") == (5 / 16) ** 0.5
+    other = ImpressionExposure(table)
+    other.rebuild()
+    assert other.counts == {} and other.propensity("a", "p") == 1.0
+
+
+def test_forgetting_clicks_deletes_from_the_table_and_keeps_the_maximum():
+    table: dict[bytes, bytes] = {}
+    counter = ExposureCounter(store=table, max_items=4)
+    for item in ["p", "p", "p", "q", "q"]:
+        counter.clicked("a", item)
+    counter.flush()
+    for item in ["r", "s", "t"]:
+        counter.clicked("a", item)
+    counter.flush()
+    assert len(counter.counts["a"]) <= 4 and table[b"a|c|p"] == b"3"
+    assert all(k.decode().split("|")[2] in counter.counts["a"] for k in table)
+    assert counter.propensity("a", "p") == 1.0 and counter.max_count["a"] == 3
+
+
 def test_forgetting_deletes_from_the_table():
     table: dict[bytes, bytes] = {}
     seen = ImpressionExposure(table, max_items=4)

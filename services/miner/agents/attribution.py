@@ -32,7 +32,13 @@ from loopwise.validation import Limits, check_event
 
 from ..attribution import FAKE, Attribution, AttributionConfig, Outputs
 from ..attribution_windows import Windows
-from ..debias import ExposureCounter, ExposureModel, FixedPositions, ImpressionExposure
+from ..debias import (
+    ExposureCounter,
+    ExposureModel,
+    FixedPositions,
+    ImpressionExposure,
+    StoredCounts,
+)
 from ..metrics import MinerMetrics
 from ..outputs import DeadLetters, Outbox
 from ..recovery import ChangelogCatchUp, InputRewind, ReadPositions, RecoveryGate
@@ -59,7 +65,7 @@ def exposure_model(settings: MinerSettings, tables: MinerTables) -> ExposureMode
     if settings.exposure_model == "impressions":
         return ImpressionExposure(tables.exposure)
     if settings.exposure_model == "popularity":
-        return ExposureCounter(eta=settings.exposure_eta)
+        return ExposureCounter(eta=settings.exposure_eta, store=tables.exposure)
     raise ValueError(f"LOOPWISE_EXPOSURE_MODEL={settings.exposure_model!r}: expected impressions or popularity")
 
 
@@ -94,9 +100,9 @@ class AttributionAgents:
         """The states and the exposure counts from their tables (after recovery)."""
         self.windows.rebuild()
         exposure = self.attribution.exposure
-        if isinstance(exposure, ImpressionExposure):
+        if isinstance(exposure, StoredCounts):
             exposure.rebuild()
-            log.info("exposure counts recovered", extra={"tenants": len(exposure.requests),
+            log.info("exposure counts recovered", extra={"tenants": len(exposure.counts),
                                                          "items": sum(map(len, exposure.counts.values()))})
 
     async def on_rebalance(self, sender: Any = None, **kwargs: Any) -> None:
