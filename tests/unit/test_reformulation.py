@@ -137,6 +137,26 @@ def test_a_retry_in_another_carrier_after_a_failure_is_a_rephrase_by_its_tail() 
     assert label_session(short)[1] == [False, False]
 
 
+def test_a_short_request_completed_in_the_retry_is_a_rephrase() -> None:
+    """A partial title shorter than the tail bound ("back", "army") is a rephrase when the retry
+    says it again right after its carrier and goes on; not when it is only function words, not
+    when the retry ends with it, not when it is said elsewhere in the retry."""
+    done = "play_movie:42"
+
+    def rephrased(failed: str, retry: str) -> bool:
+        session = [turn(0, failed, status=STATUS_UNHANDLED), turn(4000, retry, interp=done)]
+        session[1].slots = {"item": "42"}
+        return label_session(session)[1][0]
+
+    assert rephrased("play back", "play back to the future")
+    assert rephrased("i want to watch army", "put on army of darkness")
+    assert rephrased("watch kiss", "i want to watch kiss the girls")
+    assert not rephrased("play to", "play to kill a mockingbird")  # function words only
+    assert not rephrased("play back", "watch back")  # nothing completed
+    assert not rephrased("play back", "play a movie with the way back home")  # too far in to be the request
+    assert not rephrased("play back", "play heat")
+
+
 def test_abandonment() -> None:
     kinds, _ = label_session([turn(0, "play heet", status=STATUS_UNHANDLED)])
     assert kinds[0] == DefectKind.UNHANDLED | DefectKind.ABANDONED

@@ -40,7 +40,12 @@ the failed turn (its carrier dropped, ``MIN_TAIL_CHARS`` or more) is close
 to a span of the retry (`tail_similarity` >= ``tail_threshold``): "i want to
 watch braveheert" then "play the movie braveheart", "put on capefear" then
 "play cape fear", "play raiders of" then "play the movie raiders of the lost
-ark" (their texts share too few words and letters for `similarity`).
+ark" (their texts share too few words and letters for `similarity`). A tail
+shorter than that counts when the retry completes it: said again exactly
+right after the retry's carrier (its first ``MAX_CARRIER_WORDS`` words at
+most), with more words after it, and not only function words ("play back"
+then "play back to the future"; not "play to" then "play to kill a
+mockingbird": "to" starts too many titles).
 
 >>> phonetic("maj and dragons") == phonetic("imagine dragons")
 True
@@ -88,6 +93,8 @@ class DefectConfig:
 
 MIN_PHONETIC = 4
 MIN_TAIL_CHARS = 5
+MAX_CARRIER_WORDS = 5
+FUNCTION_WORDS = frozenset("a an and at by for from in into of on or the to with".split())
 _SOUNDEX = {c: d for letters, d in (("bfpv", "1"), ("cgjkqsxz", "2"), ("dt", "3"), ("l", "4"),
                                      ("mn", "5"), ("r", "6")) for c in letters}
 
@@ -168,9 +175,20 @@ def tail_similarity(prev: str, nxt: str) -> float:
     for i in range(1, len(words)):
         tail = " ".join(words[i:])
         if len(tail) < MIN_TAIL_CHARS:
-            break
+            return max(best, 1.0 if _completed(words[i:], other) else 0.0)
         best = max(best, closest_span(other, tail)[0])
     return best
+
+
+def _completed(tail: Sequence[str], other: Sequence[str]) -> bool:
+    """A short request completed: ``tail`` (with a word that is not a function word) is said
+    again exactly after the retry's first 1 to ``MAX_CARRIER_WORDS`` words (its carrier) and
+    the retry goes on ("play back" then "play back to the future", "watch army" then "put on
+    army of darkness")."""
+    if all(w in FUNCTION_WORDS for w in tail):
+        return False
+    k = len(tail)
+    return any(list(other[j:j + k]) == list(tail) for j in range(1, min(len(other) - k, MAX_CARRIER_WORDS + 1)))
 
 
 def same_request(prev: TurnRecord, nxt: TurnRecord, threshold: float = 0.6) -> bool | None:
