@@ -447,6 +447,37 @@ def test_a_request_misheard_under_several_carriers_is_learnt_once_and_served_in_
     assert not [r for r in alone.rules.values() if r.kind == "utterance"]
 
 
+def test_carrier_pooled_canaries_are_judged_against_their_tails_history():
+    """Each utterance of the pooled tail was heard fewer times than the canary needs ("watch ..."
+    3, "play ..." 2, "put on ..." never): the control starts from the tail's pooled history (5
+    turns, all failed), so their strong evidence (5 users fixed it) promotes every one of them
+    at the next refresh instead of leaving them canaries until a text users seldom say comes
+    back five times."""
+    from loopwise.miner.reformulation.pipeline import MiningConfig, TenantMiner
+
+    m = TenantMiner("t", MiningConfig(canary_share=0.5, canary_min_turns=5))
+    t = 0
+    for i, title in enumerate(("heat", "toy story", "fargo", "the wizard of oz")):
+        for carrier in ("play", "watch", "put on"):
+            t += H
+            m.observe_session([turn(t, f"{carrier} {title}", user=f"ok{i}{carrier}", interp=f"play_movie:{i}")])
+    for u, carrier in enumerate(("watch", "play", "watch", "play", "watch")):
+        t += H
+        m.observe_session([turn(t, f"{carrier} wizard of oz", user=f"u{u}", status=STATUS_UNHANDLED),
+                           turn(t + 3000, "play the wizard of oz", user=f"u{u}", interp="play_movie:3")])
+    first = m.refresh(now_ms=t + H)
+    pooled = {r.source for r in m.rules.values() if r.kind == "utterance"}
+    assert pooled == {"watch wizard of oz", "play wizard of oz", "put on wizard of oz"}
+    assert {r.source for r in first.records if r.action == "canary"} >= pooled
+    for rule in m.rules.values():
+        if rule.source in pooled:
+            trial = m.canary.trials[rule.rule_id]
+            assert (trial.control_turns, trial.control_successes) == (5, 0)
+    second = m.refresh(now_ms=t + 2 * H)
+    promoted = {r.source: r.reason for r in second.records if r.action == "promoted"}
+    assert set(promoted) >= pooled and all(promoted[s].startswith("evidence strong") for s in pooled)
+
+
 def test_carrier_rules_are_rederived_on_their_interval_only(monkeypatch) -> None:
     """A pass over every heard utterance: at most every ``every_ms``, not on every refresh."""
     from loopwise.miner.reformulation import pipeline

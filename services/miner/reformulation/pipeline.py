@@ -197,11 +197,16 @@ class TenantMiner:
 
     def _history(self, rule: Rule) -> tuple[int, int]:
         """(turns, successes) of the rule's source heard before it: its own counts, a span's
-        tracked counts, else (a source not heard as such: a carrier-pooled rule) its evidence's."""
+        tracked counts, or the evidence's it was selected on when that has more turns and the
+        own counts are fewer than the canary needs (a carrier-pooled rule: its source heard
+        once or never, its tail's turns in the other carriers pooled; without them the
+        control would wait for turns of a text users seldom say)."""
         counts = self.spans.counts.get(rule.source) if rule.kind == SPAN else self.heard.get(rule.source)
-        if counts and counts[0]:
-            return int(counts[0]), int(counts[1])
-        return rule.source_turns, int(round(rule.source_success * rule.source_turns))
+        own = (int(counts[0]), int(counts[1])) if counts and counts[0] else (0, 0)
+        evidence = (int(rule.source_turns), int(round(rule.source_success * rule.source_turns)))
+        if own[0] >= self.canary.min_turns or own[0] >= evidence[0]:
+            return own
+        return evidence
 
     def _decide_canaries(self, now_ms: int, out: Changes) -> None:
         """Promote the canaries that beat their control, withdraw those that lose to it."""
