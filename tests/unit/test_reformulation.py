@@ -387,6 +387,33 @@ def test_tenant_miner_deploys_then_rolls_back() -> None:
     assert m.table() == {}
 
 
+def test_a_rule_does_not_go_on_from_a_target_that_works_to_where_its_few_failures_went():
+    """Users who said "the godfather part ii" and were heard as "the godfather" corrected
+    themselves: a supported edge from the godfather's interpretation, which works for most of
+    its turns. A source whose users got the godfather by rephrasing gets the godfather, not
+    the sequel the second hop reaches (with a higher success)."""
+    from loopwise.miner.reformulation.pipeline import MiningConfig, TenantMiner
+
+    m = TenantMiner("t", MiningConfig(canary_share=1.0, spans=SpanConfig(enabled=False)))
+    t = 10**12
+    for u in range(30):  # the godfather mostly works
+        t += H
+        m.observe_session([turn(t, "play the godfather", user=f"ok{u}", interp="video.play_movie:127")])
+    for u in range(4):  # misheard the other way round: the sequel's users correct it
+        t += H
+        m.observe_session([turn(t, "play the godfather", user=f"seq{u}", interp="video.play_movie:127",
+                                barge_in=True),
+                           turn(t + 2000, "play the godfather part ii", user=f"seq{u}",
+                                interp="video.play_movie:187")])
+    for u in range(5):  # the source: "godfatha" fails, said again right it plays the godfather
+        t += H
+        m.observe_session([turn(t, "play the godfatha", user=f"u{u}", status=STATUS_UNHANDLED),
+                           turn(t + 2000, "play the godfather", user=f"u{u}", interp="video.play_movie:127")])
+    m.refresh(now_ms=t + H)
+    got = {r.source: r.target for r in m.rules.values()}
+    assert got.get("play the godfatha") == "video.play_movie:127"
+
+
 def test_a_rule_chosen_on_thin_evidence_is_superseded_when_the_evidence_points_elsewhere():
     from loopwise.miner.reformulation.pipeline import MiningConfig, TenantMiner
     from loopwise.miner.reformulation.sessions import TurnRecord

@@ -4,7 +4,10 @@ A source state qualifies when its turns fail often by themselves (one-step
 defect rate ``1 - direct_success >= min_source_defect``). Its candidate targets
 are the states reachable from it through rephrase edges in at most
 ``max_hops`` steps, each edge on the path backed by ``min_support`` distinct
-users (so a single user's burst never makes a rule). The target with the
+users (so a single user's burst never makes a rule), and no path going on
+from a state that mostly works by itself (its rephrases are the few users it
+failed: "the godfather" then "the godfather part ii" from users misheard the
+other way round). The target with the
 highest absorption success probability wins if it reaches
 ``min_target_success`` and beats the source's one-step success (what the
 rewrite replaces: the source turn itself working) by ``min_margin``; that
@@ -110,13 +113,17 @@ class Rule:
 
 
 def _reachable(src: int, indptr: np.ndarray, dst: np.ndarray, users: np.ndarray, min_support: float,
-               max_hops: int) -> dict[int, float]:
-    """States reachable from ``src`` over supported edges -> best path support (min over its edges)."""
+               max_hops: int, works: np.ndarray | None = None) -> dict[int, float]:
+    """States reachable from ``src`` over supported edges -> best path support (min over its edges).
+    A path does not go on from a state that ``works`` (mostly succeeds by itself): the users
+    who rephrased after it are the few it failed, not this source's."""
     best: dict[int, float] = {}
     frontier = {src: float("inf")}
     for _ in range(max_hops):
         nxt: dict[int, float] = {}
         for node, sup in frontier.items():
+            if works is not None and node != src and works[node]:
+                continue
             lo, hi = indptr[node], indptr[node + 1]
             ok = users[lo:hi] >= min_support
             for d, u in zip(dst[lo:hi][ok].tolist(), users[lo:hi][ok].tolist(), strict=True):
@@ -141,9 +148,10 @@ def select_rules(chain: Chain, tenant: str, config: RuleConfig = RuleConfig(),
     cand = live & (1 - direct >= config.min_source_defect) & (fail >= config.min_source_failure) \
         & (chain.turns[:n] >= config.min_source_turns)
     indptr, dst, _, users = chain.successors()
+    works = 1 - direct < config.min_source_defect  # would not be a source: it mostly works as it is
     rules: list[Rule] = []
     for s in np.nonzero(cand)[0].tolist():
-        reach = _reachable(s, indptr, dst, users, config.min_support, config.max_hops)
+        reach = _reachable(s, indptr, dst, users, config.min_support, config.max_hops, works)
         if not reach:
             continue
         targets = np.fromiter(reach, dtype=np.int64)
