@@ -1,17 +1,21 @@
 """Speed and size of the error memory on a running stack (bench/error_memory.py).
 
-Two more inference replicas are started beside the stack's (its settings,
+Three more inference replicas are started beside the stack's (its settings,
 its broker, Redis and model store, the memory mode changed): ``on`` (a
 second replica with the memory on: click-to-effect must hold on every
-replica) and ``off`` (the baseline for latency). Then:
+replica), ``off`` (the baseline for latency) and ``twin`` (memory off as
+well: the noise floor). Then:
 
 - Rank latency: ``LATENCY_CALLS`` calls of 100 candidates to each replica,
   in turn: the stack's (memory on, filled by the replay), the second
-  memory-on one and the ``off`` one; the overhead is median(second on) /
-  median(off) - 1: the two replicas started together with the same
-  settings but the memory mode (the on one also reads and writes the
-  errors these calls make); the stack's replica differs by more than the
-  memory (it served the whole replay): its figure is reported beside.
+  memory-on one, the ``off`` one and its ``twin`` (memory off too); the
+  overhead is median(second on) / median(off) - 1: the two replicas started
+  together with the same settings but the memory mode (the on one also
+  reads and writes the errors these calls make), and the median of the
+  per-round ratios (``_paired``); twin against off (``rank_latency_a_a``) is
+  the same figure between two identical replicas, the noise floor; the
+  stack's replica differs by more than the memory (it served the whole
+  replay): its figure is reported beside.
 - Click-to-effect (first: the latency calls' impressions soon make enough
   examples for the trainer service to publish a version, and a new version
   starts with a fresh memory): for each of ``TRIALS`` probes (a user never
@@ -69,32 +73,41 @@ def _request(data: datasets.MovieLens, user_id: str, items: list[str], tenant: s
     return rank_request(tenant, items, **inputs)
 
 
-def rank_latency(stack_on: Client, fresh_on: Client, off: Client, data: datasets.MovieLens, tenant: str, seed: int
-                 ) -> dict[str, float]:
-    """Rank of 100 candidates, in turn on the stack's replica (memory on), the second memory-on
-    replica and the memory-off one. The overhead compares the two replicas started together with
-    the same settings but the memory mode (the stack's has served the whole replay besides)."""
+def rank_latency(stack_on: Client, fresh_on: Client, off: Client, twin: Client, data: datasets.MovieLens,
+                 tenant: str, seed: int) -> dict[str, float]:
+    """Rank of 100 candidates, in rounds of one call to each replica in turn: the stack's (memory
+    on), the second memory-on one, the memory-off one and its twin (memory off as well). The
+    overhead compares the two replicas started together with the same settings but the memory
+    mode (the stack's has served the whole replay besides): the ratio of their medians, and the
+    median of the ratios within a round (paired: both calls see the machine's load of that
+    moment). The twin against the off replica is the same comparison with no difference between
+    them: the noise floor of the figure on this machine."""
     rng = random.Random(seed)
     ids = list(data.items)
-    clients = [("stack", "on", stack_on), ("on", "on", fresh_on), ("off", "off", off)]
+    clients = [("stack", "on", stack_on), ("on", "on", fresh_on), ("off", "off", off), ("twin", "off", twin)]
     times: dict[str, list[float]] = {name: [] for name, _, _ in clients}
-    for call in range(LATENCY_CALLS * len(clients) + 20):
+    warm = 5 * len(clients)  # the first rounds warm them up
+    for call in range(LATENCY_CALLS * len(clients) + warm):
         request = _request(data, f"latency-{call % 50}", rng.sample(ids, LATENCY_CANDIDATES), tenant)
         name, mode, client = clients[call % len(clients)]
         t = time.perf_counter()
         answer = client.rank_raw(request)
-        if call >= 20:  # the first calls warm them up
+        if call >= warm:
             times[name].append(time.perf_counter() - t)
         if (answer.memory_mode or "off") != mode:
             raise RuntimeError(f"a memory-{mode} replica answers with memory mode {answer.memory_mode!r}")
     p50 = {name: float(np.median(t)) * 1000 for name, t in times.items()}
     p99 = {name: float(np.percentile(t, 99)) * 1000 for name, t in times.items()}
+    per = {name: np.asarray(t) for name, t in times.items()}
     return {"rank_ms_p50_memory_on": round(p50["on"], 3), "rank_ms_p50_memory_off": round(p50["off"], 3),
-            "rank_ms_p50_stack_replica": round(p50["stack"], 3),
+            "rank_ms_p50_stack_replica": round(p50["stack"], 3), "rank_ms_p50_memory_off_twin": round(p50["twin"], 3),
             "rank_ms_p99_memory_on": round(p99["on"], 3), "rank_ms_p99_memory_off": round(p99["off"], 3),
             "rank_ms_p99_stack_replica": round(p99["stack"], 3),
             "rank_latency_overhead": round(p50["on"] / p50["off"] - 1.0, 4),
-            "rank_latency_overhead_stack_replica": round(p50["stack"] / p50["off"] - 1.0, 4)}
+            "rank_latency_overhead_paired": round(float(np.median(per["on"] / per["off"])) - 1.0, 4),
+            "rank_latency_overhead_stack_replica": round(p50["stack"] / p50["off"] - 1.0, 4),
+            "rank_latency_a_a": round(p50["twin"] / p50["off"] - 1.0, 4),
+            "rank_latency_a_a_paired": round(float(np.median(per["twin"] / per["off"])) - 1.0, 4)}
 
 
 def click_to_effect(collector: Client, replicas: list[Client], data: datasets.MovieLens, tenant: str, seed: int,
@@ -164,14 +177,20 @@ def measure(info: stack.StackInfo, data: datasets.MovieLens, seed: int, say: Cal
         started.append(second)
         off, off_at, _ = start_replica(info, "off", "inference-memory-off")
         started.append(off)
-        say(f"replicas: {info.inference} (the stack's, memory on), {second_at} (memory on), {off_at} (memory off)")
+        twin, twin_at, _ = start_replica(info, "off", "inference-memory-off-twin")
+        started.append(twin)
+        say(f"replicas: {info.inference} (the stack's, memory on), {second_at} (memory on), {off_at} and "
+            f"{twin_at} (memory off)")
         with Client(info.collector, info.inference, tenant=tenant) as main, \
-                Client(None, second_at, tenant=tenant) as other, Client(None, off_at, tenant=tenant) as base:
+                Client(None, second_at, tenant=tenant) as other, Client(None, off_at, tenant=tenant) as base, \
+                Client(None, twin_at, tenant=tenant) as base_twin:
             # Clicks first: the latency calls' impressions become enough examples to retrain on.
             out.update(click_to_effect(main, [main, other], data, tenant, seed, window_s + 2.0, say))
-            out.update(rank_latency(main, other, base, data, tenant, seed))
+            out.update(rank_latency(main, other, base, base_twin, data, tenant, seed))
             say(f"Rank, {LATENCY_CANDIDATES} candidates: p50 {out['rank_ms_p50_memory_on']} ms memory on, "
-                f"{out['rank_ms_p50_memory_off']} ms off (overhead {out['rank_latency_overhead']:+.1%}); "
+                f"{out['rank_ms_p50_memory_off']} ms off (overhead {out['rank_latency_overhead']:+.1%}, paired "
+                f"{out['rank_latency_overhead_paired']:+.1%}); two memory-off replicas against each other "
+                f"{out['rank_latency_a_a']:+.1%} (paired {out['rank_latency_a_a_paired']:+.1%}): the noise floor; "
                 f"the stack's replica (memory on, served the replay) {out['rank_ms_p50_stack_replica']} ms "
                 f"({out['rank_latency_overhead_stack_replica']:+.1%})")
         out["bytes_per_model"] = procs.metric_value(second_metrics, "loopwise_inference_memory_bytes",

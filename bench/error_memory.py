@@ -19,8 +19,9 @@ hidden layer). The memory's ``settle_s`` is the attribution window
 its buckets take it (services/inference/memory/fresh.py).
 
 Then, on the same stack (`_error_memory_measure`): Rank latency with 100
-candidates, memory on vs off (two more replicas started together, one
-with the memory on, one off);
+candidates, memory on vs off (more replicas started together, one
+with the memory on, two off: the second off one against the first is the
+noise floor, ``rank_latency_a_a``);
 click-to-effect (a click acknowledged by the collector until the
 compensation moved in Rank on both of two memory-on replicas); bytes of one
 model's memory at the service's default K and L (and at the tuned ones).
