@@ -3,8 +3,13 @@
 The prefix (``--tune-fraction`` of the requests, the first 10% by default:
 the span the cold-start model serves before the first retrain, and the
 prefix bench/learning.py tunes its peers on) is scored in-process with the
-cold-start ONNX model: its probability and its hidden layer, the memory's
-key, hashed as it travels (int8, `canonical`). The inference service's own
+cold-start ONNX model: its hidden layer, the memory's key, hashed as it
+travels (int8, `canonical`), and its probability, or (``served``, what
+bench/error_memory.py passes) the probability the stack would serve: the
+model plus the trainer's sparse deltas learnt on the prefix as it goes
+(`_learning_inprocess.run_inprocess`). The memory corrects what serves: tuned
+on the bare model, it learnt to do what the deltas already do and, on top of
+them, over-corrected (see bench/error_memory.py). The inference service's own
 memory (`loopwise.inference.memory`: `Sketch` and `compensate`) then replays
 it progressively for each point of a grid over K, L, lambda and tau (and
 gamma: 1, the paper's, pulls a prediction toward its neighbours' labels; 0
@@ -20,9 +25,11 @@ Two stages, both on the prefix: first the exact (user, item) table alone
 (`memory/pairs.py`: ``pair_lambda`` x ``pair_prior`` x ``pair_at_rank``, the
 sketch's lambda 0; a click at once, the negatives ``lag`` requests later or,
 with ``pair_at_rank``, each pair as shown at once), then the sketch's
-grid with that table on. In each the point with the best gAUC of the
-compensated scores over the prefix wins; nothing after the prefix is looked
-at.
+grid with that table on. Every point replays the whole prefix; each stage's
+point is the one with the best gAUC over the prefix's first half, and the
+sketch is kept (its lambda above 0) only when it also beats the table alone
+over the second half, which chose nothing. Nothing after the prefix is
+looked at.
 """
 
 from __future__ import annotations
@@ -133,33 +140,46 @@ def row_items(stream: Stream, rows: slice) -> np.ndarray:
 
 
 def tune(stream: Stream, parent: bytes, prefix: int, quick: bool = False, settle: bool = False,
-         say: Callable[[str], None] = print) -> Tuned:
-    """The grid point with the best progressive gAUC on the first ``prefix`` requests."""
+         say: Callable[[str], None] = print, served: np.ndarray | None = None) -> Tuned:
+    """The grid point with the best progressive gAUC on the first ``prefix`` requests;
+    ``served``: the base probabilities of those rows as served (the model plus its sparse
+    deltas), else the cold-start model's own."""
     assert stream.sparse is not None and stream.dense is not None
     k_rows = stream.k
     rows = slice(0, prefix * k_rows)
     prob, keys = score_with_keys(parent, stream.sparse[rows], stream.dense[rows])
+    if served is not None:
+        prob = np.asarray(served[rows], dtype=prob.dtype)
     y = stream.label.reshape(-1)[rows]
     users = stream.row_users()[rows]
     base = gauc(y, prob, users)
     pairs = (users.astype(np.str_), row_items(stream, rows))
+    half = (prefix // 2) * k_rows
+
+    def scored(comp: np.ndarray) -> dict[str, float]:
+        """gAUC over the prefix, its first half (where points are chosen) and its second (where
+        the sketch must confirm its gain over the table alone)."""
+        return {"gauc": round(float(gauc(y, comp, users)), 5),
+                "gauc_first": round(float(gauc(y[:half], comp[:half], users[:half])), 5),
+                "gauc_second": round(float(gauc(y[half:], comp[half:], users[half:])), 5)}
+
     results = []
     for pair_lam, pair_prior, at_rank in itertools.product(*PAIR_GRID.values()):
-        g = gauc(y, replay(prob, keys, y, k_rows, k=1, bits=1, lam=0.0, tau=1.0, pairs=pairs, pair_lam=pair_lam,
-                           pair_prior=pair_prior, pair_at_rank=at_rank), users)
+        comp = replay(prob, keys, y, k_rows, k=1, bits=1, lam=0.0, tau=1.0, pairs=pairs, pair_lam=pair_lam,
+                      pair_prior=pair_prior, pair_at_rank=at_rank)
         results.append({"pair_lam": pair_lam, "pair_prior": pair_prior, "pair_at_rank": at_rank, "lam": 0.0,
-                        "gauc": round(float(g), 5)})
-    pair = max(results, key=lambda r: r["gauc"])
+                        **scored(comp)})
+    pair = max(results, key=lambda r: r["gauc_first"])
     grid = QUICK_GRID if quick else GRID
     for k, bits, lam, tau, gamma in itertools.product(*grid.values()):
-        g = gauc(y, replay(prob, keys, y, k_rows, k=k, bits=bits, lam=lam, tau=tau, gamma=gamma, settle=settle,
-                           pairs=pairs, pair_lam=pair["pair_lam"], pair_prior=pair["pair_prior"],
-                           pair_at_rank=pair["pair_at_rank"]), users)
+        comp = replay(prob, keys, y, k_rows, k=k, bits=bits, lam=lam, tau=tau, gamma=gamma, settle=settle,
+                      pairs=pairs, pair_lam=pair["pair_lam"], pair_prior=pair["pair_prior"],
+                      pair_at_rank=pair["pair_at_rank"])
         results.append({"k": k, "bits": bits, "lam": lam, "tau": tau, "gamma": gamma, "pair_lam": pair["pair_lam"],
-                        "pair_prior": pair["pair_prior"], "pair_at_rank": pair["pair_at_rank"],
-                        "gauc": round(float(g), 5)})
-    best = max(results, key=lambda r: r["gauc"])
-    if best["lam"] == 0.0:  # no sketch point beat the table alone: the sketch's defaults, lambda 0
+                        "pair_prior": pair["pair_prior"], "pair_at_rank": pair["pair_at_rank"], **scored(comp)})
+    sketch = max((r for r in results if r["lam"] > 0), key=lambda r: r["gauc_first"])
+    best = sketch if sketch["gauc_second"] > pair["gauc_second"] else pair
+    if best["lam"] == 0.0:  # the sketch did not confirm its gain: the sketch's defaults, lambda 0
         best = {**best, "k": 32, "bits": 12, "tau": 1.0, "gamma": 1.0}
     tuned = Tuned(k=int(best["k"]), bits=int(best["bits"]), lam=float(best["lam"]), tau=float(best["tau"]),
                   gamma=float(best["gamma"]), pair_lam=float(best["pair_lam"]), pair_prior=float(best["pair_prior"]),

@@ -62,11 +62,13 @@ class DeltaScorer:
 
 
 def run_inprocess(stream: Stream, parent: bytes, every: int, trainer: Any, say: Callable[[str], None] = print,
-                  delta_block: int = 0) -> LoopRun:
-    """Score each block of requests with what serves, then learn (see the module docstring)."""
+                  delta_block: int = 0, requests: int | None = None) -> LoopRun:
+    """Score each block of requests with what serves, then learn (see the module docstring);
+    ``requests``: stop after the first this many (their scores only; the rest stay NaN)."""
     assert stream.sparse is not None and stream.dense is not None
     k = stream.k
-    scores = np.empty(stream.n * k, dtype=np.float64)
+    n = stream.n if requests is None else min(requests, stream.n)
+    scores = np.full(stream.n * k, np.nan, dtype=np.float64)
     version = np.ones(stream.n, dtype=np.int64)
     scorer = OnnxScorer(parent)
     deltas = None
@@ -78,8 +80,8 @@ def run_inprocess(stream: Stream, parent: bytes, every: int, trainer: Any, say: 
             deltas.rebase("v1", trainer.production, np.zeros(0, dtype=np.int64), delta_block)
     block = delta_block if deltas is not None else every
     current, trained_to, steps = 1, 0, 0
-    for start in range(0, stream.n, block):
-        stop = min(start + block, stream.n, (start // every + 1) * every)
+    for start in range(0, n, block):
+        stop = min(start + block, n, (start // every + 1) * every)
         a, b = start * k, stop * k
         scores[a:b] = deltas.score(a, b) if deltas is not None else scorer.score(stream.sparse[a:b],
                                                                                   stream.dense[a:b])
@@ -87,7 +89,7 @@ def run_inprocess(stream: Stream, parent: bytes, every: int, trainer: Any, say: 
         if deltas is not None:
             deltas.learn(slice(a, b))
             steps += 1
-        if stop == stream.n:
+        if stop == n:
             break
         if stop % every:
             continue

@@ -13,8 +13,10 @@ slice, progressive (`_learning_eval`).
 K, L, lambda, tau (and gamma), and the exact (user, item) table's lambda and
 prior, are tuned before the stack starts, on the first ``--tune-fraction``
 of the stream only (`_error_memory_tune`: the inference service's own
-sketch and pair table replayed over the cold-start model's scores and
-hidden layer). The memory's ``settle_s`` is the attribution window
+sketch and pair table replayed over the cold-start model's hidden layer and
+the scores the stack would serve on the prefix: the model plus the
+trainer's sparse deltas, learnt in-process as the prefix goes; ``--tune-base
+coldstart``: the model's own scores, as before the deltas served). The memory's ``settle_s`` is the attribution window
 (``--settle-s``): a click's error waits for its window's negatives before
 its buckets take it (services/inference/memory/fresh.py).
 
@@ -36,6 +38,7 @@ within the replay, ``shift_recovery_not_within_s`` then says how long was
 watched.
 
 Usage: python bench/error_memory.py [--quick] [--requests N] [--no-shift] [--save-answers FILE.npz]
+            [--tune-base deltas|coldstart]
 The last line printed is one JSON object: gauc_base, gauc_memory, gauc_gain_points, auc_base, auc_memory,
 shift_recovery_s, rank_latency_overhead, click_to_effect_p50_s, click_to_effect_p99_s, bytes_per_model,
 and extras.
@@ -57,6 +60,7 @@ from _error_memory_shift import inject_shift, recovery_s
 from _error_memory_stack import memory_env, replay
 from _error_memory_tune import tune
 from _learning_eval import bucket_ids, summarize
+from _learning_inprocess import run_inprocess
 from _learning_loopwise import make_trainer
 from _learning_stream import Stream, build_stream, featurize
 from learning import (
@@ -85,6 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--attribution-window-ms", type=int, default=2_000, help="the miner's window")
     p.add_argument("--tune-fraction", type=float, default=0.1, help="stream prefix the memory is tuned on")
+    p.add_argument("--tune-base", choices=("deltas", "coldstart"), default="deltas",
+                   help="the base the memory is tuned over on the prefix: the cold-start model plus the "
+                        "trainer's sparse deltas learnt as the prefix goes (what the stack serves; default), "
+                        "or the cold-start model alone")
+    p.add_argument("--tune-delta-block", type=int, default=10,
+                   help="with --tune-base deltas: requests per delta step (bench/learning.py's "
+                        "--inprocess-delta-block)")
     p.add_argument("--shift-at", type=float, default=0.5,
                    help="the shift starts half a retraining interval after this fraction of the stream")
     p.add_argument("--no-shift", action="store_true", help="skip the replay with the injected shift")
@@ -130,7 +141,15 @@ def main(argv: list[str] | None = None) -> int:
 
     prefix = max(int(args.tune_fraction * n), 1)
     settle_s = args.attribution_window_ms / 1000 if args.settle_s is None else args.settle_s
-    tuned = tune(stream, parent, prefix, quick=args.quick, settle=settle_s > 0, say=c.say)
+    served = None
+    if args.tune_base == "deltas":
+        prefix_trainer = make_trainer("auto", parent, stream.spec, seed=args.seed, say=lambda _m: None,
+                                      overrides={"attribution_window_ms": str(args.attribution_window_ms)})
+        served = run_inprocess(stream, parent, n + 1, prefix_trainer, say=lambda _m: None,
+                               delta_block=args.tune_delta_block, requests=prefix).scores
+        if np.isnan(served[:prefix * stream.k]).any():
+            raise RuntimeError("the prefix was not scored with deltas")
+    tuned = tune(stream, parent, prefix, quick=args.quick, settle=settle_s > 0, say=c.say, served=served)
     env = memory_env("on", tuned.k, tuned.bits, tuned.lam, tuned.tau, tuned.gamma, settle_s, tuned.pair_lam,
                      tuned.pair_prior, tuned.pair_at_rank)
     trainer = make_trainer("auto", parent, stream.spec, seed=args.seed, say=c.say,
@@ -206,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                   "pair_lambda": tuned.pair_lam, "pair_prior": tuned.pair_prior, "pair_at_rank": tuned.pair_at_rank,
                   "prefix_requests": prefix, "prefix_gauc_base": rounded(tuned.gauc_base),
                   "prefix_gauc_memory": rounded(tuned.gauc_memory), "grid_points": len(tuned.grid),
-                  "settle_s": settle_s},
+                  "settle_s": settle_s, "base": args.tune_base},
         "curve_base": [rounded(x) for x in res["base"]["curve"]],
         "curve_memory": [rounded(x) for x in res["memory"]["curve"]], "slice_ends": edges,
         "request_auc_base": rounded(res["base"]["request_auc"]),
