@@ -79,6 +79,23 @@ def test_the_memory_corrects_the_pair_seen_and_leaves_the_users_other_items_and_
     assert np.array_equal(memory.compensate(base, hidden), base)  # no candidate ids: no pair correction
 
 
+def test_sketch_lambda_zero_leaves_the_sketch_unread_and_unwritten():
+    """lambda 0: the sketch corrects nothing, so Rank does not read it and errors do not go in
+    (the pair table still learns and corrects); the same answers as a sketch kept for nothing."""
+    config = MemoryConfig(mode="on", params=Params(lam=0.0), settle_s=2.0, pair=PAIR)
+    memory = MemoryBank(config, metrics=InferenceMetrics()).serve("default", "ranker", "v1", DIM)
+    assert not memory.sketch_on and memory.fresh is None
+    bank = MemoryBank(config)
+    memory = bank.serve("default", "ranker", "v1", DIM)
+    keys = np.random.default_rng(0).normal(size=(3, DIM)).astype(np.float32)
+    bank.write([error("u1", "a", 0.0, keys[0]), error("u1", "b", 1.0, keys[1])])
+    assert memory.sketch.writes == 0 and memory.pairs is not None and memory.pairs.writes == 2
+    base = np.full(3, 0.4, dtype=np.float32)
+    assert memory.compensate(base, keys, "u1", ["a", "b", "c"]).tolist() == pytest.approx([0.0, 1.0, 0.4])
+    on = MemoryBank(MemoryConfig(mode="on", params=Params(lam=0.5), pair=PAIR)).serve("default", "ranker", "v1", DIM)
+    assert on.sketch_on
+
+
 def test_pair_lambda_zero_has_no_table_and_the_bytes_count_the_table():
     plain = MemoryBank(MemoryConfig(mode="on", pair=Params(lam=0.0))).serve("default", "ranker", "v1", DIM)
     assert plain.pairs is None and plain.nbytes == plain.sketch.nbytes

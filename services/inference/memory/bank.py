@@ -53,8 +53,10 @@ class ModelMemory:
         self.tenant, self.model, self.version, self.dim = tenant, model, version, dim
         self.config = config
         self.sketch = Sketch(dim, config.k, config.bits, seed=config.seed, half_life_s=config.half_life_s)
+        # lambda 0: the sketch corrects nothing, so it is neither read nor written (it stays empty)
+        self.sketch_on = config.params.lam != 0.0
         # clicks waiting for their window's negatives (`fresh`), with settle_s > 0
-        self.fresh = Fresh(dim, config.seed) if config.settle_s > 0 else None
+        self.fresh = Fresh(dim, config.seed) if config.settle_s > 0 and self.sketch_on else None
         # the exact (user, item) table, with pair_lambda > 0
         self.pairs = PairTable(config.pair_bits, config.seed) if config.pair.lam > 0 else None
         # request ids this replica answered whose pairs `shown` wrote (pair_at_rank), oldest first
@@ -75,9 +77,12 @@ class ModelMemory:
         """Compensated probabilities of one call (one vectorised read): the sketch's correction of
         ``hidden``, plus the pair table's of (``user``, ``items``) when it has one (``user``: one id
         for the call or one per row; no ``items``: no pair correction)."""
-        keys = canonical(hidden)
         params = self.config.params
-        out = compensate(p_base, self.sketch.read(keys), params)
+        if self.sketch_on:
+            keys = canonical(hidden)
+            out = compensate(p_base, self.sketch.read(keys), params)
+        else:
+            out = np.array(p_base, dtype=np.float32).reshape(-1)
         extra = np.zeros(len(out), dtype=np.float32)
         waiting = self.fresh.error(keys, p_base, params) if self.fresh is not None else None
         if waiting is not None and params.lam != 0.0:
@@ -104,16 +109,18 @@ class ModelMemory:
         """Add a batch of errors: to the pair table at once (with ``users`` and ``items``, one per
         error; of a request answered here (``requests``, `shown`) only a click, its impression is in),
         to the sketch at once or, clicks with ``settle_s``, once settled."""
-        keys = canonical(keys)
         if len(times_s):
             self.clock = max(self.clock, float(np.max(times_s)))
-        if self.pairs is not None and len(items) == len(keys):
+        if self.pairs is not None and len(items) == len(labels):
             here = np.array([r in self.served for r in requests], dtype=bool) if len(requests) == len(keys) \
                 else np.zeros(len(keys), dtype=bool)
             take = ~here | (labels > 0)
             if take.any():
                 self.pairs.write(self.pairs.keys(np.asarray(users)[take], np.asarray(items)[take]), labels[take],
                                  preds[take], counted=here[take])
+        if not self.sketch_on:
+            return
+        keys = canonical(keys)
         if self.fresh is None:
             self.sketch.write(keys, labels, preds, times_s)
             return
@@ -273,7 +280,7 @@ class MemoryBank:
                     m.memory_score_bins.labels(*key, scorer, label, BIN_EDGES[b]).inc(int(counts[b]))
 
     def _observe_fill(self, memory: ModelMemory) -> None:
-        if self.metrics is not None:
+        if self.metrics is not None and memory.sketch_on:
             self.metrics.memory_fill.labels(memory.tenant, memory.model).set(memory.sketch.fill())
 
     def _count(self, tenant: str, model: str, result: str, n: int) -> None:
