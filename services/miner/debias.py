@@ -60,9 +60,10 @@ class StoredCounts:
     of its own partitions (a request is in one partition, so each worker's shares estimate
     the same rates) and a key holds the last flushed value of whichever worker wrote it.
     Bounded: beyond ``max_items`` items of a tenant the least-counted half is forgotten
-    (and deleted from the store)."""
+    (and deleted from the store). Each subclass names its ``tag``, so two estimators can share
+    one table without reading each other's counts."""
 
-    tag = "c"
+    tag = ""
 
     def __init__(self, store: MutableMapping[bytes, bytes] | None, max_items: int) -> None:
         self.store: MutableMapping[bytes, bytes] = {} if store is None else store
