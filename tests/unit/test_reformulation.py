@@ -442,6 +442,22 @@ def test_a_rule_chosen_on_thin_evidence_is_superseded_when_the_evidence_points_e
 # -- carrier-pooled rules ----------------------------------------------------------------------
 
 
+def wizard_misheard_under_carriers(miner) -> int:
+    """Four titles asked in each of three carriers (the carriers are learnt), then five users
+    heard as "<carrier> wizard of oz" (3 watch, 2 play), each fixing it by saying "play the
+    wizard of oz"; the last turn's time."""
+    t = 0
+    for i, title in enumerate(("heat", "toy story", "fargo", "the wizard of oz")):
+        for carrier in ("play", "watch", "put on"):
+            t += H
+            miner.observe_session([turn(t, f"{carrier} {title}", user=f"ok{i}{carrier}", interp=f"play_movie:{i}")])
+    for u, carrier in enumerate(("watch", "play", "watch", "play", "watch")):
+        t += H
+        miner.observe_session([turn(t, f"{carrier} wizard of oz", user=f"u{u}", status=STATUS_UNHANDLED),
+                               turn(t + 3000, "play the wizard of oz", user=f"u{u}", interp="play_movie:3")])
+    return t
+
+
 def test_a_request_misheard_under_several_carriers_is_learnt_once_and_served_in_each():
     """No utterance has the support of a whole-utterance rule; pooled by their tail they do, and
     the rule keeps each utterance's own carrier (also one not heard with it yet)."""
@@ -449,15 +465,7 @@ def test_a_request_misheard_under_several_carriers_is_learnt_once_and_served_in_
     from loopwise.miner.reformulation.pipeline import MiningConfig, TenantMiner
 
     m = TenantMiner("t", MiningConfig(canary_share=1.0))
-    t = 0
-    for i, title in enumerate(("heat", "toy story", "fargo", "the wizard of oz")):
-        for carrier in ("play", "watch", "put on"):  # every title asked in every carrier: carriers learnt
-            t += H
-            m.observe_session([turn(t, f"{carrier} {title}", user=f"ok{i}{carrier}", interp=f"play_movie:{i}")])
-    for u, carrier in enumerate(("watch", "play", "watch", "play", "watch")):
-        t += H
-        m.observe_session([turn(t, f"{carrier} wizard of oz", user=f"u{u}", status=STATUS_UNHANDLED),
-                           turn(t + 3000, "play the wizard of oz", user=f"u{u}", interp="play_movie:3")])
+    t = wizard_misheard_under_carriers(m)
     assert set(learn_carriers(m.chain)) == {"play", "watch", "put on"}
     m.refresh(now_ms=t + H)
     got = {r.source: r.rewrite for r in m.rules.values() if r.kind == "utterance"}
@@ -483,15 +491,7 @@ def test_carrier_pooled_canaries_are_judged_against_their_tails_history():
     from loopwise.miner.reformulation.pipeline import MiningConfig, TenantMiner
 
     m = TenantMiner("t", MiningConfig(canary_share=0.5, canary_min_turns=5))
-    t = 0
-    for i, title in enumerate(("heat", "toy story", "fargo", "the wizard of oz")):
-        for carrier in ("play", "watch", "put on"):
-            t += H
-            m.observe_session([turn(t, f"{carrier} {title}", user=f"ok{i}{carrier}", interp=f"play_movie:{i}")])
-    for u, carrier in enumerate(("watch", "play", "watch", "play", "watch")):
-        t += H
-        m.observe_session([turn(t, f"{carrier} wizard of oz", user=f"u{u}", status=STATUS_UNHANDLED),
-                           turn(t + 3000, "play the wizard of oz", user=f"u{u}", interp="play_movie:3")])
+    t = wizard_misheard_under_carriers(m)
     first = m.refresh(now_ms=t + H)
     pooled = {r.source for r in m.rules.values() if r.kind == "utterance"}
     assert pooled == {"watch wizard of oz", "play wizard of oz", "put on wizard of oz"}
