@@ -9,15 +9,24 @@
 Both fits depend only on the data (fixed seed), so every method and seed of a
 run sees the same truth; a seed draws the clicks and the training subsample.
 
-Metrics (per user over every item, averaged over the evaluated users), with
-the true relevance as gain: ``DCG@5 = sum_k gamma_(k) / log2(k + 1)`` of the
-model's top 5; ``recall@5`` = share of the user's relevant items (one draw of
-``R``) in the top 5, out of ``min(5, relevant)``; rare-item DCG@5 = DCG@5 of
-the model's ranking among the rare items only (the half of the catalogue with
-the fewest ratings).
+Metrics, the authors' evaluation (Rel-MF's code: the test set is the unclicked
+pairs): each evaluated user's **positives** are the pairs relevant in the same
+draw of ``R`` that made the clicks but not clicked (``R = 1, Y = 0``: relevant
+items the log never showed, or showed without a click); they are ranked among
+``NEGATIVES`` (100) items drawn from the user's irrelevant ones (``R = 0``).
+``DCG@5 = sum_k rel_(k) / log2(k + 1)`` over the top 5 (binary gains; the
+authors' code also divides it by the user's number of positives, which with
+~300 positives per user against 100 negatives squeezes every model into
+0.009-0.010), ``recall@5`` = positives in the top 5 / positives, rare-item DCG@5 = the same with positives and negatives
+among the rare items only (the half of the catalogue with the fewest ratings);
+users without a positive are left out. So the figure asks what a recommender
+is for: which of the items the user has not clicked to show next.
 
-`item_rate_dcg` is the data's own ceiling for a method's weights, no model: DCG@5 of
-ranking every user's items by the item's weighted click rate on the trained pairs
+`gamma_dcg` is the full-catalogue figure: DCG@5 of ranking every item (clicked
+ones included) with the true relevance ``gamma`` as the gain.
+
+`item_rate_dcg` is the data's own ceiling for a method's weights, no model: DCG@5 (the
+authors' test set) of ranking by the item's weighted click rate on the trained pairs
 (``sum(y * w) / n``, the estimator a model's item terms start from). When the
 true-theta IPS rate ranks worse than the naive one, the clicks of the subsample are too
 few for the unbiased estimator's variance, whatever the model.
@@ -33,6 +42,7 @@ from loopwise.tools import datasets
 
 RANK = 10
 K = 5
+NEGATIVES = 100
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -127,31 +137,62 @@ def build_truth() -> Truth:
     return Truth(user_ids, item_ids, sigmoid(np.clip(r_hat, 1.0, 5.0) - 5.0), fit_exposure(rated), rated, rare)
 
 
-def dcg_at(gain: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None, k: int = K) -> np.ndarray:
-    """Per-user DCG@k of ranking by ``scores`` (items outside ``mask`` left out)."""
-    s = scores if mask is None else np.where(mask[None, :], scores, -np.inf)
-    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+def dcg_at(gain: np.ndarray, scores: np.ndarray, k: int = K) -> np.ndarray:
+    """Per-user DCG@k of ranking every item by ``scores``, ``gain`` as the gain."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     disc = 1.0 / np.log2(np.arange(2, k + 2))
     return (np.take_along_axis(gain, top, axis=1) * disc).sum(1)
 
 
-def recall_at(relevant: np.ndarray, scores: np.ndarray, k: int = K) -> np.ndarray:
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    hits = np.take_along_axis(relevant, top, axis=1).sum(1)
-    denom = np.minimum(relevant.sum(1), k)
-    return np.where(denom > 0, hits / np.maximum(denom, 1), np.nan)
+@dataclass(frozen=True)
+class Judged:
+    """The authors' test set of the evaluated users: ``positive`` (``R = 1, Y = 0``) and
+    ``candidate`` (the positives plus the sampled negatives), bool [users, items]."""
+
+    positive: np.ndarray
+    candidate: np.ndarray
 
 
-def metrics(truth: Truth, scores: np.ndarray, relevant: np.ndarray, users: np.ndarray) -> dict[str, float]:
-    g = truth.gamma[users]
-    s = scores
-    return {"dcg": float(dcg_at(g, s).mean()), "recall": float(np.nanmean(recall_at(relevant[users], s))),
-            "rare_dcg": float(dcg_at(g, s, truth.rare).mean())}
+def judged(relevance: np.ndarray, clicks: np.ndarray, rng: np.random.Generator, negatives: int = NEGATIVES,
+           within: np.ndarray | None = None) -> Judged:
+    """The test set from the draw of ``R`` (``relevance``) that made ``clicks`` ([users,
+    items] of the evaluated users): ``negatives`` random irrelevant items per user, among the
+    items of ``within`` (bool [items]) when given."""
+    allowed = np.ones(relevance.shape[1], dtype=bool) if within is None else within
+    positive = relevance & ~clicks & allowed[None, :]
+    keys = rng.random(relevance.shape)
+    keys[relevance | ~allowed[None, :]] = np.inf
+    order = np.argsort(keys, axis=1, kind="stable")[:, :negatives]
+    negative = np.zeros_like(relevance)
+    np.put_along_axis(negative, order, np.take_along_axis(np.isfinite(keys), order, axis=1), axis=1)
+    return Judged(positive, positive | negative)
 
 
-def item_rate_dcg(truth: Truth, clicks: np.ndarray, weight: np.ndarray, trained: np.ndarray, users: np.ndarray
+def ranking_figures(scores: np.ndarray, test: Judged, k: int = K) -> tuple[float, float]:
+    """(DCG@k, recall@k) of ranking each user's candidates by ``scores``, means over the users
+    with a positive."""
+    s = np.where(test.candidate, scores, -np.inf)
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    hit = np.take_along_axis(test.positive, top, axis=1)
+    n = test.positive.sum(1)
+    users = n > 0
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    return (float((hit * disc).sum(1)[users].mean()),
+            float((hit.sum(1)[users] / n[users]).mean()))
+
+
+def metrics(truth: Truth, scores: np.ndarray, test: Judged, rare_test: Judged, users: np.ndarray
+            ) -> dict[str, float]:
+    """The figures of one model: ``scores`` [evaluated users, items]."""
+    dcg, recall = ranking_figures(scores, test)
+    return {"dcg": dcg, "recall": recall, "rare_dcg": ranking_figures(scores, rare_test)[0],
+            "gamma_dcg": float(dcg_at(truth.gamma[users], scores).mean())}
+
+
+def item_rate_dcg(clicks: np.ndarray, weight: np.ndarray, trained: np.ndarray, test: Judged, k: int = K
                   ) -> float:
-    """Mean DCG@5 of the evaluated ``users`` ranking items by ``sum(y * w) / n`` over the trained pairs."""
+    """DCG@k on ``test`` (the evaluated users') of ranking items by ``sum(y * w) / n`` over the
+    trained pairs."""
     seen = trained.sum(0)
     rate = (clicks * weight * trained).sum(0) / np.maximum(seen, 1)
-    return float(dcg_at(truth.gamma[users], np.broadcast_to(rate, (len(users), rate.size))).mean())
+    return ranking_figures(np.broadcast_to(rate, test.positive.shape), test, k)[0]
