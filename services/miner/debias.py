@@ -8,10 +8,12 @@ or x the logged propensity when the client sent one (bring-your-own serving).
 
 Item exposure, per tenant (the same candidate id in two tenants is two items):
 
-- `ExposureCounter` (the default, ``LOOPWISE_EXPOSURE_MODEL=popularity``): Rel-MF's
-  popularity proxy, ``(n_i / max_j n_j) ** eta`` from positive counts;
-- `ImpressionExposure` (``impressions``): exposure is observed for served items,
-  so ``theta_i`` = the share of the tenant's requests whose impression showed ``i``.
+- `ImpressionExposure` (the default, ``LOOPWISE_EXPOSURE_MODEL=impressions``): exposure
+  is observed for served items, so ``theta_i`` = the share of the tenant's requests whose
+  impression showed ``i``;
+- `ExposureCounter` (``popularity``): Rel-MF's popularity proxy, ``(n_i / max_j n_j) ** eta``
+  from positive counts. Its weighted click rate of an item is a monotone function of the
+  item's click count, so it cannot reorder items by itself (bench/debiasing.py).
 
 Both keep their counts in a mapping (the miner's changelog-backed table ``exposure``,
 `StoredCounts`), so a restarted or rebalanced worker starts from them.
@@ -31,6 +33,7 @@ Both keep their counts in a mapping (the miner's changelog-backed table ``exposu
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, MutableMapping
 from typing import Protocol
 
@@ -68,18 +71,28 @@ class StoredCounts:
     def __init__(self, store: MutableMapping[bytes, bytes] | None, max_items: int) -> None:
         self.store: MutableMapping[bytes, bytes] = {} if store is None else store
         self.max_items = max_items
-        self.counts: dict[str, dict[str, int]] = {}
-        self.dirty: set[tuple[str, str | None]] = set()
+        self.counts: dict[str, Counter[str]] = {}
+        # Changed since the last flush: items per tenant, and tenants whose ``tenant|n`` changed.
+        self.dirty: dict[str, set[str]] = {}
+        self.dirty_totals: set[str] = set()
 
-    def _count(self, tenant: str, items: Iterable[str]) -> dict[str, int]:
-        counts = self.counts.setdefault(tenant, {})
-        for item in items:
-            counts[item] = counts.get(item, 0) + 1
-            self.dirty.add((tenant, item))
+    def _count(self, tenant: str, items: Iterable[str]) -> Counter[str]:
+        """Add one to each of ``items`` (distinct) of ``tenant``; counting and marking run in C
+        (`Counter.update`, `set.update`), no Python loop per item."""
+        if not isinstance(items, (list, tuple, set, frozenset)):
+            items = list(items)
+        counts = self.counts.get(tenant)
+        if counts is None:
+            counts = self.counts[tenant] = Counter()
+        counts.update(items)
+        dirty = self.dirty.get(tenant)
+        if dirty is None:
+            dirty = self.dirty[tenant] = set()
+        dirty.update(items)
         if len(counts) > self.max_items:
-            keep = dict(sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[: self.max_items // 2])
+            keep = Counter(dict(counts.most_common(self.max_items // 2)))
             for item in counts.keys() - keep.keys():
-                self.dirty.discard((tenant, item))
+                dirty.discard(item)
                 self.store.pop(self._key(tenant, item), None)
             self.counts[tenant] = counts = keep
         return counts
@@ -88,7 +101,7 @@ class StoredCounts:
         return f"{tenant}|{self.tag}|{item}".encode()
 
     def _total(self, tenant: str) -> int:
-        """The tenant-wide figure written under ``tenant|n`` (dirty entries with item None)."""
+        """The tenant-wide figure written under ``tenant|n`` (for the tenants in ``dirty_totals``)."""
         raise NotImplementedError
 
     def _recovered(self, totals: dict[str, int]) -> None:
@@ -96,17 +109,23 @@ class StoredCounts:
 
     def flush(self) -> int:
         """Write the counts changed since the last flush to the store; how many keys."""
-        dirty, self.dirty = self.dirty, set()
-        for tenant, item in dirty:
-            if item is None:
-                self.store[f"{tenant}|n".encode()] = str(self._total(tenant)).encode()
-            elif item in self.counts.get(tenant, {}):
-                self.store[self._key(tenant, item)] = str(self.counts[tenant][item]).encode()
-        return len(dirty)
+        dirty, totals = self.dirty, self.dirty_totals
+        self.dirty, self.dirty_totals = {}, set()
+        written = 0
+        for tenant in totals:
+            self.store[f"{tenant}|n".encode()] = str(self._total(tenant)).encode()
+            written += 1
+        for tenant, items in dirty.items():
+            counts = self.counts.get(tenant, {})
+            for item in items:
+                if item in counts:
+                    self.store[self._key(tenant, item)] = str(counts[item]).encode()
+                    written += 1
+        return written
 
     def rebuild(self) -> None:
         """Reload every count from the store (what this worker holds of it)."""
-        self.counts, self.dirty = {}, set()
+        self.counts, self.dirty, self.dirty_totals = {}, {}, set()
         totals: dict[str, int] = {}
         prefix = f"{self.tag}|"
         for key, value in list(self.store.items()):
@@ -116,7 +135,7 @@ class StoredCounts:
             if rest == "n":
                 totals[tenant] = int(value)
             elif sep and rest.startswith(prefix):
-                self.counts.setdefault(tenant, {})[rest[len(prefix):]] = int(value)
+                self.counts.setdefault(tenant, Counter())[rest[len(prefix):]] = int(value)
         self._recovered(totals)
 
 
@@ -174,7 +193,7 @@ class ImpressionExposure(StoredCounts):
     def shown(self, tenant: str, items: Iterable[str]) -> None:
         """One impression of ``tenant`` showed ``items``."""
         self.requests[tenant] = self.requests.get(tenant, 0) + 1
-        self.dirty.add((tenant, None))
+        self.dirty_totals.add(tenant)
         self._count(tenant, set(items))
 
     def clicked(self, tenant: str, item: str) -> None:

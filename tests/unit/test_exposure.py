@@ -107,3 +107,22 @@ def test_attribution_weighs_a_click_by_its_tenants_exposure():
     theta = seen.propensity("a", "rare")
     assert theta < 0.2 and abs(example.exposure_propensity - theta) < 1e-6
     assert abs(example.weight - 1 / theta) < 1e-4
+
+
+def test_impression_weights_rank_items_by_click_rate_where_popularity_keeps_the_click_count_order():
+    """Item "a" is shown 100 times and clicked 10, "b" shown 10 times and clicked 3. Weighted
+    clicks (sum of 1 / propensity, unclipped) rank "b" first with impressions (clicks per
+    showing); the popularity proxy weighs by click counts alone and keeps "a" first, as
+    naive counting does: ``n / (n / max) ** eta`` grows with ``n``."""
+    seen, counter = ImpressionExposure({}), ExposureCounter(eta=0.5)
+    for r in range(100):
+        seen.shown("t", ["a", "b"] if r < 10 else ["a"])
+    for item, clicks in (("a", 10), ("b", 3)):
+        for _ in range(clicks):
+            counter.clicked("t", item)
+
+    def weighted(model: ExposureCounter | ImpressionExposure, item: str, clicks: int) -> float:
+        return clicks / model.propensity("t", item)
+
+    assert weighted(seen, "b", 3) > weighted(seen, "a", 10)
+    assert weighted(counter, "a", 10) > weighted(counter, "b", 3)
