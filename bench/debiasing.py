@@ -30,54 +30,98 @@ Usage: python bench/debiasing.py [--quick] [--seeds N] [--fraction F] [--set nam
 ``--set`` overrides a `TrainerSettings` field for every model (an ablation); the miner's
 settings come from the environment (e.g. LOOPWISE_IPS_CLIP, LOOPWISE_EXPOSURE_MODEL).
 The last line is one JSON object: dcg_naive, dcg_ips (the miner's
-propensities), dcg_oracle (maps p -> mean DCG@5), obd_ctr_naive, obd_ctr_ips,
-seeds, and the rest of the figures, among them ``item_rate_dcg_<method>``: the data's own
-ceiling for each method's weights, no model (`_debiasing_world.item_rate_dcg`).
+propensities), dcg_oracle (maps p -> mean DCG@5 on the authors' test set), obd_ctr_naive,
+obd_ctr_ips, seeds, and the rest of the figures: ``*_std`` (over seeds), ``dcg_gain_*`` and
+``gamma_dcg_gain_*`` (over naive), ``gamma_dcg_*`` (full catalogue), and
+``item_rate_dcg_<method>``: the data's own ceiling for each method's weights, no model
+(`_debiasing_world.item_rate_dcg`).
 
-Measured (2026-12-01, every pair, one run at a time on the 2-core machine; DCG@5 naive /
-miner (popularity proxy) / true theta, and the true theta's gain over naive):
+Measured (2026-12-01, every pair, 5 seeds, every user, one run at a time on the 2-core
+machine). DCG@5 on the authors' test set and the gain over naive; ``miner`` is the miner's
+default exposure model, ``impressions`` since this measurement (``popularity``, Rel-MF's
+proxy, before):
 
-| p | defaults (cross on), `--quick` | no cross, 5 seeds, clip 0.05 | gain | no cross, 5 seeds, clip 0.1 | gain |
-|---|---|---|---|---|---|
-| 0.5 | .855 / .788 / .800 | .917 / .913 / .966 | +5.4 % | .917 / .914 / .983 | +7.2 % |
-| 1 | .834 / .789 / .810 | .903 / .885 / .953 | +5.5 % | .903 / .887 / .936 | +3.6 % |
-| 2 | .828 / .785 / .798 | .915 / .908 / .898 | -1.9 % | .915 / .910 / .908 | -0.8 % |
-| 3 | .842 / .785 / .808 | .914 / .904 / .910 | -0.4 % | .914 / .904 / .927 | +1.4 % |
-| 4 | .846 / .789 / .805 | .909 / .902 / .898 | -1.2 % | .909 / .901 / .898 | -1.2 % |
+| p | naive | impressions (miner) | popularity | true theta |
+|---|---|---|---|---|
+| defaults (user x item cross on, 2^20 buckets) | | | | |
+| 0.5 | 2.075 | 2.118 (+2.1 %) | 2.077 (+0.1 %) | 2.108 (+1.6 %) |
+| 1 | 2.149 | 2.208 (+2.8 %) | 2.146 (-0.1 %) | 2.202 (+2.5 %) |
+| 2 | 2.223 | 2.292 (+3.1 %) | 2.200 (-1.0 %) | 2.233 (+0.4 %) |
+| 3 | 2.267 | 2.315 (+2.1 %) | 2.247 (-0.9 %) | 2.280 (+0.6 %) |
+| 4 | 2.292 | 2.344 (+2.3 %) | 2.269 (-1.0 %) | 2.295 (+0.2 %) |
+| no cross (``--set trainer_crosses=``) | | | | |
+| 0.5 | 1.989 | 2.289 (+15.1 %) | 1.978 (-0.6 %) | 2.253 (+13.3 %) |
+| 1 | 2.096 | 2.333 (+11.3 %) | 2.096 (0.0 %) | 2.270 (+8.3 %) |
+| 2 | 2.188 | 2.344 (+7.2 %) | 2.198 (+0.5 %) | 2.264 (+3.5 %) |
+| 3 | 2.261 | 2.356 (+4.2 %) | 2.256 (-0.2 %) | 2.308 (+2.1 %) |
+| 4 | 2.281 | 2.372 (+4.0 %) | 2.276 (-0.3 %) | 2.316 (+1.5 %) |
+| cross in 2^24 buckets (``--set trainer_cross_buckets=16777216``) | | | | |
+| 0.5 | 2.006 | - | - | 2.206 (+9.9 %) |
+| 1 | 2.095 | - | - | 2.252 (+7.5 %) |
+| 2 | 2.189 | - | - | 2.258 (+3.2 %) |
+| 3 | 2.265 | - | - | 2.307 (+1.9 %) |
+| 4 | 2.282 | - | - | 2.310 (+1.2 %) |
 
-Commands: ``--quick --no-obd``; ``--set trainer_crosses=`` (1,204 s with the OBD check);
-``LOOPWISE_IPS_CLIP=0.1 ... --set trainer_crosses= --no-obd``. The true theta's
-standard deviation over the 5 seeds is 0.013-0.031, naive's 0.005-0.016: the losses at
-p >= 2 are within about one standard deviation, the gains at p <= 1 are not. A wider clip
-does not close p >= 2: ``LOOPWISE_IPS_CLIP=0.2`` (no cross, 5 seeds, 1,220 s) gives the true
-theta +5.4 / +0.7 / -0.8 / +0.6 / -1.8 % at p = 0.5 .. 4 (miner IPS -0.4 .. -1.5 %).
+Commands, from the repository root: the popularity proxy, ``LOOPWISE_EXPOSURE_MODEL=popularity
+.venv/bin/python bench/debiasing.py`` (1,404 s with the OBD check) and the same with ``--no-obd
+--set trainer_crosses=`` (1,270 s); the impressions, ``.venv/bin/python bench/debiasing.py
+--no-obd`` (1,486 s) and ``--no-obd --methods naive miner --set trainer_crosses=`` (873 s);
+the larger cross table, ``--no-obd --methods naive oracle --set trainer_cross_buckets=16777216``
+(977 s).
 
-- **The data decides first.** Trained on a subsample (4 % or 25 % of the pairs, the
-  earlier defaults), true-theta IPS lost at every p with every trainer variant: at ~1
-  click per item a click where theta = 0.05 counts 20 and the estimator's variance
-  outweighs the bias it removes. The model-free ``item_rate_dcg`` ranking shows it
-  without a model (17-38 % worse than the naive rate at 4 %); with every pair it favours
-  the true theta by +4.0 % and +4.6 % at p = 0.5 and 1, and loses 3.4 % and 3.3 % at
-  p = 2 and 4 (5 seeds, clip 0.05).
-- **The user x item cross memorises.** Each trained pair's first cross step is the
-  Adagrad step ``+-lr`` whatever its weight, so with every pair trained the cross
-  ranks the clicked pairs first, weighted or not, and the weights only reorder the rest:
-  naive drops from .92 to .83-.85 and true-theta IPS loses 3-6 % (the miner's 5-8 %). Without it the trainer
-  gains +5.4 % (p = 0.5) and +5.5 % (p = 1) from the true theta. The cross carries the chronological replay (re-shown
-  candidates; trainer README), so it stays the default; a catalogue-wide ranker, which
-  scores items the user already interacted with, should set ``LOOPWISE_TRAINER_CROSSES=``.
-- **The miner's propensities lose 0.3-2 %** at every p (popularity proxy: rank
-  correlation with the clicked pairs' true theta 0.59 at p = 0.5 down to 0.38 at p = 4;
-  the impressions estimator 0.61 to 0.39): an item-level share cannot see that exposure
-  differs by user. An independence estimate ``share_i x user activity / mean``
-  (``exposure_spearman_user_item``, a reference the miner does not have) correlates 0.76
-  (p = 0.5) to 0.61 (p = 4) on seed 0's draws, yet as the weights (a one-off check: seeds 0
-  and 1, no cross, every 2nd user) it ranked worse still: .918 / .889 / .863 / .828 / .864
-  at p = 0.5 .. 4 against naive's .924 / .903 / .904 / .921 / .912. Where it underestimates
-  theta its weights blow up; a better rank correlation is not a better weight.
-- **OBD**: top-1 CTR naive 0.0000 vs IPS 0.0048 (std 0.0064), top-10 0.0046 vs 0.0045,
-  clicked items' mean rank percentile 0.470 vs 0.506 (lower is better): the 10,000-round
-  sample is too small to separate them.
+Paired by seed (each seed's models learn the same clicks): the impressions' weights beat
+naive on all 25 seed and p pairs with the defaults (+1.1 % to +4.3 %) and without the
+cross (+2.7 % to +16.3 %); the popularity proxy's lose on every seed at p >= 2 with the
+defaults (-0.3 to -1.6 %) and range from -1.0 to +0.8 % without the cross. The true theta
+beats naive on all 25 pairs without the cross (by +0.7 % at the least), on all 25 with the
+cross in 2^24 buckets (+0.8 % at the least) and on 22 of 25 with the defaults (its losses,
+-0.3 to -1.2 %, at p >= 2). Standard deviations over the seeds are 0.006-0.034.
+
+- **The test set decides what "better" means.** The full-catalogue figure (``gamma_dcg``:
+  every item ranked, clicked ones included, the true relevance as the gain; what this bench
+  reported before) asks whether a model orders every item by relevance whatever its
+  exposure. On it the true theta gains only at p <= 1 and only without the cross
+  (+5.4 / +5.5 / -1.9 / -0.4 / -1.2 % at p = 0.5 .. 4; with the defaults -5.0 to -2.9 %;
+  the impressions' weights -6.0 to -2.5 % with the defaults), and the model-free IPS rate
+  with the true theta lost at p >= 2 on it (-3.4 % and -3.3 % at p = 2 and 4, measured
+  before the test set changed): with few clicks where theta is small the weights' variance
+  outweighs the bias they remove. The authors' test set asks which unclicked
+  items to show next, where the exposure bias bites (an item the log showed often and
+  was not clicked is less likely relevant); on it the model-free IPS rate beats the naive one
+  at every p (``item_rate_dcg``: 2.288 against 1.996 at p = 0.5, 2.335 against 2.277 at p = 4).
+- **The user x item cross costs this protocol through hash collisions.** 1.59 M pairs are
+  trained in 2^20 cross buckets. A pair's own first cross step is the Adagrad step ``+-lr``
+  whatever its weight, the same -lr for every unclicked pair, so alone in its bucket it would
+  not reorder the test set; sharing one, it takes another pair's label. With 2^24 buckets
+  the true theta's gains come back (table). The default stays 2^20 (a 2^24 table is 64 MB
+  in every exported model and 128 MB more in its optimiser state) and the cross stays on: it
+  carries the chronological replay (trainer README). Size ``LOOPWISE_TRAINER_CROSS_BUCKETS``
+  well above the user-item pairs a model learns, or run a catalogue-wide ranker without the
+  cross (``LOOPWISE_TRAINER_CROSSES=``).
+- **Impressions, not clicks, estimate an item's exposure.** The popularity proxy
+  ``(n_i / max n) ** eta`` from clicks, clipped, makes an item's weighted click rate a
+  monotone function of its click count (with ``--methods popularity``,
+  ``item_rate_dcg_popularity`` equals ``item_rate_dcg_naive`` at every p). It moves a model
+  only through the user side. The impressions' share ``theta_i`` (exposure is observed for served items) turns an item's
+  weighted click rate into its click rate per showing: the model-free ranking by it beats the
+  true theta's (2.322 against 2.288 at p = 0.5, 2.447 against 2.335 at p = 4; naive 1.996 and
+  2.277), because an item-level rate has far less variance than per-pair weights of up to 20.
+  Both estimators rank the clicked pairs' true theta about as well (Spearman 0.61 to 0.39
+  for impressions, 0.59 to 0.38 for popularity): what the weights do with the rate matters
+  more than the rank correlation. An independence estimate ``share_i x user activity / mean``
+  (``exposure_spearman_user_item``, a reference the miner does not have) correlates 0.76 to
+  0.62, yet as the weights (a one-off check on the full-catalogue figure: seeds 0 and 1, no
+  cross, every 2nd user) it ranked worse still: where it underestimates theta its weights
+  blow up.
+- **The data decides first.** Trained on a subsample (4 % or 25 % of the pairs, the bench's
+  earlier defaults), true-theta IPS lost at every p with every trainer variant on the
+  full-catalogue figure: at ~1 click per item a click where theta = 0.05 counts 20.
+- A wider clip did not close p >= 2 on the full-catalogue figure (no cross, 5 seeds): clip 0.1
+  gave the true theta +7.2 / +3.6 / -0.8 / +1.4 / -1.2 %, clip 0.2 +5.4 / +0.7 / -0.8 /
+  +0.6 / -1.8 %.
+- **OBD**: top-1 CTR naive 0.0000 vs IPS 0.0000 with the defaults (0.0000 vs 0.0048, std
+  0.0064, without the cross), top-10 0.0019 vs 0.0018, clicked items' mean rank percentile
+  0.566 vs 0.596 (lower is better): the 10,000-round sample is too small to separate them.
 """
 
 from __future__ import annotations
