@@ -17,9 +17,10 @@ items the log never showed, or showed without a click); they are ranked among
 ``DCG@5 = sum_k rel_(k) / log2(k + 1)`` over the top 5 (binary gains; the
 authors' code also divides it by the user's number of positives, which with
 ~300 positives per user against 100 negatives squeezes every model into
-0.009-0.010), ``recall@5`` = positives in the top 5 / positives, rare-item DCG@5 = the same with positives and negatives
-among the rare items only (the half of the catalogue with the fewest ratings);
-users without a positive are left out. So the figure asks what a recommender
+0.009-0.010), ``recall@5`` = positives in the top 5 / positives, rare-item
+DCG@5 = the same with positives and negatives among the rare items only (the
+half of the catalogue with the fewest ratings); users without a positive are
+left out. So the figure asks what a recommender
 is for: which of the items the user has not clicked to show next.
 
 `gamma_dcg` is the full-catalogue figure: DCG@5 of ranking every item (clicked

@@ -37,15 +37,16 @@ class MinerSettings(BaseSettings):
     # Weigh clicks by 1 / max(propensity, M) (the propensities are recorded on every example
     # either way). Off by default: through the stack on bench/learning.py --requests 15000 the
     # weights cost 4-6 AUC points (seed 7: 0.657 with them, 0.696 without; seed 8: 0.653 vs
-    # 0.713; static 0.658) and no trainer variant gained from them on bench/debiasing.py.
+    # 0.713; static 0.658; popularity proxy), though on bench/debiasing.py they gain on every
+    # seed at every p.
     ips_weights: bool = False
     exposure_eta: float = 0.5
     # Item exposure, both kept per tenant in the table ``exposure``: "impressions" (the share
     # of the tenant's impressions that showed the item: exposure is observed for served items)
     # or "popularity" (Rel-MF's proxy, (positives / max)^eta). On bench/debiasing.py (every pair,
     # 5 seeds, the trainer's defaults) the impressions' weights beat naive at every p and the
-    # proxy's lost about 1 % at p >= 2: an item-level share of clicks ranks items as their click
-    # counts do. With the weights on (LOOPWISE_IPS_WEIGHTS) bench/learning.py --quick's stack
+    # proxy's lost about 1 % at p >= 2 (cross in 2^20 buckets): an item-level share of clicks
+    # ranks items as their click counts do. With the weights on (LOOPWISE_IPS_WEIGHTS) bench/learning.py --quick's stack
     # trainer once had every candidate refused as miscalibrated under "impressions" (before the
     # weights went off by default); with the weights off the choice changes what is recorded only.
     exposure_model: str = "impressions"

@@ -14,7 +14,7 @@
 | LOOPWISE_TRAINER_EMBEDDING_DIM / _LAYERS / _HIDDEN_DIM | 16 / (none) / 64 | model of a fresh start |
 | LOOPWISE_TRAINER_FM_DIM | 16 | factorisation-machine interaction term over the fields (0: off) |
 | LOOPWISE_TRAINER_LINEAR | true | first-order per-id weights |
-| LOOPWISE_TRAINER_CROSSES / _CROSS_BUCKETS | request.user_id*candidate.id / 2^20 | hashed pair weights of two fields (comma separated "a*b"; empty: none) |
+| LOOPWISE_TRAINER_CROSSES / _CROSS_BUCKETS | request.user_id*candidate.id / 2^22 | hashed pair weights of two fields (comma separated "a*b"; empty: none) |
 | LOOPWISE_TRAINER_INCREMENTAL | true | a warm start trains only on examples after production's newest training example |
 | LOOPWISE_TRAINER_EPOCHS / _BATCH_SIZE / _LR | 1 / 128 / 0.001 | optimisation (Adam for the dense layers) |
 | LOOPWISE_TRAINER_WARM_LR | 1e-4 | Adam rate of the dense layers on an incremental warm start (0: _LR) |
@@ -85,7 +85,7 @@ class TrainerSettings(BaseSettings):
     trainer_linear: bool = True
     # Hashed crosses of two sparse fields, "a*b" by spec name (VW's -q), one weight per pair.
     trainer_crosses: tuple[str, ...] = ("request.user_id*candidate.id",)
-    trainer_cross_buckets: int = 1 << 20
+    trainer_cross_buckets: int = 1 << 22
     # Warm starts train only on the examples after the production model's newest
     # training example (each example is learned once, like an online learner);
     # false: every run trains on the whole window.
