@@ -107,7 +107,8 @@ buckets (+0.8 % at the least) and on 22 of 25 with 2^20 buckets (its losses, -0.
   one, it takes another pair's label. In larger tables the true theta's gains come back
   (table), and the chronological replay gains too (``bench/learning.py --loopwise inprocess
   --peers ''``, AUC at 2^20 / 2^22 / 2^24 buckets: 0.884 / 0.890 / 0.891 on ``--quick``,
-  0.903 / 0.917 / 0.920 on all 100,000 ratings), so the default is now 2^22: a 16 MB table
+  0.903 / 0.917 / 0.920 on all 100,000 ratings; through the stack, ``--quick --peers ''``,
+  0.848 / 0.862 at 2^20 / 2^22), so the default is now 2^22: a 16 MB table
   in every exported model (64 MB at 2^24) and twice that in its optimiser state. The cross
   stays on: it carries the replay (trainer README). Size ``LOOPWISE_TRAINER_CROSS_BUCKETS``
   well above the user-item pairs a model learns, or run a catalogue-wide ranker without the
