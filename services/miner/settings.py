@@ -36,9 +36,9 @@ class MinerSettings(BaseSettings):
     ips_clip: float = 0.05
     # Weigh clicks by 1 / max(propensity, M) (the propensities are recorded on every example
     # either way). Off by default: through the stack on bench/learning.py --requests 15000 the
-    # weights cost 4-6 AUC points (seed 7: 0.657 with them, 0.696 without; seed 8: 0.653 vs
-    # 0.713; static 0.658; popularity proxy), though on bench/debiasing.py they gain on every
-    # seed at every p.
+    # weights cost AUC (impressions, 2^22 cross buckets: 0.803 with them, 0.842 without; earlier,
+    # with the popularity proxy, seed 7: 0.657 vs 0.696, seed 8: 0.653 vs 0.713), though on
+    # bench/debiasing.py they gain on every seed at every p.
     ips_weights: bool = False
     exposure_eta: float = 0.5
     # Item exposure, both kept per tenant in the table ``exposure``: "impressions" (the share
@@ -46,9 +46,8 @@ class MinerSettings(BaseSettings):
     # or "popularity" (Rel-MF's proxy, (positives / max)^eta). On bench/debiasing.py (every pair,
     # 5 seeds, the trainer's defaults) the impressions' weights beat naive at every p and the
     # proxy's lost about 1 % at p >= 2 (cross in 2^20 buckets): an item-level share of clicks
-    # ranks items as their click counts do. With the weights on (LOOPWISE_IPS_WEIGHTS) bench/learning.py --quick's stack
-    # trainer once had every candidate refused as miscalibrated under "impressions" (before the
-    # weights went off by default); with the weights off the choice changes what is recorded only.
+    # ranks items as their click counts do. With the weights off (the default) the choice changes
+    # what is recorded only.
     exposure_model: str = "impressions"
     # Position examination model: "em" (position-based click model fit by EM on
     # the stream) or "fixed" (1/sqrt(position)).

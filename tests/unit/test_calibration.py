@@ -70,3 +70,25 @@ def test_platt_with_weights_minimises_the_gates_weighted_log_loss():
 def test_platt_leaves_one_class_alone():
     assert ev.platt(np.array([0.1, 2.0]), np.array([1.0, 1.0])) == (1.0, 0.0)
     assert ev.platt(np.array([]), np.array([])) == (1.0, 0.0)
+
+
+def test_platt_on_widely_spread_logits_converges_instead_of_diverging():
+    # What a candidate trained with IPS weights (up to 20) and fake negatives brought to the
+    # gate through the stack (bench/learning.py, LOOPWISE_IPS_WEIGHTS=true): logits from -8
+    # to +15, ranking well (holdout AUC 0.90). The undamped Newton steps saturated every
+    # probability, the Hessian vanished, and the shift ran to -6,989: every holdout row
+    # scored alike (AUC 0.5), so every candidate was refused.
+    rng = np.random.default_rng(0)
+    z = 3.0 * rng.normal(0, 5, 2_000)
+    y = (rng.random(2_000) < 1 / (1 + np.exp(-(z / 9 - 3)))).astype(np.float64)
+    for w in (np.where(y > 0, 20.0, 1.0), None):
+        a, b = ev.platt(z, y, w)
+        assert np.isfinite(a) and np.isfinite(b) and abs(b) < 50, (a, b)
+        fixed = 1 / (1 + np.exp(-np.clip(a * z + b, -35, 35)))
+        raw = 1 / (1 + np.exp(-np.clip(z, -35, 35)))
+        assert ev.logloss(y, fixed, w) < ev.logloss(y, raw, w)
+        assert a > 0  # monotone: the ranking is kept
+        best = ev.logloss(y, fixed, w)
+        for da, db in [(0.01, 0), (-0.01, 0), (0, 0.05), (0, -0.05)]:
+            moved = 1 / (1 + np.exp(-np.clip((a + da) * z + b + db, -35, 35)))
+            assert best <= ev.logloss(y, moved, w) + 1e-6

@@ -114,3 +114,35 @@ def test_ips_loss_in_expectation_over_exposure_is_the_loss_on_relevance():
         (1 - q) * float(ips_loss(logit, torch.tensor([0.0]), torch.tensor([1.0])))
     bce = float(torch.nn.functional.binary_cross_entropy_with_logits(logit, torch.tensor([gamma])))
     assert expected == pytest.approx(bce, rel=1e-6)
+
+
+def test_gate_recalibration_keeps_a_widely_spread_weighted_candidates_ranking():
+    """The gate's Platt fit on a candidate trained with IPS weights whose logits spread
+    wide: it must lower the weighted log loss and keep the ranking. Undamped Newton steps
+    once sent the shift to about -7,000 and every holdout row scored alike (AUC 0.5), so
+    every weighted candidate through the stack was refused (bench/learning.py with
+    LOOPWISE_IPS_WEIGHTS=true)."""
+    from loopwise.ranking_metrics import auc
+    from loopwise.trainer import evaluation as ev
+    from loopwise.trainer.gate import evaluate
+
+    rng = np.random.default_rng(1)
+    n = 6000
+    sparse = np.stack([rng.integers(1, 300, n), rng.integers(500, 800, n)], axis=1).astype(np.int64)
+    appeal = rng.normal(-3.0, 1.5, 4096)
+    label = (rng.random(n) < 1 / (1 + np.exp(-appeal[sparse[:, 1]]))).astype(np.float32)
+    weight = np.where(label > 0, 20.0, 1.0).astype(np.float32)
+    data = WindowData(sparse, np.zeros((n, 1), dtype=np.float32), label, weight, np.arange(n, dtype=np.int64),
+                      sparse[:, 0].copy())
+    settings = dataclasses.replace(TrainerSettings(), trainer_holdout_fraction=0.3, attribution_window_ms=0,
+                                   trainer_device="cpu", trainer_crosses=())
+    candidate = train_once(data, None, SPEC, settings)
+    candidate.model.fold_calibration(8.0, 6.0)  # logits spread and shifted as the stack's were
+    h = candidate.holdout
+    raw = candidate.predict(h.sparse, h.dense)
+    w = np.minimum(h.weight, settings.trainer_max_weight)
+    figures = evaluate(candidate, None, settings).candidate
+    scale, shift = candidate.calibration
+    assert 0 < scale and abs(shift) < 50, candidate.calibration
+    assert figures["auc"] >= auc(h.label, raw) - 1e-9 and figures["auc"] > 0.6
+    assert figures["logloss"] < ev.logloss(h.label, raw, w)
