@@ -119,8 +119,8 @@ def test_ips_loss_in_expectation_over_exposure_is_the_loss_on_relevance():
 def test_gate_recalibration_keeps_a_widely_spread_weighted_candidates_ranking():
     """The gate's Platt fit on a candidate trained with IPS weights whose logits spread
     wide: it must lower the weighted log loss and keep the ranking. Undamped Newton steps
-    once sent the shift to about -7,000 and every holdout row scored alike (AUC 0.5), so
-    every weighted candidate through the stack was refused (bench/learning.py with
+    once sent the shift to about -7,000 and every holdout row scored alike (AUC 0.5): 12 of
+    20 weighted candidates through the stack were refused so (bench/learning.py with
     LOOPWISE_IPS_WEIGHTS=true)."""
     from loopwise.ranking_metrics import auc
     from loopwise.trainer import evaluation as ev
