@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from loopwise.modelstore import coldstart  # noqa: E402
 from loopwise.topics import ensure_topics  # noqa: E402
 from loopwise.trainer.app import Trainer  # noqa: E402
 from loopwise.trainer.settings import TrainerSettings  # noqa: E402
@@ -46,16 +47,20 @@ def fake_negative_mode(examples: list[learning_pb2.Example]) -> list[learning_pb
 
 
 def test_weighted_candidate_is_recalibrated_and_published(broker, redis_url, topics, model_store, loop_thread,
-                                                           tmp_path):
+                                                           coldstart_onnx, tmp_path):
     ensure_topics(broker, topics.all(), 2)
-    examples = fake_negative_mode(make_examples(3000, seed=5, prefix="ips"))
+    # A tenant of its own: Redis is shared by the run, and other tests move default/ranker's pointer.
+    tenant = f"ips-{uuid.uuid4().hex[:8]}"
+    model_store.publish(tenant, "ranker", coldstart_onnx, feature_spec=coldstart.DEFAULT_SPEC,
+                        hidden_dim=coldstart.HIDDEN_DIM, source="coldstart")
+    examples = fake_negative_mode(make_examples(3000, seed=5, prefix="ips", tenant=tenant))
     produce(broker, topics.examples, examples)
     settings = TrainerSettings(
         kafka_bootstrap=broker, redis_url=redis_url, model_store=model_store.url, topics=topics,
         metrics_host="127.0.0.1", metrics_port=0, topic_partitions=2, group_id=f"trainer-{uuid.uuid4().hex[:8]}",
         data_dir=str(tmp_path / "trainer"), commit_interval_s=0.3, trainer_check_s=0.2,
         trainer_every_n=len(examples) - 100, trainer_min_examples=1000, trainer_min_holdout=100,
-        trainer_interval_s=3600, attribution_window_ms=0)
+        trainer_interval_s=3600, attribution_window_ms=0, tenants=(tenant,))
     trainer = loop_thread.start(lambda: Trainer(settings))
     try:
         wait_for(lambda: trainer.results, 90, "a training run")
@@ -66,5 +71,5 @@ def test_weighted_candidate_is_recalibrated_and_published(broker, redis_url, top
         assert math.isfinite(figures["candidate_logloss"]) and figures["candidate_logloss"] < 1.0
     finally:
         loop_thread.run(trainer.stop())
-    manifest = model_store.manifest("default", "ranker", "v2")
+    manifest = model_store.manifest(tenant, "ranker", "v2")
     assert manifest.metrics["decision"] == "published"
